@@ -1,0 +1,1 @@
+"""Experiment harness: config modules, the trainer, data pipelines and checkpointing."""

@@ -1,0 +1,11 @@
+"""ssm_jax: structured state space models in JAX.
+
+Public API: :mod:`ssm_jax.ops` (pure functions), :mod:`ssm_jax.nn` (Flax NNX layers),
+:mod:`ssm_jax.models` (language and classification models), :func:`ssm_jax.generate`
+(decoding) and :mod:`ssm_jax.interop` (PyTorch checkpoint conversion).
+"""
+
+from ssm_jax import ops
+
+__version__ = "0.1.0"
+__all__ = ["ops"]

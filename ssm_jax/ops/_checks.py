@@ -1,0 +1,101 @@
+"""Input validation shared by the public ops.
+
+Bad input raises before tracing reaches XLA, with a message that names the op, the argument,
+what was given and what was expected, e.g.::
+
+    ssd: `B` must have shape (b, l, g, n) = (2, 64, ?, ?); got (2, 63, 1, 16)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Dims", "FLOAT_DTYPES", "check_bool", "check_float", "check_int_array", "check_positive_int", "check_real", "to_array"]
+
+FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
+
+
+def to_array(op: str, name: str, x: Any) -> jax.Array:
+    """``x`` as a JAX array (tracers pass through); a clear TypeError otherwise."""
+    if isinstance(x, jax.Array):
+        return x
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{op}: `{name}` must be an array; got {type(x).__name__} ({e})") from None
+
+
+def _dtype_names(dtypes: Iterable) -> str:
+    return ", ".join(jnp.dtype(d).name for d in dtypes)
+
+
+def check_float(op: str, name: str, x: jax.Array, dtypes=FLOAT_DTYPES) -> None:
+    if x.dtype not in [jnp.dtype(d) for d in dtypes]:
+        raise TypeError(f"{op}: `{name}` must have a floating dtype ({_dtype_names(dtypes)}); got {x.dtype}")
+
+
+def check_real(op: str, name: str, x: jax.Array) -> None:
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{op}: `{name}` must be real; got complex dtype {x.dtype}")
+    check_float(op, name, x)
+
+
+def check_int_array(op: str, name: str, x: jax.Array) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{op}: `{name}` must have an integer dtype; got {x.dtype}")
+
+
+def check_positive_int(op: str, name: str, v: Any) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{op}: `{name}` must be a positive int; got {v!r}")
+    return int(v)
+
+
+def check_bool(op: str, name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{op}: `{name}` must be a bool; got {v!r}")
+    return bool(v)
+
+
+class Dims:
+    """Binds shape letters to sizes across the arguments of one call.
+
+    >>> dims = Dims("selective_scan")
+    >>> dims.bind("x", x, "b l d")       # binds b, l, d
+    >>> dims.bind("A", A, "d n")         # checks d, binds n
+    """
+
+    def __init__(self, op: str, **known: int):
+        self.op = op
+        self.sizes: dict[str, int] = dict(known)
+
+    def __getitem__(self, letter: str) -> int:
+        return self.sizes[letter]
+
+    def expected(self, spec: str) -> str:
+        letters = spec.split()
+        sizes = ", ".join(str(self.sizes.get(c, "?")) for c in letters)
+        return f"({', '.join(letters)}) = ({sizes})"
+
+    def matches(self, x: jax.Array, spec: str) -> bool:
+        letters = spec.split()
+        if x.ndim != len(letters):
+            return False
+        return all(self.sizes.get(c, s) == s for c, s in zip(letters, x.shape))
+
+    def bind(self, name: str, x: jax.Array, *specs: str) -> str:
+        """Check ``x`` against the first matching spec among ``specs``; bind its letters.
+
+        Returns the spec that matched. Raises ValueError listing every accepted spec otherwise.
+        """
+        for spec in specs:
+            if self.matches(x, spec):
+                for c, s in zip(spec.split(), x.shape):
+                    self.sizes.setdefault(c, int(s))
+                return spec
+        options = " or ".join(self.expected(s) for s in specs)
+        raise ValueError(f"{self.op}: `{name}` must have shape {options}; got {tuple(x.shape)}")

@@ -1,0 +1,51 @@
+"""Comparison helpers for tests: dtype-aware tolerances, errors printed on failure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Relative (Frobenius) error allowed by default, keyed by the dtype of the value under test.
+DEFAULT_TOL = {
+    "float64": 1e-10,
+    "float32": 2e-5,
+    "bfloat16": 2e-2,
+    "float16": 4e-3,
+    "complex128": 1e-10,
+    "complex64": 2e-5,
+}
+
+
+def rel_error(actual, expected) -> float:
+    a = np.asarray(actual).astype(np.complex128 if np.iscomplexobj(actual) else np.float64)
+    e = np.asarray(expected).astype(np.complex128 if np.iscomplexobj(expected) else np.float64)
+    return float(np.linalg.norm((a - e).ravel()) / max(np.linalg.norm(e.ravel()), 1e-30))
+
+
+def assert_close(actual, expected, *, tol: float | None = None, name: str = "value") -> None:
+    """Assert ``actual`` matches ``expected`` in relative norm and elementwise (10x looser).
+
+    Fails on shape mismatch, on any NaN/inf in ``actual`` where ``expected`` is finite, and prints
+    the relative error, the max abs error and where it occurs.
+    """
+    a_raw = np.asarray(actual)
+    dtype_name = str(a_raw.dtype)
+    if tol is None:
+        tol = DEFAULT_TOL.get(dtype_name, 2e-5)
+    cplx = np.iscomplexobj(a_raw) or np.iscomplexobj(expected)
+    a = a_raw.astype(np.complex128 if cplx else np.float64)
+    e = np.asarray(expected).astype(np.complex128 if cplx else np.float64)
+    assert a.shape == e.shape, f"{name}: shape {a.shape} != expected {e.shape}"
+    bad = ~np.isfinite(a) & np.isfinite(e)
+    assert not bad.any(), f"{name}: {int(bad.sum())} non-finite values (first at {np.argwhere(bad)[0].tolist()})"
+    if a.size == 0:
+        return
+    diff = np.abs(a - e)
+    err = rel_error(a, e)
+    scale = max(float(np.max(np.abs(e))), 1e-30)
+    worst = np.unravel_index(np.argmax(diff), diff.shape)
+    msg = (
+        f"{name} ({dtype_name}): relative error {err:.3e} (tol {tol:.1e}); max abs error "
+        f"{diff[worst]:.3e} at {list(worst)} (actual {a[worst]}, expected {e[worst]}, max |expected| {scale:.3e})"
+    )
+    assert err <= tol, msg
+    assert diff[worst] <= 10 * tol * scale, msg
