@@ -1,0 +1,1 @@
+"""Experiment config modules: ``<suite>/<name>.py`` each define ``get_config(arg)``."""

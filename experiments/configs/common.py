@@ -1,0 +1,179 @@
+"""The schema every experiment config shares, and helpers for config modules.
+
+A config module (``experiments/configs/<suite>/<name>.py``) defines ``get_config(arg=None)``,
+starts from :func:`base_config`, fills ``model``, ``data``, ``optim`` and ``eval`` for its
+experiment, and returns the config *locked*: assigning a key that does not exist (on the command
+line or in a notebook) is an error that lists the keys that do.
+
+Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
+
+    seed                  int    model init, data order, dropout
+    total_steps           int    optimizer steps (one step = data.batch_size examples)
+    log_every             int    train metrics to metrics.jsonl / TensorBoard / progress bar
+    eval_every            int    run config.eval (also after the last step)
+    checkpoint_every      int    async Orbax save (also after the last step and on SIGTERM)
+    mesh.data|fsdp|tensor int    device mesh; batch is split over (data, fsdp), parameters by
+                                 sharding_rules
+    sharding_rules        tuple  ((logical axis name, mesh axis | tuple of axes | None), ...)
+    model.*                      fields of ssm_jax.models.LanguageModelConfig (task "lm") or
+                                 SequenceClassifierConfig ("classification", "retrieval"); passed
+                                 to ``Config.from_dict`` unchanged
+    data.name             str    a dataset in experiments.data.registry (it fixes the task)
+    data.batch_size       int    global train batch (all processes, all microbatches)
+    data.*                       dataset-specific keys, read by the dataset's builder
+    optim.lr, warmup_steps, min_lr_ratio, b1, b2, eps, weight_decay, clip_norm
+    optim.ssm_lr          float|None  lr of ssm_jax.nn.SSMParam params (None: optim.lr)
+    optim.ssm_weight_decay float  (0: SSM parameters are not decayed)
+    optim.grad_accum_steps int   microbatches per step (scan over data.batch_size / n each)
+    eval.splits           tuple  dataset splits evaluated every eval_every steps
+    eval.batch_size       int    global eval batch
+    eval.num_batches      int    batches per split (-1: the whole split)
+    eval.extra            ConfigDict  name -> ConfigDict(split=..., data=ConfigDict(overrides),
+                                 batch_size=..., num_batches=..., forward="parallel"|"chunked",
+                                 chunk_size=...): extra evaluations, e.g. at longer lengths;
+                                 run at the end of training (and every eval_every if every_eval)
+    checkpoint.keep       int    most recent checkpoints kept
+    checkpoint.best_metric str   "<split>/<metric>" whose best checkpoint is also kept ("" = none)
+    checkpoint.best_mode  str    "max" | "min"
+    checkpoint.async_save bool
+    progress_bar          bool   tqdm bar on process 0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+__all__ = ["DEFAULT_SHARDING_RULES", "base_config", "parse_arg", "smoke_schedule"]
+
+# Logical axis names (on parameters, from ssm_jax.nn, and `batch`/`length` on activations) to
+# mesh axes. FSDP shards the model width; tensor parallelism shards the expanded inner width,
+# heads, MLP hidden and vocabulary. Dims that do not divide their mesh axes stay replicated.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("inner", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("state", None),
+    ("conv", None),
+    ("kv", None),
+    ("layers", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The keys every experiment has, with neutral defaults (unlocked; lock after filling)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.progress_bar = True
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = DEFAULT_SHARDING_RULES
+
+    c.model = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict(dict(name="", batch_size=32))
+
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=1e-3,
+            ssm_lr=config_dict.placeholder(float),
+            warmup_steps=100,
+            min_lr_ratio=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.1,
+            ssm_weight_decay=0.0,
+            clip_norm=1.0,
+            grad_accum_steps=1,
+        )
+    )
+
+    c.eval = ml_collections.ConfigDict(
+        dict(splits=("validation",), batch_size=32, num_batches=-1, extra=ml_collections.ConfigDict())
+    )
+
+    c.checkpoint = ml_collections.ConfigDict(
+        dict(keep=2, best_metric="validation/accuracy", best_mode="max", async_save=True)
+    )
+    return c
+
+
+def extra_eval(
+    *,
+    split: str = "test",
+    data: dict[str, Any] | None = None,
+    batch_size: int = 1,
+    num_batches: int = 1,
+    forward: str = "parallel",
+    chunk_size: int = 4096,
+    every_eval: bool = False,
+) -> ml_collections.ConfigDict:
+    """One entry of ``config.eval.extra``: evaluate ``split`` with ``data`` overriding ``config.data``.
+
+    ``forward="chunked"`` runs the model over the sequence ``chunk_size`` tokens at a time,
+    carrying the recurrent state, so lengths far beyond training (2^20) fit in memory.
+    """
+    if forward not in ("parallel", "chunked"):
+        raise ValueError(f"extra_eval: forward must be 'parallel' or 'chunked'; got {forward!r}")
+    return ml_collections.ConfigDict(
+        dict(
+            split=split,
+            data=ml_collections.ConfigDict(data or {}),
+            batch_size=batch_size,
+            num_batches=num_batches,
+            forward=forward,
+            chunk_size=chunk_size,
+            every_eval=every_eval,
+        )
+    )
+
+
+def smoke_schedule(c: ml_collections.ConfigDict, steps: int = 4) -> None:
+    """Shrink the schedule to a few steps for a CPU smoke run (in place)."""
+    c.total_steps = steps
+    c.log_every = 1
+    c.eval_every = steps
+    c.checkpoint_every = steps
+    c.optim.warmup_steps = 1
+    c.eval.num_batches = 1
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parse a config module's ``arg`` (``"mixer=mamba,smoke"``) against typed ``defaults``.
+
+    A bare name sets a bool default to True (``smoke`` == ``smoke=True``). Values are cast to the
+    type of their default; unknown names raise ValueError listing the valid ones.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return out
+    for item in arg.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if name not in defaults:
+            raise ValueError(f"config arg {name!r} is not one of {sorted(defaults)} (arg={arg!r})")
+        default = defaults[name]
+        if not sep:
+            if not isinstance(default, bool):
+                raise ValueError(f"config arg {name!r} needs a value ({name}=...); got {arg!r}")
+            out[name] = True
+        elif isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config arg {name!r} is a bool; got {value!r}")
+            out[name] = value.lower() in ("true", "1")
+        else:
+            out[name] = type(default)(value)
+    return out

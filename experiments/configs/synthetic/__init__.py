@@ -1,0 +1,1 @@
+"""Synthetic capability tasks: selective copying, induction heads, MQAR (built-in data)."""
