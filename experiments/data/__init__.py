@@ -1,0 +1,16 @@
+"""Datasets for the experiments, looked up by name through :mod:`experiments.data.registry`.
+
+Importing a data module registers its datasets. The table below lets ``registry.get(name)``
+import the right module on first use, so neither the trainer nor a notebook has to import data
+modules by hand. A data module that registers a new dataset adds its name here.
+"""
+
+from experiments.data import registry
+
+_MODULES = {
+    "experiments.data.synthetic": ("selective_copying", "induction_heads", "mqar"),
+}
+
+for _module, _names in _MODULES.items():
+    for _name in _names:
+        registry.register_lazy(_name, _module)

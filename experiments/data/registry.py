@@ -24,13 +24,17 @@ Batches are dicts of NumPy arrays. Keys by ``task`` (the builder's ``TASK`` attr
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
-__all__ = ["TASKS", "build", "get", "names", "register"]
+__all__ = ["TASKS", "build", "get", "names", "register", "register_lazy"]
 
 TASKS = ("lm", "classification", "retrieval")
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}
+# name -> module that registers it when imported (filled by experiments/data/__init__.py), so
+# get(name) works without the caller importing the data module first.
+_LAZY: dict[str, str] = {}
 
 
 def register(name: str, *, task: str):
@@ -48,11 +52,20 @@ def register(name: str, *, task: str):
     return add
 
 
+def register_lazy(name: str, module: str) -> None:
+    """Declare that importing ``module`` registers dataset ``name`` (imported on first ``get``)."""
+    _LAZY[name] = module
+
+
 def names() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(set(_BUILDERS) | set(_LAZY))
 
 
 def get(name: str) -> Callable[..., Any]:
+    if name not in _BUILDERS and name in _LAZY:
+        importlib.import_module(_LAZY[name])
+        if name not in _BUILDERS:
+            raise ValueError(f"module {_LAZY[name]!r} was expected to register dataset {name!r} but did not")
     try:
         return _BUILDERS[name]
     except KeyError:

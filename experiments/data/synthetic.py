@@ -1,0 +1,176 @@
+"""Synthetic capability tasks, generated on the fly from (seed, split, index): no download.
+
+All three are task ``"lm"``: ``inputs``, ``targets``, ``weights`` of shape ``(l,)`` per example
+(batched to ``(b, l)``); ``targets[t]`` is what a causal model should output after reading
+``inputs[: t + 1]``, and ``weights`` is 1 exactly at the positions the task scores.
+
+* ``selective_copying`` (Mamba paper, Sec. 4.1.1 / App. E.1): ``num_tokens`` data tokens at random
+  positions among noise, then ``num_tokens`` marker tokens; at the i-th marker the model must
+  output the i-th data token. Vocabulary: 0 = noise, ``vocab_size - 1`` = marker, data tokens
+  ``1 .. vocab_size - 2``. Paper: ``seq_len`` 4096 (total), ``vocab_size`` 16, 16 tokens.
+* ``induction_heads`` (Mamba paper, Sec. 4.1.2): random tokens with one trigger token followed by
+  an answer token somewhere; the last input is the trigger again and the model must output the
+  answer. Vocabulary: trigger = ``vocab_size - 1``, all other tokens ``0 .. vocab_size - 2``.
+  Paper: vocab 16, trained at length 256, tested at lengths up to 2^20.
+* ``mqar`` (Zoology, Arora et al. 2023, multi-query associative recall): ``n`` key-value pairs,
+  then the keys queried again in random order at power-law-distributed gaps (each followed by its
+  value); at every query key the model must output its value. Keys ``1 .. V/2 - 1``, values
+  ``V/2 .. V - 1``, 0 fills. Each split draws its (length, pairs) setting per example from
+  ``train_settings`` / ``eval_settings`` and pads (weights 0) to the longest length among them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.data import registry
+from experiments.data.pipeline import Example, batched, example_rng, require_keys
+
+__all__ = ["induction_heads_example", "mqar_example", "selective_copying_example"]
+
+
+def _num_examples(data_config, split: str) -> int | None:
+    return None if split == "train" else int(data_config.eval_examples)
+
+
+# ----------------------------------------------------------------------------------------------
+# Selective copying
+# ----------------------------------------------------------------------------------------------
+
+
+def selective_copying_example(rng: np.random.Generator, *, seq_len: int, vocab_size: int, num_tokens: int) -> Example:
+    if vocab_size < 3:
+        raise ValueError(f"selective_copying: vocab_size must be >= 3 (noise, marker, data); got {vocab_size}")
+    region = seq_len - num_tokens  # where the data tokens hide among noise
+    if num_tokens < 1 or region < num_tokens:
+        raise ValueError(
+            f"selective_copying: need 1 <= num_tokens <= seq_len / 2; got num_tokens={num_tokens}, seq_len={seq_len}"
+        )
+    marker = vocab_size - 1
+    tokens = rng.integers(1, marker, size=num_tokens)
+    positions = np.sort(rng.choice(region, size=num_tokens, replace=False))
+    inputs = np.zeros(seq_len, np.int32)
+    inputs[positions] = tokens
+    inputs[region:] = marker
+    targets = np.zeros(seq_len, np.int32)
+    targets[region:] = tokens
+    weights = np.zeros(seq_len, np.float32)
+    weights[region:] = 1.0
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+@registry.register("selective_copying", task="lm")
+def selective_copying(data_config, *, split, seed, global_batch_size, process_index, process_count):
+    require_keys("selective_copying", data_config, ("seq_len", "vocab_size", "num_tokens", "eval_examples"))
+    kw = dict(seq_len=int(data_config.seq_len), vocab_size=int(data_config.vocab_size), num_tokens=int(data_config.num_tokens))
+    return batched(
+        lambda i: selective_copying_example(example_rng(seed, split, i), **kw),
+        num_examples=_num_examples(data_config, split),
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Induction heads
+# ----------------------------------------------------------------------------------------------
+
+
+def induction_heads_example(rng: np.random.Generator, *, seq_len: int, vocab_size: int) -> Example:
+    if vocab_size < 3 or seq_len < 4:
+        raise ValueError(f"induction_heads: need vocab_size >= 3 and seq_len >= 4; got {vocab_size}, {seq_len}")
+    trigger = vocab_size - 1
+    inputs = rng.integers(0, trigger, size=seq_len).astype(np.int32)
+    p = rng.integers(0, seq_len - 2)  # trigger at p, answer at p + 1 <= seq_len - 2
+    answer = rng.integers(0, trigger)
+    inputs[p] = trigger
+    inputs[p + 1] = answer
+    inputs[-1] = trigger
+    targets = np.zeros(seq_len, np.int32)
+    targets[-1] = answer
+    weights = np.zeros(seq_len, np.float32)
+    weights[-1] = 1.0
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+@registry.register("induction_heads", task="lm")
+def induction_heads(data_config, *, split, seed, global_batch_size, process_index, process_count):
+    require_keys("induction_heads", data_config, ("seq_len", "vocab_size", "eval_examples"))
+    kw = dict(seq_len=int(data_config.seq_len), vocab_size=int(data_config.vocab_size))
+    return batched(
+        lambda i: induction_heads_example(example_rng(seed, split, i), **kw),
+        num_examples=_num_examples(data_config, split),
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-query associative recall (Zoology)
+# ----------------------------------------------------------------------------------------------
+
+
+def mqar_example(
+    rng: np.random.Generator, *, seq_len: int, num_pairs: int, vocab_size: int, power_a: float = 0.01, pad_to: int | None = None
+) -> Example:
+    context = 2 * num_pairs
+    space = (seq_len - context) // 2  # query slots: a key and its value each
+    if vocab_size // 2 - 1 < num_pairs or space < num_pairs:
+        raise ValueError(
+            f"mqar: (seq_len={seq_len}, num_pairs={num_pairs}, vocab_size={vocab_size}) leaves no room: "
+            f"need num_pairs <= vocab_size/2 - 1 and num_pairs <= (seq_len - 2*num_pairs)/2"
+        )
+    keys = rng.choice(np.arange(1, vocab_size // 2), size=num_pairs, replace=False)
+    values = rng.choice(np.arange(vocab_size // 2, vocab_size), size=num_pairs, replace=False)
+    seq = np.zeros(seq_len + 1, np.int32)
+    seq[0:context:2] = keys
+    seq[1:context:2] = values
+    # Zoology: gap g (in slots after the context) has probability proportional to g^(a - 1).
+    p = np.arange(1, space + 1, dtype=np.float64) ** (power_a - 1)
+    slots = rng.choice(space, size=num_pairs, replace=False, p=p / p.sum())
+    order = rng.permutation(num_pairs)
+    query = context + 2 * slots
+    seq[query] = keys[order]
+    seq[query + 1] = values[order]
+    weights = np.zeros(seq_len, np.float32)
+    weights[query] = 1.0  # at a query key, the next token is its value
+    inputs, targets = seq[:-1], seq[1:]
+    pad = (pad_to or seq_len) - seq_len
+    if pad < 0:
+        raise ValueError(f"mqar: pad_to={pad_to} is shorter than seq_len={seq_len}")
+    return {
+        "inputs": np.pad(inputs, (0, pad)),
+        "targets": np.pad(targets, (0, pad)),
+        "weights": np.pad(weights, (0, pad)),
+    }
+
+
+def _settings(value, name: str) -> list[tuple[int, int]]:
+    out = [(int(l), int(n)) for l, n in value]
+    if not out:
+        raise ValueError(f"mqar: data.{name} must list (seq_len, num_pairs) settings; got {value!r}")
+    return out
+
+
+@registry.register("mqar", task="lm")
+def mqar(data_config, *, split, seed, global_batch_size, process_index, process_count):
+    require_keys("mqar", data_config, ("vocab_size", "train_settings", "eval_settings", "eval_examples", "power_a"))
+    settings = _settings(data_config.train_settings if split == "train" else data_config.eval_settings,
+                         "train_settings" if split == "train" else "eval_settings")
+    pad_to = max(l for l, _ in settings)
+    vocab_size, power_a = int(data_config.vocab_size), float(data_config.power_a)
+
+    def make(i: int) -> Example:
+        rng = example_rng(seed, split, i)
+        seq_len, num_pairs = settings[rng.integers(len(settings))]
+        return mqar_example(rng, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size, power_a=power_a, pad_to=pad_to)
+
+    return batched(
+        make,
+        num_examples=_num_examples(data_config, split),
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
