@@ -1,0 +1,304 @@
+"""S4: the diagonal-plus-low-rank (DPLR) state space kernel (Gu, Goel, Ré 2021, "Efficiently
+Modeling Long Sequences with Structured State Spaces"; "the S4 paper" below).
+
+HiPPO-LegS is normal plus low rank (NPLR, S4 paper Thm. 1): ``A = V (Λ − P Q*) V*`` with ``V``
+unitary, ``Λ`` diagonal, and ``Q = P`` for LegS. In the eigenbasis the parameters are ``Λ, P, Q,
+B, C`` (each ``(h, n)`` complex), keeping one of each conjugate pair as S4D does: the real system
+has ``2n`` states and the kernel is real.
+
+The kernel (S4 paper, Alg. 1) is the length-``l`` truncated generating function of the bilinear
+discretization, evaluated at the roots of unity ``z_j = exp(−2πij/l)`` and inverted by an FFT.
+Truncation becomes the correction ``C̃ = C (I − dA^l)`` (Lemma C.2), and the resolvent of a DPLR
+matrix is four Cauchy sums through the Woodbury identity (Lemma C.3).
+
+Recurrent form: :func:`s4_discretize` returns the dense bilinear ``dA, dB`` (S4 paper, Sec. 3.4 /
+Eq. 3), and :func:`s4_step` runs ``x = dA x + dB u``, ``y = 2·Re(C x)``. Both the kernel and the
+step take the *untilded* ``C``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ssm_jax.ops._checks import Dims, check_positive_int, check_real, to_array
+from ssm_jax.ops.registry import Registry
+from ssm_jax.ops.s4d import as_param, check_float_or_complex, check_log_dt, complex_dtype
+from ssm_jax.typing import Array
+
+__all__ = ["hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
+
+S4_KERNEL = Registry("s4_kernel")
+
+_HI = lax.Precision.HIGHEST
+
+
+# --------------------------------------------------------------------------------------------
+# HiPPO-LegS and its NPLR form (host-side float64; these are initializers)
+# --------------------------------------------------------------------------------------------
+
+
+def hippo_legs(N: int) -> tuple[np.ndarray, np.ndarray]:
+    """The HiPPO-LegS matrices (HiPPO paper, Gu et al. 2020, Thm. 2; S4 paper Eq. 2), float64.
+
+    ``A[i, j] = −√(2i+1)√(2j+1)`` for ``i > j``, ``−(i+1)`` for ``i = j``, 0 above the
+    diagonal; ``B[i] = √(2i+1)``. Returns ``A (N, N), B (N,)`` as NumPy arrays.
+    """
+    N = check_positive_int("hippo_legs", "N", N)
+    q = np.arange(N, dtype=np.float64)
+    r = np.sqrt(2 * q + 1)
+    A = -np.tril(np.outer(r, r), -1) - np.diag(q + 1)
+    return A, r.copy()
+
+
+def nplr_legs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """HiPPO-LegS of size ``N = 2n`` in NPLR form, keeping one of each conjugate pair.
+
+    ``A + P Pᵀ`` (with ``P[i] = √(i+½)``) is ``−½I`` plus a skew-symmetric matrix, so it is
+    unitarily diagonalizable with eigenvalues ``−½ ± iω``. With ``V (2n, n)`` the eigenvectors
+    of the ``+iω`` half (ascending ``ω``), the full basis is ``[V, conj(V)]`` and::
+
+        A = [V, V̄] (diag(Λ, Λ̄) − [P̃; P̃̄][P̃; P̃̄]*) [V, V̄]*,   B = [V, V̄] [B̃; B̃̄]
+
+    Returns ``Λ, P̃ = V*P, B̃ = V*B`` (each ``(n,)`` complex128) and ``V``.
+    """
+    n = check_positive_int("nplr_legs", "n", n)
+    N = 2 * n
+    A, B = hippo_legs(N)
+    P = np.sqrt(np.arange(N, dtype=np.float64) + 0.5)
+    S = A + np.outer(P, P)
+    skew = 0.5 * (S - S.T)  # S = −½I + skew up to rounding; the symmetric part is exactly −½I.
+    # -i·skew is Hermitian: eigh gives real ω (ascending, in ± pairs) and a unitary basis.
+    omega, V = np.linalg.eigh(-1j * skew)
+    omega, V = omega[n:], V[:, n:]
+    Lambda = -0.5 + 1j * omega
+    Vh = V.conj().T
+    return Lambda, Vh @ P, Vh @ B, V
+
+
+def s4_init(h: int, n: int, *, dtype=jnp.complex64) -> tuple[Array, Array, Array]:
+    """S4-LegS parameters ``Λ, P, B`` (each ``(h, n)`` of ``dtype``) from :func:`nplr_legs`."""
+    h = check_positive_int("s4_init", "h", h)
+    Lambda, P, B, _ = nplr_legs(n)
+    tile = lambda v: jnp.asarray(np.broadcast_to(v, (h, n)), dtype=dtype)  # noqa: E731
+    return tile(Lambda), tile(P), tile(B)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and the dense discretization
+# --------------------------------------------------------------------------------------------
+
+
+def _canonical(op, log_dt, Lambda, P, B, C=None, Q=None):
+    dims = Dims(op)
+    log_dt = check_log_dt(op, dims, log_dt)
+    Lambda = as_param(op, dims, "Lambda", Lambda)
+    P = as_param(op, dims, "P", P)
+    B = as_param(op, dims, "B", B)
+    if C is not None:
+        C = as_param(op, dims, "C", C)
+    if Q is not None:
+        Q = as_param(op, dims, "Q", Q)
+    ctype = complex_dtype(*(x for x in (log_dt, Lambda, P, B, C, Q) if x is not None))
+    rtype = jnp.finfo(ctype).dtype
+    cast = lambda x: None if x is None else x.astype(ctype)  # noqa: E731
+    Q = P if Q is None else Q
+    return log_dt.astype(rtype), cast(Lambda), cast(P), cast(B), cast(C), cast(Q)
+
+
+def _full(x: Array) -> Array:
+    """``(..., n)`` → ``(..., 2n)``: append the conjugate half."""
+    return jnp.concatenate([x, jnp.conj(x)], axis=-1)
+
+
+def _dense_bilinear(log_dt, Lambda, P, Q, B) -> tuple[Array, Array]:
+    """Full-system bilinear discretization (S4 paper Eq. 3): ``dA (h, 2n, 2n)``, ``dB (h, 2n)``.
+
+    ``dA = (I − dt/2·A)⁻¹(I + dt/2·A)``, ``dB = (I − dt/2·A)⁻¹ dt·B`` with ``A = Λ − P Q*``.
+    """
+    dt = jnp.exp(log_dt).astype(Lambda.dtype)  # (h,)
+    Lf, Pf, Qf, Bf = _full(Lambda), _full(P), _full(Q), _full(B)
+    N = Lf.shape[-1]
+    eye = jnp.eye(N, dtype=Lf.dtype)
+    A = eye * Lf[:, None, :] - Pf[:, :, None] * jnp.conj(Qf)[:, None, :]
+    half = (dt / 2)[:, None, None] * A
+    rhs = jnp.concatenate([eye + half, (dt[:, None] * Bf)[..., None]], axis=-1)
+    sol = jnp.linalg.solve(eye - half, rhs)
+    return sol[..., :N], sol[..., N]
+
+
+def _matrix_power(M: Array, L: int) -> Array:
+    """``M^L`` by repeated squaring (L static): log₂L batched matmuls."""
+    result, base = None, M
+    while True:
+        if L & 1:
+            result = base if result is None else jnp.matmul(result, base, precision=_HI)
+        L >>= 1
+        if not L:
+            return result
+        base = jnp.matmul(base, base, precision=_HI)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution kernel
+# --------------------------------------------------------------------------------------------
+
+
+def s4_kernel(log_dt, Lambda, P, B, C, length: int, *, Q=None, impl: str = "auto") -> Array:
+    """The length-``l`` convolution kernel of the DPLR SSM ``(Λ − P Q*, B, C)`` (S4 paper, Alg. 1).
+
+    ============ ========= =========================================================
+    argument     shape     meaning
+    ============ ========= =========================================================
+    log_dt       (h,)      log step size per channel
+    Lambda       (h, n)    complex diagonal part (one of each conjugate pair)
+    P            (h, n)    complex rank-1 correction
+    B, C         (h, n)    complex input / output matrices (``C`` untilded)
+    length       int       l
+    Q            (h, n)    complex; defaults to ``P`` (HiPPO-LegS)
+    returns      (h, l)    real kernel ``K[:, ℓ] = C dA^ℓ dB`` of the full system
+    ============ ========= =========================================================
+
+    ``impl``: ``"xla"`` (Cauchy sums + Woodbury at the roots of unity, then an inverse FFT) or
+    ``"dense"`` (powers of the dense discretized matrix, O(l n²); a reference).
+    """
+    op = "s4_kernel"
+    length = check_positive_int(op, "length", length)
+    log_dt, Lambda, P, B, C, Q = _canonical(op, log_dt, Lambda, P, B, C, Q)
+    args = {"log_dt": log_dt, "Lambda": Lambda, "P": P, "Q": Q, "B": B, "C": C, "length": length}
+    _, fn = S4_KERNEL.resolve(impl, args)
+    return fn(**args)
+
+
+def _s4_kernel_cauchy(*, log_dt, Lambda, P, Q, B, C, length):
+    L = length
+    n = Lambda.shape[-1]
+    ctype, rtype = Lambda.dtype, log_dt.dtype
+    dA, _ = _dense_bilinear(log_dt, Lambda, P, Q, B)
+    # C̃ = C (I − dA^L) (Lemma C.2): at z^L = 1 the truncated sum Σ_{k<L} C dA^k dB z^k
+    # equals C̃ (I − dA z)⁻¹ dB.
+    Cf = _full(C)
+    Ct = (Cf - jnp.einsum("hi,hij->hj", Cf, _matrix_power(dA, L), precision=_HI))[:, :n]
+
+    # With the bilinear dA, dB, C̃(I − dA z)⁻¹dB = 2 C̃ (a − b·A)⁻¹ B, where a = (2/dt)(1−z),
+    # b = 1+z. (The paper writes 2/(1+z) · C̃ (g − A)⁻¹ B with g = (2/dt)(1−z)/(1+z), which is
+    # 0·∞ at z = −1, a root of unity for even L.) Scaling a, b by 1/(2e^{−iθ/2}) makes
+    # a = (2/dt)·i·sin(θ/2), b = cos(θ/2) and the result e^{iθ/2} C̃ (a − b·A)⁻¹ B.
+    theta = 2 * np.pi * np.arange(L // 2 + 1) / L  # rfft bins; the kernel is real
+    sin_h = jnp.asarray(np.sin(theta / 2), rtype)
+    b = jnp.asarray(np.cos(theta / 2), rtype)  # (F,)
+    phase = jnp.asarray(np.exp(0.5j * theta), ctype)
+    dt = jnp.exp(log_dt)
+    a = 1j * (2 / dt)[:, None] * sin_h  # (h, F)
+
+    # Woodbury (Lemma C.3) for (a − b·Λ + b·P Q*)⁻¹ over the full system: with the Cauchy sums
+    # r(x, y) = Σ_{2n} x·y / (a − b·λ), C̃ (…)⁻¹ B = r(C̃, B) − b·r(C̃, P)·r(Q̄, B) / (1 + b·r(Q̄, P)).
+    v = jnp.stack([Ct * B, Ct * P, jnp.conj(Q) * B, jnp.conj(Q) * P])  # (4, h, n)
+    den = a[:, :, None] - b[:, None] * Lambda[:, None, :]  # (h, F, n)
+    den_c = a[:, :, None] - b[:, None] * jnp.conj(Lambda)[:, None, :]
+    # The conjugate half contributes conj(x·y) / (a − b·λ̄). Elementwise + reduce over n: XLA
+    # fuses it without materializing (4, h, F, n).
+    r = jnp.sum(v[:, :, None, :] / den + jnp.conj(v)[:, :, None, :] / den_c, axis=-1)  # (4, h, F)
+    k_hat = phase * (r[0] - b * r[1] * r[2] / (1 + b * r[3]))
+    return jnp.fft.irfft(k_hat, n=L, axis=-1).astype(rtype)
+
+
+def _s4_kernel_dense(*, log_dt, Lambda, P, Q, B, C, length):
+    dA, dB = _dense_bilinear(log_dt, Lambda, P, Q, B)
+    Cf = _full(C)
+
+    def body(v, _):
+        k = jnp.real(jnp.sum(Cf * v, axis=-1))
+        return jnp.einsum("hij,hj->hi", dA, v, precision=_HI), k
+
+    _, K = lax.scan(body, dB, None, length=length)
+    return K.T.astype(log_dt.dtype)
+
+
+S4_KERNEL.register("xla", _s4_kernel_cauchy, priority=10, doc="Cauchy + Woodbury at roots of unity, iFFT")
+S4_KERNEL.register("dense", _s4_kernel_dense, auto_backends=(), doc="dense matrix powers, O(l n^2) reference")
+
+
+# --------------------------------------------------------------------------------------------
+# Recurrent form
+# --------------------------------------------------------------------------------------------
+
+
+def s4_discretize(log_dt, Lambda, P, B, *, Q=None) -> tuple[Array, Array]:
+    """Discretize once for decoding: ``dA (h, n, 2n)``, ``dB (h, n)`` for :func:`s4_step`.
+
+    ``dA`` holds the rows of the full ``2n × 2n`` bilinear matrix that update the kept half of
+    the state; it acts on ``[x, conj(x)]``.
+    """
+    log_dt, Lambda, P, B, _, Q = _canonical("s4_discretize", log_dt, Lambda, P, B, None, Q)
+    n = Lambda.shape[-1]
+    dA, dB = _dense_bilinear(log_dt, Lambda, P, Q, B)
+    return dA[:, :n, :], dB[:, :n]
+
+
+def _check_step(op, u, state, dA, dB, C, D, *, step: bool):
+    u_name, u_spec, x_name = ("u_t", "b h", "state") if step else ("u", "b l h", "initial_state")
+    dims = Dims(op)
+    u = to_array(op, u_name, u)
+    check_real(op, u_name, u)
+    dims.bind(u_name, u, u_spec)
+    dB = as_param(op, dims, "dB", dB)
+    C = as_param(op, dims, "C", C)
+    dA = to_array(op, "dA", dA)
+    check_float_or_complex(op, "dA", dA)
+    h, n = dims["h"], dims["n"]
+    if dA.shape != (h, n, 2 * n):
+        raise ValueError(f"{op}: `dA` must have shape (h, n, 2n) = ({h}, {n}, {2 * n}) (from s4_discretize); got {tuple(dA.shape)}")
+    if step and state is None:
+        raise TypeError(f"{op}: `state` must be a (b, h, n) complex array (zeros before the first step); got None")
+    if state is not None:
+        state = to_array(op, x_name, state)
+        check_float_or_complex(op, x_name, state)
+        dims.bind(x_name, state, "b h n")
+    if D is not None:
+        D = to_array(op, "D", D)
+        check_real(op, "D", D)
+        dims.bind("D", D, "h")
+    ctype = complex_dtype(dA, dB, C)
+    return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
+
+
+def _step(u_t, x, dA, dB, C, D):
+    x = jnp.einsum("hij,bhj->bhi", dA, _full(x), precision=_HI) + dB * u_t[..., None].astype(x.dtype)
+    y = 2 * jnp.real(jnp.sum(C * x, axis=-1))
+    if D is not None:
+        y = y + D.astype(y.dtype) * u_t.astype(y.dtype)
+    return y, x
+
+
+def s4_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:
+    """One recurrent step ``x = dA [x, x̄] + dB·u_t``, ``y_t = 2·Re(C x) + D·u_t``.
+
+    ============ =========== =============================================
+    u_t          (b, h)      input at this step
+    state        (b, h, n)   complex state (zeros before the first step)
+    dA           (h, n, 2n)  from :func:`s4_discretize`
+    dB           (h, n)      from :func:`s4_discretize`
+    C            (h, n)      complex output matrix (untilded)
+    D            (h,)        skip (optional)
+    returns      y_t (b, h) in ``u_t.dtype``, new state (b, h, n) complex
+    ============ =========== =============================================
+    """
+    u_t, state, dA, dB, C, D, ctype = _check_step("s4_step", u_t, state, dA, dB, C, D, step=True)
+    y, x = _step(u_t, state.astype(ctype), dA, dB, C, D)
+    return y.astype(u_t.dtype), x
+
+
+def s4_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]:
+    """:func:`s4_step` folded over ``u (b, l, h)`` with ``lax.scan``: ``(y (b, l, h), final state)``."""
+    u, x0, dA, dB, C, D, ctype = _check_step("s4_scan", u, initial_state, dA, dB, C, D, step=False)
+    b, _, h = u.shape
+    x0 = jnp.zeros((b, h, dB.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
+
+    def body(x, u_t):
+        y, x = _step(u_t, x, dA, dB, C, D)
+        return x, y
+
+    x, y = lax.scan(body, x0, jnp.swapaxes(u, 0, 1))
+    return jnp.swapaxes(y, 0, 1).astype(u.dtype), x

@@ -1,0 +1,284 @@
+"""S4D: diagonal state space kernels (Gu, Gupta, Goel, Ré 2022, "On the Parameterization and
+Initialization of Diagonal State Space Models").
+
+Conventions. ``A, B, C`` are ``(h, n)`` complex and hold one of each conjugate pair: the real
+system has ``2n`` states and its kernel is ``K = 2·Re(...)`` of the half (S4D paper, Sec. 3.2).
+``log_dt (h,)`` is the log step size of each channel. ``B`` defaults to ones (the reference
+implementation folds ``B`` into ``C``).
+
+The convolution kernel (S4D paper, Alg. 1, "Vandermonde" form) is, for ``ℓ = 0..l-1``,
+``K[:, ℓ] = 2·Re(Σ_n C_n dB_n dA_n^ℓ)`` with
+
+* ZOH (Sec. 3.1): ``dA = exp(dt·A)``, ``dB = (exp(dt·A) − 1)/A · B``;
+* bilinear: ``dA = (1 + dt·A/2)/(1 − dt·A/2)``, ``dB = dt·B/(1 − dt·A/2)``,
+
+which equals running the recurrence ``x_t = dA∘x_{t-1} + dB·u_t``, ``y_t = 2·Re(C·x_t)``
+(:func:`s4d_step`, :func:`s4d_scan`) from a zero state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ssm_jax.ops._checks import Dims, check_positive_int, check_real, to_array
+from ssm_jax.ops.registry import Registry
+from ssm_jax.typing import Array
+
+__all__ = ["s4d_discretize", "s4d_init", "s4d_kernel", "s4d_scan", "s4d_step"]
+
+S4D_KERNEL = Registry("s4d_kernel")
+
+DISCRETIZATIONS = ("zoh", "bilinear")
+INITS = ("lin", "inv", "legs")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared validation (also used by ssm_jax.ops.s4)
+# --------------------------------------------------------------------------------------------
+
+
+def complex_dtype(*arrays) -> jnp.dtype:
+    """complex128 if any input is double precision, else complex64."""
+    double = any(jnp.dtype(a.dtype) in (jnp.dtype(jnp.float64), jnp.dtype(jnp.complex128)) for a in arrays)
+    return jnp.dtype(jnp.complex128 if double else jnp.complex64)
+
+
+def check_float_or_complex(op: str, name: str, x: jax.Array) -> None:
+    ok = (jnp.float32, jnp.float64, jnp.complex64, jnp.complex128, jnp.bfloat16, jnp.float16)
+    if x.dtype not in [jnp.dtype(d) for d in ok]:
+        raise TypeError(f"{op}: `{name}` must be a complex or real floating array; got dtype {x.dtype}")
+
+
+def as_param(op: str, dims: Dims, name: str, x, spec: str = "h n") -> Array:
+    x = to_array(op, name, x)
+    check_float_or_complex(op, name, x)
+    dims.bind(name, x, spec)
+    return x
+
+
+def check_log_dt(op: str, dims: Dims, log_dt) -> Array:
+    log_dt = to_array(op, "log_dt", log_dt)
+    check_real(op, "log_dt", log_dt)
+    dims.bind("log_dt", log_dt, "h")
+    return log_dt
+
+
+def check_discretization(op: str, discretization) -> str:
+    if discretization not in DISCRETIZATIONS:
+        raise ValueError(f"{op}: `discretization` must be one of {DISCRETIZATIONS}; got {discretization!r}")
+    return discretization
+
+
+# --------------------------------------------------------------------------------------------
+# Initializers
+# --------------------------------------------------------------------------------------------
+
+
+def s4d_init(h: int, n: int, method: str = "legs", *, dtype=jnp.complex64) -> tuple[Array, Array]:
+    """Deterministic S4D initializations of ``A`` and ``B`` (S4D paper, Sec. 4).
+
+    ``n`` is the number of complex modes kept (the real state size is ``N = 2n``).
+
+    ======== ===================================================== ============================
+    method   A_k, k = 0..n-1                                       B
+    ======== ===================================================== ============================
+    "lin"    −1/2 + iπk                                            1
+    "inv"    −1/2 + i·(N/π)·(N/(2k+1) − 1)                         1
+    "legs"   eigenvalues of the normal part of HiPPO-LegS          ½·V*B_LegS (the rotated HiPPO
+             (:func:`ssm_jax.ops.s4.nplr_legs`; real part −1/2)    B, halved as in the S4D
+                                                                   paper's approximation theorem)
+    ======== ===================================================== ============================
+
+    Returns ``A, B``, each ``(h, n)`` of ``dtype``.
+    """
+    op = "s4d_init"
+    h = check_positive_int(op, "h", h)
+    n = check_positive_int(op, "n", n)
+    N = 2 * n
+    k = np.arange(n, dtype=np.float64)
+    if method == "lin":
+        A = -0.5 + 1j * np.pi * k
+        B = np.ones(n, np.complex128)
+    elif method == "inv":
+        A = -0.5 + 1j * (N / np.pi) * (N / (2 * k + 1) - 1)
+        B = np.ones(n, np.complex128)
+    elif method == "legs":
+        from ssm_jax.ops.s4 import nplr_legs
+
+        A, _, B_legs, _ = nplr_legs(n)
+        B = 0.5 * B_legs
+    else:
+        raise ValueError(f"{op}: `method` must be one of {INITS}; got {method!r}")
+    tile = lambda v: jnp.asarray(np.broadcast_to(v, (h, n)), dtype=dtype)  # noqa: E731
+    return tile(A), tile(B)
+
+
+# --------------------------------------------------------------------------------------------
+# Discretization
+# --------------------------------------------------------------------------------------------
+
+
+def _phi1(z: Array) -> Array:
+    """``(exp(z) − 1)/z``, finite (→ 1) and with finite gradients at z = 0."""
+    small = jnp.abs(z) < 1e-6
+    z_safe = jnp.where(small, jnp.ones_like(z), z)
+    return jnp.where(small, 1 + z / 2, jnp.expm1(z_safe) / z_safe)
+
+
+def _discretize(log_dt: Array, A: Array, B: Array, discretization: str) -> tuple[Array, Array, Array]:
+    """``(dA, dB, log dA)``; all ``(h, n)`` complex."""
+    dt = jnp.exp(log_dt)[:, None]
+    dtA = dt * A
+    if discretization == "zoh":
+        return jnp.exp(dtA), dt * _phi1(dtA) * B, dtA
+    denom = 1 - dtA / 2
+    dA = (1 + dtA / 2) / denom
+    return dA, dt * B / denom, jnp.log(dA)
+
+
+def _canonical(op, log_dt, A, B, C=None):
+    dims = Dims(op)
+    log_dt = check_log_dt(op, dims, log_dt)
+    A = as_param(op, dims, "A", A)
+    if B is not None:
+        B = as_param(op, dims, "B", B)
+    if C is not None:
+        C = as_param(op, dims, "C", C)
+    ctype = complex_dtype(*(x for x in (log_dt, A, B, C) if x is not None))
+    rtype = jnp.finfo(ctype).dtype
+    A = A.astype(ctype)
+    B = jnp.ones(A.shape, ctype) if B is None else B.astype(ctype)
+    C = None if C is None else C.astype(ctype)
+    return dims, log_dt.astype(rtype), A, B, C
+
+
+def s4d_discretize(log_dt, A, B=None, *, discretization: str = "zoh") -> tuple[Array, Array]:
+    """Discretize once for decoding: ``dA, dB`` (each ``(h, n)`` complex) for :func:`s4d_step`.
+
+    ========= ======= ================================================
+    log_dt    (h,)    log step size
+    A, B      (h, n)  complex (real is accepted and cast); B optional
+    ========= ======= ================================================
+    """
+    op = "s4d_discretize"
+    check_discretization(op, discretization)
+    _, log_dt, A, B, _ = _canonical(op, log_dt, A, B)
+    dA, dB, _ = _discretize(log_dt, A, B, discretization)
+    return dA, dB
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution kernel
+# --------------------------------------------------------------------------------------------
+
+
+def s4d_kernel(log_dt, A, C, length: int, *, B=None, discretization: str = "zoh", impl: str = "auto") -> Array:
+    """The length-``l`` convolution kernel of a diagonal SSM (S4D paper, Alg. 1).
+
+    ============ ========= =====================================================
+    argument     shape     meaning
+    ============ ========= =====================================================
+    log_dt       (h,)      log step size per channel
+    A            (h, n)    complex diagonal state matrix (one of each conj. pair)
+    C            (h, n)    complex output matrix
+    length       int       l
+    B            (h, n)    complex input matrix (default ones)
+    returns      (h, l)    real kernel ``K[:, ℓ] = 2·Re(Σ_n C dB dA^ℓ)``
+    ============ ========= =====================================================
+
+    Parameters in float64/complex128 give a float64 kernel, otherwise float32.
+    """
+    op = "s4d_kernel"
+    check_discretization(op, discretization)
+    length = check_positive_int(op, "length", length)
+    _, log_dt, A, B, C = _canonical(op, log_dt, A, B, C)
+    args = {"log_dt": log_dt, "A": A, "B": B, "C": C, "length": length, "discretization": discretization}
+    _, fn = S4D_KERNEL.resolve(impl, args)
+    return fn(**args)
+
+
+def _s4d_kernel_vandermonde(*, log_dt, A, B, C, length, discretization):
+    _, dB, log_dA = _discretize(log_dt, A, B, discretization)
+    coef = C * dB  # (h, n)
+    ell = jnp.arange(length, dtype=log_dt.dtype)
+    # Σ_n coef·exp(ℓ·log dA): elementwise + reduce, which XLA fuses without materializing the
+    # (h, n, l) Vandermonde matrix. exp(ℓ·log dA) = dA^ℓ for any branch of the log.
+    V = jnp.exp(log_dA[:, :, None] * ell)
+    return 2 * jnp.real(jnp.sum(coef[:, :, None] * V, axis=1))
+
+
+S4D_KERNEL.register("xla", _s4d_kernel_vandermonde, priority=10, doc="Vandermonde sum, fused by XLA")
+
+
+# --------------------------------------------------------------------------------------------
+# Recurrent form
+# --------------------------------------------------------------------------------------------
+
+
+def _check_step(op, u, state, dA, dB, C, D, *, step: bool):
+    """Validate a step (``u_t (b, h)``, ``state``) or a scan (``u (b, l, h)``, ``initial_state``)."""
+    u_name, u_spec, x_name = ("u_t", "b h", "state") if step else ("u", "b l h", "initial_state")
+    dims = Dims(op)
+    u = to_array(op, u_name, u)
+    check_real(op, u_name, u)
+    dims.bind(u_name, u, u_spec)
+    dA = as_param(op, dims, "dA", dA)
+    dB = as_param(op, dims, "dB", dB)
+    C = as_param(op, dims, "C", C)
+    if step and state is None:
+        raise TypeError(f"{op}: `state` must be a (b, h, n) complex array (zeros before the first step); got None")
+    if state is not None:
+        state = to_array(op, x_name, state)
+        check_float_or_complex(op, x_name, state)
+        dims.bind(x_name, state, "b h n")
+    if D is not None:
+        D = to_array(op, "D", D)
+        check_real(op, "D", D)
+        dims.bind("D", D, "h")
+    ctype = complex_dtype(dA, dB, C)
+    return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
+
+
+def _step(u_t, x, dA, dB, C, D):
+    x = dA * x + dB * u_t[..., None].astype(x.dtype)
+    y = 2 * jnp.real(jnp.sum(C * x, axis=-1))
+    if D is not None:
+        y = y + D.astype(y.dtype) * u_t.astype(y.dtype)
+    return y, x
+
+
+def s4d_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:
+    """One recurrent step ``x = dA∘x + dB·u_t``, ``y_t = 2·Re(C·x) + D·u_t``.
+
+    ============ ========== ==============================================
+    u_t          (b, h)     input at this step
+    state        (b, h, n)  complex state (zeros before the first step)
+    dA, dB       (h, n)     from :func:`s4d_discretize`
+    C            (h, n)     complex output matrix
+    D            (h,)       skip (optional)
+    returns      y_t (b, h) in ``u_t.dtype``, new state (b, h, n) complex
+    ============ ========== ==============================================
+    """
+    u_t, state, dA, dB, C, D, ctype = _check_step("s4d_step", u_t, state, dA, dB, C, D, step=True)
+    y, x = _step(u_t, state.astype(ctype), dA, dB, C, D)
+    return y.astype(u_t.dtype), x
+
+
+def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]:
+    """The recurrence over a whole sequence with ``lax.scan`` (reference, and prefill for decoding).
+
+    ``u (b, l, h)`` → ``y (b, l, h)`` in ``u.dtype`` and the final state ``(b, h, n)`` complex.
+    """
+    u, x0, dA, dB, C, D, ctype = _check_step("s4d_scan", u, initial_state, dA, dB, C, D, step=False)
+    b, _, h = u.shape
+    x0 = jnp.zeros((b, h, dA.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
+
+    def body(x, u_t):
+        y, x = _step(u_t, x, dA, dB, C, D)
+        return x, y
+
+    x, y = lax.scan(body, x0, jnp.swapaxes(u, 0, 1))
+    return jnp.swapaxes(y, 0, 1).astype(u.dtype), x
