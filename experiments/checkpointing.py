@@ -1,0 +1,166 @@
+"""Checkpoints of a run: the only module that talks to Orbax.
+
+``DIR/checkpoints/<step>/`` holds two items: ``state`` (the train state pytree: step, parameters,
+optimizer state; restored straight onto the target shardings, so a run may resume on another
+mesh) and ``data`` (each process's grain iterator position, one file per process). Saves are
+asynchronous; the newest ``keep`` checkpoints are kept, plus the best one by
+``checkpoint.best_metric``.
+
+``DIR/config.json`` records the config of the run. Resuming with a config that differs in a key
+that changes the computation (model, data, optimizer, seed) raises :class:`IncompatibleConfigError`
+naming the keys; keys that only change logging, evaluation, checkpointing or the mesh may
+differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+__all__ = ["Checkpointer", "IncompatibleConfigError", "check_config", "config_diff"]
+
+# Keys (dotted prefixes) that may change between a run and its resumption.
+RESUMABLE_KEYS = (
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "progress_bar",
+    "total_steps",
+    "mesh",
+    "sharding_rules",
+    "eval",
+    "checkpoint",
+)
+
+
+class IncompatibleConfigError(ValueError):
+    """The workdir holds a run whose config differs in keys that matter."""
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _jsonable(value: Any) -> Any:
+    # tuples -> lists, so a config compares equal to its JSON round trip.
+    return json.loads(json.dumps(value, default=str))
+
+
+def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Keys outside RESUMABLE_KEYS whose values differ: ``{key: (old, new)}``."""
+    a, b = _flatten(_jsonable(old)), _flatten(_jsonable(new))
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(p + ".") for p in RESUMABLE_KEYS):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out[key] = (a.get(key, "<absent>"), b.get(key, "<absent>"))
+    return out
+
+
+def check_config(workdir: str, config_dict: dict, *, write: bool) -> None:
+    """Compare with ``workdir/config.json`` if present (raise if incompatible); then record ``config_dict``."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = config_diff(old, config_dict)
+        if diff:
+            lines = "\n".join(f"  {k}: {o!r} (workdir) != {n!r} (now)" for k, n_o in diff.items() for o, n in [n_o])
+            raise IncompatibleConfigError(
+                f"{workdir} holds a run with a different config; resuming would mix two experiments. "
+                f"Differing keys:\n{lines}\nUse a new --workdir, or the original config."
+            )
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(_jsonable(config_dict), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Save / restore ``(state, data iterator)`` under ``workdir/checkpoints``.
+
+    ``best_metric`` is a key of the metrics dict passed to :meth:`save` (e.g.
+    ``"validation/accuracy"``); checkpoints saved without it are kept only while among the newest
+    ``keep``.
+    """
+
+    def __init__(self, workdir: str, *, keep: int, best_metric: str = "", best_mode: str = "max", async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"Checkpointer: checkpoint.keep must be >= 1; got {keep}")
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"Checkpointer: checkpoint.best_mode must be 'max' or 'min'; got {best_mode!r}")
+        policies = [checkpoint_managers.LatestN(n=keep)]
+        if best_metric:
+            policies.append(
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m[best_metric],
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        self._best_metric = best_metric
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iter: grain.DatasetIterator, metrics: dict[str, float] | None = None) -> None:
+        """Start an asynchronous save (returns once the arrays are copied off the devices)."""
+        if metrics is not None and self._best_metric not in metrics:
+            metrics = None
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
+            metrics=metrics,
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator) -> Any:
+        """The state saved at ``step``, placed as ``abstract_state``'s shardings; ``data_iter`` repositioned."""
+        logging.info("restoring checkpoint %d from %s", step, self.directory)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iter)
+            ),
+        )
+        return restored["state"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """``ShapeDtypeStruct``s of ``tree`` carrying ``shardings`` (the restore target)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

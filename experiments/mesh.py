@@ -1,0 +1,99 @@
+"""Multi-process start-up and the device mesh (axes ``data``, ``fsdp``, ``tensor``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh
+
+__all__ = ["AXES", "describe", "initialize_distributed", "make_mesh", "resolve_mesh_shape"]
+
+AXES = ("data", "fsdp", "tensor")
+
+# Environment variables read when the flags are not given (JAX's own names where it has them).
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+) -> bool:
+    """Start JAX's distributed runtime when this is one of several processes; True if started.
+
+    Explicit arguments win, then ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+    ``JAX_PROCESS_ID``. With none of them, ``auto=True`` lets JAX detect the cluster (TPU pods,
+    Slurm, Open MPI); otherwise this is a single-process run and nothing is started.
+    Must run before any other JAX call.
+    """
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
+        num_processes = int(os.environ[ENV_NUM_PROCESSES])
+    if process_id is None and os.environ.get(ENV_PROCESS_ID):
+        process_id = int(os.environ[ENV_PROCESS_ID])
+    given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "initialize_distributed: give all of coordinator_address, num_processes, process_id (flags or "
+            f"{ENV_COORDINATOR}/{ENV_NUM_PROCESSES}/{ENV_PROCESS_ID}); got coordinator_address="
+            f"{coordinator_address!r}, num_processes={num_processes!r}, process_id={process_id!r}"
+        )
+    if all(given):
+        if num_processes == 1:
+            return False
+        if _backend_is_cpu_only():
+            # CPU processes exchange data for collectives through gloo (jax 0.11.2).
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        logging.info("jax.distributed: process %d of %d (coordinator %s)", process_id, num_processes, coordinator_address)
+        return True
+    if auto:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def _backend_is_cpu_only() -> bool:
+    # Decided from the requested platforms, without initializing a backend (which would make
+    # jax.distributed.initialize fail).
+    platforms = os.environ.get("JAX_PLATFORMS", "") or jax.config.jax_platforms or ""
+    return platforms.strip().lower() == "cpu"
+
+
+def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
+    """``(data, fsdp, tensor)`` with at most one ``-1`` filled by the devices left over."""
+    sizes = [int(mesh_config[a]) for a in AXES]
+    fill = [i for i, s in enumerate(sizes) if s == -1]
+    if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh: sizes must be positive with at most one -1; got {dict(zip(AXES, sizes))}")
+    known = math.prod(s for s in sizes if s != -1)
+    if fill:
+        if num_devices % known:
+            raise ValueError(f"mesh: {dict(zip(AXES, sizes))} does not divide {num_devices} devices")
+        sizes[fill[0]] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"mesh: {dict(zip(AXES, sizes))} uses {math.prod(sizes)} devices; there are {num_devices}")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+    """The ``(data, fsdp, tensor)`` mesh over all devices (of all processes).
+
+    Axes are ``Auto``: the compiler propagates shardings from the parameters' and the batch's, so
+    model code needs no sharding annotations.
+    """
+    devices = jax.devices() if devices is None else devices
+    shape = resolve_mesh_shape(mesh_config, len(devices))
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def describe(mesh: Mesh) -> str:
+    return ", ".join(f"{a}={n}" for a, n in mesh.shape.items()) + f" over {np.asarray(mesh.devices).size} devices"

@@ -1,0 +1,89 @@
+"""Where metrics go: ``DIR/metrics.jsonl``, TensorBoard event files, and a progress bar.
+
+Every record is one JSON object per line: ``{"step": int, "split": "train" | "validation" | ...,
+"loss": float, <task metrics>, <throughput>...}``; TensorBoard gets the same numbers as
+``<split>/<name>`` scalars under ``DIR/tensorboard``. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import tqdm
+from tensorboardX import SummaryWriter
+
+__all__ = ["MetricWriter", "ProgressBar", "read_metrics"]
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    value = float(value)
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN / inf
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._file = open(self.path, "a")
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **{k: _clean(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for name, value in metrics.items():
+            self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+            self.enabled = False
+
+
+def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]:
+    """Records of ``workdir/metrics.jsonl`` (of one ``split`` if given), in file order."""
+    out = []
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                if split is None or rec["split"] == split:
+                    out.append(rec)
+    return out
+
+
+class ProgressBar:
+    """A tqdm bar over training steps showing loss and tokens/s (silent when disabled)."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        self._bar = (
+            tqdm.tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+            if enabled
+            else None
+        )
+
+    def update(self, steps: int, **postfix: float) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+            if postfix:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def write(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,61 @@
+"""The optimizer: AdamW with linear warmup + cosine decay, global-norm clipping, and its own group
+for SSM parameters.
+
+The trainer splits the model's parameters by type into ``{"ssm": ..., "other": ...}``
+(``ssm_jax.nn.SSMParam`` vs every other ``nnx.Param``); this module gives the two groups separate
+AdamW instances: ``optim.ssm_lr`` (default ``optim.lr``) and ``optim.ssm_weight_decay`` (default
+0) for A / dt / D / B / C of the SSMs, as S4 (Sec. 4) and Mamba (App. E) train them. Weight decay
+applies only to matrices (ndim >= 2); biases, norm scales and other vectors are not decayed
+(the GPT-3 recipe Mamba follows). Clipping is over the global norm of both groups together.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+__all__ = ["make_optimizer", "make_schedule"]
+
+
+def make_schedule(optim, total_steps: int, peak: float) -> optax.Schedule:
+    """0 -> ``peak`` linearly over ``warmup_steps``, then cosine to ``peak * min_lr_ratio`` at ``total_steps``."""
+    warmup = int(optim.warmup_steps)
+    if warmup < 0 or total_steps <= 0:
+        raise ValueError(f"make_schedule: need warmup_steps >= 0 and total_steps > 0; got {warmup}, {total_steps}")
+    warmup = min(warmup, total_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=peak * float(optim.min_lr_ratio),
+    )
+
+
+def _adamw(optim, schedule, weight_decay: float) -> optax.GradientTransformation:
+    return optax.adamw(
+        schedule,
+        b1=float(optim.b1),
+        b2=float(optim.b2),
+        eps=float(optim.eps),
+        weight_decay=weight_decay,
+        mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
+    )
+
+
+def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+    """The transform over ``{"ssm": params, "other": params}`` and the two lr schedules (for logging)."""
+    lr = float(optim.lr)
+    ssm_lr = lr if optim.ssm_lr is None else float(optim.ssm_lr)
+    schedules = {"other": make_schedule(optim, total_steps, lr), "ssm": make_schedule(optim, total_steps, ssm_lr)}
+    groups = optax.multi_transform(
+        {
+            "other": _adamw(optim, schedules["other"], float(optim.weight_decay)),
+            "ssm": _adamw(optim, schedules["ssm"], float(optim.ssm_weight_decay)),
+        },
+        {"other": "other", "ssm": "ssm"},
+    )
+    parts = [groups]
+    if optim.clip_norm and float(optim.clip_norm) > 0:
+        parts.insert(0, optax.clip_by_global_norm(float(optim.clip_norm)))
+    return optax.chain(*parts), schedules

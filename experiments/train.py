@@ -1,0 +1,398 @@
+"""The trainer: ``train_and_evaluate(config, workdir)`` (importable from notebooks).
+
+One linear function in sections: setup -> mesh -> data -> model shapes -> shardings -> init on
+devices -> restore -> train/eval steps -> loop. The keys it reads are documented in
+:mod:`experiments.configs.common`.
+
+Train state (a pytree; what a checkpoint holds)::
+
+    step       ()    int32
+    params     {"ssm": nnx.State of ssm_jax.nn.SSMParam, "other": nnx.State of other nnx.Param}
+    opt_state  optax state over params
+    rest       nnx.State of the model's other non-RNG variables (usually empty)
+
+The model's RNG streams are not trained or saved: every step re-derives them from
+``(seed, step, microbatch)``, so dropout is reproducible across resumption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from experiments import checkpointing, mesh as mesh_lib, optim as optim_lib, tasks
+from experiments.data import registry
+from experiments.metrics import MetricWriter, ProgressBar
+from ssm_jax import parallel
+from ssm_jax.nn.params import SSMParam
+
+__all__ = ["train_and_evaluate"]
+
+BATCH_AXES = ("data", "fsdp")
+
+
+class _Preemption:
+    """SIGTERM -> finish the current step, save, return. Several processes stop at the same step."""
+
+    def __init__(self, multiprocess: bool):
+        self.multiprocess = multiprocess
+        self.requested = False
+        self._previous = None
+        # With jax.distributed, JAX's preemption notifier owns SIGTERM and syncs the stop step.
+        if not multiprocess and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self.multiprocess:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _reseed(rngs: nnx.State, key: jax.Array) -> nnx.State:
+    """The model's RNG streams keyed from ``key`` (each stream its own fold-in), counts reset."""
+    leaves, treedef = jax.tree.flatten(rngs, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    out = []
+    for i, v in enumerate(leaves):
+        if isinstance(v, nnx.RngKey):
+            out.append(v.replace(jax.random.fold_in(key, i)))
+        elif isinstance(v, nnx.RngCount):
+            out.append(v.replace(jnp.zeros_like(v.get_value())))
+        else:
+            out.append(v)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _ssm_lr(config, model_cfg) -> float | None:
+    """``optim.ssm_lr``, else the S4/S4D config's ``lr`` when every S4-family layer agrees."""
+    if config.optim.ssm_lr is not None:
+        return float(config.optim.ssm_lr)
+    lrs = {getattr(model_cfg, m).lr for m in set(getattr(model_cfg, "mixers", ())) if m in ("s4", "s4d")}
+    lrs.discard(None)
+    if len(lrs) > 1:
+        raise ValueError(f"train: S4/S4D layers ask for different lr {sorted(lrs)}; set optim.ssm_lr")
+    return lrs.pop() if lrs else None
+
+
+def _like_params(opt_state, params, param_shardings, default):
+    """Shardings for ``opt_state``: a leaf whose key path ends with a parameter's path (Adam's
+    ``mu`` / ``nu`` of that parameter, however the transforms nest them) and has its shape gets
+    its sharding; other leaves (counts, masked-out groups) get ``default``."""
+    keystr = jax.tree_util.keystr
+    flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat_s = jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    by_path = {keystr(path): (leaf.shape, s) for (path, leaf), s in zip(flat_p, flat_s, strict=True)}
+
+    def pick(path, leaf):
+        k = keystr(path)
+        for p, (shape, s) in by_path.items():
+            if k.endswith(p) and tuple(leaf.shape) == tuple(shape):
+                return s
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state)
+
+
+def _eval_batch_sharding(mesh, batch_size: int) -> tuple[NamedSharding, bool]:
+    """Shard an eval batch over (data, fsdp) when it divides; else replicate (e.g. batch 1)."""
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % n == 0 and batch_size % jax.process_count() == 0:
+        return NamedSharding(mesh, P(BATCH_AXES)), True
+    return NamedSharding(mesh, P()), False
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluate.
+
+    Returns the final metrics: ``{"step": ..., "train/loss": ..., "<split>/<metric>": ...}``.
+    """
+    # ------------------------------------------------------------------------------------------
+    # Setup: config, task, model config, workdir.
+    # ------------------------------------------------------------------------------------------
+    config = ml_collections.ConfigDict(config.to_dict())  # a private copy
+    config.lock()
+    workdir = os.path.abspath(workdir)
+    pid, nproc = jax.process_index(), jax.process_count()
+    task = tasks.task_of(config.data)
+    model_cfg = tasks.model_config(task, config.model.to_dict())
+    num_classes = model_cfg.vocab_size if task == "lm" else model_cfg.num_classes
+    total_steps = int(config.total_steps)
+    accum = int(config.optim.grad_accum_steps)
+    batch_size = int(config.data.batch_size)
+    if batch_size % accum:
+        raise ValueError(f"train: data.batch_size={batch_size} is not divisible by optim.grad_accum_steps={accum}")
+    checkpointing.check_config(workdir, config.to_dict(), write=pid == 0)
+
+    # ------------------------------------------------------------------------------------------
+    # Mesh.
+    # ------------------------------------------------------------------------------------------
+    mesh = mesh_lib.make_mesh(config.mesh)
+    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (batch_size // accum) % n_batch_shards:
+        raise ValueError(
+            f"train: the microbatch data.batch_size / optim.grad_accum_steps = {batch_size // accum} must divide "
+            f"over mesh data x fsdp = {n_batch_shards} devices"
+        )
+    rules = tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in config.sharding_rules)
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+    logging.info("mesh: %s", mesh_lib.describe(mesh))
+
+    # --------------------------------------------------------------------------------------
+    # Model shapes (no memory). Outside the mesh context: nnx.eval_shape would read the logical
+    # names as mesh axes (flax 0.12.10).
+    # --------------------------------------------------------------------------------------
+    def make_model():
+        return tasks.build_model(task, model_cfg, nnx.Rngs(config.seed))
+
+    abstract_model = nnx.eval_shape(make_model)
+    abstract_model.eval()
+    graphdef_eval = nnx.graphdef(abstract_model)
+    abstract_model.train()
+    graphdef, abs_ssm, abs_other, abs_rngs, abs_rest = nnx.split(abstract_model, SSMParam, nnx.Param, nnx.RngState, ...)
+    abs_params = {"ssm": abs_ssm, "other": abs_other}
+
+    with jax.set_mesh(mesh), contextlib.ExitStack() as cleanup:
+        # --------------------------------------------------------------------------------------
+        # Data.
+        # --------------------------------------------------------------------------------------
+        train_iter = iter(
+            registry.build(
+                config.data, split="train", seed=config.seed, global_batch_size=batch_size, process_index=pid, process_count=nproc
+            )
+        )
+
+        # --------------------------------------------------------------------------------------
+        # Shardings: parameters from their logical axis names through the config's rules table;
+        # optimizer moments like their parameters; everything else replicated.
+        # --------------------------------------------------------------------------------------
+        param_shardings = {
+            "ssm": parallel.logical_to_sharding(abs_ssm, mesh, rules),
+            "other": parallel.logical_to_sharding(abs_other, mesh, rules),
+        }
+        rngs_shardings = jax.tree.map(lambda _: replicated, abs_rngs)
+        rest_shardings = jax.tree.map(lambda _: replicated, abs_rest)
+
+        tx, schedules = optim_lib.make_optimizer(
+            _with_ssm_lr(config.optim, _ssm_lr(config, model_cfg)), total_steps
+        )
+        abs_opt = jax.eval_shape(tx.init, abs_params)
+        opt_shardings = _like_params(abs_opt, abs_params, param_shardings, replicated)
+        state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "rest": rest_shardings}
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
+        logging.info("model: %s, %d parameters", type(abstract_model).__name__, n_params)
+
+        # --------------------------------------------------------------------------------------
+        # Initialize directly on the devices, in the sharded layout.
+        # --------------------------------------------------------------------------------------
+        def init():
+            model = make_model()
+            model.train()
+            _, ssm, other, rngs, rest = nnx.split(model, SSMParam, nnx.Param, nnx.RngState, ...)
+            params = {"ssm": ssm, "other": other}
+            state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rest": rest}
+            return state, rngs
+
+        init = jax.jit(init, out_shardings=(state_shardings, rngs_shardings))
+        state, rngs = init()
+
+        # --------------------------------------------------------------------------------------
+        # Restore (the same command on the same workdir resumes).
+        # --------------------------------------------------------------------------------------
+        ckpt = checkpointing.Checkpointer(
+            workdir,
+            keep=int(config.checkpoint.keep),
+            best_metric=config.checkpoint.best_metric,
+            best_mode=config.checkpoint.best_mode,
+            async_save=bool(config.checkpoint.async_save),
+        )
+        cleanup.callback(ckpt.close)
+        start = ckpt.latest_step() or 0
+        if start:
+            state = ckpt.restore(start, checkpointing.abstract_like(state, state_shardings), train_iter)
+            if int(state["step"]) != start:
+                raise RuntimeError(f"checkpoint {start} holds step {int(state['step'])}")
+            logging.info("resumed from step %d", start)
+
+        # --------------------------------------------------------------------------------------
+        # Steps.
+        # --------------------------------------------------------------------------------------
+        base_key = jax.random.key(config.seed)
+        metric_shardings = replicated
+
+        def loss_fn(params, rest, rngs, batch, key):
+            model = nnx.merge(graphdef, params["ssm"], params["other"], _reseed(rngs, key), rest)
+            logits = tasks.forward(model, batch, task)
+            sums = tasks.loss_sums(logits, batch, task, num_classes)
+            return sums["loss_sum"], sums
+
+        grad_fn = jax.grad(loss_fn, has_aux=True)
+
+        def train_step(state, rngs, batch):
+            params, step = state["params"], state["step"]
+            key = jax.random.fold_in(base_key, step)
+            if accum == 1:
+                grads, sums = grad_fn(params, state["rest"], rngs, batch, key)
+            else:
+                # Microbatch m = rows m, m + accum, ...: every device keeps a share of each one.
+                micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+                micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: NamedSharding(mesh, P(None, BATCH_AXES)), micro))
+
+                def body(carry, xs):
+                    g, s = grad_fn(params, state["rest"], rngs, xs[0], jax.random.fold_in(key, xs[1]))
+                    return jax.tree.map(jnp.add, carry, (g, s)), None
+
+                zeros = jax.eval_shape(lambda: grad_fn(params, state["rest"], rngs, jax.tree.map(lambda x: x[0], micro), key))
+                zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+                (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+            # Mean over every weighted position of the global batch (independent of accum / devices).
+            grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight_sum"], 1.0), grads)
+            updates, opt_state = tx.update(grads, state["opt_state"], params)
+            new = {"step": step + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state, "rest": state["rest"]}
+            metrics = dict(sums, grad_norm=optax.global_norm(grads), lr=schedules["other"](step))
+            return new, metrics
+
+        train_step = jax.jit(
+            train_step,
+            in_shardings=(state_shardings, rngs_shardings, batch_sharding),
+            out_shardings=(state_shardings, metric_shardings),
+            donate_argnums=(0,),
+        )
+
+        def eval_step(params, rest, rngs, batch):
+            model = nnx.merge(graphdef_eval, params["ssm"], params["other"], rngs, rest)
+            return tasks.loss_sums(tasks.forward(model, batch, task), batch, task, num_classes)
+
+        eval_step = jax.jit(eval_step, out_shardings=metric_shardings)
+
+        def evaluate(name: str, split: str, data_config, batch_size: int, num_batches: int) -> dict[str, float]:
+            sharding, sharded = _eval_batch_sharding(mesh, batch_size)
+            it = iter(
+                registry.build(
+                    data_config,
+                    split=split,
+                    seed=config.seed,
+                    global_batch_size=batch_size,
+                    process_index=pid if sharded else 0,
+                    process_count=nproc if sharded else 1,
+                )
+            )
+            total = None
+            for i, batch in enumerate(it):
+                if 0 <= num_batches <= i:
+                    break
+                sums = eval_step(state["params"], state["rest"], rngs, _put_batch(batch, sharding))
+                total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+            if total is None:
+                raise ValueError(f"evaluation {name!r}: split {split!r} of {data_config.name!r} gave no batches")
+            return tasks.finalize(jax.device_get(total), task)
+
+        # --------------------------------------------------------------------------------------
+        # Loop.
+        # --------------------------------------------------------------------------------------
+        writer = MetricWriter(workdir, enabled=pid == 0)
+        cleanup.callback(writer.close)
+        bar = ProgressBar(total_steps, start, enabled=pid == 0 and bool(config.progress_bar))
+        cleanup.callback(bar.close)
+        preemption = _Preemption(multiprocess=nproc > 1)
+        cleanup.callback(preemption.restore)
+
+        def run_evals(step: int, final: bool) -> dict[str, float]:
+            out = {}
+            for split in config.eval.splits:
+                m = evaluate(split, split, config.data, int(config.eval.batch_size), int(config.eval.num_batches))
+                writer.write(step, split, m)
+                out.update({f"{split}/{k}": v for k, v in m.items()})
+            for name, extra in config.eval.extra.items():
+                if not (final or extra.every_eval):
+                    continue
+                if extra.forward != "parallel":
+                    raise NotImplementedError("chunked evaluation")
+                data_config = ml_collections.ConfigDict(config.data.to_dict())
+                data_config.update(extra.data.to_dict())
+                m = evaluate(name, extra.split, data_config, int(extra.batch_size), int(extra.num_batches))
+                writer.write(step, name, m)
+                out.update({f"{name}/{k}": v for k, v in m.items()})
+            if out:
+                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items() if k.endswith(("loss", "accuracy"))))
+            return out
+
+        step = start
+        window: list[dict[str, jax.Array]] = []
+        window_tokens, window_start = 0, time.perf_counter()
+        final: dict[str, float] = {}
+        last_train: dict[str, float] = {}
+        preempted = False
+        while step < total_steps:
+            host_batch = next(train_iter)
+            window_tokens += tasks.tokens_in(host_batch, task) * nproc
+            state, metrics = train_step(state, rngs, _put_batch(host_batch, batch_sharding))
+            step += 1
+            window.append(metrics)
+            bar.update(1)
+            if step % int(config.log_every) == 0 or step == total_steps:
+                fetched = jax.device_get(window)
+                sums = {k: sum(m[k] for m in fetched) for k in fetched[0] if k not in ("grad_norm", "lr")}
+                elapsed = time.perf_counter() - window_start
+                last_train = tasks.finalize(sums, task)
+                last_train.update(
+                    grad_norm=float(np.mean([m["grad_norm"] for m in fetched])),
+                    lr=float(fetched[-1]["lr"]),
+                    steps_per_sec=len(fetched) / elapsed,
+                    tokens_per_sec=window_tokens / elapsed,
+                )
+                if not all(math.isfinite(v) for v in last_train.values()):
+                    logging.error("non-finite train metrics at step %d: %s", step, last_train)
+                writer.write(step, "train", last_train)
+                bar.update(0, loss=last_train["loss"], tok_s=last_train["tokens_per_sec"])
+                window, window_tokens, window_start = [], 0, time.perf_counter()
+            eval_metrics = {}
+            if step % int(config.eval_every) == 0 or step == total_steps:
+                eval_metrics = run_evals(step, final=step == total_steps)
+                final.update(eval_metrics)
+            preempted = preemption.reached(step) and step < total_steps
+            if step % int(config.checkpoint_every) == 0 or step == total_steps or preempted:
+                ckpt.save(step, state, train_iter, metrics=eval_metrics or None)
+            if preempted:
+                logging.warning("preempted: saved step %d of %d; rerun the same command to resume", step, total_steps)
+                break
+        if start >= total_steps:  # a finished run: report its evaluation again
+            final.update(run_evals(step, final=True))
+        ckpt.wait()
+        out = {"step": step, "preempted": preempted}
+        out.update({f"train/{k}": v for k, v in last_train.items()})
+        out.update(final)
+        return out
+
+
+def _with_ssm_lr(optim_config, ssm_lr: float | None):
+    c = ml_collections.ConfigDict(optim_config.to_dict())
+    c.ssm_lr = ssm_lr
+    return c
