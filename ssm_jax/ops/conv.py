@@ -198,14 +198,18 @@ def _shifted_taps(x, weight, bias, segment_ids, left: int):
     right = k - 1 - left
     xp = jnp.pad(x.astype(acc), ((0, 0), (left, right), (0, 0)))
     if segment_ids is not None:
-        # Padding positions read zeros from xp, so their id does not matter.
-        sp = jnp.pad(segment_ids, ((0, 0), (left, right)), constant_values=0)
+        # A segment is a run of equal ids (an id that comes back later starts a new segment, as
+        # in the scans): number the runs and compare run numbers. Padding reads zeros from xp,
+        # so its run number does not matter.
+        changes = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
+        run = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), jnp.cumsum(changes, axis=1)], axis=1)
+        sp = jnp.pad(run, ((0, 0), (left, right)))
     w = weight.astype(acc)
     y = jnp.zeros((b, l, d), acc) if bias is None else jnp.broadcast_to(bias.astype(acc), (b, l, d))
     for i in range(k):
         tap = xp[:, i : i + l] * w[:, i]
         if segment_ids is not None and i != left:
-            tap = jnp.where((sp[:, i : i + l] == segment_ids)[..., None], tap, 0)
+            tap = jnp.where((sp[:, i : i + l] == run)[..., None], tap, 0)
         y = y + tap
     return y
 
@@ -221,6 +225,7 @@ def causal_conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, im
                                   multiplies ``x[t-k+1]`` (PyTorch ``(d, 1, k)`` squeezed)
     bias         (d,)             optional
     segment_ids  (b, l) int       packed sequences: no tap reaches into an earlier segment
+                                  (a segment is a run of equal ids)
     activation   None | "silu"    applied after the bias ("swish" is accepted as an alias)
     returns      (b, l, d)        ``x.dtype``
     ============ ================ ===========================================================
@@ -249,6 +254,7 @@ def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str
     weight       (d, k)           ``weight[:, i]`` multiplies ``x[t+i-(k-1)//2]``
     bias         (d,)             optional
     segment_ids  (b, l) int       packed sequences: no tap crosses a segment boundary
+                                  (a segment is a run of equal ids)
     activation   None | "silu"    applied after the bias
     returns      (b, l, d)        ``x.dtype``
     ============ ================ ===========================================================
@@ -299,9 +305,12 @@ def causal_conv1d_step(x_t, conv_state, weight, bias=None, *, activation=None) -
     dims = Dims(op)
     dims.bind("x_t", x_t, "b d")
     dims.bind("weight", weight, "d k")
-    k = dims["k"]
-    dims.sizes["km1"] = k - 1
-    dims.bind("conv_state", conv_state, "b d km1", "b d k")
+    b, d, k = dims["b"], dims["d"], dims["k"]
+    if conv_state.shape not in ((b, d, k - 1), (b, d, k)):
+        raise ValueError(
+            f"{op}: `conv_state` must have shape (b, d, k-1) = ({b}, {d}, {k - 1}) or (b, d, k) = "
+            f"({b}, {d}, {k}); got {tuple(conv_state.shape)}"
+        )
     if bias is not None:
         bias = to_array(op, "bias", bias)
         check_real(op, "bias", bias)
