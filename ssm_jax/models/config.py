@@ -1,0 +1,125 @@
+"""Frozen config dataclasses of the models, and (re-exported) those of the mixers.
+
+The trainer builds them from plain dicts with ``Config.from_dict(mapping)`` (``config.model.to_dict()``
+of an ml_collections config): nested dicts become nested configs, lists become tuples, and an
+unknown key raises a ``ValueError`` that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ssm_jax.nn.config import (
+    AttentionConfig,
+    Config,
+    HydraConfig,
+    Mamba2Config,
+    MambaConfig,
+    S4Config,
+    S4DConfig,
+    _check_choice,
+    _fail,
+)
+
+__all__ = [
+    "MIXERS",
+    "MambaConfig",
+    "Mamba2Config",
+    "HydraConfig",
+    "S4Config",
+    "S4DConfig",
+    "AttentionConfig",
+    "LanguageModelConfig",
+    "SequenceClassifierConfig",
+]
+
+MIXERS = ("mamba", "mamba2", "hydra", "s4", "s4d", "attention")
+
+
+@dataclasses.dataclass(frozen=True)
+class _StackConfig(Config):
+    """Embedding + ``n_layers`` pre-norm residual blocks + final RMSNorm."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    mixer: str = "mamba2"
+    layer_mixers: tuple[str, ...] | None = None
+    mamba: MambaConfig = MambaConfig()
+    mamba2: Mamba2Config = Mamba2Config()
+    hydra: HydraConfig = HydraConfig()
+    s4: S4Config = S4Config()
+    s4d: S4DConfig = S4DConfig()
+    attention: AttentionConfig = AttentionConfig()
+    d_intermediate: int = 0
+    norm_eps: float = 1e-5
+    pad_vocab_size_multiple: int = 8
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        cls = type(self)
+        for name in ("vocab_size", "d_model", "n_layers", "pad_vocab_size_multiple"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                _fail(cls, f"`{name}` must be a positive int; got {v!r}")
+        if isinstance(self.d_intermediate, bool) or not isinstance(self.d_intermediate, int) or self.d_intermediate < 0:
+            _fail(cls, f"`d_intermediate` must be an int >= 0; got {self.d_intermediate!r}")
+        _check_choice(cls, "mixer", self.mixer, MIXERS)
+        if self.layer_mixers is not None:
+            if len(self.layer_mixers) != self.n_layers:
+                _fail(cls, f"`layer_mixers` must have n_layers={self.n_layers} entries; got {len(self.layer_mixers)}")
+            for m in self.layer_mixers:
+                _check_choice(cls, "layer_mixers[...]", m, MIXERS)
+        _check_choice(cls, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        for name, sub in (("mamba", MambaConfig), ("mamba2", Mamba2Config), ("hydra", HydraConfig),
+                          ("s4", S4Config), ("s4d", S4DConfig), ("attention", AttentionConfig)):
+            if not isinstance(getattr(self, name), sub):
+                _fail(cls, f"`{name}` must be a {sub.__name__} (or a dict for from_dict); got {type(getattr(self, name)).__name__}")
+
+    @property
+    def mixers(self) -> tuple[str, ...]:
+        """The mixer of each layer."""
+        return tuple(self.layer_mixers) if self.layer_mixers is not None else (self.mixer,) * self.n_layers
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return -(-self.vocab_size // m) * m
+
+    def mixer_config(self, mixer: str):
+        return getattr(self, mixer)
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModelConfig(_StackConfig):
+    """A causal language model. ``hydra``, bidirectional S4/S4D and non-causal attention are refused."""
+
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        for m in set(self.mixers):
+            if m == "hydra":
+                _fail(type(self), "mixer 'hydra' is bidirectional; a language model needs causal mixers")
+            if m in ("s4", "s4d") and self.mixer_config(m).bidirectional:
+                _fail(type(self), f"`{m}.bidirectional=True` is not causal; a language model needs causal mixers")
+            if m == "attention" and not self.attention.causal:
+                _fail(type(self), "`attention.causal=False` is not causal; a language model needs causal mixers")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceClassifierConfig(_StackConfig):
+    """A sequence classifier (LRA): pooled features -> logits; ``dual_encoder`` for retrieval."""
+
+    num_classes: int = dataclasses.field(kw_only=True)
+    pooling: str = "mean"
+    dual_encoder: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            _fail(type(self), f"`num_classes` must be a positive int; got {self.num_classes!r}")
+        _check_choice(type(self), "pooling", self.pooling, ("mean", "last", "first"))
+        if not 0.0 <= self.dropout < 1.0:
+            _fail(type(self), f"`dropout` must be in [0, 1); got {self.dropout}")

@@ -1,0 +1,51 @@
+"""Flax NNX layers over :mod:`ssm_jax.ops`: the five mixers, attention, norms and the MLP.
+
+Every layer is called as ``layer(x (b, l, e), *, segment_ids=None) -> (b, l, e)``. Causal layers
+(``Mamba``, ``Mamba2``, ``MultiHeadAttention(causal=True)``, ``S4``/``S4D`` unless bidirectional)
+also have ``init_cache(batch_size, dtype)``, ``prefill(x, cache) -> (y, cache)`` and
+``step(x_t (b, e), cache) -> (y_t, cache)``. Parameters are fp32 with logical axis names;
+SSM-specific ones are :class:`SSMParam`.
+"""
+
+from ssm_jax.nn.attention import AttentionCache, MultiHeadAttention, apply_rope
+from ssm_jax.nn.config import AttentionConfig, Config, HydraConfig, Mamba2Config, MambaConfig, S4Config, S4DConfig
+from ssm_jax.nn.conv import ShortConv
+from ssm_jax.nn.hydra import Hydra
+from ssm_jax.nn.linear import Dense, Embed
+from ssm_jax.nn.mamba import Mamba, MambaCache
+from ssm_jax.nn.mamba2 import Mamba2, Mamba2Cache
+from ssm_jax.nn.mlp import MLP
+from ssm_jax.nn.norms import GatedRMSNorm, RMSNorm
+from ssm_jax.nn.params import LOGICAL_AXES, SSMParam, param
+from ssm_jax.nn.s4 import S4, S4D, S4Cache, SSMKernelParam
+
+__all__ = [
+    "LOGICAL_AXES",
+    "AttentionCache",
+    "AttentionConfig",
+    "Config",
+    "Dense",
+    "Embed",
+    "GatedRMSNorm",
+    "Hydra",
+    "HydraConfig",
+    "MLP",
+    "Mamba",
+    "Mamba2",
+    "Mamba2Cache",
+    "Mamba2Config",
+    "MambaCache",
+    "MambaConfig",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "S4",
+    "S4Cache",
+    "S4Config",
+    "S4D",
+    "S4DConfig",
+    "SSMKernelParam",
+    "SSMParam",
+    "ShortConv",
+    "apply_rope",
+    "param",
+]

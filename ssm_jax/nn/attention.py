@@ -1,0 +1,157 @@
+"""Multi-head softmax attention with rotary position embeddings and a KV cache.
+
+The baseline the SSMs are compared with, and the attention layers of hybrid stacks. The kernel is
+``jax.nn.dot_product_attention`` (XLA or cuDNN as JAX chooses).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssm_jax.nn._common import check_sequence, check_step, segment_positions
+from ssm_jax.nn.linear import Dense
+from ssm_jax.nn.params import canonical_dtype
+
+__all__ = ["AttentionCache", "MultiHeadAttention", "apply_rope"]
+
+
+class AttentionCache(NamedTuple):
+    """KV cache of one attention layer.
+
+    ===== ===================================================
+    k, v  ``(b, max_length, h, head_dim)`` in the compute dtype
+    index ``()`` int32: number of positions written (the next position)
+    ===== ===================================================
+    """
+
+    k: jax.Array
+    v: jax.Array
+    index: jax.Array
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding (Su et al., 2021, eq. 34) in the rotate-half layout of GPT-NeoX / Llama.
+
+    ``x (b, l, h, p)`` with ``p`` even, ``positions (b, l)`` -> ``(b, l, h, p)`` in ``x.dtype``.
+    Pairs are (i, i + p/2); frequencies ``theta ** (-2i / p)``.
+    """
+    p = x.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, p, 2, dtype=jnp.float32) / p)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (b, l, p/2)
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head attention with RoPE; causal or bidirectional; packed sequences via ``segment_ids``.
+
+    ======================= =====================================================
+    x                       ``(b, l, e)``
+    q/k/v_proj.kernel       ``(e, h * head_dim)``
+    out_proj.kernel         ``(h * head_dim, e)``
+    y                       ``(b, l, e)`` in ``dtype``
+    ======================= =====================================================
+
+    With ``segment_ids`` a token attends only within its segment, and RoPE positions restart at
+    each segment, so a packed row equals running each segment alone.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int = 8,
+        head_dim: int | None = None,
+        rope_theta: float = 10000.0,
+        causal: bool = True,
+        use_bias: bool = False,
+        dtype="float32",
+        rngs: nnx.Rngs,
+    ):
+        head_dim = d_model // num_heads if head_dim is None else head_dim
+        if head_dim < 2 or head_dim % 2:
+            raise ValueError(f"MultiHeadAttention: `head_dim` must be even and >= 2 (RoPE); got {head_dim} (d_model={d_model}, num_heads={num_heads})")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.rope_theta = float(rope_theta)
+        self.causal = causal
+        self.dtype = canonical_dtype("MultiHeadAttention", dtype)
+        inner = num_heads * head_dim
+        kw = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.q_proj = Dense(d_model, inner, names=("embed", "heads"), **kw)
+        self.k_proj = Dense(d_model, inner, names=("embed", "heads"), **kw)
+        self.v_proj = Dense(d_model, inner, names=("embed", "heads"), **kw)
+        self.out_proj = Dense(inner, d_model, names=("heads", "embed"), **kw)
+
+    def _qkv(self, x: jax.Array, positions: jax.Array):
+        b, l, _ = x.shape
+        shape = (b, l, self.num_heads, self.head_dim)
+        q = apply_rope(self.q_proj(x).reshape(shape), positions, self.rope_theta)
+        k = apply_rope(self.k_proj(x).reshape(shape), positions, self.rope_theta)
+        v = self.v_proj(x).reshape(shape)
+        return q, k, v
+
+    def _out(self, y: jax.Array) -> jax.Array:
+        b, l = y.shape[:2]
+        return self.out_proj(y.reshape(b, l, self.num_heads * self.head_dim))
+
+    def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        x, segment_ids = check_sequence("MultiHeadAttention", x, self.d_model, segment_ids)
+        b, l, _ = x.shape
+        if segment_ids is None:
+            positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+            mask = None
+        else:
+            positions = segment_positions(segment_ids)
+            mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # (b, 1, l, l)
+        q, k, v = self._qkv(x, positions)
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
+        return self._out(y)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def init_cache(self, batch_size: int, dtype=None, *, max_length: int) -> AttentionCache:
+        """An empty KV cache holding up to ``max_length`` positions."""
+        if not self.causal:
+            raise ValueError("MultiHeadAttention.init_cache: a bidirectional (causal=False) layer cannot decode step by step")
+        dtype = self.dtype if dtype is None else canonical_dtype("MultiHeadAttention.init_cache", dtype)
+        shape = (batch_size, max_length, self.num_heads, self.head_dim)
+        return AttentionCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+    def prefill(self, x: jax.Array, cache: AttentionCache) -> tuple[jax.Array, AttentionCache]:
+        """Causal forward of ``x (b, l, e)`` continuing ``cache``; returns ``(y, cache)``.
+
+        Attends over the whole cache buffer, masked to positions ``<= `` each query's, so it also
+        serves chunked prefill. ``index + l`` must not exceed the cache's ``max_length``.
+        """
+        x, _ = check_sequence("MultiHeadAttention.prefill", x, self.d_model)
+        b, l, _ = x.shape
+        max_length = cache.k.shape[1]
+        if l > max_length:
+            raise ValueError(f"MultiHeadAttention.prefill: `x` has length {l} > the cache's max_length {max_length}")
+        positions = cache.index + jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+        q, k, v = self._qkv(x, positions)
+        k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
+        v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.index, 0, 0))
+        mask = jnp.arange(max_length)[None, :] <= positions[0][:, None]  # (l, max_length)
+        y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None])
+        return self._out(y), AttentionCache(k_all, v_all, cache.index + l)
+
+    def step(self, x: jax.Array, cache: AttentionCache) -> tuple[jax.Array, AttentionCache]:
+        """One token ``x (b, e)`` -> ``(y (b, e), cache)``; writes position ``cache.index``.
+
+        Past ``max_length`` the write would be clamped by ``dynamic_update_slice``: size the cache
+        for the whole generation (``generate`` does).
+        """
+        x = check_step("MultiHeadAttention.step", x, self.d_model)
+        y, cache = self.prefill(x[:, None, :], cache)
+        return y[:, 0], cache

@@ -1,0 +1,163 @@
+"""Logical axis names -> mesh axes: ``PartitionSpec`` / ``NamedSharding`` trees for a model state.
+
+Parameters carry logical names in their ``out_sharding`` metadata (:func:`ssm_jax.nn.param`). A
+rules table ``[(logical_name, mesh_axes), ...]`` maps them to mesh axes, where ``mesh_axes`` is a
+mesh axis name, a tuple of names (sharded over their product) or ``None`` (replicated). For each
+dimension the first rule for its name is used whose mesh axes are (a) not already used by another
+dimension of the same array and, when a mesh is known, (b) present in the mesh and (c) of a total
+size dividing the dimension; otherwise that dimension is replicated. Names with no rule are
+replicated.
+
+The trainer's sequence (big_vision's): shapes with :func:`abstract_state` (``nnx.eval_shape``),
+shardings with :func:`logical_to_sharding`, then :func:`init_sharded` creates the parameters
+directly on the devices with ``jax.jit(..., out_shardings=...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = [
+    "DEFAULT_RULES",
+    "Rules",
+    "abstract_state",
+    "init_sharded",
+    "logical_spec",
+    "logical_to_mesh",
+    "logical_to_sharding",
+]
+
+MeshAxes = str | tuple[str, ...] | None
+Rules = Sequence[tuple[str, MeshAxes]]
+
+# Mesh axes of DESIGN.md: data (pure data parallel), fsdp (data parallel with sharded weights),
+# tensor (Megatron-style model parallel), context (sequence parallel).
+DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("batch", "data"),
+    ("length", "context"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("inner", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("state", None),
+    ("conv", None),
+    ("kv", None),
+    ("layers", None),
+)
+
+
+def _check_rules(rules: Rules) -> tuple[tuple[str, MeshAxes], ...]:
+    out = []
+    for i, rule in enumerate(rules):
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise ValueError(f"logical_to_mesh: `rules[{i}]` must be (logical_name, mesh_axes); got {rule!r}")
+        name, axes = rule
+        if isinstance(axes, list):
+            axes = tuple(axes)
+        if not (axes is None or isinstance(axes, str) or (isinstance(axes, tuple) and all(isinstance(a, str) for a in axes))):
+            raise ValueError(f"logical_to_mesh: mesh axes of rule {name!r} must be a name, a tuple of names or None; got {axes!r}")
+        out.append((name, axes))
+    return tuple(out)
+
+
+def logical_spec(
+    names: Sequence[str | None],
+    rules: Rules = DEFAULT_RULES,
+    *,
+    mesh: Mesh | None = None,
+    shape: Sequence[int] | None = None,
+) -> PartitionSpec:
+    """The ``PartitionSpec`` of an array whose dimensions have logical ``names``.
+
+    With ``mesh`` (and ``shape``), mesh axes absent from the mesh or not dividing the dimension
+    are skipped, so the result is always a valid sharding for that mesh.
+    """
+    rules = _check_rules(rules)
+    if shape is not None and len(shape) != len(names):
+        raise ValueError(f"logical_spec: `names` {tuple(names)} and `shape` {tuple(shape)} differ in rank")
+    used: set[str] = set()
+    spec: list[MeshAxes] = []
+    for dim, name in enumerate(names):
+        chosen: MeshAxes = None
+        for rule_name, axes in rules:
+            if name is None or rule_name != name:
+                continue
+            if axes is None:
+                break  # explicitly replicated
+            tup = (axes,) if isinstance(axes, str) else axes
+            if any(a in used for a in tup):
+                continue
+            if mesh is not None:
+                if any(a not in mesh.shape for a in tup):
+                    continue
+                size = 1
+                for a in tup:
+                    size *= mesh.shape[a]
+                if shape is not None and shape[dim] % size:
+                    continue
+            chosen = axes
+            used.update(tup)
+            break
+        spec.append(chosen)
+    return PartitionSpec(*spec)
+
+
+def _logical_names(x: nnx.Variable) -> tuple | None:
+    names = x.get_metadata().get("out_sharding")
+    return tuple(names) if names else None
+
+
+def _state_of(tree: Any) -> Any:
+    return nnx.state(tree) if isinstance(tree, nnx.Module) else tree
+
+
+def logical_to_mesh(tree: Any, rules: Rules = DEFAULT_RULES, *, mesh: Mesh | None = None) -> Any:
+    """``PartitionSpec`` for every Variable of a model or state (abstract or concrete).
+
+    Returns the structure of ``nnx.get_partition_spec``: the same tree with each Variable's value
+    replaced by its ``PartitionSpec`` (``P()`` for Variables without logical names, e.g. RNG
+    state), usable as ``out_shardings``/``in_shardings`` for the matching ``nnx.State``.
+    """
+    state = _state_of(tree)
+
+    def spec(x):
+        if isinstance(x, nnx.Variable):
+            names = _logical_names(x)
+            value = x.get_value()
+            shape = getattr(value, "shape", None)
+            if names is None:
+                return x.replace(PartitionSpec())
+            return x.replace(logical_spec(names, rules, mesh=mesh, shape=shape))
+        return PartitionSpec()
+
+    return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def logical_to_sharding(tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """Like :func:`logical_to_mesh`, with ``NamedSharding(mesh, spec)`` leaves."""
+    specs = logical_to_mesh(tree, rules, mesh=mesh)
+    return jax.tree.map(lambda p: NamedSharding(mesh, p), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def abstract_state(model_fn: Callable[[], nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, state)`` of ``model_fn()`` with ``jax.ShapeDtypeStruct`` values (no FLOPs, no memory)."""
+    return nnx.split(nnx.eval_shape(model_fn))
+
+
+def init_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
+    """Build ``model_fn()`` with every parameter created directly in its sharded layout on ``mesh``."""
+    graphdef, abstract = abstract_state(model_fn)
+    shardings = logical_to_sharding(abstract, mesh, rules)
+
+    def init():
+        return nnx.split(model_fn())[1]
+
+    state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
