@@ -4,6 +4,18 @@ Used by datasets that can produce any example from its index (the synthetic task
 source with random access). Example ``i`` of the global order goes to process ``i % process_count``,
 so global batch ``k`` is examples ``[k * B, (k + 1) * B)`` whatever the number of processes: a run
 on one host and on many sees the same data at every step.
+
+Two entry points:
+
+* :func:`batched` -- examples *generated* from their index (synthetic tasks);
+* :func:`source_batches` -- examples *read* from a random-access source (a ``tfds.data_source``
+  split, a list, :class:`experiments.data.text.PackedTokens`): the train split is
+  ``MapDataset.shuffle().repeat()``, a fresh permutation each epoch that is a function of
+  ``seed`` and the epoch only; evaluation splits make one pass padded with a ``pad_example``.
+
+Both deal the global index stream round-robin to processes (no example is read twice), and both
+iterators checkpoint as "the next global index": ``get_state()``/``set_state()`` resume mid-epoch
+exactly, whatever the number of reader threads.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
-__all__ = ["batched", "example_rng"]
+__all__ = ["batched", "cfg_get", "example_rng", "pad_or_truncate", "source_batches"]
 
 Example = dict[str, np.ndarray]
 
@@ -74,3 +86,84 @@ def require_keys(where: str, config: Any, keys: tuple[str, ...]) -> None:
     missing = [k for k in keys if k not in config]
     if missing:
         raise ValueError(f"{where}: data config is missing keys {missing}; it has {sorted(config.keys())}")
+
+
+def cfg_get(config: Any, key: str, default: Any = None) -> Any:
+    """``config.key`` for a ConfigDict or dict; ``default`` when absent."""
+    getter = getattr(config, "get", None)
+    if callable(getter):
+        return getter(key, default)
+    return getattr(config, key, default)
+
+
+def pad_or_truncate(tokens: np.ndarray, length: int, *, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``tokens (n,)`` -> ``ids (length,) int32``, ``mask (length,) bool``; keeps the first ``length``."""
+    tokens = np.asarray(tokens)
+    n = min(tokens.shape[0], length)
+    ids = np.full((length,), pad_id, np.int32)
+    ids[:n] = tokens[:n]
+    mask = np.zeros((length,), bool)
+    mask[:n] = True
+    return ids, mask
+
+
+class _PaddedSource:
+    """``source`` followed by ``None`` up to ``length`` items (the evaluation padding)."""
+
+    def __init__(self, source, length: int):
+        self._source = source
+        self._n = len(source)
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int):
+        return self._source[index] if index < self._n else None
+
+
+def source_batches(
+    source,
+    *,
+    transform: Callable[[Any], Example],
+    pad_example: Example,
+    split: str,
+    seed: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+    num_threads: int = 4,
+    prefetch: int = 8,
+) -> grain.IterDataset:
+    """This process's batches of the records of ``source`` (see the module docstring).
+
+    ``transform(record)`` makes one fixed-shape example (a dict of NumPy arrays with ``weights``);
+    ``pad_example`` has the same structure with ``weights`` zero and fills the last evaluation
+    batch. ``split == "train"`` repeats forever with a new shuffle each epoch.
+    """
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"source_batches: split must be one of {tuple(_SPLIT_IDS)}; got {split!r}")
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"source_batches: global_batch_size={global_batch_size} must be a positive multiple of "
+            f"process_count={process_count}"
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"source_batches: process_index={process_index} must be in [0, {process_count})")
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"source_batches: the {split!r} split has no examples")
+    if split == "train":
+        ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None).map(transform)
+    else:
+        pad = {k: np.asarray(v) for k, v in pad_example.items()}
+        if float(np.sum(pad["weights"])) != 0.0:
+            raise ValueError("source_batches: pad_example must have all-zero weights")
+
+        def transform_or_pad(record):
+            return {k: v.copy() for k, v in pad.items()} if record is None else transform(record)
+
+        total = -(-n // global_batch_size) * global_batch_size
+        ds = grain.MapDataset.source(_PaddedSource(source, total)).map(transform_or_pad)
+    ds = ds[process_index::process_count].batch(global_batch_size // process_count, drop_remainder=True)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))

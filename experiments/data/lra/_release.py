@@ -1,0 +1,69 @@
+"""Finding the public LRA release files under TFDS's ``manual_dir``, and the shared builder bits.
+
+``lra_release.gz`` (https://github.com/google-research/long-range-arena, 7.7 GB) extracts to
+``lra_release/lra_release/{listops-1000, tsv_data, pathfinder32, pathfinder64, pathfinder128,
+pathfinder256}``. ``manual_dir`` may point at the folder holding the archive's top
+``lra_release``, at either ``lra_release`` level, or straight at a task folder's parent; the
+builders look in all of these and, when the files are missing, raise an error that lists every
+file expected and every folder searched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+# The archive nests lra_release twice; users also point manual_dir at the inner folder.
+_ROOTS = ("lra_release/lra_release", "lra_release", ".")
+
+MANUAL_INSTRUCTIONS = f"""\
+Download the Long Range Arena release ({RELEASE_URL}, 7.7 GB), extract it with
+`tar -xzf lra_release.gz`, and pass the folder that holds the extracted `lra_release` as the
+TFDS manual_dir (data.manual_dir in the experiment configs). The generated configs
+(`.../generated`) need no files.
+"""
+
+
+def manual_root(dl_manager) -> Path | None:
+    """The manual_dir TFDS was given, or None when it does not exist (or is empty)."""
+    try:
+        return Path(dl_manager.manual_dir)
+    except AssertionError:
+        # tfds 4.9.10 raises AssertionError for a missing/empty manual_dir; we want our own
+        # message listing the files, so fall back to the configured path (private attribute).
+        path = getattr(dl_manager, "_manual_dir", None)
+        return Path(path) if path else None
+
+
+def find_release_dir(root: Path | None, subdir: str, files: Sequence[str], *, dataset: str) -> Path:
+    """The folder ``<root>/<one of _ROOTS>/<subdir>`` that holds all of ``files``."""
+    candidates = [] if root is None else [(root / r / subdir).resolve() for r in _ROOTS]
+    for folder in candidates:
+        if all((folder / f).exists() for f in files):
+            return folder
+    looked = "\n".join(f"  {c}" for c in candidates) or "  (no manual_dir was given)"
+    expected = "\n".join(f"  {subdir}/{f}" for f in files)
+    raise FileNotFoundError(
+        f"{dataset}: the LRA release files are missing. Expected\n{expected}\n"
+        f"under manual_dir={root} in one of:\n{looked}\n{MANUAL_INSTRUCTIONS}"
+    )
+
+
+def info(builder, features: dict, description: str, citation: str = "") -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=builder,
+        description=description,
+        features=tfds.features.FeaturesDict(features),
+        homepage="https://github.com/google-research/long-range-arena",
+        citation=citation,
+    )
+
+
+LRA_CITATION = """@inproceedings{tay2021long,
+  title={Long Range Arena: A Benchmark for Efficient Transformers},
+  author={Tay, Yi and Dehghani, Mostafa and Abnar, Samira and Shen, Yikang and Bahri, Dara and
+          Pham, Philip and Rao, Jinfeng and Yang, Liu and Ruder, Sebastian and Metzler, Donald},
+  booktitle={ICLR}, year={2021}}"""
