@@ -18,3 +18,9 @@ __all__ += [
     "hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step",
     "s4d_discretize", "s4d_init", "s4d_kernel", "s4d_scan", "s4d_step",
 ]  # fmt: skip
+
+# Mamba-1 selective scan (ssm_jax.ops.selective_scan; its registry: `from ssm_jax.ops.selective_scan
+# import REGISTRY`, since the name `ssm_jax.ops.selective_scan` here is the function).
+from ssm_jax.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_step  # noqa: E402
+
+__all__ += ["selective_scan", "selective_scan_ref", "selective_scan_step"]
