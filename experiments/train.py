@@ -18,6 +18,7 @@ The model's RNG streams are not trained or saved: every step re-derives them fro
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -120,6 +121,24 @@ def _like_params(opt_state, params, param_shardings, default):
     return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
+def _write_run_info(workdir: str, mesh, model_name: str, n_params: int, param_shardings) -> None:
+    """``DIR/run_info.json``: the mesh, the processes, the model size and each parameter's sharding."""
+    flat = jax.tree_util.tree_flatten_with_path(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]
+    info = {
+        "mesh": dict(mesh.shape),
+        "devices": int(np.asarray(mesh.devices).size),
+        "process_count": jax.process_count(),
+        "backend": jax.default_backend(),
+        "model": model_name,
+        "parameters": n_params,
+        "partition_specs": {jax.tree_util.keystr(path): [a if a is None or isinstance(a, str) else list(a) for a in s.spec]
+                            for path, s in flat},
+    }
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
 def _eval_batch_sharding(mesh, batch_size: int) -> tuple[NamedSharding, bool]:
     """Shard an eval batch over (data, fsdp) when it divides; else replicate (e.g. batch 1)."""
     n = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -208,6 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "rest": rest_shardings}
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
         logging.info("model: %s, %d parameters", type(abstract_model).__name__, n_params)
+        if pid == 0:
+            _write_run_info(workdir, mesh, type(abstract_model).__name__, n_params, param_shardings)
 
         # --------------------------------------------------------------------------------------
         # Initialize directly on the devices, in the sharded layout.
@@ -276,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight_sum"], 1.0), grads)
             updates, opt_state = tx.update(grads, state["opt_state"], params)
             new = {"step": step + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state, "rest": state["rest"]}
-            metrics = dict(sums, grad_norm=optax.global_norm(grads), lr=schedules["other"](step))
+            metrics = dict(sums, grad_norm=optax.tree.norm(grads), lr=schedules["other"](step))
             return new, metrics
 
         train_step = jax.jit(

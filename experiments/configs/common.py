@@ -46,7 +46,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-__all__ = ["DEFAULT_SHARDING_RULES", "base_config", "parse_arg", "smoke_schedule"]
+__all__ = ["DEFAULT_SHARDING_RULES", "base_config", "extra_eval", "model_config", "parse_arg", "smoke_schedule"]
 
 # Logical axis names (on parameters, from ssm_jax.nn, and `batch`/`length` on activations) to
 # mesh axes. FSDP shards the model width; tensor parallelism shards the expanded inner width,
@@ -177,3 +177,46 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         else:
             out[name] = type(default)(value)
     return out
+
+
+def model_config(kind: str, *, mixer: str, **fields: Any) -> ml_collections.ConfigDict:
+    """``config.model`` for ``kind`` "lm" (LanguageModelConfig) or "classifier" (SequenceClassifierConfig).
+
+    Every top-level field is spelled out, and the sub-config of each mixer in use (``mixer``, or
+    ``layer_mixers``) with all its fields, so any of them can be overridden on the command line
+    (``--config.model.mamba.d_state=32``). ``fields`` override the defaults; a mixer's entry may be
+    a dict of its fields to change. Checked against the dataclass now, so a bad config fails at
+    load time.
+    """
+    import dataclasses
+
+    from ssm_jax.models import config as model_configs
+
+    cls = {"lm": model_configs.LanguageModelConfig, "classifier": model_configs.SequenceClassifierConfig}.get(kind)
+    if cls is None:
+        raise ValueError(f"model_config: kind must be 'lm' or 'classifier'; got {kind!r}")
+    mixers = set(fields.get("layer_mixers") or (mixer,))
+    out: dict[str, Any] = {"mixer": mixer}
+    for f in dataclasses.fields(cls):
+        if f.name == "mixer":
+            continue
+        has_default = f.default is not dataclasses.MISSING
+        if f.name in model_configs.MIXERS:
+            if f.name in mixers:
+                sub = dict(f.default.to_dict())
+                unknown = set(fields.get(f.name, {})) - set(sub)
+                if unknown:
+                    raise ValueError(f"model_config: unknown {f.name} field(s) {sorted(unknown)}; valid: {sorted(sub)}")
+                sub.update(fields.get(f.name, {}))
+                out[f.name] = sub
+            elif f.name in fields:
+                raise ValueError(f"model_config: fields for mixer {f.name!r}, which no layer uses ({sorted(mixers)})")
+        elif f.name in fields:
+            out[f.name] = fields[f.name]
+        elif has_default:
+            out[f.name] = f.default
+    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"model_config: unknown field(s) {sorted(unknown)} for {cls.__name__}")
+    cls.from_dict(out)  # validate now
+    return ml_collections.ConfigDict(out)

@@ -1,0 +1,73 @@
+"""Draw a run's curves: ``python -m experiments.plot DIR [--out FILE]`` -> ``DIR/curves.png``.
+
+One panel per metric found in ``DIR/metrics.jsonl`` (loss first, then accuracy, the other task
+metrics and throughput), one line per split, against the training step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments.metrics import read_metrics  # noqa: E402
+
+__all__ = ["plot"]
+
+_FIRST = ("loss", "accuracy", "seq_accuracy")
+_SKIP = ("step", "split")
+
+
+def plot(workdir: str, out: str | None = None) -> str:
+    """Write the curves of ``workdir`` to ``out`` (default ``workdir/curves.png``); return the path."""
+    records = read_metrics(workdir)
+    if not records:
+        raise ValueError(f"plot: {workdir}/metrics.jsonl has no records")
+    # series[metric][split] = ([steps], [values])
+    series: dict[str, dict[str, tuple[list, list]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
+    for r in records:
+        for k, v in r.items():
+            if k in _SKIP or not isinstance(v, (int, float)):
+                continue
+            steps, values = series[k][r["split"]]
+            steps.append(r["step"])
+            values.append(v)
+    names = [n for n in _FIRST if n in series] + sorted(n for n in series if n not in _FIRST)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for split, (steps, values) in sorted(series[name].items()):
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=split)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        positive = [v for _, vals in series[name].values() for v in vals if v > 0]
+        if name in ("loss", "perplexity") and positive and max(positive) > 20 * min(positive):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+    fig.tight_layout()
+    out = out or os.path.join(workdir, "curves.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir")
+    parser.add_argument("--out", default=None, help="PNG path (default: WORKDIR/curves.png)")
+    args = parser.parse_args(argv)
+    print(plot(args.workdir, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+r"""Train an experiment config: the command-line entry point.
+
+    python -m experiments.run --config=experiments/configs/<suite>/<name>.py[:arg] \
+        --workdir=DIR [--config.key=value ...]
+
+Rerunning the same command on the same ``--workdir`` resumes from its latest checkpoint.
+Several processes (one per host) train together when given ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` (or ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES``
+/ ``JAX_PROCESS_ID``); ``--distributed_auto`` lets JAX detect a TPU pod / Slurm / Open MPI job.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import mesh as mesh_lib, train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config module (experiments/configs/<suite>/<name>.py[:arg]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard files go.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+_AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (TPU pod, Slurm, Open MPI).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> str:
+    lines = []
+    if metrics.get("preempted"):
+        lines.append(f"Stopped by SIGTERM at step {metrics['step']} of {total_steps}; checkpoint saved. "
+                     "Rerun the same command to resume.")
+    else:
+        lines.append(f"Finished step {metrics['step']} of {total_steps} in {seconds / 60:.1f} min.")
+    evals: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        split, _, name = key.partition("/")
+        if name and split != "train":
+            evals.setdefault(split, {})[name] = value
+    for split, m in evals.items():
+        parts = [f"{n} {100 * m[n]:.1f}%" for n in ("accuracy", "seq_accuracy") if n in m]
+        parts.append(f"loss {m['loss']:.4f}")
+        lines.append(f"  held-out {split}: " + ", ".join(parts))
+    lines.append(f"Outputs in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, config.json")
+    lines.append(f"  curves: python -m experiments.plot {workdir}    tensorboard --logdir {workdir}/tensorboard")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep the terminal to the progress bar and results
+    mesh_lib.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_AUTO.value)
+
+    config = _CONFIG.value
+    start = time.perf_counter()
+    metrics = train.train_and_evaluate(config, _WORKDIR.value)
+    if jax.process_index() == 0:
+        print(_summary(metrics, _WORKDIR.value, time.perf_counter() - start, config.total_steps), flush=True)
+    else:
+        print(f"process {jax.process_index()} of {jax.process_count()}: finished step {metrics['step']}, "
+              f"train loss {metrics.get('train/loss', float('nan')):.6f}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

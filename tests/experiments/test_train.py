@@ -1,0 +1,81 @@
+"""The trainer in-process on TinyLM: outputs, exact resume, gradient accumulation, config guard."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import checkpointing, plot, train
+from experiments.metrics import read_metrics
+from tests.experiments.conftest import losses, tiny_config
+
+
+def test_outputs_of_a_run(tiny_reference):
+    w = tiny_reference
+    train_records = read_metrics(w, "train")
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    for r in train_records:
+        assert {"loss", "accuracy", "seq_accuracy", "perplexity", "bits_per_token", "tokens_per_sec", "lr"} <= set(r)
+        assert np.isclose(r["perplexity"], np.exp(r["loss"]))
+        assert np.isclose(r["bits_per_token"], r["loss"] / np.log(2))
+        assert r["tokens_per_sec"] > 0 and 0 <= r["accuracy"] <= 1
+    assert [r["step"] for r in read_metrics(w, "validation")] == [3, 6]
+    assert glob.glob(os.path.join(w, "tensorboard", "events.out.tfevents.*"))
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3", "6"]
+    info = json.load(open(os.path.join(w, "run_info.json")))
+    assert info["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and info["parameters"] == 8 * 16 + 16 + 16 * 16 + 16 * 8
+    with open(os.path.join(w, "config.json")) as f:
+        assert json.load(f)["total_steps"] == 6
+
+
+def test_plot_writes_png(tiny_reference, tmp_path):
+    out = plot.plot(tiny_reference, str(tmp_path / "curves.png"))
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(out) > 10_000
+
+
+def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path):
+    # A workdir holding only the step-3 checkpoint: the run that stopped there.
+    w = str(tmp_path / "resumed")
+    os.makedirs(os.path.join(w, "checkpoints"))
+    shutil.copy(os.path.join(tiny_reference, "config.json"), w)
+    shutil.copytree(os.path.join(tiny_reference, "checkpoints", "3"), os.path.join(w, "checkpoints", "3"))
+    metrics = train.train_and_evaluate(tiny_config(), w)
+    ref = losses(tiny_reference)
+    got = losses(w)
+    assert sorted(got) == [4, 5, 6]
+    for step in got:
+        assert got[step] == ref[step], (step, got[step], ref[step])  # bit for bit
+    assert losses(w, "validation")[6] == losses(tiny_reference, "validation")[6]
+    assert metrics["step"] == 6 and not metrics["preempted"]
+
+
+def test_gradient_accumulation_matches_full_batch(tiny, tiny_reference, tmp_path):
+    train.train_and_evaluate(tiny_config("accum=4", total_steps=3), str(tmp_path))
+    ref, got = losses(tiny_reference), losses(str(tmp_path))
+    np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [ref[s] for s in (1, 2, 3)], rtol=2e-5)
+
+
+def test_incompatible_config_is_refused(tiny, tiny_reference, tmp_path):
+    w = str(tmp_path / "w")
+    shutil.copytree(tiny_reference, w)
+    with pytest.raises(checkpointing.IncompatibleConfigError, match=r"model\.d_model: 16 \(workdir\) != 32"):
+        train.train_and_evaluate(tiny_config(**{"model.d_model": 32}), w)
+    with pytest.raises(checkpointing.IncompatibleConfigError, match=r"optim\.lr"):
+        train.train_and_evaluate(tiny_config(**{"optim.lr": 1e-3}), w)
+    # Logging / evaluation / schedule length may change: a finished run reports its evaluation.
+    metrics = train.train_and_evaluate(tiny_config(eval_every=2), w)
+    assert metrics["step"] == 6
+    assert metrics["validation/loss"] == losses(tiny_reference, "validation")[6]
+
+
+def test_config_diff_names_only_keys_that_matter():
+    old = tiny_config().to_dict()
+    new = tiny_config(log_every=5, total_steps=99, **{"mesh.data": 2, "eval.batch_size": 4, "seed": 1}).to_dict()
+    assert checkpointing.config_diff(old, new) == {"seed": (0, 1)}
