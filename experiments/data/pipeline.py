@@ -107,8 +107,11 @@ def pad_or_truncate(tokens: np.ndarray, length: int, *, pad_id: int = 0) -> tupl
     return ids, mask
 
 
+_PAD = "<pad example>"  # not None: grain treats None elements as filtered out
+
+
 class _PaddedSource:
-    """``source`` followed by ``None`` up to ``length`` items (the evaluation padding)."""
+    """``source`` followed by ``_PAD`` markers up to ``length`` items (the evaluation padding)."""
 
     def __init__(self, source, length: int):
         self._source = source
@@ -119,7 +122,7 @@ class _PaddedSource:
         return self._length
 
     def __getitem__(self, index: int):
-        return self._source[index] if index < self._n else None
+        return self._source[index] if index < self._n else _PAD
 
 
 def source_batches(
@@ -161,7 +164,7 @@ def source_batches(
             raise ValueError("source_batches: pad_example must have all-zero weights")
 
         def transform_or_pad(record):
-            return {k: v.copy() for k, v in pad.items()} if record is None else transform(record)
+            return {k: v.copy() for k, v in pad.items()} if isinstance(record, str) and record == _PAD else transform(record)
 
         total = -(-n // global_batch_size) * global_batch_size
         ds = grain.MapDataset.source(_PaddedSource(source, total)).map(transform_or_pad)

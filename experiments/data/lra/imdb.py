@@ -1,0 +1,102 @@
+"""LRA Text (``lra_text``): IMDB reviews as byte sequences, from the Stanford files or TFDS.
+
+LRA (Tay et al. 2021, Sec. 3.3) classifies IMDB movie reviews (positive/negative) from their
+bytes, truncated to 4,096 (``text_classification/input_pipeline.py``: TFDS ``imdb_reviews``,
+``ByteTextEncoder``). The LRA release does not ship IMDB; this builder reads either
+
+* ``release``: the Stanford release ``aclImdb_v1.tar.gz`` extracted under ``manual_dir``
+  (``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``), or
+* ``tfds``: the TFDS catalog dataset ``imdb_reviews/plain_text`` (prepared, or downloaded by
+  TFDS on first use).
+
+Examples store the whole review (``inputs (n,) uint8``, the UTF-8 bytes); truncation to the
+configured length happens in the pipeline. Splits: ``train`` and ``test`` (25,000 each); like
+LRA, the pipeline evaluates "validation" on ``test``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from experiments.data.lra import _release
+
+__all__ = ["ImdbConfig", "LraText"]
+
+LABELS = {"neg": 0, "pos": 1}  # as TFDS imdb_reviews
+
+
+@dataclasses.dataclass(eq=False)
+class ImdbConfig(tfds.core.BuilderConfig):
+    source: str = "release"  # "release" (aclImdb files) | "tfds" (imdb_reviews)
+    tfds_data_dir: str | None = None  # where TFDS keeps imdb_reviews (None: TFDS's default)
+
+
+class LraText(tfds.core.GeneratorBasedBuilder):
+    """IMDB for LRA: ``inputs (n,) uint8`` review bytes, ``label`` (1 = positive)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Download https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz, extract it "
+        "(`tar -xzf aclImdb_v1.tar.gz`) and pass the folder holding `aclImdb` as manual_dir; or use "
+        "the `tfds` config, which reads TFDS's imdb_reviews."
+    )
+    BUILDER_CONFIGS = [
+        ImdbConfig(name="release", description="aclImdb/{train,test}/{pos,neg}/*.txt under manual_dir"),
+        ImdbConfig(name="tfds", source="tfds", description="TFDS imdb_reviews/plain_text"),
+    ]
+
+    def _info(self):
+        return _release.info(
+            self,
+            {
+                "inputs": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+                "label": tfds.features.ClassLabel(names=["neg", "pos"]),
+                "index": tfds.features.Scalar(dtype=np.int64),
+            },
+            "IMDB reviews as bytes, for the Long Range Arena text task.",
+            _release.LRA_CITATION,
+        )
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        if c.source == "tfds":
+            sources = {
+                s: tfds.data_source("imdb_reviews/plain_text", split=s, data_dir=c.tfds_data_dir, download=True)
+                for s in ("train", "test")
+            }
+            return {s: self._from_tfds(src) for s, src in sources.items()}
+        if c.source != "release":
+            raise ValueError(f"lra_text: source must be 'release' or 'tfds'; got {c.source!r}")
+        root = _release.manual_root(dl_manager)
+        wanted = [f"{s}/{lab}" for s in ("train", "test") for lab in LABELS]
+        folder = None
+        for candidate in ([] if root is None else [root / "aclImdb", root]):
+            if all((candidate / w).is_dir() for w in wanted):
+                folder = candidate
+                break
+        if folder is None:
+            raise FileNotFoundError(
+                "lra_text: the IMDB files are missing. Expected the folders\n"
+                + "\n".join(f"  aclImdb/{w}/*.txt" for w in wanted)
+                + f"\nunder manual_dir={root}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
+        return {s: self._from_files(folder / s) for s in ("train", "test")}
+
+    def _generate_examples(self, examples):  # the split generators above already yield (key, example)
+        yield from examples
+
+    def _from_files(self, folder: Path):
+        files = [(p, LABELS[lab]) for lab in sorted(LABELS) for p in sorted((folder / lab).glob("*.txt"))]
+        for i, (path, label) in enumerate(files):
+            yield i, {"inputs": np.frombuffer(path.read_bytes(), np.uint8), "label": label, "index": i}
+
+    def _from_tfds(self, source):
+        for i in range(len(source)):
+            ex = source[i]
+            text = ex["text"]
+            text = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+            yield i, {"inputs": np.frombuffer(text, np.uint8), "label": int(ex["label"]), "index": i}
