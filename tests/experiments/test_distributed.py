@@ -1,0 +1,74 @@
+"""The CLI in subprocesses: SIGTERM, 8 simulated devices, and 2 processes training together.
+
+Each compares its losses with the single-device in-process reference run of the tiny config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+
+from experiments import train
+from tests.experiments.conftest import losses, run_tiny_cli, tiny_config
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_exactly(tiny, tiny_reference, tmp_path):
+    w = str(tmp_path)
+    # Batch 1 holds train examples 8..15: the signal arrives while the first steps run.
+    out = run_tiny_cli(w, "--config.checkpoint_every=1000", env={"TINY_SIGTERM_AT_EXAMPLE": "9"})
+    assert "Stopped by SIGTERM at step" in out, out[-2000:]
+    stopped = losses(w)
+    last = max(stopped)
+    assert 1 <= last < 6
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == [str(last)]
+    # The same run again (in-process this time) resumes from there and ends like the reference.
+    metrics = train.train_and_evaluate(tiny_config(**{"checkpoint_every": 1000}), w)
+    assert metrics["step"] == 6
+    ref, got = losses(tiny_reference), losses(w)
+    assert sorted(got) == list(range(1, 7))
+    for step in range(1, 7):
+        assert got[step] == ref[step], (step, got[step], ref[step])
+
+
+def test_8_devices_data_fsdp_tensor_sharded_equals_one_device(tiny_reference, tmp_path):
+    w = str(tmp_path)
+    run_tiny_cli(w, "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", "--config.total_steps=4", devices=8)
+    info = json.load(open(os.path.join(w, "run_info.json")))
+    assert info["devices"] == 8 and info["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    specs = info["partition_specs"]
+    assert specs["['other']['embed'].value"] == ["tensor", "fsdp"]  # (vocab, embed)
+    assert specs["['other']['w_in'].value"] == ["fsdp", "tensor"]  # (embed, inner)
+    ref, got = losses(tiny_reference), losses(w)
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [ref[s] for s in range(1, 5)], rtol=2e-5)
+    np.testing.assert_allclose(losses(w, "validation")[3], losses(tiny_reference, "validation")[3], rtol=2e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_together(tiny_reference, tmp_path):
+    w = str(tmp_path)
+    port = _free_port()
+    procs = [
+        run_tiny_cli(w, f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+                     "--config.total_steps=4", wait=False)
+        for i in range(2)
+    ]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-4000:]
+        outs.append(out)
+    info = json.load(open(os.path.join(w, "run_info.json")))
+    assert info["process_count"] == 2 and info["devices"] == 2
+    ref, got = losses(tiny_reference), losses(w)
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [ref[s] for s in range(1, 5)], rtol=2e-5)
+    # Process 1 reports the same final loss as process 0 logged.
+    line = next(l for l in outs[1].splitlines() if l.startswith("process 1 of 2"))
+    assert f"train loss {got[4]:.6f}" in line, line
