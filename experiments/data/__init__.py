@@ -9,6 +9,11 @@ from experiments.data import registry
 
 _MODULES = {
     "experiments.data.synthetic": ("selective_copying", "induction_heads", "mqar"),
+    "experiments.data.lra": (
+        "lra_listops", "lra_text", "lra_retrieval", "lra_image", "lra_pathfinder32",
+        "lra_pathfinder64", "lra_pathfinder128", "lra_pathfinder256", "lra_pathx",
+    ),
+    "experiments.data.text": ("text",),
 }
 
 for _module, _names in _MODULES.items():
