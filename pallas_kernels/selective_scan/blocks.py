@@ -1,0 +1,148 @@
+"""Tiling of the Mosaic GPU selective-scan kernels, and the rule that picks it for a shape.
+
+One CUDA block is one warpgroup (128 threads). It owns ``channels`` channels of one batch row and
+scans them over the whole sequence, ``chunk`` positions at a time. Inside the warpgroup each
+thread owns one channel and ``states_per_thread`` consecutive state indices, so
+
+    channels = 128 * states_per_thread / n_padded
+
+and the ``n_padded / states_per_thread`` threads of a channel sum their parts of ``h . C`` with
+warp shuffles. Fewer states per thread means more blocks (parallelism over ``b * d``) and more
+shuffles per state element; more states per thread means fewer, fuller blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+WARPGROUP = 128
+# Blocks in flight per SM that the rule below aims for (H100: 132 SMs). Two or three resident
+# warpgroups per SM hide the latency of the per-position recurrence.
+TARGET_BLOCKS = 2 * 132
+
+
+# Shared memory one block may use so that two blocks fit an H100 SM (228 KB).
+SMEM_PER_BLOCK = 110 * 1024
+
+
+def forward_smem_per_position(ch: int, n: int, itemsize: int = 2) -> int:
+    """Shared-memory bytes per chunk position of the forward kernel (upper bound over dtypes):
+    two TMA stages of x, dt, z (ch) and B, C (n); float32 delta, u, h C (ch) and B, C (n); y."""
+    return 2 * (3 * ch + 2 * n) * itemsize + 3 * ch * 4 + 2 * n * 4 + ch * itemsize
+
+
+def pow2_at_least(v: int, floor: int = 1) -> int:
+    p = floor
+    while p < v:
+        p *= 2
+    return p
+
+
+def padded_state_size(n: int) -> int:
+    """State sizes run as a power of two >= 8 (16-byte TMA rows of bf16 B/C); pads are zero."""
+    return pow2_at_least(n, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectiveScanBlocks:
+    """Tiling of one kernel launch.
+
+    ==================== ========================================================================
+    field                meaning
+    ==================== ========================================================================
+    ``n``                padded state size (power of two, 8..256)
+    ``states_per_thread`` state elements per thread (power of two); ``channels`` follows
+    ``chunk``            positions per pipeline stage (TMA tile height), a multiple of 8
+    ``unroll``           unrolling of the per-position loop (divides ``chunk``)
+    ``save_interval``    positions between the states the forward stores for the backward (a
+                         power of two that divides ``chunk`` or is a multiple of it); the
+                         backward recomputes each interval from its stored start state
+    ==================== ========================================================================
+    """
+
+    n: int
+    states_per_thread: int
+    chunk: int = 64
+    unroll: int = 4
+    save_interval: int = 32
+
+    def __post_init__(self):
+        def power_of_two(name, v):
+            if not isinstance(v, int) or v < 1 or v & (v - 1):
+                raise ValueError(f"SelectiveScanBlocks: `{name}` must be a power of two; got {v!r}")
+
+        power_of_two("n", self.n)
+        power_of_two("states_per_thread", self.states_per_thread)
+        power_of_two("save_interval", self.save_interval)
+        if self.save_interval < 8 or (self.chunk % self.save_interval and self.save_interval % self.chunk):
+            raise ValueError(
+                f"SelectiveScanBlocks: `save_interval`={self.save_interval} must be >= 8 and divide "
+                f"chunk={self.chunk} or be a multiple of it"
+            )
+        if not 8 <= self.n <= 256:
+            raise ValueError(f"SelectiveScanBlocks: padded `n` must be in 8..256; got {self.n}")
+        if self.states_per_thread > self.n:
+            raise ValueError(
+                f"SelectiveScanBlocks: `states_per_thread`={self.states_per_thread} exceeds n={self.n}"
+            )
+        # 4 warps x (channels / 4 rows x n / states_per_thread lanes) = 128 threads, and at least
+        # 8 channels: a TMA row of 8 bf16 channels is the 16-byte minimum.
+        if self.channels < 8 or self.channels > WARPGROUP:
+            raise ValueError(
+                f"SelectiveScanBlocks: n={self.n}, states_per_thread={self.states_per_thread} gives "
+                f"{self.channels} channels per block; need 8..128 (states_per_thread >= n / 16)"
+            )
+        if not isinstance(self.chunk, int) or self.chunk < 8 or self.chunk % 8:
+            raise ValueError(f"SelectiveScanBlocks: `chunk` must be a positive multiple of 8; got {self.chunk!r}")
+        if (self.chunk * self.channels) % WARPGROUP:
+            raise ValueError(
+                f"SelectiveScanBlocks: chunk x channels = {self.chunk} x {self.channels} must be a "
+                f"multiple of {WARPGROUP} (one element per thread at least)"
+            )
+        if not isinstance(self.unroll, int) or self.unroll < 1 or self.chunk % self.unroll:
+            raise ValueError(f"SelectiveScanBlocks: `unroll` must divide chunk={self.chunk}; got {self.unroll!r}")
+
+    @property
+    def channels(self) -> int:
+        return WARPGROUP * self.states_per_thread // self.n
+
+    @property
+    def tile_vector(self) -> int:
+        """Elements per thread and vector access in the (chunk, channels) element-wise passes."""
+        per_thread = self.chunk * self.channels // WARPGROUP
+        return min(4, per_thread)
+
+    @property
+    def sub_chunk(self) -> int:
+        """Positions per inner loop of the forward: states are stored after each when saving."""
+        return min(self.chunk, self.save_interval)
+
+
+def choose_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | None = None,
+                  chunk: int | None = None, unroll: int = 4, save_interval: int = 32) -> SelectiveScanBlocks:
+    """The tiling for a problem of ``b`` rows, ``d`` channels in ``g`` groups, state size ``n``.
+
+    Picks the most states per thread that still launches about :data:`TARGET_BLOCKS` blocks
+    (measured on H100: see README.md), and a chunk whose B/C tiles fit shared memory.
+    """
+    n_p = padded_state_size(n)
+    if states_per_thread is None:
+        lo = max(1, n_p // 16)
+        states_per_thread = lo
+        for v in (16, 8, 4, 2, 1):
+            if v < lo or v > n_p:
+                continue
+            ch = WARPGROUP * v // n_p
+            blocks = b * g * -(-(d // g) // ch)
+            if blocks >= TARGET_BLOCKS:
+                states_per_thread = v
+                break
+    if chunk is None:
+        # The largest chunk (64 or 32) whose shared memory lets two blocks share an SM. At least
+        # 32: the per-chunk TMA copy of `keep` (chunk float32) must be a multiple of 128 bytes.
+        ch = WARPGROUP * states_per_thread // n_p
+        chunk = 64
+        while chunk > 32 and chunk * forward_smem_per_position(ch, n_p) > SMEM_PER_BLOCK:
+            chunk //= 2
+    return SelectiveScanBlocks(n=n_p, states_per_thread=states_per_thread, chunk=chunk, unroll=unroll,
+                               save_interval=save_interval)

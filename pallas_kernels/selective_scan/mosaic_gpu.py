@@ -1,0 +1,348 @@
+"""Mamba-1 selective scan as Pallas Mosaic GPU kernels (Hopper), forward and backward.
+
+Every function here takes arrays already padded and laid out by :mod:`.api` (see ``_Problem``):
+
+==============  ========================  ===================================================
+array           shape                     notes
+==============  ========================  ===================================================
+``x, dt, z``    ``(b, l, d)``             input dtype; ``l`` a multiple of the chunk, ``d`` of
+                                          the block's channels, each group padded alike
+``B, C``        ``(b, l, g, n)``          input dtype, ``n`` padded with zeros to a power of 2
+``A2``          ``(d, n)`` float32        ``A * log2(e)``: the kernels use ``exp2``
+``bias``        ``(d / ch, q, ch)`` f32   ``dt_bias`` repeated over the chunk (optional)
+``Dt``          ``(d / ch, q, ch)`` f32   ``D`` repeated over the chunk (optional)
+``keep``        ``(b, l)`` float32        0 where ``segment_ids`` changes, else 1 (optional)
+``h0``          ``(b, d, n)`` float32     initial state (optional)
+==============  ========================  ===================================================
+
+Forward (Mamba paper, eq. 2a/2b, Alg. 2). One warpgroup per (batch row, block of ``ch``
+channels) walks the sequence in chunks of ``q`` positions. A single thread issues TMA copies of
+the next chunk's ``x, dt, z, B, C`` tiles while the warpgroup computes the current one
+(two stages). Per chunk:
+
+1. element-wise over the ``(q, ch)`` tile: ``delta = softplus(dt + dt_bias)`` and
+   ``u = delta * x`` into shared memory (float32);
+2. the recurrence, one position at a time, with the state ``h (ch, n)`` in registers (each
+   thread one channel and ``states_per_thread`` state indices)::
+
+       h = exp2(delta_t * A2) * h + u_t * B_t        (eq. 2a, ZOH on A, Euler on B)
+       y_t = sum_n h * C_t                            (eq. 2b; warp shuffles across the n-slices)
+
+3. element-wise: ``y = (y + D x) * silu(z)`` in the output dtype, TMA-stored.
+
+When the backward will need them, the state before every ``save_interval``-th position is
+stored: ``h_saved (b, l / save_interval, d, n)`` float32 — the only per-position memory the
+backward uses besides the inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.mosaic import gpu as mgpu
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.selective_scan.blocks import WARPGROUP, SelectiveScanBlocks
+
+LOG2E = math.log2(math.e)
+F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Static description of one (padded) call: shapes, which optional inputs exist, modes."""
+
+    b: int
+    l: int  # padded length (multiple of blocks.chunk and blocks.save_interval)
+    d: int  # padded channels (each group padded to a multiple of blocks.channels)
+    g: int
+    l_valid: int  # true length: positions >= l_valid are padding (delta forced to 0)
+    blocks: SelectiveScanBlocks
+    x_dtype: str  # x and y
+    dt_dtype: str
+    z_dtype: str
+    bc_dtype: str  # B, C
+    has_D: bool
+    has_z: bool
+    has_bias: bool
+    softplus: bool
+    has_h0: bool
+    has_keep: bool
+    interpret: bool
+
+    @property
+    def n(self) -> int:
+        return self.blocks.n
+
+    @property
+    def ch(self) -> int:
+        return self.blocks.channels
+
+    @property
+    def channel_blocks(self) -> int:
+        return self.d // self.ch
+
+    @property
+    def blocks_per_group(self) -> int:
+        return (self.d // self.g) // self.ch
+
+    @property
+    def num_saved(self) -> int:
+        return self.l // self.blocks.save_interval
+
+
+# --------------------------------------------------------------------------------------------
+# Register layouts (jax 0.11.2 Mosaic GPU TiledLayout; Lane lowering semantics)
+# --------------------------------------------------------------------------------------------
+
+
+def _tiled(layout: mgpu.TiledLayout):
+    return plgpu.Layout.TILED(
+        layout.tiling, warp_dims=layout.warp_dims, lane_dims=layout.lane_dims, vector_dim=layout.vector_dim
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def state_layouts(ch: int, n: int, v: int):
+    """Layouts of the ``(ch, n)`` state and of its per-channel ``(ch,)`` / per-state ``(n,)`` slices.
+
+    Thread ``w * 32 + lane`` of the warpgroup holds channel ``w * ch/4 + lane // (n/v)`` and state
+    indices ``(lane % (n/v)) * v ... + v`` as one ``v``-vector: a sum over ``n`` is ``v - 1``
+    adds and ``log2(n/v)`` shuffles; a per-channel row is replicated over the ``n/v`` threads of
+    its channel, a per-state row over the channels.
+    """
+    raw = mgpu.TiledLayout(
+        plgpu.Tiling(((ch, n), (ch // 4, n), (v,))), warp_dims=(-5,), lane_dims=(-3, -2), vector_dim=-1,
+        _check_canonical=False,
+    ).canonicalize()
+    state = _tiled(raw)
+    return state, _tiled(raw.reduce([1])), _tiled(raw.reduce([0]))
+
+
+def _bcast(v, shape, dim, layout):
+    """Broadcast a row of ``state_layouts`` to the full state layout (no data movement)."""
+    return plgpu.layout_cast(lax.broadcast_in_dim(v, shape, (dim,)), layout)
+
+
+def _softplus(u):
+    # log(1 + e^u) = max(u, 0) + log(1 + e^-|u|): no overflow, and log's argument is in [1, 2].
+    return jnp.maximum(u, 0.0) + jnp.log(1.0 + jnp.exp(-jnp.abs(u)))
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + jnp.exp(-z))
+
+
+def _compiler_params():
+    # Lane semantics: FragmentedArrays with explicit layouts (the custom state layout above).
+    # No automatic barriers around every shared-memory store: the kernels synchronize the
+    # warpgroup once per phase (commit_smem), not once per position. approx_math: exp/exp2/log
+    # map to ex2.approx/lg2.approx (2 ulp), a single SFU instruction each.
+    return plgpu.CompilerParams(
+        lowering_semantics=plgpu.LoweringSemantics.Lane,
+        unsafe_no_auto_barriers=True,
+        approx_math=True,
+    )
+
+
+def _interpret(p: Problem):
+    return plgpu.InterpretGPUParams() if p.interpret else None
+
+
+# --------------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------------
+
+
+def forward(p: Problem, *, save_states: bool, want_final: bool):
+    """Build the forward kernel: ``(x, dt, [z], B, C, A2, [bias], [Dt], [keep], [h0]) ->
+    (y, [final_state (b, d, n)], [h_saved (b, l / save_interval, d, n)])``."""
+    blk = p.blocks
+    q, ch, n, v = blk.chunk, p.ch, p.n, blk.states_per_thread
+    U = blk.unroll
+    num_chunks = p.l // q
+    L_state, L_row, L_col = state_layouts(ch, n, v)
+    L_tile = plgpu.Layout.WG_STRIDED((q, ch), vec_size=blk.tile_vector)
+    L_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
+    x_dt, dt_dt, z_dt = jnp.dtype(p.x_dtype), jnp.dtype(p.dt_dtype), jnp.dtype(p.z_dtype)
+    bc_dt = jnp.dtype(p.bc_dtype)
+    convert_bc = bc_dt != jnp.float32
+    tail = p.l_valid < p.l
+    saves_per_chunk = q // blk.save_interval  # 0 when states are saved less than once a chunk
+    chunks_per_save = max(1, blk.save_interval // q)
+
+    def body(*refs):
+        refs = list(refs)
+        take = lambda flag: refs.pop(0) if flag else None  # noqa: E731
+        x_ref, dt_ref = refs.pop(0), refs.pop(0)
+        z_ref = take(p.has_z)
+        B_ref, C_ref, A2_ref = refs.pop(0), refs.pop(0), refs.pop(0)
+        bias_ref, D_ref, keep_ref, h0_ref = take(p.has_bias), take(p.has_D), take(p.has_keep), take(p.has_h0)
+        y_ref = refs.pop(0)
+        hT_ref, hs_ref = take(want_final), take(save_states)
+        (x_s, dt_s, z_s, B_s, C_s, keep_s, delta_s, u_s, yacc_s, Bf_s, Cf_s, out_s, bars) = refs
+
+        bi = lax.axis_index("b")
+        cb = lax.axis_index("c")
+        c0 = cb * ch
+        gi = cb // p.blocks_per_group
+
+        def issue(k, slot):
+            t = pl.ds(k * q, q)
+            cols = pl.ds(c0, ch)
+            bar = bars.at[slot]
+            plgpu.copy_gmem_to_smem(x_ref.at[bi, t, cols], x_s.at[slot], bar)
+            plgpu.copy_gmem_to_smem(dt_ref.at[bi, t, cols], dt_s.at[slot], bar)
+            if p.has_z:
+                plgpu.copy_gmem_to_smem(z_ref.at[bi, t, cols], z_s.at[slot], bar)
+            plgpu.copy_gmem_to_smem(B_ref.at[bi, t, gi], B_s.at[slot, pl.ds(0, q)], bar)
+            plgpu.copy_gmem_to_smem(C_ref.at[bi, t, gi], C_s.at[slot, pl.ds(0, q)], bar)
+            if p.has_keep:
+                plgpu.copy_gmem_to_smem(keep_ref.at[bi, t], keep_s.at[slot, pl.ds(0, q)], bar)
+
+        issue(0, 0)
+        A2 = plgpu.load(A2_ref.at[pl.ds(c0, ch), :], layout=L_state, optimized=False)
+        if p.has_h0:
+            h = plgpu.load(h0_ref.at[bi, pl.ds(c0, ch), :], layout=L_state, optimized=False)
+        else:
+            h = plgpu.layout_cast(jnp.zeros((ch, n), F32), L_state)
+        bias = plgpu.load(bias_ref.at[cb], layout=L_tile, optimized=False) if p.has_bias else None
+        Dt = plgpu.load(D_ref.at[cb], layout=L_tile, optimized=False) if p.has_D else None
+
+        def save(h, index):
+            hs_ref[bi, index, pl.ds(c0, ch), :] = h
+
+        def chunk(k, h):
+            slot = lax.rem(k, 2)
+            plgpu.barrier_wait(bars.at[slot])
+
+            @pl.when(k + 1 < num_chunks)
+            def _():
+                issue(k + 1, 1 - slot)
+
+            # 1. Discretization inputs for the whole chunk (Alg. 2 line 3).
+            delta = plgpu.load(dt_s.at[slot], layout=L_tile, optimized=False).astype(F32)
+            if p.has_bias:
+                delta = delta + bias
+            if p.softplus:
+                delta = _softplus(delta)
+            if tail:
+                row = plgpu.broadcasted_iota(jnp.int32, (q, ch), 0, layout=L_tile)
+                # Padding positions: delta = 0 is decay 1 and input 0, the state passes through.
+                delta = jnp.where(row < p.l_valid - k * q, delta, 0.0)
+            xv = plgpu.load(x_s.at[slot], layout=L_tile, optimized=False).astype(F32)
+            rows_q = pl.ds(0, q)
+            delta_s[rows_q] = delta
+            u_s[rows_q] = delta * xv
+            if convert_bc:
+                Bf_s[rows_q] = plgpu.load(B_s.at[slot, rows_q], layout=L_bc, optimized=False).astype(F32)
+                Cf_s[rows_q] = plgpu.load(C_s.at[slot, rows_q], layout=L_bc, optimized=False).astype(F32)
+            plgpu.commit_smem()  # fence + warpgroup barrier: the rows are visible to every thread
+            Bsrc, Csrc = (Bf_s, Cf_s) if convert_bc else (B_s.at[slot], C_s.at[slot])
+
+            # 2. The recurrence, position by position, in groups of `unroll` positions. The rows a
+            # group reads are loaded one group ahead: every shared-memory buffer is a view of one
+            # allocation, so the compiler may not hoist a load above an earlier store (the y row
+            # of the previous position), which would put load -> exp -> FMA -> shuffles -> store
+            # on the critical path of every position. Rows past the chunk read the padding.
+            def load_rows(t0):
+                rows = []
+                for i in range(U):
+                    t = t0 + i
+                    row = (
+                        plgpu.load(delta_s.at[t], layout=L_row, optimized=False),
+                        plgpu.load(u_s.at[t], layout=L_row, optimized=False),
+                        plgpu.load(Bsrc.at[t], layout=L_col, optimized=False),
+                        plgpu.load(Csrc.at[t], layout=L_col, optimized=False),
+                    )
+                    if p.has_keep:
+                        row = row + (keep_s[slot, t],)
+                    rows.append(row)
+                return rows
+
+            def group(j, carry):
+                h, rows = carry
+                nxt = load_rows((j + 1) * U)
+                ys = []
+                for row in rows:
+                    d_t, u_t, B_t, C_t = row[:4]
+                    decay = jnp.exp2(_bcast(d_t, (ch, n), 0, L_state) * A2)
+                    if p.has_keep:
+                        decay = decay * row[4]
+                    h = decay * h + _bcast(u_t, (ch, n), 0, L_state) * _bcast(B_t, (ch, n), 1, L_state)
+                    ys.append(jnp.sum(h * _bcast(C_t, (ch, n), 1, L_state), axis=1))
+                for i, y_t in enumerate(ys):
+                    yacc_s[j * U + i] = y_t
+                if save_states and saves_per_chunk:
+                    end = (j + 1) * U
+
+                    @pl.when(jnp.logical_and(lax.rem(end, blk.save_interval) == 0, k * q + end < p.l))
+                    def _():
+                        save(h, (k * q + end) // blk.save_interval)
+
+                return h, nxt
+
+            h, _ = lax.fori_loop(0, q // U, group, (h, load_rows(0)))
+            if save_states and not saves_per_chunk:
+                @pl.when(jnp.logical_and(lax.rem(k + 1, chunks_per_save) == 0, k + 1 < num_chunks))
+                def _():
+                    save(h, (k + 1) // chunks_per_save)
+            plgpu.commit_smem()
+
+            # 3. y = (h C + D x) * silu(z), stored by TMA while the next chunk runs.
+            y = plgpu.load(yacc_s, layout=L_tile, optimized=False)
+            if p.has_D:
+                y = y + Dt * xv
+            if p.has_z:
+                zv = plgpu.load(z_s.at[slot], layout=L_tile, optimized=False).astype(F32)
+                y = y * (zv * _sigmoid(zv))
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's store has read out_s
+            out_s[...] = y.astype(out_s.dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(out_s, y_ref.at[bi, pl.ds(k * q, q), pl.ds(c0, ch)])
+            return h
+
+        if save_states:
+            save(h, 0)
+        h = lax.fori_loop(0, num_chunks, chunk, h)
+        if want_final:
+            hT_ref[bi, pl.ds(c0, ch), :] = h
+        plgpu.wait_smem_to_gmem(0)
+
+    out_types = [jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt)]
+    if want_final:
+        out_types.append(jax.ShapeDtypeStruct((p.b, p.d, n), F32))
+    if save_states:
+        out_types.append(jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, n), F32))
+    scratch = [
+        plgpu.SMEM((2, q, ch), x_dt),  # x
+        plgpu.SMEM((2, q, ch), dt_dt),  # dt
+        plgpu.SMEM((2, q, ch) if p.has_z else (1, 8, 8), z_dt),  # z
+        # Buffers read by the recurrence have `unroll` rows of padding: the last group's look-ahead.
+        plgpu.SMEM((2, q + U, n), bc_dt),  # B
+        plgpu.SMEM((2, q + U, n), bc_dt),  # C
+        plgpu.SMEM((2, q + U) if p.has_keep else (1, 8), F32),  # keep
+        plgpu.SMEM((q + U, ch), F32),  # delta
+        plgpu.SMEM((q + U, ch), F32),  # u = delta x
+        plgpu.SMEM((q, ch), F32),  # h C
+        plgpu.SMEM((q + U, n) if convert_bc else (1, 8), F32),  # B in float32
+        plgpu.SMEM((q + U, n) if convert_bc else (1, 8), F32),  # C in float32
+        plgpu.SMEM((q, ch), x_dt),  # y tile for the TMA store
+        # One arrival per TMA copy of a stage: x, dt, B, C, and z, keep when present.
+        plgpu.Barrier(num_arrivals=4 + p.has_z + p.has_keep, num_barriers=2),
+    ]
+    return plgpu.kernel(
+        body,
+        out_type=tuple(out_types),
+        scratch_types=scratch,
+        grid=(p.b, p.channel_blocks),
+        grid_names=("b", "c"),
+        compiler_params=_compiler_params(),
+        interpret=_interpret(p),
+    )
