@@ -1,0 +1,264 @@
+"""The ``pallas_gpu`` implementation of ``ssm_jax.ops.ssd``: canonical arguments -> kernels.
+
+``ssd(**canonical)`` prepares the operands with plain (differentiable) JAX — ``dt`` through bias and
+softplus, ``a = dt * A`` and its cumulative sum inside each kernel chunk, the within-chunk reset
+counts of ``segment_ids``, padding to whole chunks, 16-bit operands — and hands them to
+:func:`_ssd_core`, a ``jax.custom_vjp`` around the forward and backward Mosaic GPU kernels. The
+core's backward returns the gradient with respect to ``dt`` *holding the cumulative sum fixed*
+and the gradient with respect to the cumulative sum; JAX's autodiff of the preparation turns
+those into the gradients of ``dt``, ``A`` and ``dt_bias``.
+
+On a CPU backend the same kernels run in Mosaic GPU interpret mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels.ssd import mosaic_gpu
+from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks
+
+__all__ = ["ssd", "why_not"]
+
+_COMPUTE_DTYPES = {jnp.dtype(jnp.bfloat16): jnp.bfloat16, jnp.dtype(jnp.float16): jnp.float16}
+_SUPPORTED_N = (64, 128, 256)
+
+
+def why_not(ctx) -> str | None:
+    """None if the kernel can run on ``ctx`` (canonical arguments + "backend"), else the reason."""
+    backend = ctx.get("backend", jax.default_backend())
+    if backend == "gpu":
+        cc = getattr(jax.devices()[0], "compute_capability", None)
+        if cc is None or not str(cc).startswith("9."):
+            return f"needs an NVIDIA Hopper GPU (compute capability 9.x); the device has {cc}"
+    elif backend != "cpu":
+        return f"runs on Hopper GPUs (or on CPU in Mosaic GPU interpret mode); backend is {backend!r}"
+    x, B = ctx["x"], ctx["B"]
+    _, _, _, p = x.shape
+    n = B.shape[-1]
+    bp = DEFAULT_BLOCKS.block_p
+    if p % bp:
+        return f"head dim p must be a multiple of {bp}; got p={p}"
+    if n not in _SUPPORTED_N:
+        return f"state size n must be one of {_SUPPORTED_N}; got n={n}"
+    for name in ("x", "B", "C", "z"):
+        v = ctx.get(name)
+        if v is not None and jnp.dtype(v.dtype) not in (jnp.bfloat16, jnp.float16, jnp.float32):
+            return f"`{name}` must be bfloat16, float16 or float32; got {v.dtype}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    q: int
+    block_p: int
+    cdtype: str
+    y_dtype: str
+    has_seg: bool
+    has_d: bool
+    has_z: bool
+    has_h0: bool
+    final: bool
+    interpret: bool
+
+
+def ssd(
+    *,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    initial_state=None,
+    segment_ids=None,
+    chunk_size=256,
+    return_final_state=False,
+    blocks: SSDBlocks | None = None,
+    interpret: bool | None = None,
+):
+    """Mamba-2 SSD with the fused Mosaic GPU kernels; returns ``(y, final_state | None)``.
+
+    ====================  =================  ===========================================
+    argument              shape              notes
+    ====================  =================  ===========================================
+    x, z                  (b, l, h, p)       y has x's dtype
+    dt                    (b, l, h)          softplus(dt + dt_bias) when ``dt_softplus``
+    A, dt_bias            (h,)               float32
+    B, C                  (b, l, g, n)       heads split into g contiguous groups
+    D                     (h, p)             float32
+    initial_state         (b, h, p, n)       float32
+    segment_ids           (b, l)             the state resets where the id changes
+    ====================  =================  ===========================================
+
+    ``chunk_size`` does not change the result (the chunked algorithm is exact for any chunk);
+    the kernels step through the sequence in chunks of ``blocks.chunk`` positions.
+    """
+    del chunk_size
+    blocks = blocks or DEFAULT_BLOCKS
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    b, l, h, p = x.shape
+    q = blocks.chunk
+    nc = -(-l // q)
+    L = nc * q
+    cdtype = _COMPUTE_DTYPES.get(jnp.dtype(x.dtype), jnp.bfloat16)
+    cfg = _Config(
+        q=q,
+        block_p=blocks.block_p,
+        cdtype=jnp.dtype(cdtype).name,
+        y_dtype=jnp.dtype(x.dtype).name,
+        has_seg=segment_ids is not None,
+        has_d=D is not None,
+        has_z=z is not None,
+        has_h0=initial_state is not None,
+        final=bool(return_final_state),
+        interpret=bool(interpret),
+    )
+
+    def pad_l(v, axis=1):
+        if L == l:
+            return v
+        widths = [(0, 0)] * v.ndim
+        widths[axis] = (0, L - l)
+        return jnp.pad(v, widths)
+
+    # dt after bias and softplus, (b, h, L) fp32; padded steps have dt = 0: no decay, no input,
+    # so the state passes through the padding unchanged.
+    dtp = dt.astype(jnp.float32)
+    if dt_bias is not None:
+        dtp = dtp + dt_bias.astype(jnp.float32)
+    if dt_softplus:
+        dtp = jax.nn.softplus(dtp)
+    dtp = pad_l(jnp.swapaxes(dtp, 1, 2), axis=2)
+    # Cumulative log-decay inside each kernel chunk (Mamba-2 Sec. 6, the segsum's cumsum).
+    a = dtp * A.astype(jnp.float32)[None, :, None]
+    cs = jnp.cumsum(a.reshape(b, h, nc, q), axis=-1).reshape(b, h, L)
+
+    arrays = dict(
+        x=pad_l(x.astype(cdtype)),
+        dt=dtp,
+        cs=cs,
+        B=pad_l(B.astype(cdtype)),
+        C=pad_l(C.astype(cdtype)),
+        r=None if segment_ids is None else _reset_counts(segment_ids, L, q),
+        D=None if D is None else D.astype(jnp.float32),
+        z=None if z is None else pad_l(z.astype(cdtype)),
+        h0=None if initial_state is None else initial_state.astype(jnp.float32),
+    )
+    y, final = _ssd_core(cfg, arrays)
+    y = y[:, :l]
+    return y, (final if return_final_state else None)
+
+
+def _reset_counts(segment_ids, L, q):
+    """(b, L) fp32: resets (segment-id changes) counted from the start of each chunk, inclusive.
+
+    Positions s <= t of one chunk share a segment iff their counts are equal; t still sees the
+    previous chunk's state iff its count is 0; s still reaches the chunk end iff its count equals
+    the last position's.
+    """
+    b, l = segment_ids.shape
+    reset = jnp.concatenate(
+        [jnp.zeros((b, 1), jnp.int32), (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)], axis=1
+    )
+    reset = jnp.pad(reset, ((0, 0), (0, L - l)))
+    r = jnp.cumsum(reset.reshape(b, L // q, q), axis=-1).reshape(b, L)
+    return jax.lax.stop_gradient(r.astype(jnp.float32))
+
+
+def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
+    b, L, h, p = arrays["x"].shape
+    g, n = arrays["B"].shape[2:]
+    return mosaic_gpu.FwdSpec(
+        b=b, nc=L // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
+        y_dtype=cfg.y_dtype, has_seg=cfg.has_seg, has_d=cfg.has_d, has_z=cfg.has_z, has_h0=cfg.has_h0,
+        final=cfg.final, save_states=save_states, interpret=cfg.interpret,
+    )
+
+
+def _run_fwd(cfg: _Config, arrays, save_states: bool):
+    spec = _fwd_spec(cfg, arrays, save_states)
+    outs = mosaic_gpu.ssd_fwd_call(spec, *[arrays[k] for k in spec.in_names])
+    outs = dict(zip(spec.out_names, outs))
+    return outs["y"], outs.get("hT"), outs.get("states")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _ssd_core(cfg: _Config, arrays):
+    y, final, _ = _run_fwd(cfg, arrays, save_states=False)
+    return y, final
+
+
+def _ssd_core_fwd(cfg: _Config, arrays):
+    y, final, states = _run_fwd(cfg, arrays, save_states=True)
+    return (y, final), (arrays, states)
+
+
+def _ssd_core_bwd(cfg: _Config, res, cts):
+    arrays, states = res
+    dy, dfinal = cts
+    grads = _run_bwd(cfg, arrays, states, dy, dfinal)
+    return (grads,)
+
+
+_ssd_core.defvjp(_ssd_core_fwd, _ssd_core_bwd)
+
+
+def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
+    """The backward kernel, then the (small) reductions it leaves to XLA."""
+    b, L, h, p = arrays["x"].shape
+    g, n = arrays["B"].shape[2:]
+    cdt = jnp.dtype(cfg.cdtype)
+    reduce_bc = not cfg.interpret
+    spec = mosaic_gpu.BwdSpec(
+        b=b, nc=L // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
+        has_seg=cfg.has_seg, has_d=cfg.has_d, has_z=cfg.has_z, has_h0=cfg.has_h0,
+        has_dfinal=cfg.final, reduce_bc=reduce_bc, nbuf=_bwd_nbuf(cfg, n), interpret=cfg.interpret,
+    )
+    operands = dict(arrays, dout=dy.astype(cdt), states=states, dfinal=dfinal)
+    args = [operands[k] for k in spec.in_names if k not in ("dB", "dC")]
+    if reduce_bc:
+        # Zero-initialized accumulators the kernel adds each head's tile into (TMA reductions).
+        dB_ref = jax.new_ref(jnp.zeros((b, L, g, n), jnp.float32))
+        dC_ref = jax.new_ref(jnp.zeros((b, L, g, n), jnp.float32))
+        outs = mosaic_gpu.ssd_bwd_call(spec, *args, dB_ref, dC_ref)
+        outs = dict(zip(spec.out_names, outs))
+        dB, dC = dB_ref[...], dC_ref[...]
+    else:
+        outs = dict(zip(spec.out_names, mosaic_gpu.ssd_bwd_call(spec, *args)))
+        npt = spec.npt
+        # Per (head, p-tile) partial sums -> per group.
+        dB = outs["dB"].reshape(b, L, g, (h // g) * npt, n).sum(axis=3)
+        dC = outs["dC"].reshape(b, L, g, (h // g) * npt, n).sum(axis=3)
+    npt = spec.npt
+    per_head = lambda v: v.reshape(b, h, npt, L).sum(axis=2)
+    grads = dict(
+        x=outs["dx"],
+        dt=per_head(outs["ddt"]),
+        cs=per_head(outs["dcs_a"] + outs["dcs_b"]),
+        B=dB.astype(cdt),
+        C=dC.astype(cdt),
+        r=None,
+        D=outs["dD"].sum(axis=0) if cfg.has_d else None,
+        z=outs["dz"] if cfg.has_z else None,
+        h0=outs["dh0"] if cfg.has_h0 else None,
+    )
+    return grads
+
+
+def _bwd_nbuf(cfg: _Config, n: int) -> int:
+    """Double-buffer the per-chunk inputs when they fit in shared memory (227 KiB per block)."""
+    q, bp = cfg.q, cfg.block_p
+    two = 2  # bytes per 16-bit element
+    per_slot = (2 * q * bp + 2 * q * n + bp * n) * two + (q * bp * two if cfg.has_z else 0) + 3 * q * 4
+    fixed = (q * q + 3 * q * bp + bp * n) * two + q * n * 4 + (2 * q * bp * two if cfg.has_z else 0) + 4096
+    return 2 if fixed + 2 * per_slot <= 220 * 1024 else 1
