@@ -46,10 +46,10 @@ def why_not(ctx) -> str | None:
         return f"head dim p must be a multiple of {bp}; got p={p}"
     if n not in _SUPPORTED_N:
         return f"state size n must be one of {_SUPPORTED_N}; got n={n}"
-    for name in ("x", "B", "C", "z"):
+    for name in ("x", "B", "C", "z", "dt", "A", "D", "dt_bias", "initial_state"):
         v = ctx.get(name)
         if v is not None and jnp.dtype(v.dtype) not in (jnp.bfloat16, jnp.float16, jnp.float32):
-            return f"`{name}` must be bfloat16, float16 or float32; got {v.dtype}"
+            return f"`{name}` must be bfloat16, float16 or float32 (tensor-core operands); got {v.dtype}"
     return None
 
 

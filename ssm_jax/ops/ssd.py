@@ -375,6 +375,10 @@ def ssd_quadratic_ref(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_sta
 REGISTRY.register("xla", ssd_chunked, doc="chunked SSD algorithm (Mamba-2 Listing 1) in XLA einsums")
 REGISTRY.register("scan", ssd_scan_ref, auto_backends=(), doc="sequential lax.scan reference")
 REGISTRY.register("quadratic", ssd_quadratic_ref, auto_backends=(), doc="materialized (l x l) matrix")
+# Fused Mosaic GPU kernels (pallas_kernels/ssd): auto on Hopper; explicit on CPU runs interpret mode.
+REGISTRY.register("pallas_gpu", "pallas_kernels.ssd.api:ssd", check="pallas_kernels.ssd.api:why_not",
+                  auto_backends=("gpu",), priority=10, doc="fused chunked SSD, Mosaic GPU (Hopper)")
+REGISTRY.alias("pallas", {"gpu": "pallas_gpu"})
 
 
 # --------------------------------------------------------------------------------------------
