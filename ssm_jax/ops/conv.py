@@ -19,6 +19,8 @@ All accumulate in float32 (float64 under x64 when the inputs are float64) and re
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -108,6 +110,7 @@ def _bidirectional_kernel(K: Array, l: int) -> Array:
     return jnp.concatenate([k0, zeros], axis=-1) + jnp.concatenate([zeros, k1[:, ::-1]], axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("bidirectional",))
 def _fft_conv_xla(*, u, K, D, bidirectional):
     b, l, h = u.shape
     acc = _acc_dtype(u.dtype, K.dtype)
@@ -124,6 +127,7 @@ def _fft_conv_xla(*, u, K, D, bidirectional):
     return y.astype(u.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("bidirectional",))
 def _fft_conv_direct(*, u, K, D, bidirectional):
     """O(l²) depthwise ``lax.conv`` (cross-correlation with a flipped kernel)."""
     b, l, h = u.shape
@@ -236,6 +240,7 @@ def causal_conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, im
     return fn(x=x, weight=weight, bias=bias, segment_ids=segment_ids, activation=activation)
 
 
+@functools.partial(jax.jit, static_argnames=("activation",))
 def _causal_conv1d_xla(*, x, weight, bias, segment_ids, activation):
     y = _shifted_taps(x, weight, bias, segment_ids, left=weight.shape[-1] - 1)
     return _activate(y, activation).astype(x.dtype)
@@ -265,6 +270,7 @@ def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str
     return fn(x=x, weight=weight, bias=bias, segment_ids=segment_ids, activation=activation)
 
 
+@functools.partial(jax.jit, static_argnames=("activation",))
 def _conv1d_xla(*, x, weight, bias, segment_ids, activation):
     y = _shifted_taps(x, weight, bias, segment_ids, left=(weight.shape[-1] - 1) // 2)
     return _activate(y, activation).astype(x.dtype)

@@ -18,6 +18,9 @@ step take the *untilded* ``C``.
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -112,6 +115,7 @@ def _full(x: Array) -> Array:
     return jnp.concatenate([x, jnp.conj(x)], axis=-1)
 
 
+@jax.jit
 def _dense_bilinear(log_dt, Lambda, P, Q, B) -> tuple[Array, Array]:
     """Full-system bilinear discretization (S4 paper Eq. 3): ``dA (h, 2n, 2n)``, ``dB (h, 2n)``.
 
@@ -171,6 +175,7 @@ def s4_kernel(log_dt, Lambda, P, B, C, length: int, *, Q=None, impl: str = "auto
     return fn(**args)
 
 
+@functools.partial(jax.jit, static_argnames=("length",))
 def _s4_kernel_cauchy(*, log_dt, Lambda, P, Q, B, C, length):
     L = length
     n = Lambda.shape[-1]
@@ -204,6 +209,7 @@ def _s4_kernel_cauchy(*, log_dt, Lambda, P, Q, B, C, length):
     return jnp.fft.irfft(k_hat, n=L, axis=-1).astype(rtype)
 
 
+@functools.partial(jax.jit, static_argnames=("length",))
 def _s4_kernel_dense(*, log_dt, Lambda, P, Q, B, C, length):
     dA, dB = _dense_bilinear(log_dt, Lambda, P, Q, B)
     Cf = _full(C)
@@ -264,6 +270,7 @@ def _check_step(op, u, state, dA, dB, C, D, *, step: bool):
     return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
 
 
+@jax.jit
 def _step(u_t, x, dA, dB, C, D):
     x = jnp.einsum("hij,bhj->bhi", dA, _full(x), precision=_HI) + dB * u_t[..., None].astype(x.dtype)
     y = 2 * jnp.real(jnp.sum(C * x, axis=-1))
@@ -296,9 +303,15 @@ def s4_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]:
     b, _, h = u.shape
     x0 = jnp.zeros((b, h, dB.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
 
+    y, x = _scan(u, x0, dA, dB, C, D)
+    return y.astype(u.dtype), x
+
+
+@jax.jit
+def _scan(u, x0, dA, dB, C, D):
     def body(x, u_t):
         y, x = _step(u_t, x, dA, dB, C, D)
         return x, y
 
     x, y = lax.scan(body, x0, jnp.swapaxes(u, 0, 1))
-    return jnp.swapaxes(y, 0, 1).astype(u.dtype), x
+    return jnp.swapaxes(y, 0, 1), x

@@ -18,6 +18,8 @@ which equals running the recurrence ``x_t = dA∘x_{t-1} + dB·u_t``, ``y_t = 2�
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,6 +202,7 @@ def s4d_kernel(log_dt, A, C, length: int, *, B=None, discretization: str = "zoh"
     return fn(**args)
 
 
+@functools.partial(jax.jit, static_argnames=("length", "discretization"))
 def _s4d_kernel_vandermonde(*, log_dt, A, B, C, length, discretization):
     _, dB, log_dA = _discretize(log_dt, A, B, discretization)
     coef = C * dB  # (h, n)
@@ -242,6 +245,7 @@ def _check_step(op, u, state, dA, dB, C, D, *, step: bool):
     return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
 
 
+@jax.jit
 def _step(u_t, x, dA, dB, C, D):
     x = dA * x + dB * u_t[..., None].astype(x.dtype)
     y = 2 * jnp.real(jnp.sum(C * x, axis=-1))
@@ -276,9 +280,15 @@ def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]
     b, _, h = u.shape
     x0 = jnp.zeros((b, h, dA.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
 
+    y, x = _scan(u, x0, dA, dB, C, D)
+    return y.astype(u.dtype), x
+
+
+@jax.jit
+def _scan(u, x0, dA, dB, C, D):
     def body(x, u_t):
         y, x = _step(u_t, x, dA, dB, C, D)
         return x, y
 
     x, y = lax.scan(body, x0, jnp.swapaxes(u, 0, 1))
-    return jnp.swapaxes(y, 0, 1).astype(u.dtype), x
+    return jnp.swapaxes(y, 0, 1), x
