@@ -70,7 +70,7 @@ class PathfinderParams:
 # link radii chosen so the pixel-level separation above holds.
 _RESOLUTION = {
     32: dict(paddle_length=2.0, paddle_thickness=1.0, paddle_gap=0.6, seed_distance=7.0, marker_radius=1.5, budget=20, link_radius=0, continuity=1.0),
-    64: dict(paddle_length=3.5, paddle_thickness=1.2, paddle_gap=1.0, seed_distance=12.0, marker_radius=2.5, budget=22, link_radius=1, continuity=1.8),
+    64: dict(paddle_length=2.5, paddle_thickness=1.2, paddle_gap=1.0, seed_distance=12.0, marker_radius=2.5, budget=22, link_radius=1, continuity=1.0),
     128: dict(paddle_length=6.0, paddle_thickness=1.5, paddle_gap=1.5, seed_distance=20.0, marker_radius=3.0, budget=35, link_radius=1, continuity=1.8),
     256: dict(paddle_length=11.0, paddle_thickness=2.0, paddle_gap=3.0, seed_distance=30.0, marker_radius=5.0, budget=30, link_radius=2, continuity=1.8),
 }
@@ -238,8 +238,11 @@ def _step(pt, heading: float, dist: float):
 
 
 def _targets(p: PathfinderParams, rng: np.random.Generator, canvas: _Canvas):
-    margin = p.border + p.marker_radius + 1
+    # As published, the first origin keeps 2 * seed_distance from the edges, so that paths
+    # starting near the centre have room to grow.
+    margin = max(p.border + p.marker_radius + 1, min(2 * p.seed_distance, p.size / 2 - 2))
     a0 = tuple(rng.uniform(margin, p.size - margin, size=2))
+    margin = p.border + p.marker_radius + 1
     phi = rng.uniform(0, 2 * math.pi)
     b0 = _step(a0, phi, p.seed_distance)
     if not (margin <= b0[0] <= p.size - margin and margin <= b0[1] <= p.size - margin):

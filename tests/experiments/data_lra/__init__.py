@@ -1,0 +1,1 @@
+"""Tests of experiments.data.lra (TFDS builders from small release-format files, generators, pipelines)."""
