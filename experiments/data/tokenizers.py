@@ -91,6 +91,11 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_path: st
         bos_id=2,
         eos_id=3,
         byte_fallback=True,  # every byte is representable: no <unk> on code or odd text
+        # Lossless: keep newlines, indentation and runs of spaces (the defaults fold them).
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
         character_coverage=1.0,
         max_sentence_length=1 << 16,
         minloglevel=2,

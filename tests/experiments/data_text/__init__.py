@@ -1,0 +1,1 @@
+"""Tests of experiments.data.text and tokenizers (LM corpora, packing, metrics)."""
