@@ -9,7 +9,9 @@ of the same names in :mod:`experiments.data.registry`.
 
     tfds_config   str    builder config: "release" (the public files under manual_dir),
                          "generated" (ListOps / Pathfinder from our generators), "tfds" (text,
-                         image: TFDS imdb_reviews / cifar10), "release_easy", ... (Pathfinder)
+                         image: TFDS imdb_reviews / cifar10), "release_easy", ... (Pathfinder),
+                         "placeholder" (text, retrieval, image: random examples in the task's
+                         format, for smoke runs without the files -- not a benchmark)
     data_dir      str    TFDS data dir ("" = TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)
     manual_dir    str    folder holding the extracted release ("" = <data_dir>/downloads/manual)
     seq_len       int    inputs are truncated / padded to this length

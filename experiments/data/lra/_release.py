@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
@@ -67,3 +68,18 @@ LRA_CITATION = """@inproceedings{tay2021long,
   author={Tay, Yi and Dehghani, Mostafa and Abnar, Samira and Shen, Yikang and Bahri, Dara and
           Pham, Philip and Rao, Jinfeng and Yang, Liu and Ruder, Sebastian and Metzler, Donald},
   booktitle={ICLR}, year={2021}}"""
+
+
+# Sizes of the `placeholder` configs: random data in a task's format, for smoke runs and CI
+# where the real files are absent. Not a benchmark: labels are independent of the inputs.
+PLACEHOLDER_SIZES = {"train": 64, "validation": 16, "test": 16}
+PLACEHOLDER_DESCRIPTION = "random examples in the task's format (smoke runs; labels are noise)"
+
+
+def placeholder_rng(dataset: str, split: str) -> np.random.Generator:
+    return np.random.default_rng([sum(map(ord, dataset)), sum(map(ord, split))])
+
+
+def random_text(rng: np.random.Generator, max_len: int) -> np.ndarray:
+    """Printable ASCII bytes of a random length in [1, max_len]."""
+    return rng.integers(32, 127, int(rng.integers(1, max_len + 1))).astype(np.uint8)

@@ -49,7 +49,7 @@ def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclasses.dataclass(eq=False)
 class CifarConfig(tfds.core.BuilderConfig):
-    source: str = "release"  # "release" (python files) | "tfds" (cifar10)
+    source: str = "release"  # "release" (python files) | "tfds" (cifar10) | "placeholder"
     tfds_data_dir: str | None = None
 
 
@@ -64,6 +64,7 @@ class LraImage(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         CifarConfig(name="release", description="cifar-10-batches-py under manual_dir"),
         CifarConfig(name="tfds", source="tfds", description="TFDS cifar10"),
+        CifarConfig(name="placeholder", source="placeholder", description=_release.PLACEHOLDER_DESCRIPTION),
     ]
 
     def _info(self):
@@ -80,6 +81,12 @@ class LraImage(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
+        if c.source == "placeholder":
+            out = {}
+            for split, n in _release.PLACEHOLDER_SIZES.items():
+                rng = _release.placeholder_rng(self.name, split)
+                out[split] = self._generate_examples(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
+            return out
         if c.source == "tfds":
             train = tfds.data_source("cifar10", split="train", data_dir=c.tfds_data_dir, download=True)
             test = tfds.data_source("cifar10", split="test", data_dir=c.tfds_data_dir, download=True)
@@ -107,7 +114,7 @@ class LraImage(tfds.core.GeneratorBasedBuilder):
             tr_x, tr_y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             te_x, te_y = read_cifar_batch(folder / TEST_FILES[0])
         else:
-            raise ValueError(f"lra_image: source must be 'release' or 'tfds'; got {c.source!r}")
+            raise ValueError(f"lra_image: source must be 'release', 'tfds' or 'placeholder'; got {c.source!r}")
         n_train = min(NUM_TRAIN, int(round(0.9 * len(tr_x))))
         return {
             "train": self._generate_examples(tr_x[:n_train], tr_y[:n_train]),

@@ -31,7 +31,7 @@ LABELS = {"neg": 0, "pos": 1}  # as TFDS imdb_reviews
 
 @dataclasses.dataclass(eq=False)
 class ImdbConfig(tfds.core.BuilderConfig):
-    source: str = "release"  # "release" (aclImdb files) | "tfds" (imdb_reviews)
+    source: str = "release"  # "release" (aclImdb files) | "tfds" (imdb_reviews) | "placeholder"
     tfds_data_dir: str | None = None  # where TFDS keeps imdb_reviews (None: TFDS's default)
 
 
@@ -47,6 +47,7 @@ class LraText(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         ImdbConfig(name="release", description="aclImdb/{train,test}/{pos,neg}/*.txt under manual_dir"),
         ImdbConfig(name="tfds", source="tfds", description="TFDS imdb_reviews/plain_text"),
+        ImdbConfig(name="placeholder", source="placeholder", description=_release.PLACEHOLDER_DESCRIPTION),
     ]
 
     def _info(self):
@@ -69,8 +70,10 @@ class LraText(tfds.core.GeneratorBasedBuilder):
                 for s in ("train", "test")
             }
             return {s: self._from_tfds(src) for s, src in sources.items()}
+        if c.source == "placeholder":
+            return {s: self._placeholder(s) for s in ("train", "test")}
         if c.source != "release":
-            raise ValueError(f"lra_text: source must be 'release' or 'tfds'; got {c.source!r}")
+            raise ValueError(f"lra_text: source must be 'release', 'tfds' or 'placeholder'; got {c.source!r}")
         root = _release.manual_root(dl_manager)
         wanted = [f"{s}/{lab}" for s in ("train", "test") for lab in LABELS]
         folder = None
@@ -93,6 +96,11 @@ class LraText(tfds.core.GeneratorBasedBuilder):
         files = [(p, LABELS[lab]) for lab in sorted(LABELS) for p in sorted((folder / lab).glob("*.txt"))]
         for i, (path, label) in enumerate(files):
             yield i, {"inputs": np.frombuffer(path.read_bytes(), np.uint8), "label": label, "index": i}
+
+    def _placeholder(self, split):
+        rng = _release.placeholder_rng(self.name, split)
+        for i in range(_release.PLACEHOLDER_SIZES[split]):
+            yield i, {"inputs": _release.random_text(rng, 6000), "label": int(rng.integers(2)), "index": i}
 
     def _from_tfds(self, source):
         for i in range(len(source)):

@@ -41,7 +41,10 @@ class LraRetrieval(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = _release.MANUAL_INSTRUCTIONS
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="release", description="lra_release/tsv_data/new_aan_pairs.*.tsv")]
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="release", description="lra_release/tsv_data/new_aan_pairs.*.tsv"),
+        tfds.core.BuilderConfig(name="placeholder", description=_release.PLACEHOLDER_DESCRIPTION),
+    ]
 
     def _info(self):
         return _release.info(
@@ -59,10 +62,18 @@ class LraRetrieval(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
+        if self.builder_config.name == "placeholder":
+            return {split: self._placeholder(split) for split in SPLITS}
         folder = _release.find_release_dir(
             _release.manual_root(dl_manager), RELEASE_SUBDIR, list(SPLITS.values()), dataset="lra_retrieval"
         )
         return {split: self._generate_examples(folder / f) for split, f in SPLITS.items()}
+
+    def _placeholder(self, split):
+        rng = _release.placeholder_rng(self.name, split)
+        for i in range(_release.PLACEHOLDER_SIZES[split]):
+            t1, t2 = _release.random_text(rng, 5000), _release.random_text(rng, 5000)
+            yield i, {"inputs1": t1, "inputs2": t2, "label": int(rng.integers(2)), "id1": f"A{i}", "id2": f"B{i}", "index": i}
 
     def _generate_examples(self, path):
         for i, (label, id1, id2, text1, text2) in enumerate(read_release_tsv(path)):
