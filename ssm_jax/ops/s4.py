@@ -122,14 +122,21 @@ def _dense_bilinear(log_dt, Lambda, P, Q, B) -> tuple[Array, Array]:
     ``dA = (I − dt/2·A)⁻¹(I + dt/2·A)``, ``dB = (I − dt/2·A)⁻¹ dt·B`` with ``A = Λ − P Q*``.
     """
     dt = jnp.exp(log_dt).astype(Lambda.dtype)  # (h,)
-    Lf, Pf, Qf, Bf = _full(Lambda), _full(P), _full(Q), _full(B)
+    Lf, Pf, Qf_bar, Bf = _full(Lambda), _full(P), jnp.conj(_full(Q)), _full(B)
     N = Lf.shape[-1]
     eye = jnp.eye(N, dtype=Lf.dtype)
-    A = eye * Lf[:, None, :] - Pf[:, :, None] * jnp.conj(Qf)[:, None, :]
-    half = (dt / 2)[:, None, None] * A
-    rhs = jnp.concatenate([eye + half, (dt[:, None] * Bf)[..., None]], axis=-1)
-    sol = jnp.linalg.solve(eye - half, rhs)
-    return sol[..., :N], sol[..., N]
+    half_dt = (dt / 2)[:, None]
+    # (I − dt/2·A)⁻¹ = (diag(1 − dt/2·Λ) + (dt/2·P) Q*)⁻¹ by Sherman–Morrison: no LU, O(n²)
+    # (the S4 paper's A₁, App. C.2). A dense complex solve is slow on CPU and TPU.
+    d_inv = 1 / (1 - half_dt * Lf)  # (h, N)
+    left = d_inv * (half_dt * Pf)  # D⁻¹u
+    right = Qf_bar * d_inv  # vᵀD⁻¹
+    denom = 1 + jnp.sum(Qf_bar * left, axis=-1)  # 1 + vᵀD⁻¹u
+    A1 = eye * d_inv[:, None, :] - left[:, :, None] * right[:, None, :] / denom[:, None, None]
+    A0 = eye * (1 + half_dt * Lf)[:, None, :] - (half_dt * Pf)[:, :, None] * Qf_bar[:, None, :]  # I + dt/2·A
+    dA = jnp.matmul(A1, A0, precision=_HI)
+    dB = jnp.einsum("hij,hj->hi", A1, dt[:, None] * Bf, precision=_HI)
+    return dA, dB
 
 
 def _matrix_power(M: Array, L: int) -> Array:

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.ops`` times every registered implementation of every op."""
