@@ -1,0 +1,36 @@
+"""Models built from :mod:`ssm_jax.nn` layers: a causal language model and a sequence classifier."""
+
+from ssm_jax.models.blocks import Block, make_mixer
+from ssm_jax.models.classifier import SequenceClassifier, pool
+from ssm_jax.models.config import (
+    MIXERS,
+    AttentionConfig,
+    HydraConfig,
+    LanguageModelConfig,
+    Mamba2Config,
+    MambaConfig,
+    S4Config,
+    S4DConfig,
+    SequenceClassifierConfig,
+)
+from ssm_jax.models.counting import flops_per_token, param_count
+from ssm_jax.models.language_model import LanguageModel
+
+__all__ = [
+    "MIXERS",
+    "AttentionConfig",
+    "Block",
+    "HydraConfig",
+    "LanguageModel",
+    "LanguageModelConfig",
+    "Mamba2Config",
+    "MambaConfig",
+    "S4Config",
+    "S4DConfig",
+    "SequenceClassifier",
+    "SequenceClassifierConfig",
+    "flops_per_token",
+    "make_mixer",
+    "param_count",
+    "pool",
+]

@@ -1,0 +1,113 @@
+"""Sequence classifier (Long Range Arena): residual stack, masked pooling, linear or retrieval head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssm_jax.models.blocks import Block
+from ssm_jax.models.config import SequenceClassifierConfig
+from ssm_jax.nn.linear import Dense, Embed
+from ssm_jax.nn.norms import RMSNorm
+from ssm_jax.nn.params import canonical_dtype
+from ssm_jax.ops._checks import Dims, check_int_array, to_array
+
+__all__ = ["SequenceClassifier", "pool"]
+
+
+def pool(h: jax.Array, mask: jax.Array | None, method: str) -> jax.Array:
+    """Pool ``h (b, l, e)`` over valid positions (``mask (b, l)``, True = valid) -> ``(b, e)``.
+
+    ``mean``: average of valid positions; ``last`` / ``first``: the last / first valid position.
+    A row with no valid position pools to zeros (mean) or position 0 / l-1.
+    """
+    b, l, _ = h.shape
+    if mask is None:
+        if method == "mean":
+            return jnp.mean(h, axis=1)
+        return h[:, -1] if method == "last" else h[:, 0]
+    m = mask.astype(bool)
+    if method == "mean":
+        w = m.astype(h.dtype)[..., None]
+        return jnp.sum(h * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    if method == "last":
+        idx = l - 1 - jnp.argmax(m[:, ::-1], axis=1)
+    elif method == "first":
+        idx = jnp.argmax(m, axis=1)
+    else:
+        raise ValueError(f"pool: `method` must be 'mean', 'last' or 'first'; got {method!r}")
+    return jnp.take_along_axis(h, idx[:, None, None], axis=1)[:, 0]
+
+
+class SequenceClassifier(nnx.Module):
+    """``inputs (b, l)`` int -> ``logits (b, num_classes)`` float32.
+
+    Any mixer, causal or bidirectional. ``mask (b, l)`` (True = valid token) makes padding
+    invisible: it influences neither the mixers' outputs at valid positions (see
+    :class:`ssm_jax.models.blocks.Block`) nor the pooling.
+
+    With ``dual_encoder=True`` (LRA Retrieval) both documents go through the same encoder and
+    the head sees ``[u, v, u * v, u - v]``: ``head_hidden (4e -> e)``, GELU, ``head (e -> classes)``.
+    """
+
+    def __init__(self, config: SequenceClassifierConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, SequenceClassifierConfig):
+            raise TypeError(f"SequenceClassifier: `config` must be a SequenceClassifierConfig; got {type(config).__name__}")
+        c = config
+        self.config = c
+        e = c.d_model
+        self.dtype = canonical_dtype("SequenceClassifier", c.dtype)
+        self.embedding = Embed(c.padded_vocab_size, e, dtype=c.dtype, rngs=rngs)
+        self.layers = nnx.List([Block(kind, c, dropout=c.dropout, dtype=c.dtype, rngs=rngs) for kind in c.mixers])
+        self.norm_f = RMSNorm(e, eps=c.norm_eps, dtype=c.dtype)
+        if c.dual_encoder:
+            self.head_hidden = Dense(4 * e, e, names=(None, "embed"), dtype=c.dtype, rngs=rngs)
+        else:
+            self.head_hidden = None
+        self.head = Dense(e, c.num_classes, names=("embed", None), dtype=c.dtype, rngs=rngs)
+
+    def _check(self, name: str, inputs, mask):
+        op = "SequenceClassifier"
+        inputs = to_array(op, name, inputs)
+        dims = Dims(op)
+        dims.bind(name, inputs, "b l")
+        check_int_array(op, name, inputs)
+        if mask is not None:
+            mask = to_array(op, f"mask of {name}", mask)
+            dims.bind(f"mask of {name}", mask, "b l")
+        return inputs, mask
+
+    def encode(self, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Pooled features ``(b, e)`` in the compute dtype."""
+        inputs, mask = self._check("inputs", inputs, mask)
+        h = self.embedding(inputs).astype(jnp.float32)
+        for block in self.layers:
+            h = block(h, mask=mask)
+        return pool(self.norm_f(h), mask, self.config.pooling)
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        inputs2: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        mask1: jax.Array | None = None,
+        mask2: jax.Array | None = None,
+    ) -> jax.Array:
+        """``model(inputs, *, mask=None)``; dual encoder: ``model(inputs1, inputs2, *, mask1, mask2)``."""
+        if mask is not None and mask1 is not None:
+            raise ValueError("SequenceClassifier: pass `mask` or `mask1`, not both")
+        mask1 = mask if mask1 is None else mask1
+        if self.config.dual_encoder:
+            if inputs2 is None:
+                raise ValueError("SequenceClassifier: a dual encoder (dual_encoder=True) needs `inputs2`")
+            u = self.encode(inputs, mask1)
+            v = self.encode(inputs2, mask2)
+            features = jnp.concatenate([u, v, u * v, u - v], axis=-1)
+            x = jax.nn.gelu(self.head_hidden(features), approximate=False)
+        else:
+            if inputs2 is not None or mask2 is not None:
+                raise ValueError("SequenceClassifier: `inputs2`/`mask2` need dual_encoder=True")
+            x = self.encode(inputs, mask1)
+        return self.head(x).astype(jnp.float32)

@@ -1,0 +1,102 @@
+"""Causal language model: embedding, residual blocks of any causal mixer, final RMSNorm, head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssm_jax.models.blocks import Block
+from ssm_jax.models.config import LanguageModelConfig
+from ssm_jax.nn.linear import Dense, Embed
+from ssm_jax.nn.norms import RMSNorm
+from ssm_jax.nn.params import canonical_dtype
+from ssm_jax.ops._checks import Dims, check_int_array, to_array
+
+__all__ = ["LanguageModel"]
+
+
+class LanguageModel(nnx.Module):
+    """``input_ids (b, l) -> logits (b, l, vocab_size)`` float32.
+
+    Logits cover the *true* ``vocab_size``: the embedding table (and an untied ``lm_head``) has
+    ``padded_vocab_size`` rows (a multiple of ``pad_vocab_size_multiple``, as mamba_ssm pads),
+    and the padding rows are sliced off, so the trainer never sees them.
+
+    ============== ========================= =====================================
+    parameter      shape                     notes
+    ============== ========================= =====================================
+    embedding      (v_pad, e)                N(0, 0.02)
+    layers[i]      :class:`Block`            ``norm``, ``mixer``, [``norm2``, ``mlp``]
+    norm_f         (e,)                      final RMSNorm
+    lm_head        (e, v_pad)                only when ``tie_embeddings=False``
+    ============== ========================= =====================================
+
+    Decoding: :meth:`init_cache`, :meth:`prefill`, :meth:`step`; see :func:`ssm_jax.generate`.
+    """
+
+    def __init__(self, config: LanguageModelConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, LanguageModelConfig):
+            raise TypeError(f"LanguageModel: `config` must be a LanguageModelConfig; got {type(config).__name__}")
+        c = config
+        self.config = c
+        self.dtype = canonical_dtype("LanguageModel", c.dtype)
+        self.embedding = Embed(c.padded_vocab_size, c.d_model, dtype=c.dtype, rngs=rngs)
+        self.layers = nnx.List([Block(kind, c, dtype=c.dtype, rngs=rngs) for kind in c.mixers])
+        self.norm_f = RMSNorm(c.d_model, eps=c.norm_eps, dtype=c.dtype)
+        if c.tie_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = Dense(
+                c.d_model, c.padded_vocab_size, names=("embed", "vocab"), use_bias=False, dtype=c.dtype, rngs=rngs,
+                kernel_init=lambda k, s: 0.02 * jax.random.normal(k, s, jnp.float32),
+            )
+
+    def _check_ids(self, op: str, ids, spec: str) -> jax.Array:
+        ids = to_array(op, "input_ids", ids)
+        Dims(op).bind("input_ids", ids, spec)
+        check_int_array(op, "input_ids", ids)
+        return ids
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        x = self.norm_f(x)
+        logits = self.embedding.attend(x) if self.lm_head is None else self.lm_head(x)
+        return logits[..., : self.config.vocab_size].astype(jnp.float32)
+
+    def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        """``input_ids (b, l)`` int -> ``logits (b, l, vocab_size)`` float32.
+
+        ``segment_ids (b, l)``: packed documents; no information crosses a change of id.
+        """
+        input_ids = self._check_ids("LanguageModel", input_ids, "b l")
+        h = self.embedding(input_ids).astype(jnp.float32)
+        for block in self.layers:
+            h = block(h, segment_ids=segment_ids)
+        return self._logits(h)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> tuple:
+        """One cache per layer (a tuple pytree). ``max_length`` sizes attention KV caches only;
+        SSM caches are constant-size. ``dtype``: cache dtype (default: the compute dtype)."""
+        return tuple(block.init_cache(batch_size, max_length, dtype) for block in self.layers)
+
+    def prefill(self, input_ids: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
+        """Parallel forward of ``input_ids (b, l)`` continuing ``cache``: ``(logits (b, l, v), cache)``."""
+        input_ids = self._check_ids("LanguageModel.prefill", input_ids, "b l")
+        h = self.embedding(input_ids).astype(jnp.float32)
+        new = []
+        for block, c in zip(self.layers, cache, strict=True):
+            h, c = block.prefill(h, c)
+            new.append(c)
+        return self._logits(h), tuple(new)
+
+    def step(self, token_ids: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
+        """One token per row, ``token_ids (b,)`` -> ``(logits (b, v), cache)``."""
+        token_ids = self._check_ids("LanguageModel.step", token_ids, "b")
+        h = self.embedding(token_ids).astype(jnp.float32)
+        new = []
+        for block, c in zip(self.layers, cache, strict=True):
+            h, c = block.step(h, c)
+            new.append(c)
+        return self._logits(h), tuple(new)
