@@ -9,3 +9,9 @@ from ssm_jax import ops
 
 __version__ = "0.1.0"
 __all__ = ["ops"]
+
+# Layers, models, decoding and sharding helpers (ssm_jax.nn, .models, .decoding, .parallel).
+from ssm_jax import models, nn, parallel  # noqa: E402
+from ssm_jax.decoding import generate  # noqa: E402
+
+__all__ += ["generate", "models", "nn", "parallel"]
