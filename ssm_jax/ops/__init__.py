@@ -24,3 +24,13 @@ __all__ += [
 from ssm_jax.ops.selective_scan import selective_scan, selective_scan_ref, selective_scan_step  # noqa: E402
 
 __all__ += ["selective_scan", "selective_scan_ref", "selective_scan_step"]
+
+# Mamba-2 SSD and Hydra (ssm_jax.ops.ssd, .hydra; registries: `from ssm_jax.ops.ssd import REGISTRY`,
+# `from ssm_jax.ops.hydra import REGISTRY`, since these names here are the functions).
+from ssm_jax.ops.hydra import hydra, hydra_matrix, hydra_matrix_ref, hydra_two_pass  # noqa: E402
+from ssm_jax.ops.ssd import ssd, ssd_chunked, ssd_matrix, ssd_quadratic_ref, ssd_scan_ref, ssd_step  # noqa: E402
+
+__all__ += [
+    "hydra", "hydra_matrix", "hydra_matrix_ref", "hydra_two_pass",
+    "ssd", "ssd_chunked", "ssd_matrix", "ssd_quadratic_ref", "ssd_scan_ref", "ssd_step",
+]  # fmt: skip

@@ -35,7 +35,20 @@ import jax
 import jax.numpy as jnp
 
 from ssm_jax.ops import _checks
-from ssm_jax.ops import ssd as _ssd
+# Names, not the module: `ssm_jax.ops.ssd` is the function once the package exports it.
+from ssm_jax.ops.ssd import (
+    _array,
+    _canonical_core,
+    _canonical_D,
+    _compute_dtype,
+    _discretize_dt,
+    _exact_einsum,
+    _finish,
+    _param,
+    _run_index,
+    _ssd_matrix,
+    ssd,
+)
 from ssm_jax.ops.registry import Registry
 
 __all__ = ["REGISTRY", "canonicalize", "hydra", "hydra_matrix", "hydra_matrix_ref", "hydra_two_pass", "two_pass"]
@@ -48,16 +61,16 @@ def canonicalize(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_sof
     """Validate :func:`hydra`'s arguments. Canonical: ``B, C (b, l, 2, g, n)``, ``D (h, p)`` fp32
     or None, ``A``/``dt_bias`` fp32, ``segment_ids`` int32; the rest as given."""
     dims = _checks.Dims(op, **{"2": 2})
-    x, _ = _ssd._array(op, "x", x, dims, "b l h p")
+    x, _ = _array(op, "x", x, dims, "b l h p")
     if dims["l"] < 1:
         raise ValueError(f"{op}: `x` must have at least one time step; got shape {tuple(x.shape)}")
-    dt, _ = _ssd._array(op, "dt", dt, dims, "b l 2 h")
-    B, _ = _ssd._array(op, "B", B, dims, "b l 2 g n")
-    C, _ = _ssd._array(op, "C", C, dims, "b l 2 g n")
+    dt, _ = _array(op, "dt", dt, dims, "b l 2 h")
+    B, _ = _array(op, "B", B, dims, "b l 2 g n")
+    C, _ = _array(op, "C", C, dims, "b l 2 g n")
     # The per-direction checks (A, groups, dt_bias, segment_ids) are SSD's.
-    args = _ssd._canonical_core(op, dims, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], dt_bias, dt_softplus, segment_ids)
+    args = _canonical_core(op, dims, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], dt_bias, dt_softplus, segment_ids)
     return dict(
-        x=x, dt=dt, A=args["A"], B=B, C=C, D=_ssd._canonical_D(op, dims, D), dt_bias=args["dt_bias"],
+        x=x, dt=dt, A=args["A"], B=B, C=C, D=_canonical_D(op, dims, D), dt_bias=args["dt_bias"],
         dt_softplus=args["dt_softplus"], segment_ids=args["segment_ids"],
         chunk_size=_checks.check_positive_int(op, "chunk_size", chunk_size),
     )
@@ -84,7 +97,7 @@ def hydra_two_pass(*, x, dt, A, B, C, D, dt_bias, dt_softplus, segment_ids, chun
     b = x.shape[0]
     flip = lambda t: jnp.flip(t, axis=1)
     seg = None if segment_ids is None else jnp.concatenate([segment_ids, flip(segment_ids)], axis=0)
-    y = _ssd.ssd(
+    y = ssd(
         jnp.concatenate([x, flip(x)], axis=0),
         jnp.concatenate([dt[:, :, 0], flip(dt[:, :, 1])], axis=0),
         A,
@@ -94,9 +107,9 @@ def hydra_two_pass(*, x, dt, A, B, C, D, dt_bias, dt_softplus, segment_ids, chun
     )
     # In the flipped half, _keep of the flipped ids zero-fills each segment's last position.
     y = _shift(y, _keep(seg))
-    f = _ssd._compute_dtype(x.dtype)
+    f = _compute_dtype(x.dtype)
     out = y[:b].astype(f) + flip(y[b:]).astype(f)
-    return _ssd._finish(out, x, D, None)
+    return _finish(out, x, D, None)
 
 
 def two_pass(ssd_impl: str):
@@ -105,12 +118,13 @@ def two_pass(ssd_impl: str):
     return jax.jit(fn, static_argnames=("dt_softplus", "chunk_size"))
 
 
+@jax.jit
 def _hydra_matrix(dt, A, B, C, segment_ids):
     """(b, h, l, l) from discretized dt (b, l, 2, h); the diagonal is left zero."""
     flip = lambda t: jnp.flip(t, axis=1)
-    run = None if segment_ids is None else _ssd._run_index(segment_ids)
-    fw = _ssd._ssd_matrix(dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], run)
-    bw = _ssd._ssd_matrix(flip(dt[:, :, 1]), A, flip(B[:, :, 1]), flip(C[:, :, 1]), None if run is None else flip(run))
+    run = None if segment_ids is None else _run_index(segment_ids)
+    fw = _ssd_matrix(dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], run)
+    bw = _ssd_matrix(flip(dt[:, :, 1]), A, flip(B[:, :, 1]), flip(C[:, :, 1]), None if run is None else flip(run))
 
     def shift_rows(M, keep):  # (b, h, l, l): row i <- row i - 1
         M = jnp.concatenate([jnp.zeros_like(M[:, :, :1]), M[:, :, :-1]], axis=2)
@@ -124,11 +138,11 @@ def _hydra_matrix(dt, A, B, C, segment_ids):
 def hydra_matrix_ref(*, x, dt, A, B, C, D, dt_bias, dt_softplus, segment_ids, chunk_size):
     """``y = M x + D x`` with the quasiseparable matrix materialized (quadratic memory)."""
     del chunk_size
-    f = _ssd._compute_dtype(x.dtype)
-    dt = _ssd._discretize_dt(dt, dt_bias, dt_softplus, f)
+    f = _compute_dtype(x.dtype)
+    dt = _discretize_dt(dt, dt_bias, dt_softplus, f)
     M = _hydra_matrix(dt, A, B, C, segment_ids)
-    y = jnp.einsum("bhij,bjhp->bihp", M, x.astype(f))
-    return _ssd._finish(y, x, D, None)
+    y = _exact_einsum("bhij,bjhp->bihp", M, x.astype(f))
+    return _finish(y, x, D, None)
 
 
 REGISTRY.register("xla", two_pass("xla"), doc="two SSD passes (chunked XLA SSD), batched")
@@ -179,14 +193,14 @@ def hydra_matrix(dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=False, segmen
     """
     op = "hydra_matrix"
     dims = _checks.Dims(op, **{"2": 2})
-    dt, _ = _ssd._array(op, "dt", dt, dims, "b l 2 h")
-    B, _ = _ssd._array(op, "B", B, dims, "b l 2 g n")
-    C, _ = _ssd._array(op, "C", C, dims, "b l 2 g n")
-    args = _ssd._canonical_core(op, dims, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], dt_bias, dt_softplus, segment_ids)
-    f = _ssd._compute_dtype(dt.dtype)
-    dt = _ssd._discretize_dt(dt, args["dt_bias"], args["dt_softplus"], f)
+    dt, _ = _array(op, "dt", dt, dims, "b l 2 h")
+    B, _ = _array(op, "B", B, dims, "b l 2 g n")
+    C, _ = _array(op, "C", C, dims, "b l 2 g n")
+    args = _canonical_core(op, dims, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], dt_bias, dt_softplus, segment_ids)
+    f = _compute_dtype(dt.dtype)
+    dt = _discretize_dt(dt, args["dt_bias"], args["dt_softplus"], f)
     M = _hydra_matrix(dt, args["A"], B, C, args["segment_ids"])
     if D is not None:
-        D, _ = _ssd._param(op, "D", D, dims, "h")
+        D, _ = _param(op, "D", D, dims, "h")
         M = M + D[:, None, None] * jnp.eye(M.shape[-1], dtype=M.dtype)
     return M

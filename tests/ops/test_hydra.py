@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssm_jax.ops import hydra as hydra_mod
-from ssm_jax.ops.hydra import hydra, hydra_matrix
+from ssm_jax.ops.hydra import REGISTRY, hydra, hydra_matrix
 from tests.numerics import assert_close
 from tests.ops.oracles_ssd import hydra_matrix_oracle, hydra_oracle
 
@@ -164,8 +163,8 @@ def test_hydra_matrix_matches_closed_form(rng):
 
 def test_auto_is_xla_on_cpu(rng):
     if jax.default_backend() == "cpu":
-        assert hydra_mod.REGISTRY.resolve("auto", {})[0] == "xla"
-    assert {"xla", "matrix"} <= set(hydra_mod.REGISTRY.names())
+        assert REGISTRY.resolve("auto", {})[0] == "xla"
+    assert {"xla", "matrix"} <= set(REGISTRY.names())
 
 
 BAD_INPUTS = [

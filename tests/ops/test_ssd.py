@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssm_jax.ops import ssd as ssd_mod
-from ssm_jax.ops.ssd import ssd, ssd_matrix, ssd_step
+from ssm_jax.ops.ssd import REGISTRY, ssd, ssd_matrix, ssd_step
 from tests.numerics import assert_close
 from tests.ops.oracles_ssd import ssd_oracle
 
@@ -286,8 +285,8 @@ class TestQuadratic(SSDContract):
 
 
 def test_auto_resolves_and_matches_oracle(rng):
-    name, _ = ssd_mod.REGISTRY.resolve("auto", {})
-    assert name in ssd_mod.REGISTRY
+    name, _ = REGISTRY.resolve("auto", {})
+    assert name in REGISTRY
     if jax.default_backend() == "cpu":
         assert name == "xla"
     kw = make_inputs(rng, **SSDContract.dims)
@@ -311,7 +310,7 @@ def test_ssd_matrix_times_x_equals_oracle(rng):
 
 
 def test_registry_names_and_unknown_impl(rng):
-    assert {"xla", "scan", "quadratic"} <= set(ssd_mod.REGISTRY.names())
+    assert {"xla", "scan", "quadratic"} <= set(REGISTRY.names())
     kw = make_inputs(rng, b=1, l=3, h=2, p=2, g=1, n=2, options=())
     with pytest.raises(ValueError, match="unknown impl='nope'"):
         ssd(**kw, impl="nope")
