@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ssm_jax.ops._checks import Dims, check_bool, check_float, check_int_array, check_positive_int, check_real, to_array
+from ssm_jax.ops._checks import Dims, check_bool, check_int_array, check_positive_int, check_real, to_array
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array
 
