@@ -1,0 +1,1 @@
+"""Long Range Arena configs: one module per task, the mixer as ``:arg`` (see base.py)."""

@@ -1,0 +1,174 @@
+"""What every LRA config shares: the published hyperparameters and the config builder.
+
+One module per task (``listops.py``, ``text.py``, ``retrieval.py``, ``image.py``,
+``pathfinder.py``, ``pathx.py``) calls :func:`lra_config` with the mixer from its ``:arg``::
+
+    python -m experiments.run --config=experiments/configs/lra/listops.py:mixer=s4 \\
+      --workdir=runs/lra/listops/s4 --config.data.manual_dir=/data/lra
+
+Hyperparameters. S4 and S4D use the updated S4 settings (state-spaces/s4
+``configs/experiment/lra/s4-*.yaml``; the S4D paper trains S4D-LegS with the same ones): layers,
+width, state size, dt range, dropout, batch size, AdamW learning rate and weight decay, the
+S4 parameters' own learning rate (``lr`` for A, B, dt; no weight decay on them), cosine
+schedule length and warmup. Two parts of those recipes have no counterpart in our models and
+are left out: BatchNorm (we use RMSNorm, pre-norm) and post-norm residuals on some tasks. The
+S5 settings (lindermanlab/S5 ``bin/run_experiments/run_lra_*.sh``) are listed in
+:data:`S5_PUBLISHED` for reference. Mamba, Mamba-2 and Hydra have no published LRA recipe; their
+configs keep the task's S4 backbone (depth, width, batch, schedule, learning rates) and the
+mixers' default state sizes, so they are comparisons at equal depth and width, not tuned results.
+
+Token inputs: ListOps' 16-id vocabulary, bytes (257 ids) for Text and Retrieval, pixel values
+(256 ids) for Image and Pathfinder -- LRA's tokenized setting. (S4/S5 feed the pixels of Image
+and Pathfinder as real numbers through a linear encoder instead.)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from experiments.configs import common
+
+MIXERS = ("s4", "s4d", "mamba", "mamba2", "hydra")
+
+# state-spaces/s4 configs/experiment/lra/s4-{listops,imdb,aan,cifar,pathfinder,pathx}.yaml
+S4_PUBLISHED = {
+    "listops": dict(n_layers=6, d_model=256, d_state=4, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=32,
+                    lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=120_000, warmup_steps=12_000, epochs=40),
+    "text": dict(n_layers=6, d_model=256, d_state=4, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=16,
+                 lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=50_000, warmup_steps=5_000, epochs=32),
+    "retrieval": dict(n_layers=6, d_model=256, d_state=4, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=64,
+                      lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=50_000, warmup_steps=5_000, epochs=20),
+    "image": dict(n_layers=6, d_model=512, d_state=64, dt_min=1e-3, dt_max=0.1, dropout=0.1, batch_size=50,
+                  lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=180_000, warmup_steps=18_000, epochs=200),
+    "pathfinder": dict(n_layers=6, d_model=256, d_state=64, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=64,
+                       lr=0.004, ssm_lr=1e-3, weight_decay=0.05, total_steps=500_000, warmup_steps=50_000, epochs=200),
+    "pathx": dict(n_layers=6, d_model=256, d_state=64, dt_min=1e-4, dt_max=0.1, dropout=0.0, batch_size=16,
+                  lr=0.001, ssm_lr=1e-3, weight_decay=0.05, total_steps=500_000, warmup_steps=50_000, epochs=50),
+}
+
+# lindermanlab/S5 bin/run_experiments/run_lra_*.sh (global lr = lr_factor * ssm_lr_base).
+S5_PUBLISHED = {
+    "listops": "8 layers, H=128, P=16, J=8 blocks, batch 50, 40 epochs, lr 3e-3, ssm lr 1e-3, wd 0.04",
+    "text": "6 layers, H=256, P=192, J=12, batch 50, 35 epochs, lr 4e-3, ssm lr 1e-3, wd 0.07, dropout 0.1",
+    "retrieval": "6 layers, H=128, P=256, J=16, batch 32, 20 epochs, lr 2e-3, ssm lr 1e-3, wd 0.05",
+    "image": "6 layers, H=512, P=384, J=3, batch 50, 250 epochs, lr 4.5e-3, ssm lr 1e-3, wd 0.07, dropout 0.1",
+    "pathfinder": "6 layers, H=192, P=256, J=8, batch 64, 200 epochs, lr 4.5e-3, ssm lr 9e-4, wd 0.03, dropout 0.05",
+    "pathx": "6 layers, H=128, P=256, J=16, batch 32, 75 epochs, lr 1.8e-3, ssm lr 6e-4, wd 0.06, dt_min 1e-4",
+}
+
+# Test accuracy (%) the papers report (S4 as updated in the S4D paper; S4D-LegS; S5).
+ACCURACY = {
+    "listops": dict(s4=59.60, s4d=60.47, s5=62.15),
+    "text": dict(s4=86.82, s4d=86.18, s5=89.31),
+    "retrieval": dict(s4=90.90, s4d=89.46, s5=91.40),
+    "image": dict(s4=88.65, s4d=88.19, s5=88.00),
+    "pathfinder": dict(s4=94.20, s4d=93.06, s5=95.33),
+    "pathx": dict(s4=96.35, s4d=91.95, s5=98.58),
+}
+
+# Registered dataset of each task.
+DATASETS = {
+    "listops": "lra_listops",
+    "text": "lra_text",
+    "retrieval": "lra_retrieval",
+    "image": "lra_image",
+    "pathfinder": "lra_pathfinder32",
+    "pathx": "lra_pathx",
+}
+
+# Our data that stands in for the release in smoke runs: generators where the task is generated,
+# random examples in the right format elsewhere.
+_SMOKE_DATA = {"listops": "generated", "pathfinder": "generated", "pathx": "generated"}
+SMOKE_DATA_DIR = os.path.join(tempfile.gettempdir(), "ssm_jax_lra_smoke")
+
+
+def mixer_fields(mixer: str, p: dict, *, smoke: bool = False) -> dict:
+    """The ``model_config`` keyword for ``mixer``'s sub-config on a task with settings ``p``."""
+    if mixer in ("s4", "s4d"):
+        sub = dict(d_state=4 if smoke else p["d_state"], dt_min=p["dt_min"], dt_max=p["dt_max"],
+                   bidirectional=True, dropout=p["dropout"], lr=p["ssm_lr"])
+        if mixer == "s4d":
+            sub["init"] = "legs"
+        return {mixer: sub}
+    if mixer == "mamba":
+        return {"mamba": dict(d_state=4 if smoke else 16, expand=2, dt_min=p["dt_min"], dt_max=p["dt_max"])}
+    if mixer in ("mamba2", "hydra"):
+        sub = dict(d_state=8 if smoke else 64, headdim=8 if smoke else 64, expand=2, chunk_size=16 if smoke else 256,
+                   dt_min=p["dt_min"], dt_max=p["dt_max"])
+        return {mixer: sub}
+    raise ValueError(f"LRA configs: mixer must be one of {MIXERS}; got {mixer!r}")
+
+
+def docstring_results(task: str) -> str:
+    a = ACCURACY[task]
+    return f"S4 {a['s4']:.2f}, S4D-LegS {a['s4d']:.2f}, S5 {a['s5']:.2f}"
+
+
+def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extra_args):
+    """The config of LRA ``task`` for the ``mixer=`` in ``arg`` (plus ``smoke``, ``data=``)."""
+    a = common.parse_arg(arg, mixer="s4", smoke=False, data="release", **extra_args)
+    if a.mixer not in MIXERS:
+        raise ValueError(f"lra/{task}: mixer must be one of {MIXERS}; got {a.mixer!r}")
+    from experiments.data.lra import TASK_INFO  # the vocabulary / classes / length of the dataset
+
+    dataset = dataset or DATASETS[task]
+    info = TASK_INFO[dataset]
+    p = S4_PUBLISHED[task]
+
+    c = common.base_config()
+    c.seed = 0
+    c.total_steps = p["total_steps"]
+    steps_per_epoch = max(1, p["total_steps"] // p["epochs"])
+    c.log_every = 100
+    c.eval_every = steps_per_epoch
+    c.checkpoint_every = steps_per_epoch
+
+    c.data = dict(
+        name=dataset,
+        batch_size=p["batch_size"],
+        tfds_config=a.data,
+        data_dir="",
+        manual_dir="",
+        seq_len=info["seq_len"],
+        num_examples=(),
+        num_threads=4,
+    )
+    c.model = common.model_config(
+        "classifier",
+        mixer=a.mixer,
+        vocab_size=info["vocab_size"],
+        num_classes=info["num_classes"],
+        d_model=p["d_model"],
+        n_layers=p["n_layers"],
+        pooling="mean",
+        dual_encoder=task == "retrieval",
+        dropout=p["dropout"],
+        **mixer_fields(a.mixer, p),
+    )
+    c.optim.lr = p["lr"]
+    c.optim.ssm_lr = p["ssm_lr"]
+    c.optim.weight_decay = p["weight_decay"]
+    c.optim.ssm_weight_decay = 0.0
+    c.optim.warmup_steps = p["warmup_steps"]
+    c.optim.min_lr_ratio = 0.0
+    c.eval.splits = ("validation", "test")
+    c.eval.batch_size = p["batch_size"]
+    c.eval.num_batches = -1
+    c.checkpoint.best_metric = "validation/accuracy"
+    c.checkpoint.best_mode = "max"
+
+    if a.smoke:
+        c.data.update(
+            dict(batch_size=4, seq_len=min(info["seq_len"], 256), tfds_config=_SMOKE_DATA.get(task, "placeholder"),
+                 data_dir=SMOKE_DATA_DIR, num_examples=(8, 4, 4) if task in _SMOKE_DATA else (), num_threads=1)
+        )
+        c.eval.batch_size = 4
+        small = dict(p, d_model=16, n_layers=1)
+        c.model = common.model_config(
+            "classifier", mixer=a.mixer, vocab_size=info["vocab_size"], num_classes=info["num_classes"],
+            d_model=16, n_layers=1, pooling="mean", dual_encoder=task == "retrieval", dropout=0.0,
+            **mixer_fields(a.mixer, small, smoke=True),
+        )
+        common.smoke_schedule(c)
+    return c.lock()

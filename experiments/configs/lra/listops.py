@@ -1,0 +1,26 @@
+r"""LRA ListOps: evaluate nested MAX/MIN/MED/SM expressions (10 classes, length <= 2,000).
+
+Data: ``data=release`` reads ``lra_release/listops-1000/basic_*.tsv`` under
+``--config.data.manual_dir``; ``data=generated`` builds 96k/2k/2k examples from our generator (same
+procedure, different draws).
+
+    python -m experiments.run --config=experiments/configs/lra/listops.py:mixer=s4 \
+      --workdir=runs/lra/listops/s4 --config.data.manual_dir=/path/to/lra
+
+arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``data=`` the builder config;
+``smoke`` runs 4 steps of a 1-layer model on our generated / placeholder data in seconds.
+
+Hyperparameters: the updated S4 recipe (state-spaces/s4 ``s4-*.yaml``, :data:`base.S4_PUBLISHED`)
+for S4 and S4D; the same backbone and schedule for the other mixers (see ``base.py``).
+
+Expected test accuracy (%, published): S4 59.60, S4D-LegS 60.47, S5 62.15.
+No published LRA numbers exist for
+Mamba, Mamba-2 or Hydra in our anchors.
+"""
+
+from experiments.configs.lra import base
+
+
+
+def get_config(arg=None):
+    return base.lra_config("listops", arg)

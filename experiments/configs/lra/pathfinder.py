@@ -1,0 +1,43 @@
+r"""LRA Pathfinder: are the two marked dots joined by a path of dashes? (2 classes.)
+
+The LRA task is ``size=32`` (sequences of 1,024 pixels), hard level (14-dash paths);
+``size=64|128|256`` select the larger release images (Path-X is ``pathx.py``).
+
+Data: ``data=release`` reads ``lra_release/pathfinder<size>/curv_contour_length_14`` under
+``--config.data.manual_dir``; ``data=release_intermediate|release_easy`` the other difficulty
+levels; ``data=generated`` builds 160k/20k/20k images with our generator.
+
+    python -m experiments.run --config=experiments/configs/lra/pathfinder.py:mixer=s4 \
+      --workdir=runs/lra/pathfinder/s4 --config.data.manual_dir=/path/to/lra
+
+arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``size=`` 32 | 64 | 128 | 256;
+``data=``; ``smoke`` runs 4 steps of a 1-layer model on generated data in seconds.
+
+Hyperparameters: the updated S4 recipe (state-spaces/s4 ``s4-pathfinder.yaml``) for every size;
+the same backbone and schedule for the other mixers (see ``base.py``).
+
+Expected test accuracy at 32x32 (%, published): S4 94.20, S4D-LegS 93.06, S5 95.33.
+No published LRA numbers exist for
+Mamba, Mamba-2 or Hydra in our anchors.
+"""
+
+from experiments.configs.lra import base
+
+
+SIZES = (32, 64, 128, 256)
+
+
+def get_config(arg=None):
+    size = 32
+    if arg:
+        kept = []
+        for item in arg.split(","):
+            name, _, value = item.strip().partition("=")
+            if name == "size":
+                size = int(value)
+            elif item.strip():
+                kept.append(item.strip())
+        arg = ",".join(kept)
+    if size not in SIZES:
+        raise ValueError(f"lra/pathfinder: size must be one of {SIZES}; got {size}")
+    return base.lra_config("pathfinder", arg, dataset=f"lra_pathfinder{size}")

@@ -1,0 +1,26 @@
+r"""LRA Text: IMDB sentiment from bytes (2 classes, length 4,096).
+
+Data: ``data=release`` reads the Stanford ``aclImdb`` folders under ``--config.data.manual_dir``;
+``data=tfds`` reads TFDS ``imdb_reviews`` (downloaded by TFDS). Validation is IMDB's test split, as
+in LRA.
+
+    python -m experiments.run --config=experiments/configs/lra/text.py:mixer=s4d \
+      --workdir=runs/lra/text/s4d --config.data.manual_dir=/path/to/lra
+
+arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``data=`` the builder config;
+``smoke`` runs 4 steps of a 1-layer model on our generated / placeholder data in seconds.
+
+Hyperparameters: the updated S4 recipe (state-spaces/s4 ``s4-*.yaml``, :data:`base.S4_PUBLISHED`)
+for S4 and S4D; the same backbone and schedule for the other mixers (see ``base.py``).
+
+Expected test accuracy (%, published): S4 86.82, S4D-LegS 86.18, S5 89.31.
+No published LRA numbers exist for
+Mamba, Mamba-2 or Hydra in our anchors.
+"""
+
+from experiments.configs.lra import base
+
+
+
+def get_config(arg=None):
+    return base.lra_config("text", arg)
