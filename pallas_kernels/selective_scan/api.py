@@ -159,7 +159,7 @@ def _prepare(s: _Static, x, dt, A, B, C, D, z, dt_bias, h0, keep):
     if z is not None:
         ins.append(seq(z))
     ins += [_pad_state(s, _pad_length(s, B)), _pad_state(s, _pad_length(s, C))]
-    ins.append(_pad_state(s, _pad_channels(s, A.astype(jnp.float32) * mosaic_gpu.LOG2E, 0)))
+    ins.append(_split_state(s, _pad_state(s, _pad_channels(s, A.astype(jnp.float32) * mosaic_gpu.LOG2E, 0))))
     if dt_bias is not None:
         ins.append(_per_chunk_tile(s, dt_bias))
     if D is not None:
@@ -167,8 +167,18 @@ def _prepare(s: _Static, x, dt, A, B, C, D, z, dt_bias, h0, keep):
     if keep is not None:
         ins.append(_pad_length(s, keep, value=1.0))
     if h0 is not None:
-        ins.append(_pad_state(s, _pad_channels(s, h0.astype(jnp.float32), 1)))
+        ins.append(_split_state(s, _pad_state(s, _pad_channels(s, h0.astype(jnp.float32), 1))))
     return ins
+
+
+def _split_state(s: _Static, v):
+    """``(..., n_pad) -> (..., n_pad / v, v)``: the state axis as a thread's registers hold it."""
+    k = s.blocks.states_per_thread
+    return v.reshape(*v.shape[:-1], v.shape[-1] // k, k)
+
+
+def _merge_state(v):
+    return v.reshape(*v.shape[:-2], v.shape[-2] * v.shape[-1])
 
 
 def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D, z, dt_bias, h0, keep):
@@ -185,7 +195,7 @@ def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D,
     y = _unpad_channels(s, y[:, : s.l], 2)
     h_final = outs.pop(0) if want_final else None
     if h_final is not None:
-        h_final = _unpad_channels(s, h_final[..., : s.n], 1)
+        h_final = _unpad_channels(s, _merge_state(h_final)[..., : s.n], 1)
     saved = outs.pop(0) if save_states else None
     return y, h_final, saved
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 
 WARPGROUP = 128
-# Blocks in flight per SM that the rule below aims for (H100: 132 SMs). Two or three resident
-# warpgroups per SM hide the latency of the per-position recurrence.
-TARGET_BLOCKS = 2 * 132
+# The rule in `choose_blocks` (measured on H100, README.md): the most states per thread that
+# still launches FULL_BLOCKS blocks; failing that, the most that launches HALF_BLOCKS (one per SM
+# at least: a single states-per-thread is shuffle-heavy and only pays when nothing else fills the
+# GPU); failing that, the fewest.
+FULL_BLOCKS = 192
+HALF_BLOCKS = 96
 
 
 # Shared memory one block may use so that two blocks fit an H100 SM (228 KB).
@@ -99,8 +102,9 @@ class SelectiveScanBlocks:
                 f"SelectiveScanBlocks: chunk x channels = {self.chunk} x {self.channels} must be a "
                 f"multiple of {WARPGROUP} (one element per thread at least)"
             )
-        if not isinstance(self.unroll, int) or self.unroll < 1 or self.chunk % self.unroll:
-            raise ValueError(f"SelectiveScanBlocks: `unroll` must divide chunk={self.chunk}; got {self.unroll!r}")
+        if not isinstance(self.unroll, int) or self.unroll < 1 or self.chunk % (2 * self.unroll):
+            # The forward runs groups of `unroll` positions in pairs.
+            raise ValueError(f"SelectiveScanBlocks: 2 x `unroll` must divide chunk={self.chunk}; got {self.unroll!r}")
 
     @property
     def channels(self) -> int:
@@ -127,16 +131,7 @@ def choose_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | No
     """
     n_p = padded_state_size(n)
     if states_per_thread is None:
-        lo = max(1, n_p // 16)
-        states_per_thread = lo
-        for v in (16, 8, 4, 2, 1):
-            if v < lo or v > n_p:
-                continue
-            ch = WARPGROUP * v // n_p
-            blocks = b * g * -(-(d // g) // ch)
-            if blocks >= TARGET_BLOCKS:
-                states_per_thread = v
-                break
+        states_per_thread = _rule(b, d, g, n_p)
     if chunk is None:
         # The largest chunk (64 or 32) whose shared memory lets two blocks share an SM. At least
         # 32: the per-chunk TMA copy of `keep` (chunk float32) must be a multiple of 128 bytes.
@@ -146,3 +141,17 @@ def choose_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | No
             chunk //= 2
     return SelectiveScanBlocks(n=n_p, states_per_thread=states_per_thread, chunk=chunk, unroll=unroll,
                                save_interval=save_interval)
+
+
+def _rule(b: int, d: int, g: int, n_p: int) -> int:
+    lo = max(1, n_p // 16)
+    valid = [v for v in (16, 8, 4, 2, 1) if lo <= v <= n_p]
+
+    def blocks(v):
+        return b * g * -(-(d // g) // (WARPGROUP * v // n_p))
+
+    for threshold, candidates in ((FULL_BLOCKS, [v for v in valid if v > 1]), (HALF_BLOCKS, [v for v in valid if v > 1])):
+        for v in candidates:
+            if blocks(v) >= threshold:
+                return v
+    return valid[-1]

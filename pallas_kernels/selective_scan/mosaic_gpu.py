@@ -108,26 +108,51 @@ def _tiled(layout: mgpu.TiledLayout):
     )
 
 
-@functools.lru_cache(maxsize=None)
-def state_layouts(ch: int, n: int, v: int):
-    """Layouts of the ``(ch, n)`` state and of its per-channel ``(ch,)`` / per-state ``(n,)`` slices.
-
-    Thread ``w * 32 + lane`` of the warpgroup holds channel ``w * ch/4 + lane // (n/v)`` and state
-    indices ``(lane % (n/v)) * v ... + v`` as one ``v``-vector: a sum over ``n`` is ``v - 1``
-    adds and ``log2(n/v)`` shuffles; a per-channel row is replicated over the ``n/v`` threads of
-    its channel, a per-state row over the channels.
-    """
-    raw = mgpu.TiledLayout(
-        plgpu.Tiling(((ch, n), (ch // 4, n), (v,))), warp_dims=(-5,), lane_dims=(-3, -2), vector_dim=-1,
-        _check_canonical=False,
+def _canonical(tiles, warp_dims, lane_dims):
+    return mgpu.TiledLayout(
+        plgpu.Tiling(tiles), warp_dims=warp_dims, lane_dims=lane_dims, vector_dim=-1, _check_canonical=False
     ).canonicalize()
-    state = _tiled(raw)
-    return state, _tiled(raw.reduce([1])), _tiled(raw.reduce([0]))
 
 
-def _bcast(v, shape, dim, layout):
-    """Broadcast a row of ``state_layouts`` to the full state layout (no data movement)."""
-    return plgpu.layout_cast(lax.broadcast_in_dim(v, shape, (dim,)), layout)
+@dataclasses.dataclass(frozen=True)
+class Layouts:
+    """Register layouts of one tiling.
+
+    The state is held as ``(ch, n/v, v)``: thread ``w * 32 + lane`` of the warpgroup owns channel
+    ``w * ch/4 + lane // (n/v)`` and the ``v`` state indices ``(lane % (n/v)) * v ...`` as one
+    vector. ``row`` is a per-channel ``(ch,)`` vector (replicated over the ``n/v`` threads of a
+    channel), ``col`` a per-state ``(n/v, v)`` vector (replicated over channels), ``part`` the
+    ``(ch, n/v)`` in-thread partial sums over ``v`` (one value per thread, no replication).
+    ``tile3``/``tile`` lay out ``(q, ch, n/v)``/``(q, ch)`` chunk tiles so that a sum over the
+    ``n/v`` partials of a position is in-thread.
+    """
+
+    state: object
+    row: object
+    col: object
+    part: object
+    tile3: object
+    tile: object
+
+
+@functools.lru_cache(maxsize=None)
+def layouts(q: int, ch: int, n: int, v: int) -> Layouts:
+    nl = n // v
+    st = _canonical(((ch, nl, v), (ch // 4, nl, v)), (-6,), (-3, -2))
+    if ch >= 32:  # a warp per position, lanes over 32 channels
+        t3 = _canonical(((4, ch, nl), (1, 32, nl)), (-6,), (-2,))
+    else:  # a warp per 32 / ch positions
+        r = 32 // ch
+        t3 = _canonical(((4 * r, ch, nl), (r, ch, nl)), (-6,), (-3, -2))
+    return Layouts(
+        state=_tiled(st), row=_tiled(st.reduce([1, 2])), col=_tiled(st.reduce([0])), part=_tiled(st.reduce([2])),
+        tile3=_tiled(t3), tile=_tiled(t3.reduce([2])),
+    )
+
+
+def _bcast(v, shape, dims, layout):
+    """Broadcast a row/col of :class:`Layouts` to the state layout (no data movement)."""
+    return plgpu.layout_cast(lax.broadcast_in_dim(v, shape, dims), layout)
 
 
 def _softplus(u):
@@ -161,23 +186,32 @@ def _interpret(p: Problem):
 
 
 def forward(p: Problem, *, save_states: bool, want_final: bool):
-    """Build the forward kernel: ``(x, dt, [z], B, C, A2, [bias], [Dt], [keep], [h0]) ->
-    (y, [final_state (b, d, n)], [h_saved (b, l / save_interval, d, n)])``."""
+    """Build the forward kernel.
+
+    ``(x, dt, [z], B, C, A2, [bias], [Dt], [keep], [h0]) -> (y, [final_state], [h_saved])`` with
+    ``B, C (b, l, g, n)``, ``A2 (d, n/v, v)``, ``h0``/``final_state (b, d, n/v, v)`` and
+    ``h_saved (b, l / save_interval, d, n/v, v)``: the state axis split as the registers hold it
+    (a free reshape of ``(.., n)``).
+    """
     blk = p.blocks
     q, ch, n, v = blk.chunk, p.ch, p.n, blk.states_per_thread
+    nl = n // v
     U = blk.unroll
     num_chunks = p.l // q
-    L_state, L_row, L_col = state_layouts(ch, n, v)
+    L = layouts(q, ch, n, v)
+    S3 = (ch, nl, v)
     L_tile = plgpu.Layout.WG_STRIDED((q, ch), vec_size=blk.tile_vector)
     L_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
     x_dt, dt_dt, z_dt = jnp.dtype(p.x_dtype), jnp.dtype(p.dt_dtype), jnp.dtype(p.z_dtype)
     bc_dt = jnp.dtype(p.bc_dtype)
-    convert_bc = bc_dt != jnp.float32
     tail = p.l_valid < p.l
     saves_per_chunk = q // blk.save_interval  # 0 when states are saved less than once a chunk
     chunks_per_save = max(1, blk.save_interval // q)
+    groups = q // U
+    if groups % 2:
+        raise ValueError(f"selective_scan forward: chunk/unroll = {q}/{U} must be even")
 
-    def body(*refs):
+    def selective_scan_fwd(*refs):
         refs = list(refs)
         take = lambda flag: refs.pop(0) if flag else None  # noqa: E731
         x_ref, dt_ref = refs.pop(0), refs.pop(0)
@@ -186,12 +220,13 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         bias_ref, D_ref, keep_ref, h0_ref = take(p.has_bias), take(p.has_D), take(p.has_keep), take(p.has_h0)
         y_ref = refs.pop(0)
         hT_ref, hs_ref = take(want_final), take(save_states)
-        (x_s, dt_s, z_s, B_s, C_s, keep_s, delta_s, u_s, yacc_s, Bf_s, Cf_s, out_s, bars) = refs
+        (x_s, dt_s, z_s, B_s, C_s, keep_s, delta_s, u_s, part_s, Bf_s, Cf_s, out_s, bars) = refs
 
         bi = lax.axis_index("b")
         cb = lax.axis_index("c")
         c0 = cb * ch
         gi = cb // p.blocks_per_group
+        rows_q = pl.ds(0, q)
 
         def issue(k, slot):
             t = pl.ds(k * q, q)
@@ -201,22 +236,22 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             plgpu.copy_gmem_to_smem(dt_ref.at[bi, t, cols], dt_s.at[slot], bar)
             if p.has_z:
                 plgpu.copy_gmem_to_smem(z_ref.at[bi, t, cols], z_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(B_ref.at[bi, t, gi], B_s.at[slot, pl.ds(0, q)], bar)
-            plgpu.copy_gmem_to_smem(C_ref.at[bi, t, gi], C_s.at[slot, pl.ds(0, q)], bar)
+            plgpu.copy_gmem_to_smem(B_ref.at[bi, t, gi], B_s.at[slot], bar)
+            plgpu.copy_gmem_to_smem(C_ref.at[bi, t, gi], C_s.at[slot], bar)
             if p.has_keep:
-                plgpu.copy_gmem_to_smem(keep_ref.at[bi, t], keep_s.at[slot, pl.ds(0, q)], bar)
+                plgpu.copy_gmem_to_smem(keep_ref.at[bi, t], keep_s.at[slot, rows_q], bar)
 
         issue(0, 0)
-        A2 = plgpu.load(A2_ref.at[pl.ds(c0, ch), :], layout=L_state, optimized=False)
+        A2 = plgpu.load(A2_ref.at[pl.ds(c0, ch)], layout=L.state, optimized=False)
         if p.has_h0:
-            h = plgpu.load(h0_ref.at[bi, pl.ds(c0, ch), :], layout=L_state, optimized=False)
+            h = plgpu.load(h0_ref.at[bi, pl.ds(c0, ch)], layout=L.state, optimized=False)
         else:
-            h = plgpu.layout_cast(jnp.zeros((ch, n), F32), L_state)
+            h = plgpu.layout_cast(jnp.zeros(S3, F32), L.state)
         bias = plgpu.load(bias_ref.at[cb], layout=L_tile, optimized=False) if p.has_bias else None
-        Dt = plgpu.load(D_ref.at[cb], layout=L_tile, optimized=False) if p.has_D else None
+        Dt = plgpu.load(D_ref.at[cb], layout=L.tile, optimized=False) if p.has_D else None
 
         def save(h, index):
-            hs_ref[bi, index, pl.ds(c0, ch), :] = h
+            hs_ref[bi, index, pl.ds(c0, ch)] = h
 
         def chunk(k, h):
             slot = lax.rem(k, 2)
@@ -226,7 +261,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             def _():
                 issue(k + 1, 1 - slot)
 
-            # 1. Discretization inputs for the whole chunk (Alg. 2 line 3).
+            # 1. Discretization inputs for the whole chunk (Alg. 2 line 3), element-wise.
             delta = plgpu.load(dt_s.at[slot], layout=L_tile, optimized=False).astype(F32)
             if p.has_bias:
                 delta = delta + bias
@@ -237,48 +272,48 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
                 # Padding positions: delta = 0 is decay 1 and input 0, the state passes through.
                 delta = jnp.where(row < p.l_valid - k * q, delta, 0.0)
             xv = plgpu.load(x_s.at[slot], layout=L_tile, optimized=False).astype(F32)
-            rows_q = pl.ds(0, q)
             delta_s[rows_q] = delta
             u_s[rows_q] = delta * xv
-            if convert_bc:
-                Bf_s[rows_q] = plgpu.load(B_s.at[slot, rows_q], layout=L_bc, optimized=False).astype(F32)
-                Cf_s[rows_q] = plgpu.load(C_s.at[slot, rows_q], layout=L_bc, optimized=False).astype(F32)
+            # B, C in float32 and with the state axis split as the registers hold it, (q, n/v, v)
+            # (jax 0.11.2 interpret mode cannot reshape a ref, so the row loads cannot view the
+            # (q, n) TMA tile that way).
+            split = lambda a: a.astype(F32).reshape(q, nl, v)  # noqa: E731
+            Bf_s[rows_q] = split(plgpu.load(B_s.at[slot], layout=L_bc, optimized=False))
+            Cf_s[rows_q] = split(plgpu.load(C_s.at[slot], layout=L_bc, optimized=False))
             plgpu.commit_smem()  # fence + warpgroup barrier: the rows are visible to every thread
-            Bsrc, Csrc = (Bf_s, Cf_s) if convert_bc else (B_s.at[slot], C_s.at[slot])
 
-            # 2. The recurrence, position by position, in groups of `unroll` positions. The rows a
-            # group reads are loaded one group ahead: every shared-memory buffer is a view of one
-            # allocation, so the compiler may not hoist a load above an earlier store (the y row
-            # of the previous position), which would put load -> exp -> FMA -> shuffles -> store
-            # on the critical path of every position. Rows past the chunk read the padding.
+            # 2. The recurrence (eq. 2a), in groups of `unroll` positions. A group's rows are
+            # loaded one group ahead: all shared-memory buffers are views of one allocation, so
+            # the compiler may not hoist a load above an earlier store, which would put
+            # load -> exp -> FMA -> store on the critical path of every position. Groups come in
+            # pairs so that the look-ahead registers alternate without copies. Each thread
+            # stores its in-thread partial of h . C (eq. 2b); the sum over the n/v threads of a
+            # channel happens in step 3, vectorized, instead of warp shuffles per position.
+            # Rows past the chunk (the last look-ahead) read the buffers' padding.
             def load_rows(t0):
                 rows = []
                 for i in range(U):
                     t = t0 + i
                     row = (
-                        plgpu.load(delta_s.at[t], layout=L_row, optimized=False),
-                        plgpu.load(u_s.at[t], layout=L_row, optimized=False),
-                        plgpu.load(Bsrc.at[t], layout=L_col, optimized=False),
-                        plgpu.load(Csrc.at[t], layout=L_col, optimized=False),
+                        plgpu.load(delta_s.at[t], layout=L.row, optimized=False),
+                        plgpu.load(u_s.at[t], layout=L.row, optimized=False),
+                        plgpu.load(Bf_s.at[t], layout=L.col, optimized=False),
+                        plgpu.load(Cf_s.at[t], layout=L.col, optimized=False),
                     )
                     if p.has_keep:
                         row = row + (keep_s[slot, t],)
                     rows.append(row)
                 return rows
 
-            def group(j, carry):
-                h, rows = carry
+            def group(j, h, rows):
                 nxt = load_rows((j + 1) * U)
-                ys = []
-                for row in rows:
+                for i, row in enumerate(rows):
                     d_t, u_t, B_t, C_t = row[:4]
-                    decay = jnp.exp2(_bcast(d_t, (ch, n), 0, L_state) * A2)
+                    decay = jnp.exp2(_bcast(d_t, S3, (0,), L.state) * A2)
                     if p.has_keep:
                         decay = decay * row[4]
-                    h = decay * h + _bcast(u_t, (ch, n), 0, L_state) * _bcast(B_t, (ch, n), 1, L_state)
-                    ys.append(jnp.sum(h * _bcast(C_t, (ch, n), 1, L_state), axis=1))
-                for i, y_t in enumerate(ys):
-                    yacc_s[j * U + i] = y_t
+                    h = decay * h + _bcast(u_t, S3, (0,), L.state) * _bcast(B_t, S3, (1, 2), L.state)
+                    part_s[j * U + i] = jnp.sum(h * _bcast(C_t, S3, (1, 2), L.state), axis=2)
                 if save_states and saves_per_chunk:
                     end = (j + 1) * U
 
@@ -288,7 +323,12 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
 
                 return h, nxt
 
-            h, _ = lax.fori_loop(0, q // U, group, (h, load_rows(0)))
+            def pair(j, carry):
+                h, rows = carry
+                h, rows = group(2 * j, h, rows)
+                return group(2 * j + 1, h, rows)
+
+            h, _ = lax.fori_loop(0, groups // 2, pair, (h, load_rows(0)))
             if save_states and not saves_per_chunk:
                 @pl.when(jnp.logical_and(lax.rem(k + 1, chunks_per_save) == 0, k + 1 < num_chunks))
                 def _():
@@ -296,11 +336,11 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             plgpu.commit_smem()
 
             # 3. y = (h C + D x) * silu(z), stored by TMA while the next chunk runs.
-            y = plgpu.load(yacc_s, layout=L_tile, optimized=False)
+            y = jnp.sum(plgpu.load(part_s, layout=L.tile3, optimized=False), axis=2)
             if p.has_D:
-                y = y + Dt * xv
+                y = y + Dt * plgpu.load(x_s.at[slot], layout=L.tile, optimized=False).astype(F32)
             if p.has_z:
-                zv = plgpu.load(z_s.at[slot], layout=L_tile, optimized=False).astype(F32)
+                zv = plgpu.load(z_s.at[slot], layout=L.tile, optimized=False).astype(F32)
                 y = y * (zv * _sigmoid(zv))
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's store has read out_s
             out_s[...] = y.astype(out_s.dtype)
@@ -312,33 +352,33 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             save(h, 0)
         h = lax.fori_loop(0, num_chunks, chunk, h)
         if want_final:
-            hT_ref[bi, pl.ds(c0, ch), :] = h
+            hT_ref[bi, pl.ds(c0, ch)] = h
         plgpu.wait_smem_to_gmem(0)
 
     out_types = [jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt)]
     if want_final:
-        out_types.append(jax.ShapeDtypeStruct((p.b, p.d, n), F32))
+        out_types.append(jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
     if save_states:
-        out_types.append(jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, n), F32))
+        out_types.append(jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, nl, v), F32))
     scratch = [
         plgpu.SMEM((2, q, ch), x_dt),  # x
         plgpu.SMEM((2, q, ch), dt_dt),  # dt
         plgpu.SMEM((2, q, ch) if p.has_z else (1, 8, 8), z_dt),  # z
-        # Buffers read by the recurrence have `unroll` rows of padding: the last group's look-ahead.
-        plgpu.SMEM((2, q + U, n), bc_dt),  # B
-        plgpu.SMEM((2, q + U, n), bc_dt),  # C
+        plgpu.SMEM((2, q, n), bc_dt),  # B
+        plgpu.SMEM((2, q, n), bc_dt),  # C
+        # Buffers read by the recurrence have `unroll` rows of padding: the last look-ahead.
         plgpu.SMEM((2, q + U) if p.has_keep else (1, 8), F32),  # keep
         plgpu.SMEM((q + U, ch), F32),  # delta
         plgpu.SMEM((q + U, ch), F32),  # u = delta x
-        plgpu.SMEM((q, ch), F32),  # h C
-        plgpu.SMEM((q + U, n) if convert_bc else (1, 8), F32),  # B in float32
-        plgpu.SMEM((q + U, n) if convert_bc else (1, 8), F32),  # C in float32
+        plgpu.SMEM((q, ch, nl), F32),  # partial sums of h C
+        plgpu.SMEM((q + U, nl, v), F32),  # B in float32
+        plgpu.SMEM((q + U, nl, v), F32),  # C in float32
         plgpu.SMEM((q, ch), x_dt),  # y tile for the TMA store
         # One arrival per TMA copy of a stage: x, dt, B, C, and z, keep when present.
         plgpu.Barrier(num_arrivals=4 + p.has_z + p.has_keep, num_barriers=2),
     ]
     return plgpu.kernel(
-        body,
+        selective_scan_fwd,
         out_type=tuple(out_types),
         scratch_types=scratch,
         grid=(p.b, p.channel_blocks),
