@@ -22,8 +22,15 @@ import numpy as np
 
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks
+from pallas_kernels.ssd.reference import core_reference
 
-__all__ = ["ssd", "why_not"]
+__all__ = ["BWD_KERNEL_MAX_N", "ssd", "why_not"]
+
+# The backward kernel keeps the (block_p, n) fp32 state gradient and a (q, n) fp32 dB/dC tile in
+# one warpgroup's registers; past n = 128 that exceeds the register file (and its double-buffered
+# tiles shared memory). Larger states take the backward by autodiff of reference.core_reference
+# (XLA) -- the forward stays the kernel. Issue 6 lists this as not yet a kernel.
+BWD_KERNEL_MAX_N = 128
 
 _COMPUTE_DTYPES = {jnp.dtype(jnp.bfloat16): jnp.bfloat16, jnp.dtype(jnp.float16): jnp.float16}
 _SUPPORTED_N = (64, 128, 256)
@@ -57,6 +64,8 @@ def why_not(ctx) -> str | None:
 class _Config:
     q: int
     block_p: int
+    fwd_nbuf: int | None
+    bwd_nbuf: int | None
     cdtype: str
     y_dtype: str
     has_seg: bool
@@ -67,6 +76,7 @@ class _Config:
     interpret: bool
 
 
+@functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
 def ssd(
     *,
     x,
@@ -114,6 +124,8 @@ def ssd(
     cfg = _Config(
         q=q,
         block_p=blocks.block_p,
+        fwd_nbuf=blocks.fwd_nbuf,
+        bwd_nbuf=blocks.bwd_nbuf,
         cdtype=jnp.dtype(cdtype).name,
         y_dtype=jnp.dtype(x.dtype).name,
         has_seg=segment_ids is not None,
@@ -181,8 +193,19 @@ def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
     return mosaic_gpu.FwdSpec(
         b=b, nc=L // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
         y_dtype=cfg.y_dtype, has_seg=cfg.has_seg, has_d=cfg.has_d, has_z=cfg.has_z, has_h0=cfg.has_h0,
-        final=cfg.final, save_states=save_states, interpret=cfg.interpret,
+        final=cfg.final, save_states=save_states, nbuf=_fwd_nbuf(cfg, n, save_states), interpret=cfg.interpret,
     )
+
+
+def _fwd_nbuf(cfg: _Config, n: int, save_states: bool) -> int:
+    """Double-buffer the per-chunk inputs when they fit in shared memory."""
+    if cfg.fwd_nbuf is not None:
+        return cfg.fwd_nbuf
+    size = mosaic_gpu.fwd_smem_bytes(
+        cfg.q, cfg.block_p, n, jnp.dtype(cfg.cdtype).itemsize, 2, has_z=cfg.has_z,
+        y_itemsize=jnp.dtype(cfg.y_dtype).itemsize, state32=cfg.has_h0 or cfg.final,
+    )
+    return 2 if size <= mosaic_gpu.SMEM_LIMIT else 1
 
 
 def _run_fwd(cfg: _Config, arrays, save_states: bool):
@@ -198,16 +221,24 @@ def _ssd_core(cfg: _Config, arrays):
     return y, final
 
 
+def _kernel_bwd(arrays) -> bool:
+    return arrays["B"].shape[-1] <= BWD_KERNEL_MAX_N
+
+
 def _ssd_core_fwd(cfg: _Config, arrays):
-    y, final, states = _run_fwd(cfg, arrays, save_states=True)
+    y, final, states = _run_fwd(cfg, arrays, save_states=_kernel_bwd(arrays))
     return (y, final), (arrays, states)
 
 
 def _ssd_core_bwd(cfg: _Config, res, cts):
     arrays, states = res
     dy, dfinal = cts
-    grads = _run_bwd(cfg, arrays, states, dy, dfinal)
-    return (grads,)
+    if _kernel_bwd(arrays):
+        return (_run_bwd(cfg, arrays, states, dy, dfinal),)
+    diff = {k: v for k, v in arrays.items() if k != "r"}
+    _, vjp = jax.vjp(lambda a: core_reference(cfg.q, cfg.final, cfg.y_dtype, {**a, "r": arrays["r"]}), diff)
+    (grads,) = vjp((dy, dfinal))
+    return ({**grads, "r": None},)
 
 
 _ssd_core.defvjp(_ssd_core_fwd, _ssd_core_bwd)
@@ -256,9 +287,8 @@ def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
 
 
 def _bwd_nbuf(cfg: _Config, n: int) -> int:
-    """Double-buffer the per-chunk inputs when they fit in shared memory (227 KiB per block)."""
-    q, bp = cfg.q, cfg.block_p
-    two = 2  # bytes per 16-bit element
-    per_slot = (2 * q * bp + 2 * q * n + bp * n) * two + (q * bp * two if cfg.has_z else 0) + 3 * q * 4
-    fixed = (q * q + 3 * q * bp + bp * n) * two + q * n * 4 + (2 * q * bp * two if cfg.has_z else 0) + 4096
-    return 2 if fixed + 2 * per_slot <= 220 * 1024 else 1
+    """Double-buffer the per-chunk inputs when they fit in shared memory."""
+    if cfg.bwd_nbuf is not None:
+        return cfg.bwd_nbuf
+    size = mosaic_gpu.bwd_smem_bytes(cfg.q, cfg.block_p, n, jnp.dtype(cfg.cdtype).itemsize, 2, has_z=cfg.has_z)
+    return 2 if size <= mosaic_gpu.SMEM_LIMIT else 1

@@ -23,10 +23,15 @@ class SSDBlocks:
              registers next to the ``(block_p, n)`` fp32 state.
     block_p: head-dim rows of the state owned by one CTA (heads with ``p > block_p`` are split
              over the grid; the recurrence is independent per row of ``p``).
+    fwd_nbuf, bwd_nbuf: shared-memory slots per input stream (2: the next chunk's TMA loads run
+             behind the current chunk; 1: loads follow the chunk, and the smaller footprint may
+             let more CTAs share an SM). None: 2 when it fits in shared memory.
     """
 
     chunk: int = 64
     block_p: int = 64
+    fwd_nbuf: int | None = None
+    bwd_nbuf: int | None = None
 
     def __post_init__(self):
         if self.chunk != _WGMMA_M:
@@ -36,6 +41,10 @@ class SSDBlocks:
                 f"SSDBlocks: `block_p` must be {_SWIZZLE_ELEMS_16BIT} (one 128-byte swizzled row of "
                 f"16-bit elements); got {self.block_p}"
             )
+        for name in ("fwd_nbuf", "bwd_nbuf"):
+            v = getattr(self, name)
+            if v not in (None, 1, 2):
+                raise ValueError(f"SSDBlocks: `{name}` must be None, 1 or 2; got {v!r}")
 
 
 DEFAULT_BLOCKS = SSDBlocks()

@@ -127,6 +127,7 @@ class FwdSpec:
     has_h0: bool
     final: bool  # emit the final state
     save_states: bool  # emit the bf16 state entering each chunk (residual for the backward)
+    nbuf: int  # 2: prefetch the next chunk behind the current one; 1: load after the chunk
     interpret: bool
 
     @property
@@ -183,13 +184,15 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
     si = plgpu.broadcasted_iota(jnp.int32, (q, q), 1, layout=plgpu.Layout.WGMMA)
     causal = si <= ti
 
-    def step(c, h):
-        slot = lax.rem(c, 2)
-        wait(slot)
+    nb = spec.nbuf
 
-        @pl.when(c + 1 < spec.nc)
-        def _():
-            issue(c + 1, 1 - slot)
+    def step(c, h):
+        slot = lax.rem(c, nb) if nb > 1 else 0
+        wait(slot)
+        if nb > 1:
+            @pl.when(c + 1 < spec.nc)
+            def _():
+                issue(c + 1, 1 - slot)
 
         x_s, b_s, c_s = s["x"].at[slot], s["B"].at[slot], s["C"].at[slot]
         if spec.save_states:
@@ -233,6 +236,10 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
         if spec.has_z:
             z = plgpu.load(s["z"].at[slot], layout=plgpu.Layout.WGMMA).astype(jnp.float32)
             y = y * z * jax.nn.sigmoid(z)
+        if nb == 1:
+            @pl.when(c + 1 < spec.nc)
+            def _():
+                issue(c + 1, 0)
         # The previous chunk's y and state stores must have read their SMEM before we overwrite.
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         s["y"][...] = y.astype(s["y"].dtype)
@@ -267,33 +274,50 @@ def _fwd_streams(spec: FwdSpec):
     return ["x", "B", "C", "dt", "cs"] + ["r"] * spec.has_seg + ["z"] * spec.has_z
 
 
+SMEM_LIMIT = 220 * 1024  # of the 227 KiB a block may hold; the rest for barriers and reductions
+
+
+def fwd_smem_bytes(q, bp, n, itemsize, nb, *, has_z, y_itemsize, state32):
+    per_slot = (q * bp + 2 * q * n + (q * bp if has_z else 0)) * itemsize + 3 * q * 4
+    fixed = (q * q + q * bp + bp * n) * itemsize + q * bp * y_itemsize + (bp * n * 4 if state32 else 0) + bp * 4
+    return fixed + nb * per_slot
+
+
+def bwd_smem_bytes(q, bp, n, itemsize, nb, *, has_z):
+    per_slot = (2 * q * bp + 2 * q * n + bp * n + (q * bp if has_z else 0)) * itemsize + 3 * q * 4
+    fixed = (q * q + 3 * q * bp + bp * n + (2 * q * bp if has_z else 0)) * itemsize + q * n * 4 + 4 * q * 4
+    return fixed + nb * per_slot
+
+
 def ssd_fwd_call(spec: FwdSpec, *args):
     """Run the forward kernel on the prepared operands (see api.py for their layouts)."""
     q, bp, n, cdt = spec.q, spec.block_p, spec.n, jnp.dtype(spec.dtype)
     L = spec.nc * q
     streams = _fwd_streams(spec)
+    nb = spec.nbuf
     scratch = dict(
-        x=_tiled((2, q, bp), cdt),
-        B=_tiled((2, q, n), cdt),
-        C=_tiled((2, q, n), cdt),
-        dt=plgpu.SMEM((2, q), jnp.float32),
-        cs=plgpu.SMEM((2, q), jnp.float32),
+        x=_tiled((nb, q, bp), cdt),
+        B=_tiled((nb, q, n), cdt),
+        C=_tiled((nb, q, n), cdt),
+        dt=plgpu.SMEM((nb, q), jnp.float32),
+        cs=plgpu.SMEM((nb, q), jnp.float32),
         m=_tiled((q, q), cdt),
         xw=_tiled((q, bp), cdt),
         hb=_tiled((bp, n), cdt),
-        y=_tiled((q, bp), jnp.dtype(spec.y_dtype)) if jnp.dtype(spec.y_dtype).itemsize == 2
-        else plgpu.SMEM((q, bp), jnp.float32),
-        bars=plgpu.Barrier(num_barriers=2 * len(streams)),
+        y=_tiled((q, bp), jnp.dtype(spec.y_dtype)),
+        bars=plgpu.Barrier(num_barriers=nb * len(streams)),
         one_bar=plgpu.Barrier(num_barriers=2),
     )
     if spec.has_seg:
-        scratch["r"] = plgpu.SMEM((2, q), jnp.float32)
+        scratch["r"] = plgpu.SMEM((nb, q), jnp.float32)
     if spec.has_z:
-        scratch["z"] = _tiled((2, q, bp), cdt)
+        scratch["z"] = _tiled((nb, q, bp), cdt)
     if spec.has_d:
         scratch["d"] = plgpu.SMEM((bp,), jnp.float32)
     if spec.has_h0 or spec.final:
-        scratch["h32"] = plgpu.SMEM((bp, n), jnp.float32)
+        # Swizzled fp32 tiles: a WGMMA-layout register array loads/stores them without bank
+        # conflicts (an unswizzled (64, n) fp32 tile has no conflict-free transfer plan).
+        scratch["h32"] = _tiled((bp, n), jnp.float32)
     out_type = [jax.ShapeDtypeStruct((spec.b, L, spec.h, spec.p), jnp.dtype(spec.y_dtype))]
     if spec.final:
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.p, n), jnp.float32))
@@ -577,7 +601,7 @@ def ssd_bwd_call(spec: BwdSpec, *args):
         xw=_tiled((q, bp), cdt),
         dhb=_tiled((bp, n), cdt),
         dx=_tiled((q, bp), cdt),
-        st32=plgpu.SMEM((q, n), f32),
+        st32=_tiled((q, n), f32),
         v_ddt=plgpu.SMEM((q,), f32),
         v_a=plgpu.SMEM((q,), f32),
         v_b=plgpu.SMEM((q,), f32),

@@ -1,0 +1,210 @@
+"""Benchmark of Mamba-2 SSD: the fused Mosaic GPU kernel against the XLA chunked reference.
+
+Times, in one run and on the same inputs (bf16 x, B, C; raw dt through softplus(dt + dt_bias);
+fp32 A and per-head D; no z gate unless ``--z``):
+
+* ``pallas_gpu`` -- ``ssm_jax.ops.ssd(impl="pallas_gpu")`` (pallas_kernels/ssd);
+* ``xla`` -- ``ssm_jax.ops.ssd(impl="xla", chunk_size=256)``, the chunked einsum reference;
+* ``mamba_ssm`` -- ``mamba_chunk_scan_combined`` when mamba_ssm imports (it does not on the lent
+  H100s: no network); otherwise its ANCHORS.md numbers are quoted, not re-measured.
+
+Forward, and forward+backward (``jax.value_and_grad`` of ``sum(y * w)`` with respect to every float
+input). Prints ms, achieved TB/s (the forward's compulsory HBM bytes over the time) and TFLOP/s
+(the chunked algorithm's matmul FLOPs at q = 256, the count ANCHORS.md uses), the percentage of the
+roofline (the larger of the HBM and tensor-core floors), the ratio to each baseline, and the
+relative error against ``xla``; writes JSON::
+
+    PYTHONPATH=$PWD python3 benchmarks/ssd.py --json $OUT/ssd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssm_jax.ops.ssd import ssd
+
+# (b, l, h, p, n, g): issue 6's target, l in {1024, 16384}, and b*l = 16384 with h=32, p=128.
+SHAPES = (
+    (4, 4096, 64, 64, 128, 1),
+    (4, 1024, 64, 64, 128, 1),
+    (4, 16384, 64, 64, 128, 1),
+    (4, 4096, 32, 128, 64, 1),
+    (4, 4096, 32, 128, 256, 1),
+)
+TARGET = SHAPES[0]
+# mamba_ssm mamba_chunk_scan_combined on an H100 (ANCHORS.md): (fwd ms, fwd+bwd ms).
+MAMBA_SSM_MS = {TARGET: (1.18, 3.61)}
+# Issue 6: required and goal (fwd ms, fwd+bwd ms) at the target shape.
+REQUIRED_MS = {TARGET: (1.0, 3.0)}
+GOAL_MS = {TARGET: (0.45, 1.5)}
+# H100 ceilings (ANCHORS.md): measured device-to-device copy; measured dense bf16 matmul rate.
+HBM_BYTES_PER_S = 2.76e12
+MATMUL_FLOP_PER_S = 8.0e14
+ANCHOR_Q = 256
+
+
+def make_inputs(shape, dtype, *, z=False, seed=0):
+    b, l, h, p, n, g = shape
+    k = jax.random.split(jax.random.key(seed), 8)
+    lo = lambda v: v.astype(dtype)  # noqa: E731
+    args = dict(
+        x=lo(jax.random.normal(k[0], (b, l, h, p))),
+        dt=lo(jax.random.normal(k[1], (b, l, h)) - 2.0),
+        A=-jnp.exp(0.5 * jax.random.normal(k[2], (h,))),
+        B=lo(jax.random.normal(k[3], (b, l, g, n)) * n**-0.5),
+        C=lo(jax.random.normal(k[4], (b, l, g, n)) * n**-0.5),
+        D=jax.random.normal(k[5], (h,)),
+        dt_bias=0.5 * jax.random.normal(k[6], (h,)),
+    )
+    if z:
+        args["z"] = lo(jax.random.normal(k[7], (b, l, h, p)))
+    return args
+
+
+def op_fn(impl, chunk_size=256):
+    def run(**a):
+        return ssd(**a, dt_softplus=True, chunk_size=chunk_size, impl=impl)
+
+    return run
+
+
+def fwd_bwd(fn):
+    def loss(args, w):
+        return jnp.sum(fn(**args).astype(jnp.float32) * w)
+
+    return jax.value_and_grad(loss)
+
+
+def time_ms(f, *args, reps=10, inner=5):
+    """Median over ``reps`` of the mean time of ``inner`` back-to-back calls (device-synchronized)."""
+    jax.block_until_ready(f(*args))
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = None
+        for _ in range(inner):
+            out = f(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t) / inner * 1e3)
+    return statistics.median(times), times
+
+
+def fwd_bytes(shape, itemsize=2, z=False):
+    """Compulsory forward HBM traffic: x, y (and z) once, B, C once, dt once."""
+    b, l, h, p, n, g = shape
+    return (b * l * h * p * (3 if z else 2) + 2 * b * l * g * n + b * l * h) * itemsize
+
+
+def chunked_flops(shape, q=ANCHOR_Q):
+    """Matmul FLOPs of the chunked algorithm (Mamba-2 Sec. 6) at chunk q, forward."""
+    b, l, h, p, n, g = shape
+    nc = -(-l // q)
+    return 2 * b * nc * (g * q * q * n + h * (q * q * p + 2 * q * p * n))
+
+
+def rel_err(a, b):
+    a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
+    b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def bench_shape(shape, dtype, args, rows):
+    b, l, h, p, n, g = shape
+    inputs = make_inputs(shape, dtype, z=args.z)
+    w = jax.random.normal(jax.random.key(1), (b, l, h, p))
+    nbytes, flops = fwd_bytes(shape, dtype.itemsize, args.z), chunked_flops(shape)
+    floor = max(nbytes / HBM_BYTES_PER_S, flops / MATMUL_FLOP_PER_S) * 1e3
+    impls = {"pallas_gpu": op_fn("pallas_gpu"), "xla": op_fn("xla")}
+    y_ref = jax.jit(lambda a: impls["xla"](**a))(inputs)
+    g_ref = None
+    for name, fn in impls.items():
+        row = dict(shape=list(shape), impl=name, dtype=dtype.name, z=args.z, floor_ms=floor)
+        f = jax.jit(lambda a, fn=fn: fn(**a))
+        try:
+            y = f(inputs)
+            row["rel_err_vs_xla"] = rel_err(y, y_ref) if name != "xla" else 0.0
+            row["fwd_ms"], row["fwd_samples_ms"] = time_ms(f, inputs, reps=args.reps)
+            row["fwd_TBps"] = nbytes / row["fwd_ms"] / 1e9
+            row["fwd_TFLOPps"] = flops / row["fwd_ms"] / 1e9
+            row["fwd_pct_roofline"] = 100 * floor / row["fwd_ms"]
+            if not args.no_bwd:
+                gfn = jax.jit(fwd_bwd(fn))
+                row["fwd_bwd_ms"], row["fwd_bwd_samples_ms"] = time_ms(gfn, inputs, w, reps=args.reps)
+                # fwd+bwd: ~3x the forward's matmul work; the floor scales the same way.
+                row["fwd_bwd_TFLOPps"] = 3 * flops / row["fwd_bwd_ms"] / 1e9
+                row["fwd_bwd_pct_roofline"] = 100 * 3 * floor / row["fwd_bwd_ms"]
+                grads = gfn(inputs, w)[1]
+                if name == "xla":
+                    g_ref = grads
+                elif g_ref is None:
+                    g_ref = jax.jit(fwd_bwd(impls["xla"]))(inputs, w)[1]
+                row["grad_rel_err_vs_xla"] = {k: rel_err(grads[k], g_ref[k]) for k in grads}
+        except Exception as e:  # noqa: BLE001  (a failing row is reported; the rest still run)
+            row["error"] = f"{type(e).__name__}: {str(e)[:600]}"
+        if shape in MAMBA_SSM_MS:
+            row["mamba_ssm_fwd_ms"], row["mamba_ssm_fwd_bwd_ms"] = MAMBA_SSM_MS[shape]
+            row["required_fwd_ms"], row["required_fwd_bwd_ms"] = REQUIRED_MS[shape]
+            row["goal_fwd_ms"], row["goal_fwd_bwd_ms"] = GOAL_MS[shape]
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith("samples_ms")}), flush=True)
+
+
+def print_table(rows):
+    print()
+    hdr = (f"{'b l h p n g':>22} {'impl':<11} {'fwd ms':>8} {'TB/s':>5} {'TF/s':>5} {'%roof':>6} {'x xla':>6} "
+           f"{'x mamba':>7} {'fwd+bwd':>8} {'TF/s':>5} {'%roof':>6} {'x xla':>6} {'x mamba':>7} {'err':>8}")
+    print(hdr)
+    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
+    for r in rows:
+        shape = tuple(r["shape"])
+        xla = next((x for x in rows if tuple(x["shape"]) == shape and x["impl"] == "xla"), {})
+        m = MAMBA_SSM_MS.get(shape, (None, None))
+        fwd, fb = r.get("fwd_ms"), r.get("fwd_bwd_ms")
+        nan = float("nan")
+        print(f"{' '.join(map(str, shape)):>22} {r['impl']:<11} {fwd or nan:8.3f} {r.get('fwd_TBps', nan):5.2f} "
+              f"{r.get('fwd_TFLOPps', nan):5.0f} {r.get('fwd_pct_roofline', nan):6.1f} {ratio(xla.get('fwd_ms'), fwd):>6} "
+              f"{ratio(m[0], fwd):>7} {fb or nan:8.3f} {r.get('fwd_bwd_TFLOPps', nan):5.0f} "
+              f"{r.get('fwd_bwd_pct_roofline', nan):6.1f} {ratio(xla.get('fwd_bwd_ms'), fb):>6} {ratio(m[1], fb):>7} "
+              f"{r.get('rel_err_vs_xla', nan):8.1e}" + (f"  ERROR {r['error'][:100]}" if "error" in r else ""))
+    print("(x xla / x mamba: times faster than that baseline; mamba_ssm from ANCHORS.md, not re-measured; "
+          "err: relative error of y against xla)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="comma-separated b x l x h x p x n x g")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--z", action="store_true", help="include the silu(z) gate")
+    ap.add_argument("--no-bwd", action="store_true", help="forward only")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--json", default="", help="write results here")
+    args = ap.parse_args(argv)
+    dtype = jnp.dtype(args.dtype)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
+    have_mamba = importlib.util.find_spec("mamba_ssm") is not None
+    print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}  dtype {dtype.name}  "
+          f"mamba_ssm importable: {have_mamba}", flush=True)
+    rows = []
+    for shape in shapes:
+        bench_shape(shape, dtype, args, rows)
+    print_table(rows)
+    if args.json:
+        meta = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, python=platform.python_version(),
+                    argv=sys.argv, hbm_bytes_per_s=HBM_BYTES_PER_S, matmul_flop_per_s=MATMUL_FLOP_PER_S)
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

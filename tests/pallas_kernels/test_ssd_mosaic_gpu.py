@@ -1,0 +1,218 @@
+"""The fused SSD Mosaic GPU kernels (pallas_kernels/ssd) against the op's contract and references.
+
+On CPU every test runs the kernels in Mosaic GPU interpret mode (slow: small shapes, few distinct
+compilations; the larger sweeps are marked ``slow``). On a Hopper GPU the same tests run the
+compiled kernels, and the ``gpu``-marked ones add larger shapes.
+
+Tolerances: the kernels feed the tensor cores 16-bit operands (fp32 inputs are rounded to bf16,
+and the state enters the ``C h^T`` product and the backward as bf16), accumulating in fp32, so
+fp32 inputs are checked at bf16-level tolerances.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.ssd import api as ssd_api
+from pallas_kernels.ssd.blocks import SSDBlocks
+from pallas_kernels.ssd.reference import core_reference
+from ssm_jax.ops.registry import ImplementationUnavailableError
+from ssm_jax.ops.ssd import canonicalize, ssd
+from tests.numerics import assert_close
+from tests.ops.test_ssd import ARGS, SSDContract, make_inputs, oracle
+
+ON_GPU = jax.default_backend() == "gpu"
+slow_on_cpu = pytest.mark.slow if not ON_GPU else (lambda f: f)
+
+
+class TestSSDMosaicGPU(SSDContract):
+    impl = "pallas_gpu"
+    # p and n at the kernel's granules; l = 70 spans two 64-step kernel chunks with padding.
+    dims = dict(b=2, l=70, h=4, p=64, g=2, n=64)
+    chunk_sizes = (64, 7)  # the kernel's result does not depend on chunk_size
+    default_chunk = 64
+    tol = 1e-2
+    grad_tol = 3e-2
+    bf16_tol = 3e-2
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            (),
+            ("all",),
+            pytest.param(("D_head", "z", "flat_bc", "dt_bias"), marks=slow_on_cpu),
+            pytest.param(("state",), marks=slow_on_cpu),
+            pytest.param(("segments",), marks=slow_on_cpu),
+        ],
+        ids=lambda o: "+".join(o) or "plain",
+    )
+    def test_matches_oracle(self, rng, options):
+        super().test_matches_oracle(rng, options)
+
+    @slow_on_cpu
+    def test_chaining_halves_and_gradients(self, rng):
+        super().test_chaining_halves_and_gradients(rng)
+
+    @slow_on_cpu
+    def test_segments_equal_per_segment_runs(self, rng):
+        super().test_segments_equal_per_segment_runs(rng)
+
+    @slow_on_cpu
+    def test_extremes_finite_and_correct(self, rng):
+        super().test_extremes_finite_and_correct(rng)
+
+    def test_extremes_short(self, rng):
+        """test_extremes_finite_and_correct's heads (dt -> 0, huge dt, A -> 0) over two chunks."""
+        kw = make_inputs(rng, **self.dims, options=("D", "dt_bias", "state", "segments"))
+        kw["dt_softplus"] = True
+        kw["dt"][..., 0] = -40.0
+        kw["dt"][..., 1] = 1e4
+        kw["A"][2] = -1e-7
+        self._finite_and_correct(kw, self.tol, "extreme heads")
+
+    def test_gradients_all_options(self, rng):
+        """Every gradient, every option, fp32 inputs, against the scan reference."""
+        _grad_check(rng, self.dims, ("all",), np.float32, tol=self.tol, grad_tol=self.grad_tol)
+
+    def test_gradients_finite_differences_float64(self, rng):
+        """float64 is outside the kernel's domain (16-bit tensor-core operands): an explicit
+        request says so instead of silently computing in lower precision. Gradients are checked
+        against the scan reference (test_gradients_all_options, test_chaining_halves_and_gradients)."""
+        with jax.enable_x64(True):
+            kw = make_inputs(rng, b=1, l=5, h=2, p=64, g=1, n=64, dtype=np.float64, options=("D",))
+            with pytest.raises(ImplementationUnavailableError, match="must be bfloat16, float16 or float32"):
+                ssd(**kw, impl="pallas_gpu")
+
+
+def _grad_check(rng, dims, options, dtype, tol, grad_tol):
+    """Values and every gradient of the kernel against the float64 oracle / the scan reference."""
+    kw = make_inputs(rng, **dims, dtype=dtype, options=options)
+    ref_kw = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == dtype else v) for k, v in kw.items()}
+    y, final = ssd(**kw, return_final_state=True, impl="pallas_gpu")
+    y_ref, final_ref = oracle(ref_kw)
+    assert_close(y, y_ref, tol=tol, name="y")
+    assert_close(final, final_ref, tol=tol, name="final_state")
+    wy = rng.standard_normal(kw["x"].shape).astype(np.float32)
+    wf = rng.standard_normal(final.shape).astype(np.float32)
+    names = [k for k in ARGS if k in kw]
+
+    def loss(impl, base):
+        def f(p):
+            y, fs = ssd(**{**base, **p}, return_final_state=True, impl=impl)
+            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(fs * wf)
+
+        return f
+
+    g = jax.grad(loss("pallas_gpu", kw))({k: jnp.asarray(kw[k]) for k in names})
+    g_ref = jax.grad(loss("scan", ref_kw))({k: jnp.asarray(ref_kw[k]) for k in names})
+    for k in names:
+        assert g[k].dtype == jnp.asarray(kw[k]).dtype, k
+        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=grad_tol, name=f"d{k}")
+
+
+def test_head_dim_tiles_groups_and_fp16(rng):
+    """p = 128 (two head-dim tiles per head, their partial dB/dC/dt sums), n = 128, two heads per
+    group of B/C, fp16 operands; every option; values and gradients."""
+    dims = dict(b=1, l=70, h=2, p=128, g=1, n=128)
+    _grad_check(rng, dims, ("all",), np.float16, tol=4e-3, grad_tol=1e-2)
+
+
+def test_state_256_backward_by_reference(rng):
+    """n = 256: forward kernel, backward by autodiff of reference.core_reference (BWD_KERNEL_MAX_N)."""
+    assert ssd_api.BWD_KERNEL_MAX_N < 256
+    dims = dict(b=1, l=40, h=2, p=64, g=1, n=256)
+    _grad_check(rng, dims, ("D", "dt_bias", "state"), jnp.bfloat16, tol=3e-2, grad_tol=3e-2)
+
+
+def test_kernel_equals_core_reference_on_prepared_operands(rng):
+    """The forward kernel and the plain-JAX transcription of it agree on the same operands (bf16
+    products vs fp32 einsums): a check of the kernel alone, independent of the preparation."""
+    b, l, h, p, g, n, q = 2, 128, 2, 64, 1, 64, 64
+    f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+    dt = jax.nn.softplus(f(b, h, l) - 1.0)
+    cs = jnp.cumsum((dt * -jnp.exp(f(h))[None, :, None]).reshape(b, h, l // q, q), -1).reshape(b, h, l)
+    r = np.zeros((b, l), np.float32)
+    r[0, 20:] = 1.0  # a reset at 20 inside chunk 0, counted from the chunk start
+    r[0, 100:] = 1.0  # and one at 100 inside chunk 1
+    arrays = dict(x=f(b, l, h, p).astype(jnp.bfloat16), dt=dt, cs=cs, B=f(b, l, g, n).astype(jnp.bfloat16) * 0.3,
+                  C=f(b, l, g, n).astype(jnp.bfloat16) * 0.3, r=jnp.asarray(r), D=f(h, p), z=None, h0=f(b, h, p, n))
+    cfg = ssd_api._Config(q=q, block_p=64, fwd_nbuf=None, bwd_nbuf=None, cdtype="bfloat16", y_dtype="float32",
+                          has_seg=True, has_d=True, has_z=False, has_h0=True, final=True, interpret=not ON_GPU)
+    y, final, _ = ssd_api._run_fwd(cfg, arrays, save_states=False)
+    y_ref, final_ref = core_reference(q, True, jnp.float32, arrays)
+    assert_close(y, y_ref, tol=1e-2, name="y")
+    assert_close(final, final_ref, tol=1e-2, name="final_state")
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(p=3), r"head dim p must be a multiple of 64; got p=3"),
+        (dict(n=32), r"state size n must be one of \(64, 128, 256\); got n=32"),
+        (dict(backend="tpu"), r"backend is 'tpu'"),
+    ],
+)
+def test_why_not_names_the_constraint(rng, change, match):
+    dims = dict(b=1, l=4, h=2, p=64, g=1, n=64)
+    backend = change.pop("backend", "cpu")
+    kw = make_inputs(rng, **{**dims, **change}, options=())
+    ctx = {**canonicalize(**kw), "backend": backend}
+    reason = ssd_api.why_not(ctx)
+    assert reason is not None and re.search(match, reason), reason
+    if backend == "cpu" and jax.default_backend() == "cpu":
+        with pytest.raises(ImplementationUnavailableError, match=match):
+            ssd(**kw, impl="pallas_gpu")
+
+
+def test_supported_shapes_pass_why_not(rng):
+    for p, n in ((64, 64), (128, 128), (64, 256)):
+        kw = make_inputs(rng, b=1, l=4, h=2, p=p, g=1, n=n, dtype=jnp.bfloat16, options=("all",))
+        assert ssd_api.why_not({**canonicalize(**kw), "backend": "cpu"}) is None
+
+
+def test_auto_uses_the_kernel_only_on_hopper(rng):
+    registry = importlib.import_module("ssm_jax.ops.ssd").REGISTRY
+    name, _ = registry.resolve("auto", canonicalize(**make_inputs(rng, b=1, l=4, h=2, p=64, g=1, n=64)))
+    if jax.default_backend() == "gpu" and str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9."):
+        assert name == "pallas_gpu"
+    else:
+        assert name != "pallas_gpu"
+
+
+def test_blocks_are_validated():
+    with pytest.raises(ValueError, match="`chunk` must be 64"):
+        SSDBlocks(chunk=32)
+    with pytest.raises(ValueError, match="`block_p` must be 64"):
+        SSDBlocks(block_p=128)
+    with pytest.raises(ValueError, match="`fwd_nbuf` must be None, 1 or 2"):
+        SSDBlocks(fwd_nbuf=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [64, 128, 256])
+def test_gpu_larger_shapes_against_xla(rng, n):
+    """Compiled kernels at a few hundred steps, every option, against the XLA reference (fp32)."""
+    dims = dict(b=2, l=777, h=4, p=128, g=2, n=n)
+    kw = make_inputs(rng, **dims, dtype=jnp.bfloat16, options=("all",))
+    ref_kw = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == jnp.bfloat16 else v) for k, v in kw.items()}
+    w = rng.standard_normal(kw["x"].shape).astype(np.float32)
+
+    def loss(impl, base):
+        def f(p):
+            y, fs = ssd(**{**base, **p}, return_final_state=True, impl=impl)
+            return jnp.sum(y.astype(jnp.float32) * w) + jnp.sum(fs)
+
+        return f
+
+    names = [k for k in ARGS if k in kw]
+    (v, g) = jax.value_and_grad(loss("pallas_gpu", kw))({k: jnp.asarray(kw[k]) for k in names})
+    (v_ref, g_ref) = jax.value_and_grad(loss("scan", ref_kw))({k: jnp.asarray(ref_kw[k]) for k in names})
+    assert_close(v, v_ref, tol=3e-2, name="loss")
+    for k in names:
+        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=5e-2, name=f"d{k}")
