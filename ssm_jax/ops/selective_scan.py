@@ -19,8 +19,9 @@ Implementations (``impl=``), registered in :data:`REGISTRY`:
   chosen by ``"auto"``.
 * ``"xla"`` — :func:`jax.lax.associative_scan` over the ``(decay, input)`` pairs of eq. 2a, inside
   chunks of :data:`XLA_CHUNK_SIZE` positions, with a ``lax.scan`` carrying the state from chunk to
-  chunk. Memory is ``O(b * chunk * d * n)`` for any length, forward and backward (the chunk body
-  is rematerialized under :func:`jax.checkpoint`).
+  chunk. Its backward pass is the adjoint recurrence (a reverse associative scan per chunk, the
+  forward chunk recomputed from the saved chunk-entry states) under :func:`jax.custom_vjp`, so
+  memory stays ``O(b * chunk * d * n + l * (d + n))`` for any length, forward and backward.
 
 Numerics: the state, the discretization and every reduction run in float32 (float64 if an input
 is float64, under ``jax.enable_x64``); ``x, dt, B, C, z`` may be float32, bfloat16 or float16; ``y``
@@ -160,7 +161,8 @@ def selective_scan_step(
     canonical = _canonicalize(
         op,
         x=x_t, dt=dt_t, A=A, B=B_t, C=C_t, D=D, z=z_t, dt_bias=dt_bias, state=state,
-        state_name="state", segment_ids=None, step=True, names={"x": "x_t", "dt": "dt_t", "B": "B_t", "C": "C_t", "z": "z_t"},
+        state_name="state", segment_ids=None, step=True,
+        names={"x": "x_t", "dt": "dt_t", "B": "B_t", "C": "C_t", "z": "z_t"},
     )
     del canonical["segment_ids"]
     canonical["state"] = canonical.pop("initial_state")
@@ -206,7 +208,10 @@ def _canonicalize(
     C, _ = floating("C", C, spec("b l n"), spec("b l g n"))
     # A B or C without a group axis is shared by every channel; the other may still have g.
     g = dims.sizes.setdefault("g", 1)
-    B, C = (v if v.ndim == x.ndim + 1 else jnp.broadcast_to(v[..., None, :], (*v.shape[:-1], g, v.shape[-1])) for v in (B, C))
+    B, C = (
+        v if v.ndim == x.ndim + 1 else jnp.broadcast_to(v[..., None, :], (*v.shape[:-1], g, v.shape[-1]))
+        for v in (B, C)
+    )
     for letter, what in (("b", nm("x")), ("l", nm("x")), ("d", nm("x")), ("n", "A")):
         if letter in dims.sizes and dims[letter] == 0:
             raise ValueError(f"{op}: `{what}` must have a non-empty {letter!r} axis; got size 0")
@@ -222,6 +227,8 @@ def _canonicalize(
         z, _ = floating("z", z, spec("b l d"))
     if dt_bias is not None:
         dt_bias, _ = floating("dt_bias", dt_bias, "d")
+    if state is None and step:
+        raise TypeError(f"{op}: `{state_name}` must be an array of shape {dims.expected('b d n')}; got None")
     if state is not None:
         state = to_array(op, state_name, state)
         check_float(op, state_name, state)
@@ -310,7 +317,8 @@ def _step_impl(x, dt, A, B, C, D, z, dt_bias, dt_softplus, state):
     r = x.shape[-1] // g
     dt = _effective_dt(dt, dt_bias, dt_softplus, f)
     h = state.reshape(*state.shape[:-2], g, r, state.shape[-1])
-    decay, inp = _discretize(_split_groups(x.astype(f), g), _split_groups(dt, g), B.astype(f), A.reshape(g, r, -1))
+    x_g, dt_g = _split_groups(x.astype(f), g), _split_groups(dt, g)
+    decay, inp = _discretize(x_g, dt_g, B.astype(f), A.reshape(g, r, -1))
     h = decay * h + inp
     y = _readout(h, C.astype(f)).reshape(x.shape)
     return _finish(y, x, D, z, x.dtype), h.reshape(state.shape)
@@ -348,20 +356,89 @@ def _combine(earlier, later):
     return a2 * a1, a2 * u1 + u2
 
 
-def _chunk(h0, chunk, *, A_g, f):
-    """One chunk of eq. 2a: associative scan inside, ``h0`` from the previous chunk.
+def _chunk_states(h0, x, dt, B, keep, A_g):
+    """Eq. 2a over one chunk by an associative scan: ``h (b, q, g, r, n)`` and the decays.
 
-    ``chunk`` holds ``x, dt (b, q, g, r)``, ``B, C (b, q, g, n)``, ``reset (b, q) | None``.
+    ``x, dt (b, q, g, r)``, ``B (b, q, g, n)`` in the compute dtype, ``keep (b, q)`` is 0 where a
+    segment starts (the state forgets ``h_{t-1}``: decay 0) and 1 elsewhere, ``h0 (b, g, r, n)``.
     """
-    x, dt, B, C, reset = chunk
-    decay, inp = _discretize(x.astype(f), dt, B.astype(f), A_g)
-    if reset is not None:
-        # A reset makes position t ignore h_{t-1}: decay 0. exp() above is finite, so the
-        # gradient through the unselected branch is 0 * finite, not 0 * inf.
-        decay = jnp.where(reset[:, :, None, None, None], 0.0, decay)
+    decay, inp = _discretize(x, dt, B, A_g)
+    if keep is not None:
+        decay = decay * keep[:, :, None, None, None]
     decay_cum, h_local = jax.lax.associative_scan(_combine, (decay, inp), axis=1)
-    h = decay_cum * h0[:, None] + h_local  # (b, q, g, r, n)
-    return h[:, -1], _readout(h, C.astype(f))
+    return decay_cum * h0[:, None] + h_local, decay
+
+
+def _as_f(f, *vs):
+    return tuple(None if v is None else v.astype(f) for v in vs)
+
+
+@jax.custom_vjp
+def _chunked_scan(A_g, x, dt, B, C, keep, h0):
+    """``(y (c, b, q, g, r), h_last (b, g, r, n))`` of eq. 2a/2b over ``c`` chunks of ``q``.
+
+    Chunk-major inputs: ``x, dt (c, b, q, g, r)``, ``B, C (c, b, q, g, n)``, ``keep (c, b, q)`` or
+    None. The backward pass (below) is the adjoint recurrence, not autodiff of the scan.
+    """
+    return _chunked_scan_fwd(A_g, x, dt, B, C, keep, h0)[0]
+
+
+def _chunked_scan_fwd(A_g, x, dt, B, C, keep, h0):
+    f = A_g.dtype
+
+    def body(h_start, chunk):
+        x, dt, B, C, keep = chunk
+        x, dt, B, C = _as_f(f, x, dt, B, C)
+        h, _ = _chunk_states(h_start, x, dt, B, keep, A_g)
+        return h[:, -1], (_readout(h, C), h_start)
+
+    h_last, (y, h_starts) = jax.lax.scan(body, h0, (x, dt, B, C, keep))
+    # Saved: the inputs and the state entering each chunk, (c, b, g, r, n) -- l/q times smaller
+    # than the states at every position, which the backward pass recomputes chunk by chunk.
+    return (y, h_last), (A_g, x, dt, B, C, keep, h_starts)
+
+
+def _chunked_scan_bwd(res, cotangents):
+    """Reverse-time adjoint of eq. 2a, one chunk at a time, last chunk first.
+
+    With ``lam_t = dL/dh_t`` (total), eq. 2a/2b give ``lam_t = C_t dy_t + a_{t+1} lam_{t+1}``: the
+    same kind of linear recurrence run backwards, so an associative scan with ``reverse=True``.
+    Then ``dL/d(input_t) = lam_t`` and ``dL/da_t = lam_t h_{t-1}``, pulled back through the
+    discretization (eq. 4) to ``x, dt, B, A``; ``dL/dC_t = sum_r h_t dy_t``. ``mu`` carries
+    ``dL/dh`` at the end of the chunk from the chunks after it (``dh_last`` for the last one).
+    """
+    A_g, x, dt, B, C, keep, h_starts = res
+    dy, dh_last = cotangents
+    f = A_g.dtype
+
+    def body(carry, chunk):
+        mu, dA = carry
+        x_, dt_, B_, C_, keep_, h_start, dy_ = chunk
+        xf, dtf, Bf, Cf, dyf = _as_f(f, x_, dt_, B_, C_, dy_)
+        h, decay = _chunk_states(h_start, xf, dtf, Bf, keep_, A_g)
+        src = dyf[..., None] * Cf[:, :, :, None, :]
+        src = src.at[:, -1].add(mu)
+        decay_next = jnp.concatenate([decay[:, 1:], jnp.zeros_like(decay[:, :1])], axis=1)
+        _, lam = jax.lax.associative_scan(_combine, (decay_next, src), reverse=True, axis=1)
+        h_prev = jnp.concatenate([h_start[:, None], h[:, :-1]], axis=1)
+        d_decay = lam * h_prev
+        if keep_ is not None:
+            d_decay = d_decay * keep_[:, :, None, None, None]
+        _, pullback = jax.vjp(_discretize, xf, dtf, Bf, A_g)
+        dx, ddt, dB, dA_chunk = pullback((d_decay, lam))
+        dC = jnp.sum(h * dyf[..., None], axis=-2)
+        mu = decay[:, 0] * lam[:, 0]
+        grads = (dx.astype(x_.dtype), ddt.astype(dt_.dtype), dB.astype(B_.dtype), dC.astype(C_.dtype))
+        return (mu, dA + dA_chunk), grads
+
+    (dh0, dA), (dx, ddt, dB, dC) = jax.lax.scan(
+        body, (dh_last.astype(f), jnp.zeros_like(A_g)), (x, dt, B, C, keep, h_starts, dy), reverse=True
+    )
+    dkeep = None if keep is None else jnp.zeros_like(keep)  # keep is data (segment starts)
+    return dA, dx, ddt, dB, dC, dkeep, dh0
+
+
+_chunked_scan.defvjp(_chunked_scan_fwd, _chunked_scan_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "chunk_size"))
@@ -382,21 +459,21 @@ def _xla_impl(
     # through unchanged, so the last chunk's final state is the state at position l-1.
     dt = _effective_dt(dt, dt_bias, dt_softplus, f)
     reset = _resets(segment_ids, l)
+    keep = None if reset is None else jnp.where(reset, 0.0, 1.0).astype(f)
 
-    def chunked(v, grouped: bool):
+    def chunked(v, grouped: bool = False, fill=0):
         if v is None:
             return None
-        v = jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2))
+        v = jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2), constant_values=fill)
         if grouped:
             v = _split_groups(v, g)
         v = v.reshape(b, num_chunks, q, *v.shape[2:])
         return jnp.moveaxis(v, 1, 0)  # (num_chunks, b, q, ...)
 
-    xs = (chunked(x, True), chunked(dt, True), chunked(B, False), chunked(C, False), chunked(reset, False))
     h0 = jnp.zeros((b, g, r, n), f) if initial_state is None else initial_state.reshape(b, g, r, n)
-    # Rematerialize each chunk in the backward pass: only the (b, d, n) carries are saved.
-    body = jax.checkpoint(functools.partial(_chunk, A_g=A.reshape(g, r, n), f=f), prevent_cse=False)
-    h, y = jax.lax.scan(body, h0, xs)
+    y, h = _chunked_scan(
+        A.reshape(g, r, n), chunked(x, True), chunked(dt, True), chunked(B), chunked(C), chunked(keep, fill=1), h0
+    )
     y = jnp.moveaxis(y, 0, 1).reshape(b, num_chunks * q, d)[:, :l]
     return _finish(y, x, D, z, x.dtype), (h.reshape(b, d, n) if return_final_state else None)
 

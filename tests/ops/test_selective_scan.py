@@ -405,6 +405,13 @@ def test_registry_auto_and_names():
         assert REGISTRY.resolve("auto", canonical)[0] == "xla"
 
 
+def test_shared_B_with_grouped_C(rng):
+    # B without a group axis is shared by all channels while C has g = 3 groups.
+    args, kw = make_inputs(rng, l=6, g=3)
+    args["B"] = args["B"][:, :, 0]
+    assert_close(selective_scan(**args, **kw), oracle(args, kw)[0])
+
+
 def test_reference_and_auto_agree_with_oracle(rng):
     args, kw = make_inputs(rng, l=6)
     y_ref = oracle(args, kw)[0]
@@ -417,35 +424,49 @@ def test_reference_and_auto_agree_with_oracle(rng):
 # --------------------------------------------------------------------------------------------
 
 b_, l_, d_, n_ = 2, 5, 6, 3
-_GOOD = dict(
-    x=np.zeros((b_, l_, d_), np.float32), dt=np.zeros((b_, l_, d_), np.float32), A=-np.ones((d_, n_), np.float32),
-    B=np.zeros((b_, l_, n_), np.float32), C=np.zeros((b_, l_, n_), np.float32),
-)
+
+
+def _zeros(*shape, dtype=np.float32):
+    return np.zeros(shape, dtype)
+
+
+_GOOD = dict(x=_zeros(b_, l_, d_), dt=_zeros(b_, l_, d_), A=-np.ones((d_, n_), np.float32),
+             B=_zeros(b_, l_, n_), C=_zeros(b_, l_, n_))
+# case: (overrides of _GOOD, error type, pattern after "selective_scan: ")
 BAD_CASES = {
-    "x rank": (dict(x=np.zeros((b_, l_), np.float32)), ValueError, r"`x` must have shape \(b, l, d\)"),
-    "x int dtype": (dict(x=np.zeros((b_, l_, d_), np.int32)), TypeError, r"`x` must have a floating dtype"),
-    "x not an array": (dict(x="hello"), TypeError, r"`x`"),
-    "dt shape": (dict(dt=np.zeros((b_, l_ + 1, d_), np.float32)), ValueError, r"`dt` must have shape \(b, l, d\) = \(2, 5, 6\); got \(2, 6, 6\)"),
-    "A shape": (dict(A=np.zeros((d_ + 1, n_), np.float32)), ValueError, r"`A` must have shape \(d, n\) = \(6, \?\)"),
-    "A rank": (dict(A=np.zeros((d_,), np.float32)), ValueError, r"`A` must have shape \(d, n\)"),
-    "A complex": (dict(A=np.zeros((d_, n_), np.complex64)), TypeError, r"`A` must be real; got complex"),
-    "B state size": (dict(B=np.zeros((b_, l_, n_ + 1), np.float32)), ValueError, r"`B` must have shape \(b, l, n\) = \(2, 5, 3\)"),
-    "B length": (dict(B=np.zeros((b_, l_ - 1, 1, n_), np.float32)), ValueError, r"`B` must have shape"),
-    "B rank 5": (dict(B=np.zeros((b_, l_, 1, 1, n_), np.float32)), ValueError, r"`B` must have shape .* or \(b, l, g, n\)"),
-    "C batch": (dict(C=np.zeros((b_ + 1, l_, n_), np.float32)), ValueError, r"`C` must have shape"),
-    "C int": (dict(C=np.zeros((b_, l_, n_), np.int8)), TypeError, r"`C` must have a floating dtype"),
-    "groups B vs C": (dict(B=np.zeros((b_, l_, 2, n_), np.float32), C=np.zeros((b_, l_, 3, n_), np.float32)), ValueError, r"`C` must have shape .*\(2, 5, 2, 3\)"),
-    "groups do not divide d": (dict(B=np.zeros((b_, l_, 4, n_), np.float32), C=np.zeros((b_, l_, 4, n_), np.float32)), ValueError, r"g=4 groups, which must divide the d=6"),
-    "empty length": (dict(x=np.zeros((b_, 0, d_), np.float32), dt=np.zeros((b_, 0, d_), np.float32), B=np.zeros((b_, 0, n_), np.float32), C=np.zeros((b_, 0, n_), np.float32)), ValueError, r"`x` must have a non-empty 'l' axis"),
-    "D shape": (dict(D=np.zeros((d_, 1), np.float32)), ValueError, r"`D` must have shape \(d\) = \(6\); got \(6, 1\)"),
-    "D int": (dict(D=np.zeros((d_,), np.int32)), TypeError, r"`D` must have a floating dtype"),
-    "z shape": (dict(z=np.zeros((b_, l_, d_ + 1), np.float32)), ValueError, r"`z` must have shape \(b, l, d\)"),
-    "dt_bias shape": (dict(dt_bias=np.zeros((d_ + 2,), np.float32)), ValueError, r"`dt_bias` must have shape \(d\)"),
-    "initial_state shape": (dict(initial_state=np.zeros((b_, n_, d_), np.float32)), ValueError, r"`initial_state` must have shape \(b, d, n\) = \(2, 6, 3\)"),
-    "initial_state int": (dict(initial_state=np.zeros((b_, d_, n_), np.int32)), TypeError, r"`initial_state` must have a floating dtype"),
-    "segment_ids shape": (dict(segment_ids=np.zeros((b_, l_ + 1), np.int32)), ValueError, r"`segment_ids` must have shape \(b, l\) = \(2, 5\)"),
-    "segment_ids float": (dict(segment_ids=np.zeros((b_, l_), np.float32)), TypeError, r"`segment_ids` must have an integer dtype"),
-    "segment_ids bool": (dict(segment_ids=np.zeros((b_, l_), bool)), TypeError, r"`segment_ids` must have an integer dtype"),
+    "x rank": (dict(x=_zeros(b_, l_)), ValueError, r"`x` must have shape \(b, l, d\)"),
+    "x int dtype": (dict(x=_zeros(b_, l_, d_, dtype=np.int32)), TypeError, r"`x` must have a floating dtype"),
+    "x not an array": (dict(x="hello"), TypeError, r"`x` must be an array"),
+    "dt shape": (dict(dt=_zeros(b_, l_ + 1, d_)), ValueError,
+                 r"`dt` must have shape \(b, l, d\) = \(2, 5, 6\); got \(2, 6, 6\)"),
+    "A shape": (dict(A=_zeros(d_ + 1, n_)), ValueError, r"`A` must have shape \(d, n\) = \(6, \?\); got \(7, 3\)"),
+    "A rank": (dict(A=_zeros(d_)), ValueError, r"`A` must have shape \(d, n\)"),
+    "A complex": (dict(A=_zeros(d_, n_, dtype=np.complex64)), TypeError, r"`A` must be real; got complex"),
+    "A int": (dict(A=_zeros(d_, n_, dtype=np.int32)), TypeError, r"`A` must have a floating dtype"),
+    "B state size": (dict(B=_zeros(b_, l_, n_ + 1)), ValueError, r"`B` must have shape \(b, l, n\) = \(2, 5, 3\)"),
+    "B length": (dict(B=_zeros(b_, l_ - 1, 1, n_)), ValueError, r"`B` must have shape .*; got \(2, 4, 1, 3\)"),
+    "B rank 5": (dict(B=_zeros(b_, l_, 1, 1, n_)), ValueError, r"`B` must have shape .* or \(b, l, g, n\)"),
+    "C batch": (dict(C=_zeros(b_ + 1, l_, n_)), ValueError, r"`C` must have shape .*; got \(3, 5, 3\)"),
+    "C int": (dict(C=_zeros(b_, l_, n_, dtype=np.int8)), TypeError, r"`C` must have a floating dtype"),
+    "groups of B and C differ": (dict(B=_zeros(b_, l_, 2, n_), C=_zeros(b_, l_, 3, n_)), ValueError,
+                                 r"`C` must have shape .*\(b, l, g, n\) = \(2, 5, 2, 3\)"),
+    "groups do not divide d": (dict(B=_zeros(b_, l_, 4, n_), C=_zeros(b_, l_, 4, n_)), ValueError,
+                               r"`B` and `C` have g=4 groups, which must divide the d=6 channels"),
+    "empty length": (dict(x=_zeros(b_, 0, d_), dt=_zeros(b_, 0, d_), B=_zeros(b_, 0, n_), C=_zeros(b_, 0, n_)),
+                     ValueError, r"`x` must have a non-empty 'l' axis"),
+    "D shape": (dict(D=_zeros(d_, 1)), ValueError, r"`D` must have shape \(d\) = \(6\); got \(6, 1\)"),
+    "D int": (dict(D=_zeros(d_, dtype=np.int32)), TypeError, r"`D` must have a floating dtype"),
+    "z shape": (dict(z=_zeros(b_, l_, d_ + 1)), ValueError, r"`z` must have shape \(b, l, d\)"),
+    "dt_bias shape": (dict(dt_bias=_zeros(d_ + 2)), ValueError, r"`dt_bias` must have shape \(d\)"),
+    "initial_state shape": (dict(initial_state=_zeros(b_, n_, d_)), ValueError,
+                            r"`initial_state` must have shape \(b, d, n\) = \(2, 6, 3\); got \(2, 3, 6\)"),
+    "initial_state int": (dict(initial_state=_zeros(b_, d_, n_, dtype=np.int32)), TypeError,
+                          r"`initial_state` must have a floating dtype"),
+    "segment_ids shape": (dict(segment_ids=_zeros(b_, l_ + 1, dtype=np.int32)), ValueError,
+                          r"`segment_ids` must have shape \(b, l\) = \(2, 5\)"),
+    "segment_ids float": (dict(segment_ids=_zeros(b_, l_)), TypeError, r"`segment_ids` must have an integer dtype"),
+    "segment_ids bool": (dict(segment_ids=_zeros(b_, l_, dtype=bool)), TypeError,
+                         r"`segment_ids` must have an integer dtype"),
     "dt_softplus not bool": (dict(dt_softplus=1), TypeError, r"`dt_softplus` must be a bool"),
     "return_final_state not bool": (dict(return_final_state="yes"), TypeError, r"`return_final_state` must be a bool"),
     "impl not a string": (dict(impl=None), TypeError, r"`impl` must be a string"),
@@ -460,20 +481,23 @@ def test_bad_input_names_the_argument(case):
         selective_scan(**{**_GOOD, **override})
 
 
+_GOOD_STEP = dict(x_t=_zeros(b_, d_), dt_t=_zeros(b_, d_), A=-np.ones((d_, n_), np.float32), B_t=_zeros(b_, n_),
+                  C_t=_zeros(b_, n_), state=_zeros(b_, d_, n_))
 STEP_BAD_CASES = {
-    "x_t rank": (dict(x_t=np.zeros((b_, 1, d_), np.float32)), ValueError, r"`x_t` must have shape \(b, d\)"),
-    "B_t shape": (dict(B_t=np.zeros((b_, n_ + 1), np.float32)), ValueError, r"`B_t` must have shape \(b, n\) = \(2, 3\)"),
-    "state shape": (dict(state=np.zeros((b_, d_), np.float32)), ValueError, r"`state` must have shape \(b, d, n\)"),
-    "z_t shape": (dict(z_t=np.zeros((b_, d_ + 1), np.float32)), ValueError, r"`z_t` must have shape \(b, d\)"),
-    "A complex": (dict(A=np.zeros((d_, n_), np.complex64)), TypeError, r"`A` must be real"),
+    "x_t rank": (dict(x_t=_zeros(b_, 1, d_)), ValueError, r"`x_t` must have shape \(b, d\)"),
+    "dt_t int": (dict(dt_t=_zeros(b_, d_, dtype=np.int32)), TypeError, r"`dt_t` must have a floating dtype"),
+    "B_t shape": (dict(B_t=_zeros(b_, n_ + 1)), ValueError, r"`B_t` must have shape \(b, n\) = \(2, 3\)"),
+    "C_t groups": (dict(C_t=_zeros(b_, 4, n_)), ValueError, r"`B_t` and `C_t` have g=4 groups"),
+    "state shape": (dict(state=_zeros(b_, d_)), ValueError, r"`state` must have shape \(b, d, n\)"),
+    "state missing": (dict(state=None), TypeError, r"`state` must be an array"),
+    "z_t shape": (dict(z_t=_zeros(b_, d_ + 1)), ValueError, r"`z_t` must have shape \(b, d\)"),
+    "A complex": (dict(A=_zeros(d_, n_, dtype=np.complex64)), TypeError, r"`A` must be real"),
     "dt_softplus": (dict(dt_softplus=None), TypeError, r"`dt_softplus` must be a bool"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(STEP_BAD_CASES))
 def test_step_bad_input_names_the_argument(case):
-    good = dict(x_t=np.zeros((b_, d_), np.float32), dt_t=np.zeros((b_, d_), np.float32), A=-np.ones((d_, n_), np.float32),
-                B_t=np.zeros((b_, n_), np.float32), C_t=np.zeros((b_, n_), np.float32), state=np.zeros((b_, d_, n_), np.float32))
     override, error, pattern = STEP_BAD_CASES[case]
     with pytest.raises(error, match=r"^selective_scan_step: .*" + pattern):
-        selective_scan_step(**{**good, **override})
+        selective_scan_step(**{**_GOOD_STEP, **override})
