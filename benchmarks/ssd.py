@@ -31,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssm_jax.ops.ssd import ssd
+from pallas_kernels.ssd import api as kernel_api
+from pallas_kernels.ssd.blocks import SSDBlocks
+from ssm_jax.ops.ssd import canonicalize, ssd
 
 # (b, l, h, p, n, g): issue 6's target, l in {1024, 16384}, and b*l = 16384 with h=32, p=128.
 SHAPES = (
@@ -76,6 +78,37 @@ def op_fn(impl, chunk_size=256):
         return ssd(**a, dt_softplus=True, chunk_size=chunk_size, impl=impl)
 
     return run
+
+
+def variant_fn(blocks: SSDBlocks):
+    """The kernel through its api with an explicit tiling (the op always uses the default)."""
+
+    def run(**a):
+        args = canonicalize(**a, dt_softplus=True, chunk_size=256)
+        return kernel_api.ssd(**args, blocks=blocks)[0]
+
+    return run
+
+
+def parse_variant(text: str) -> SSDBlocks:
+    """'fwd_nbuf=1;bwd_nbuf=1' -> SSDBlocks(fwd_nbuf=1, bwd_nbuf=1)."""
+    return SSDBlocks(**{k: int(v) for k, v in (kv.split("=") for kv in text.split(";") if kv)})
+
+
+def breakdown(shape, dtype, z=False):
+    """Per-kernel device times (CUPTI) of one forward+backward of the default kernel."""
+    from jax.experimental.mosaic.gpu import profiler
+
+    b, l, h, p, n, g = shape
+    inputs = make_inputs(shape, dtype, z=z)
+    w = jax.random.normal(jax.random.key(1), (b, l, h, p))
+    for name, f in (("fwd", jax.jit(lambda a: op_fn("pallas_gpu")(**a))), ("fwd+bwd", jax.jit(fwd_bwd(op_fn("pallas_gpu"))))):
+        args = (inputs,) if name == "fwd" else (inputs, w)
+        _, timings = profiler.measure(f, aggregate=False)(*args)
+        total = sum(t for _, t in timings)
+        print(f"{name}: {len(timings)} kernels, {total:.3f} ms of device time", flush=True)
+        for kname, t in sorted(timings, key=lambda kt: -kt[1])[:12]:
+            print(f"   {t:8.3f} ms  {kname[:90]}", flush=True)
 
 
 def fwd_bwd(fn):
@@ -126,6 +159,9 @@ def bench_shape(shape, dtype, args, rows):
     nbytes, flops = fwd_bytes(shape, dtype.itemsize, args.z), chunked_flops(shape)
     floor = max(nbytes / HBM_BYTES_PER_S, flops / MATMUL_FLOP_PER_S) * 1e3
     impls = {"pallas_gpu": op_fn("pallas_gpu"), "xla": op_fn("xla")}
+    if shape == shapes_with_variants(args):
+        for v in args.variants:
+            impls[f"pallas_gpu {v}"] = variant_fn(parse_variant(v))
     y_ref = jax.jit(lambda a: impls["xla"](**a))(inputs)
     g_ref = None
     for name, fn in impls.items():
@@ -160,9 +196,13 @@ def bench_shape(shape, dtype, args, rows):
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("samples_ms")}), flush=True)
 
 
+def shapes_with_variants(args):
+    return tuple(int(v) for v in args.shapes.split(",")[0].split("x"))
+
+
 def print_table(rows):
     print()
-    hdr = (f"{'b l h p n g':>22} {'impl':<11} {'fwd ms':>8} {'TB/s':>5} {'TF/s':>5} {'%roof':>6} {'x xla':>6} "
+    hdr = (f"{'b l h p n g':>22} {'impl':<30} {'fwd ms':>8} {'TB/s':>5} {'TF/s':>5} {'%roof':>6} {'x xla':>6} "
            f"{'x mamba':>7} {'fwd+bwd':>8} {'TF/s':>5} {'%roof':>6} {'x xla':>6} {'x mamba':>7} {'err':>8}")
     print(hdr)
     ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
@@ -172,7 +212,7 @@ def print_table(rows):
         m = MAMBA_SSM_MS.get(shape, (None, None))
         fwd, fb = r.get("fwd_ms"), r.get("fwd_bwd_ms")
         nan = float("nan")
-        print(f"{' '.join(map(str, shape)):>22} {r['impl']:<11} {fwd or nan:8.3f} {r.get('fwd_TBps', nan):5.2f} "
+        print(f"{' '.join(map(str, shape)):>22} {r['impl']:<30} {fwd or nan:8.3f} {r.get('fwd_TBps', nan):5.2f} "
               f"{r.get('fwd_TFLOPps', nan):5.0f} {r.get('fwd_pct_roofline', nan):6.1f} {ratio(xla.get('fwd_ms'), fwd):>6} "
               f"{ratio(m[0], fwd):>7} {fb or nan:8.3f} {r.get('fwd_bwd_TFLOPps', nan):5.0f} "
               f"{r.get('fwd_bwd_pct_roofline', nan):6.1f} {ratio(xla.get('fwd_bwd_ms'), fb):>6} {ratio(m[1], fb):>7} "
@@ -188,14 +228,19 @@ def main(argv=None):
     ap.add_argument("--z", action="store_true", help="include the silu(z) gate")
     ap.add_argument("--no-bwd", action="store_true", help="forward only")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--variants", default="", help="tilings timed on the first shape, e.g. 'fwd_nbuf=1,bwd_nbuf=1'")
+    ap.add_argument("--breakdown", action="store_true", help="per-kernel device times on the first shape")
     ap.add_argument("--json", default="", help="write results here")
     args = ap.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
     dtype = jnp.dtype(args.dtype)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     have_mamba = importlib.util.find_spec("mamba_ssm") is not None
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}  dtype {dtype.name}  "
           f"mamba_ssm importable: {have_mamba}", flush=True)
     rows = []
+    if args.breakdown:
+        breakdown(shapes[0], dtype, args.z)
     for shape in shapes:
         bench_shape(shape, dtype, args, rows)
     print_table(rows)
