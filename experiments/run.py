@@ -11,6 +11,9 @@ Several processes (one per host) train together when given ``--coordinator_addre
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import sys
 import time
 
 import jax
@@ -28,6 +31,50 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 _AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (TPU pod, Slurm, Open MPI).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _load_config_module(spec: str):
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None) if arg else module.get_config()
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Raise ``flags.IllegalFlagValueError`` for a ``--config.<key>`` naming no key of the config,
+    listing the keys there are (config_flags' own message only says "Did you mean")."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return
+    config = _load_config_module(spec)
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        key = a[len("--config.") :].split("=", 1)[0]
+        node, path = config, []
+        for part in key.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = ".".join(path) or "the config"
+                close = difflib.get_close_matches(part, keys, n=1)
+                hint = f" Did you mean --config.{'.'.join(path + close)}?" if close else ""
+                raise flags.IllegalFlagValueError(
+                    f"--config.{key}: {where} has no key {part!r}.{hint} Valid keys of {where}: {', '.join(sorted(keys))}"
+                )
+            node, path = node[part], path + [part]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        try:
+            return flags.FLAGS(argv)
+        except (AttributeError, KeyError, flags.Error):
+            check_overrides(argv)  # the clearer error, when a key is the cause
+            raise
+    except flags.Error as e:  # as absl's own parser reports it
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
 
 
 def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> str:
@@ -69,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

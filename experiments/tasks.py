@@ -29,7 +29,7 @@ import optax
 
 from experiments.data import registry
 
-__all__ = ["build_model", "finalize", "forward", "loss_sums", "model_config", "task_of", "tokens_in"]
+__all__ = ["build_model", "finalize", "forward", "lm_rows", "loss_sums", "model_config", "task_of", "tokens_in"]
 
 
 def task_of(data_config) -> str:
@@ -84,12 +84,17 @@ def loss_sums(logits: jax.Array, batch: Mapping[str, jax.Array], task: str, num_
         "correct_sum": jnp.sum(correct * weights),
     }
     if task == "lm":
-        scored = weights > 0
-        all_right = jnp.all(jnp.where(scored, correct > 0, True), axis=-1)
-        has_any = jnp.any(scored, axis=-1)
+        all_right, has_any = lm_rows(logits, batch)
         out["seq_correct_sum"] = jnp.sum((all_right & has_any).astype(jnp.float32))
         out["seq_count"] = jnp.sum(has_any.astype(jnp.float32))
     return out
+
+
+def lm_rows(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Per sequence ``(b,)`` bools: every weighted position right; any position weighted."""
+    scored = batch["weights"] > 0
+    correct = jnp.argmax(logits, axis=-1) == batch["targets"]
+    return jnp.all(jnp.where(scored, correct, True), axis=-1), jnp.any(scored, axis=-1)
 
 
 def finalize(sums: Mapping[str, Any], task: str) -> dict[str, float]:

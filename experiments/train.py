@@ -39,7 +39,7 @@ from experiments import checkpointing, mesh as mesh_lib, optim as optim_lib, tas
 from experiments.data import registry
 from experiments.metrics import MetricWriter, ProgressBar
 from ssm_jax import parallel
-from ssm_jax.nn.params import SSMParam
+from ssm_jax.nn import SSMParam
 
 __all__ = ["train_and_evaluate"]
 
@@ -313,7 +313,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         eval_step = jax.jit(eval_step, out_shardings=metric_shardings)
 
-        def evaluate(name: str, split: str, data_config, batch_size: int, num_batches: int) -> dict[str, float]:
+        # Long sequences: feed `chunk` tokens at a time through the model's recurrent cache, so
+        # memory is that of one chunk (Mamba paper Sec. 4.1.2 tests induction heads to 2^20).
+        def cache_init(params, rest, rngs, batch_size, max_length):
+            model = nnx.merge(graphdef_eval, params["ssm"], params["other"], rngs, rest)
+            return model.init_cache(batch_size, max_length)
+
+        cache_init = jax.jit(cache_init, static_argnums=(3, 4))
+
+        def chunk_step(params, rest, rngs, cache, batch):
+            model = nnx.merge(graphdef_eval, params["ssm"], params["other"], rngs, rest)
+            logits, cache = model.prefill(batch["inputs"], cache)
+            sums = tasks.loss_sums(logits, batch, task, num_classes)
+            all_right, has_any = tasks.lm_rows(logits[..., :num_classes], batch)
+            return sums, all_right, has_any, cache
+
+        chunk_step = jax.jit(chunk_step, donate_argnums=(3,))
+
+        def chunked_sums(batch: dict[str, np.ndarray], sharding, sharded: bool, chunk: int) -> dict[str, jax.Array]:
+            if task != "lm":
+                raise ValueError(f"forward='chunked' evaluation needs task 'lm'; this dataset's task is {task!r}")
+            b, length = batch["inputs"].shape
+            cache = cache_init(state["params"], state["rest"], rngs, b * (nproc if sharded else 1), length)
+            total, rows_right, rows_scored = None, None, None
+            for start in range(0, length, chunk):
+                part = _put_batch({k: v[:, start : start + chunk] for k, v in batch.items()}, sharding)
+                sums, right, scored, cache = chunk_step(state["params"], state["rest"], rngs, cache, part)
+                total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+                rows_right = right if rows_right is None else rows_right & right
+                rows_scored = scored if rows_scored is None else rows_scored | scored
+            total = dict(total)
+            total["seq_correct_sum"] = jnp.sum((rows_right & rows_scored).astype(jnp.float32))
+            total["seq_count"] = jnp.sum(rows_scored.astype(jnp.float32))
+            return total
+
+        def evaluate(name: str, split: str, data_config, batch_size: int, num_batches: int, chunk: int = 0) -> dict[str, float]:
             sharding, sharded = _eval_batch_sharding(mesh, batch_size)
             it = iter(
                 registry.build(
@@ -329,7 +363,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for i, batch in enumerate(it):
                 if 0 <= num_batches <= i:
                     break
-                sums = eval_step(state["params"], state["rest"], rngs, _put_batch(batch, sharding))
+                if chunk:
+                    sums = chunked_sums(batch, sharding, sharded, chunk)
+                else:
+                    sums = eval_step(state["params"], state["rest"], rngs, _put_batch(batch, sharding))
                 total = sums if total is None else jax.tree.map(jnp.add, total, sums)
             if total is None:
                 raise ValueError(f"evaluation {name!r}: split {split!r} of {data_config.name!r} gave no batches")
@@ -354,11 +391,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for name, extra in config.eval.extra.items():
                 if not (final or extra.every_eval):
                     continue
-                if extra.forward != "parallel":
-                    raise NotImplementedError("chunked evaluation")
+                if extra.forward not in ("parallel", "chunked"):
+                    raise ValueError(f"eval.extra.{name}.forward must be 'parallel' or 'chunked'; got {extra.forward!r}")
                 data_config = ml_collections.ConfigDict(config.data.to_dict())
                 data_config.update(extra.data.to_dict())
-                m = evaluate(name, extra.split, data_config, int(extra.batch_size), int(extra.num_batches))
+                chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
+                m = evaluate(name, extra.split, data_config, int(extra.batch_size), int(extra.num_batches), chunk)
                 writer.write(step, name, m)
                 out.update({f"{name}/{k}": v for k, v in m.items()})
             if out:

@@ -27,4 +27,4 @@ if __name__ == "__main__":
     tiny_model.install()
     if os.environ.get("TINY_SIGTERM_AT_EXAMPLE"):
         _sigterm_at(int(os.environ["TINY_SIGTERM_AT_EXAMPLE"]))
-    app.run(run.main)
+    app.run(run.main, flags_parser=run._parse_flags)

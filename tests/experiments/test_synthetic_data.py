@@ -1,0 +1,131 @@
+"""Synthetic datasets: the task definitions, determinism, process sharding, padding, resume."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments.data import registry, synthetic
+
+
+def _cfg(**kw):
+    return ml_collections.ConfigDict(kw)
+
+
+COPY = _cfg(name="selective_copying", seq_len=40, vocab_size=8, num_tokens=5, eval_examples=10)
+INDUCTION = _cfg(name="induction_heads", seq_len=32, vocab_size=16, eval_examples=10)
+MQAR = _cfg(name="mqar", vocab_size=64, train_settings=((24, 3), (32, 4)), eval_settings=((32, 8),), eval_examples=6, power_a=0.01)
+
+
+def _batches(cfg, split="train", n=2, seed=0, batch=4, process_index=0, process_count=1):
+    it = iter(registry.build(cfg, split=split, seed=seed, global_batch_size=batch, process_index=process_index, process_count=process_count))
+    return [next(it) for _ in range(n)]
+
+
+def test_lazy_registration():
+    assert {"selective_copying", "induction_heads", "mqar"} <= set(registry.names())
+    assert registry.get("mqar").TASK == "lm"
+    with pytest.raises(ValueError, match="unknown dataset 'nope'.*selective_copying"):
+        registry.get("nope")
+
+
+def test_selective_copying_targets_are_the_data_tokens_in_order():
+    for b in _batches(COPY, n=3):
+        for x, y, w in zip(b["inputs"], b["targets"], b["weights"]):
+            region = 40 - 5
+            data = x[:region][x[:region] != 0]  # the non-noise tokens, in order
+            assert len(data) == 5 and np.all((1 <= data) & (data <= 6))
+            assert np.all(x[region:] == 7)  # markers
+            np.testing.assert_array_equal(y[region:], data)
+            np.testing.assert_array_equal(w, np.r_[np.zeros(region), np.ones(5)])
+            assert np.all(y[:region] == 0)
+
+
+def test_induction_heads_answer_follows_the_first_trigger():
+    for b in _batches(INDUCTION, n=3):
+        for x, y, w in zip(b["inputs"], b["targets"], b["weights"]):
+            triggers = np.flatnonzero(x == 15)
+            assert len(triggers) == 2 and triggers[1] == 31 and triggers[0] <= 29
+            assert y[31] == x[triggers[0] + 1] and np.all(x[:31][x[:31] != 15] < 15)
+            np.testing.assert_array_equal(w, np.eye(32)[31])
+
+
+def test_mqar_queries_recall_the_value_of_their_key():
+    for split, lengths in (("train", {24, 32}), ("test", {32})):
+        seen = set()
+        for b in _batches(MQAR, split=split, n=4 if split == "train" else 2):
+            for x, y, w in zip(b["inputs"], b["targets"], b["weights"]):
+                assert x.shape == (32,)
+                # The context: key/value pairs at the start, as many as there are queries.
+                n = int(w.sum())
+                if n == 0:  # padding of the last eval batch
+                    continue
+                keys, values = x[0 : 2 * n : 2], x[1 : 2 * n : 2]
+                assert np.all((1 <= keys) & (keys < 32)) and np.all((32 <= values) & (values < 64))
+                assert len(set(keys)) == n
+                kv = dict(zip(keys, values))
+                q = np.flatnonzero(w)
+                assert np.all(q >= 2 * n)
+                assert sorted(x[q]) == sorted(keys)  # every key queried once
+                for pos in q:
+                    assert y[pos] == kv[x[pos]] and x[pos + 1] == kv[x[pos]]
+                seen.add(n)
+        assert seen == ({3, 4} if split == "train" else {8})
+
+
+def test_deterministic_and_split_dependent():
+    a, b = _batches(COPY), _batches(COPY)
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    c = _batches(COPY, seed=1)
+    v = _batches(COPY, split="validation")
+    assert not np.array_equal(a[0]["inputs"], c[0]["inputs"])
+    assert not np.array_equal(a[0]["inputs"], v[0]["inputs"])
+    assert not np.array_equal(a[0]["inputs"], a[1]["inputs"])
+
+
+def test_processes_split_each_global_batch():
+    whole = _batches(COPY, n=2, batch=4)
+    parts = [_batches(COPY, n=2, batch=4, process_index=p, process_count=2) for p in range(2)]
+    for step in range(2):
+        got = np.concatenate([parts[0][step]["inputs"], parts[1][step]["inputs"]])
+        assert got.shape == (4, 40)
+        # Same examples in the global batch, whatever the number of processes.
+        assert sorted(map(tuple, got)) == sorted(map(tuple, whole[step]["inputs"]))
+
+
+def test_eval_split_is_one_pass_padded_with_zero_weights():
+    # 10 examples, global batch 4 -> 3 batches, the last with 2 real rows.
+    for pc in (1, 2):
+        per_proc = [list(registry.build(COPY, split="validation", seed=0, global_batch_size=4, process_index=p, process_count=pc)) for p in range(pc)]
+        assert all(len(b) == 3 for b in per_proc)
+        real_rows = sum(int((b["weights"].sum(-1) > 0).sum()) for batches in per_proc for b in batches)
+        assert real_rows == 10
+    rows = np.concatenate([b["inputs"] for b in per_proc[0]] + [b["inputs"] for b in per_proc[1]])
+    assert len({tuple(r) for r in rows}) == 10  # padding repeats real examples
+
+
+def test_iterator_resumes_mid_stream():
+    ds = registry.build(MQAR, split="train", seed=3, global_batch_size=2)
+    it = iter(ds)
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(2)]
+    it2 = iter(registry.build(MQAR, split="train", seed=3, global_batch_size=2))
+    it2.set_state(state)
+    for e in expected:
+        got = next(it2)
+        for k in e:
+            np.testing.assert_array_equal(got[k], e[k])
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="num_pairs"):
+        synthetic.mqar_example(np.random.default_rng(0), seq_len=16, num_pairs=8, vocab_size=64)
+    with pytest.raises(ValueError, match="num_tokens"):
+        synthetic.selective_copying_example(np.random.default_rng(0), seq_len=8, vocab_size=8, num_tokens=5)
+    with pytest.raises(ValueError, match="missing keys.*seq_len"):
+        registry.build(_cfg(name="induction_heads", vocab_size=16, eval_examples=1), split="train", seed=0, global_batch_size=1)
