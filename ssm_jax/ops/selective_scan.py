@@ -51,7 +51,8 @@ __all__ = [
 REGISTRY = Registry("selective_scan")
 
 # Positions per associative-scan chunk in impl="xla". The working set of one chunk is a few
-# (b, XLA_CHUNK_SIZE, d, n) float32 arrays.
+# (b, XLA_CHUNK_SIZE, d, n) float32 arrays. On an H100 (2026-11, jax 0.11.2) 128 and 256 tie at
+# l = 4096 and 256 is 20% faster at l = 65536 (fewer trips of the chunk loop).
 XLA_CHUNK_SIZE = 256
 
 
