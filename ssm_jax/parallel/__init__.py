@@ -8,6 +8,7 @@ from ssm_jax.parallel.rules import (
     logical_spec,
     logical_to_mesh,
     logical_to_sharding,
+    make_mesh,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "logical_spec",
     "logical_to_mesh",
     "logical_to_sharding",
+    "make_mesh",
 ]

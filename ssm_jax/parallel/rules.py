@@ -29,6 +29,7 @@ __all__ = [
     "logical_spec",
     "logical_to_mesh",
     "logical_to_sharding",
+    "make_mesh",
 ]
 
 MeshAxes = str | tuple[str, ...] | None
@@ -51,6 +52,18 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("kv", None),
     ("layers", None),
 )
+
+
+def make_mesh(axis_sizes: Sequence[int], axis_names: Sequence[str], *, devices=None) -> Mesh:
+    """``jax.make_mesh`` with ``AxisType.Auto`` axes: shardings propagate through the model (GSPMD).
+
+    jax 0.11's ``jax.make_mesh`` defaults to ``Explicit`` axes (sharding in types), under which
+    every op with an ambiguous output sharding (a gather from a vocab-sharded table, a matmul
+    over an fsdp-sharded contraction) must be annotated; the models here are not, so build
+    their meshes with this function (or pass ``axis_types=(AxisType.Auto,) * n`` yourself).
+    """
+    axis_types = (jax.sharding.AxisType.Auto,) * len(axis_names)
+    return jax.make_mesh(tuple(axis_sizes), tuple(axis_names), axis_types=axis_types, devices=devices)
 
 
 def _check_rules(rules: Rules) -> tuple[tuple[str, MeshAxes], ...]:

@@ -1,0 +1,238 @@
+"""Configs, parameter counts, LanguageModel and SequenceClassifier behaviour."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssm_jax.models import (
+    AttentionConfig,
+    HydraConfig,
+    LanguageModel,
+    LanguageModelConfig,
+    Mamba2Config,
+    MambaConfig,
+    S4Config,
+    S4DConfig,
+    SequenceClassifier,
+    SequenceClassifierConfig,
+    flops_per_token,
+    param_count,
+    pool,
+)
+from tests.numerics import assert_close
+
+SMALL = dict(
+    mamba=MambaConfig(d_state=4, d_conv=3),
+    mamba2=Mamba2Config(d_state=4, headdim=4, ngroups=2, chunk_size=3),
+    hydra=HydraConfig(d_state=4, headdim=4, d_conv=3, chunk_size=3),
+    s4=S4Config(d_state=4),
+    s4d=S4DConfig(d_state=4),
+    attention=AttentionConfig(num_heads=2),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------
+
+
+def test_from_dict_builds_nested_configs():
+    cfg = LanguageModelConfig.from_dict({
+        "vocab_size": 50, "d_model": 16, "n_layers": 3,
+        "layer_mixers": ["mamba2", "attention", "mamba2"],
+        "mamba2": {"d_state": 8, "A_init_range": [1, 4]},
+        "attention": {"num_heads": 4},
+        "dtype": "bfloat16",
+    })
+    assert cfg.layer_mixers == ("mamba2", "attention", "mamba2")
+    assert isinstance(cfg.mamba2, Mamba2Config) and cfg.mamba2.d_state == 8 and cfg.mamba2.A_init_range == (1, 4)
+    assert cfg.attention.num_heads == 4 and cfg.mamba == MambaConfig()
+    assert cfg.padded_vocab_size == 56
+    assert LanguageModelConfig.from_dict(cfg.to_dict()) == cfg  # round trip
+    clf = SequenceClassifierConfig.from_dict({"vocab_size": 5, "d_model": 8, "n_layers": 1, "num_classes": 2,
+                                              "mixer": "hydra", "dual_encoder": True})
+    assert clf.dual_encoder and clf.mixers == ("hydra",)
+
+
+def test_from_dict_errors():
+    base = {"vocab_size": 50, "d_model": 16, "n_layers": 2}
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['n_layer'\]; valid keys are \[.*'n_layers'.*\]"):
+        LanguageModelConfig.from_dict({**base, "n_layer": 2})
+    with pytest.raises(ValueError, match=r"Mamba2Config.from_dict: unknown key\(s\) \['dstate'\]; valid keys are \[.*'d_state'"):
+        LanguageModelConfig.from_dict({**base, "mamba2": {"dstate": 8}})
+    with pytest.raises(ValueError, match=r"missing required key\(s\) \['num_classes'\]"):
+        SequenceClassifierConfig.from_dict(base)
+    with pytest.raises(ValueError, match="`mixer` must be one of"):
+        LanguageModelConfig.from_dict({**base, "mixer": "mamba3"})
+    with pytest.raises(ValueError, match="layer_mixers"):
+        LanguageModelConfig.from_dict({**base, "layer_mixers": ["mamba"]})
+    with pytest.raises(ValueError, match="bidirectional"):
+        LanguageModelConfig.from_dict({**base, "mixer": "hydra"})
+    with pytest.raises(ValueError, match="not causal"):
+        LanguageModelConfig.from_dict({**base, "mixer": "s4d", "s4d": {"bidirectional": True}})
+    with pytest.raises(ValueError, match="dt_min"):
+        MambaConfig(dt_min=0.2, dt_max=0.1)
+    with pytest.raises(ValueError, match="pooling"):
+        SequenceClassifierConfig(5, 8, 1, num_classes=2, pooling="max")
+    with pytest.raises(TypeError, match="mapping"):
+        LanguageModelConfig.from_dict([("vocab_size", 3)])
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter counts and FLOPs
+# --------------------------------------------------------------------------------------------
+
+COUNT_CASES = [
+    LanguageModelConfig(vocab_size=50, d_model=8, n_layers=2, mixer="mamba", **SMALL),
+    LanguageModelConfig(vocab_size=50, d_model=8, n_layers=2, mixer="mamba", tie_embeddings=False, d_intermediate=12,
+                        **{**SMALL, "mamba": MambaConfig(d_state=4, bias=True, conv_bias=False, dt_rank=3)}),
+    LanguageModelConfig(vocab_size=50, d_model=8, n_layers=2, mixer="mamba2", **SMALL),
+    LanguageModelConfig(vocab_size=50, d_model=8, n_layers=1, mixer="mamba2",
+                        **{**SMALL, "mamba2": Mamba2Config(d_state=4, headdim=4, D_has_hdim=True, bias=True)}),
+    LanguageModelConfig(vocab_size=50, d_model=8, n_layers=3, layer_mixers=("s4", "s4d", "attention"), **SMALL),
+    LanguageModelConfig(vocab_size=50, d_model=8, n_layers=1, mixer="s4d", **{**SMALL, "s4d": S4DConfig(d_state=4, postact=None)}),
+    SequenceClassifierConfig(vocab_size=50, d_model=8, n_layers=2, mixer="hydra", num_classes=3, **SMALL),
+    SequenceClassifierConfig(vocab_size=50, d_model=8, n_layers=2, layer_mixers=("s4", "attention"), num_classes=3,
+                             dual_encoder=True, d_intermediate=8,
+                             **{**SMALL, "s4": S4Config(d_state=4, bidirectional=True)}),
+]
+
+
+@pytest.mark.parametrize("cfg", COUNT_CASES, ids=lambda c: f"{type(c).__name__}-{'-'.join(c.mixers)}")
+def test_param_count_equals_model(cfg):
+    cls = LanguageModel if isinstance(cfg, LanguageModelConfig) else SequenceClassifier
+    abstract = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+    actual = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert param_count(cfg) == actual
+
+
+def test_flops_per_token_by_hand():
+    # One attention layer: 4 e^2 projection weights (e = 8, 2 heads of 4) + tied head e x v_pad
+    # (v_pad = 16). Forward: 2 * (256 + 128) matmul FLOPs + 4 * L * inner for QK^T and AV.
+    cfg = LanguageModelConfig(vocab_size=13, d_model=8, n_layers=1, mixer="attention", attention=AttentionConfig(num_heads=2))
+    assert flops_per_token(cfg, 32) == 3 * (2 * (4 * 8 * 8 + 8 * 16) + 4 * 32 * 8)
+    mamba = LanguageModelConfig(vocab_size=13, d_model=8, n_layers=1, mixer="mamba", mamba=MambaConfig(d_state=4, d_conv=4))
+    # d = 16, r = 1: in_proj 8*32, x_proj 16*9, dt_proj 1*16, out_proj 16*8, head 8*16; conv 2*16*4; scan 9*16*4
+    matmul = 8 * 32 + 16 * 9 + 16 + 16 * 8 + 8 * 16
+    assert flops_per_token(mamba, 32) == 3 * (2 * matmul + 2 * 16 * 4 + 9 * 16 * 4)
+    assert flops_per_token(mamba, 32) == flops_per_token(mamba, 4096)  # linear time: no length term
+    with pytest.raises(ValueError, match="seq_len"):
+        flops_per_token(cfg, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# LanguageModel
+# --------------------------------------------------------------------------------------------
+
+
+def _hybrid(dtype="float32", **kw):
+    cfg = LanguageModelConfig(vocab_size=13, d_model=8, n_layers=4, layer_mixers=("mamba", "mamba2", "attention", "s4d"),
+                              d_intermediate=8, dtype=dtype, **SMALL, **kw)
+    return LanguageModel(cfg, rngs=nnx.Rngs(0))
+
+
+def test_language_model_logits_causal_and_packed(rng):
+    model = _hybrid()
+    ids = jnp.asarray(rng.integers(0, 13, (2, 9)), jnp.int32)
+    logits = model(ids)
+    assert logits.shape == (2, 9, 13) and logits.dtype == jnp.float32  # true vocab, not padded (16)
+    assert_close(model(ids[:, :5]), logits[:, :5], name="prefix logits")  # causal
+    seg = jnp.asarray(np.repeat([[1, 2]], [4, 5], axis=1), jnp.int32)
+    packed = model(ids, segment_ids=jnp.broadcast_to(seg, (2, 9)))
+    assert_close(packed[:, :4], model(ids[:, :4]), name="segment 1")
+    assert_close(packed[:, 4:], model(ids[:, 4:]), name="segment 2")
+    with pytest.raises(TypeError, match="input_ids"):
+        model(ids.astype(jnp.float32))
+
+
+def test_tied_and_untied_heads(rng):
+    ids = jnp.asarray(rng.integers(0, 13, (1, 4)), jnp.int32)
+    tied = _hybrid()
+    assert tied.lm_head is None
+    emb = np.asarray(tied.embedding.embedding[...])
+    h = np.asarray(tied.norm_f(jnp.ones((1, 8))))
+    assert_close(tied._logits(jnp.ones((1, 8))), (h @ emb.T)[:, :13], name="tied head")
+    untied = _hybrid(tie_embeddings=False)
+    assert untied.lm_head.kernel.shape == (8, 16)
+    assert untied(ids).shape == (1, 4, 13)
+
+
+def test_bf16_model_close_to_fp32(rng):
+    ids = jnp.asarray(rng.integers(0, 13, (2, 8)), jnp.int32)
+    y32 = _hybrid()(ids)
+    y16 = _hybrid(dtype="bfloat16")(ids)
+    assert y16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y16)))
+    assert_close(y16, y32, tol=5e-2, name="bf16 logits")
+
+
+# --------------------------------------------------------------------------------------------
+# SequenceClassifier
+# --------------------------------------------------------------------------------------------
+
+
+def test_pool_oracle():
+    h = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+    mask = np.array([[1, 1, 0, 0], [0, 1, 1, 1]], bool)
+    np.testing.assert_allclose(pool(jnp.asarray(h), jnp.asarray(mask), "mean"), [h[0, :2].mean(0), h[1, 1:].mean(0)])
+    np.testing.assert_allclose(pool(jnp.asarray(h), jnp.asarray(mask), "last"), [h[0, 1], h[1, 3]])
+    np.testing.assert_allclose(pool(jnp.asarray(h), jnp.asarray(mask), "first"), [h[0, 0], h[1, 1]])
+    np.testing.assert_allclose(pool(jnp.asarray(h), None, "mean"), h.mean(1))
+
+
+@pytest.mark.parametrize(
+    "mixers, pooling, s4_bidirectional",
+    [
+        (("hydra", "attention"), "mean", False),
+        (("mamba2", "s4"), "last", True),
+        (("mamba", "s4d"), "first", False),
+    ],
+)
+def test_classifier_padding_does_not_change_output(mixers, pooling, s4_bidirectional, rng):
+    small = {**SMALL, "attention": AttentionConfig(num_heads=2, causal=False),
+             "s4": S4Config(d_state=4, bidirectional=s4_bidirectional)}
+    cfg = SequenceClassifierConfig(vocab_size=11, d_model=8, n_layers=2, layer_mixers=mixers, num_classes=3,
+                                   pooling=pooling, **small)
+    model = SequenceClassifier(cfg, rngs=nnx.Rngs(0))
+    lengths = [5, 3]
+    ids = jnp.asarray(rng.integers(0, 11, (2, 8)), jnp.int32)  # pad positions hold random tokens
+    mask = jnp.arange(8)[None, :] < jnp.asarray(lengths)[:, None]
+    padded = model(ids, mask=mask)
+    assert padded.shape == (2, 3)
+    for row, n in enumerate(lengths):
+        alone = model(ids[row : row + 1, :n])
+        assert_close(padded[row : row + 1], alone, name=f"row {row}")
+    other = jnp.where(mask, ids, (ids + 1) % 11)  # different padding tokens, same result
+    assert_close(model(other, mask=mask), padded, name="other padding")
+
+
+def test_dual_encoder(rng):
+    cfg = SequenceClassifierConfig(vocab_size=11, d_model=8, n_layers=1, mixer="mamba2", num_classes=2,
+                                   dual_encoder=True, **SMALL)
+    model = SequenceClassifier(cfg, rngs=nnx.Rngs(0))
+    a = jnp.asarray(rng.integers(0, 11, (2, 6)), jnp.int32)
+    b = jnp.asarray(rng.integers(0, 11, (2, 4)), jnp.int32)
+    logits = model(a, b)
+    u, v = np.asarray(model.encode(a)), np.asarray(model.encode(b))
+    feats = np.concatenate([u, v, u * v, u - v], -1)
+    hidden = np.asarray(jax.nn.gelu(model.head_hidden(jnp.asarray(feats)), approximate=False))
+    assert_close(logits, np.asarray(model.head(jnp.asarray(hidden))), name="dual head")
+    mask2 = jnp.asarray([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    masked = model(a, b, mask2=mask2)
+    assert_close(masked[0], model(a[:1], b[:1, :3])[0], name="masked second input")
+    with pytest.raises(ValueError, match="inputs2"):
+        model(a)
+
+
+def test_dropout_train_eval(rng):
+    cfg = SequenceClassifierConfig(vocab_size=11, d_model=8, n_layers=1, mixer="s4d", num_classes=2, dropout=0.5,
+                                   **{**SMALL, "s4d": S4DConfig(d_state=4, dropout=0.3)})
+    model = SequenceClassifier(cfg, rngs=nnx.Rngs(0))
+    ids = jnp.asarray(rng.integers(0, 11, (2, 6)), jnp.int32)
+    model.train()
+    assert not np.allclose(model(ids), model(ids))
+    model.eval()
+    np.testing.assert_array_equal(model(ids), model(ids))

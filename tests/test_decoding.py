@@ -1,0 +1,153 @@
+"""generate: greedy decoding equals the argmax of the parallel forward, sampling, eos handling."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import ssm_jax
+from ssm_jax.decoding import sample_logits
+from ssm_jax.models import (
+    AttentionConfig,
+    LanguageModel,
+    LanguageModelConfig,
+    Mamba2Config,
+    MambaConfig,
+    S4Config,
+    S4DConfig,
+)
+
+V = 13
+SMALL = dict(
+    mamba=MambaConfig(d_state=4, d_conv=3),
+    mamba2=Mamba2Config(d_state=4, headdim=4, ngroups=2, chunk_size=2),
+    s4=S4Config(d_state=4),
+    s4d=S4DConfig(d_state=4),
+    attention=AttentionConfig(num_heads=2),
+)
+
+
+@functools.cache
+def lm(name: str) -> LanguageModel:
+    if name == "hybrid":
+        cfg = LanguageModelConfig(vocab_size=V, d_model=8, n_layers=3, layer_mixers=("mamba2", "attention", "mamba2"),
+                                  d_intermediate=16, **SMALL)
+    else:
+        cfg = LanguageModelConfig(vocab_size=V, d_model=8, n_layers=2, mixer=name, **SMALL)
+    return LanguageModel(cfg, rngs=nnx.Rngs(3))
+
+
+def _prompt(b=2, l=3, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, V, (b, l)), jnp.int32)
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "s4", "s4d", "attention", "hybrid"])
+def test_greedy_equals_argmax_of_parallel_forward(name):
+    model = lm(name)
+    prompt = _prompt()
+    out = ssm_jax.generate(model, prompt, 5)
+    assert out.shape == (2, 8) and out.dtype == jnp.int32
+    np.testing.assert_array_equal(out[:, :3], prompt)
+    # The model is causal, so logits[:, t] of the finished sequence are those of out[:, :t+1]:
+    # each generated token must be the argmax at the previous position.
+    logits = model(out)
+    expected = jnp.argmax(logits[:, 2:-1], axis=-1)
+    np.testing.assert_array_equal(out[:, 3:], expected)
+
+
+def test_growing_sequence_literally():
+    """The same check without relying on causality: re-run the forward on each prefix."""
+    model = lm("hybrid")
+    prompt = _prompt(seed=1)
+    out = ssm_jax.generate(model, prompt, 3)
+    seq = prompt
+    for _ in range(3):
+        nxt = jnp.argmax(model(seq)[:, -1], axis=-1).astype(jnp.int32)
+        seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
+    np.testing.assert_array_equal(out, seq)
+
+
+def test_top_k_1_is_greedy_and_sampling_is_reproducible():
+    model = lm("hybrid")
+    prompt = _prompt()
+    greedy = ssm_jax.generate(model, prompt, 5)
+    top1 = ssm_jax.generate(model, prompt, 5, temperature=0.7, top_k=1, rng=jax.random.key(5))
+    np.testing.assert_array_equal(top1, greedy)
+    a = ssm_jax.generate(model, prompt, 5, temperature=1.0, rng=jax.random.key(1))
+    b = ssm_jax.generate(model, prompt, 5, temperature=1.0, rng=jax.random.key(1))
+    c = ssm_jax.generate(model, prompt, 5, temperature=1.0, rng=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert int(a.min()) >= 0 and int(a.max()) < V  # padded vocabulary rows never sampled
+
+
+def test_eos_then_padding():
+    model = lm("mamba2")
+    prompt = _prompt(b=2)
+    free = np.asarray(ssm_jax.generate(model, prompt, 6))
+    eos = int(free[0, 4])  # the token row 0 emits at its 2nd generated step
+    out = np.asarray(ssm_jax.generate(model, prompt, 6, eos_id=eos))
+    for row in range(2):
+        gen = free[row, 3:]
+        hits = np.flatnonzero(gen == eos)
+        stop = hits[0] if hits.size else len(gen)
+        np.testing.assert_array_equal(out[row, 3 : 3 + stop + 1], free[row, 3 : 3 + stop + 1])
+        np.testing.assert_array_equal(out[row, 3 + stop + 1 :], eos)  # keeps emitting eos
+    padded = np.asarray(ssm_jax.generate(model, prompt, 6, eos_id=eos, pad_id=0))
+    first = np.flatnonzero(free[0, 3:] == eos)[0]
+    np.testing.assert_array_equal(padded[0, 3 + first + 1 :], 0)
+
+
+def test_ssm_cache_is_constant_size():
+    model = lm("hybrid")
+    small = model.init_cache(2, 16)
+    large = model.init_cache(2, 4096)
+    for kind, a, b in zip(model.config.mixers, small, large):
+        sizes = lambda c: sum(x.size for x in jax.tree.leaves(c))  # noqa: E731
+        if kind == "attention":
+            assert sizes(b) > sizes(a)
+        else:
+            assert sizes(a) == sizes(b)
+
+
+def test_sample_logits_distribution():
+    """Frequencies match softmax(logits / T), restricted to the top-k / the nucleus."""
+    logits = jnp.log(jnp.asarray([[0.5, 0.25, 0.15, 0.1]]))
+    keys = jax.random.split(jax.random.key(0), 20000)
+
+    def freq(**kw):
+        draws = jax.vmap(lambda k: sample_logits(logits, k, **kw))(keys)[:, 0]
+        return np.bincount(np.asarray(draws), minlength=4) / len(keys)
+
+    p = np.array([0.5, 0.25, 0.15, 0.1])
+    np.testing.assert_allclose(freq(temperature=1.0), p, atol=0.015)
+    pt = p**2 / np.sum(p**2)  # temperature 0.5 squares the probabilities
+    np.testing.assert_allclose(freq(temperature=0.5), pt, atol=0.015)
+    np.testing.assert_allclose(freq(temperature=1.0, top_k=2), [2 / 3, 1 / 3, 0, 0], atol=0.015)
+    # nucleus 0.8: 0.5 + 0.25 < 0.8, so the third token is needed; the fourth is cut
+    np.testing.assert_allclose(freq(temperature=1.0, top_p=0.8), [0.5 / 0.9, 0.25 / 0.9, 0.15 / 0.9, 0], atol=0.015)
+    np.testing.assert_allclose(freq(temperature=1.0, top_p=0.5), [1, 0, 0, 0], atol=0)
+    assert sample_logits(logits, None)[0] == 0  # greedy
+
+
+def test_bad_arguments():
+    model = lm("mamba")
+    prompt = _prompt()
+    with pytest.raises(ValueError, match="needs `rng`"):
+        ssm_jax.generate(model, prompt, 2, temperature=1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        ssm_jax.generate(model, prompt, 2, temperature=1.0, top_p=0.0, rng=jax.random.key(0))
+    with pytest.raises(ValueError, match="top_k"):
+        ssm_jax.generate(model, prompt, 2, temperature=1.0, top_k=V + 1, rng=jax.random.key(0))
+    with pytest.raises(TypeError, match="prompt_ids"):
+        ssm_jax.generate(model, prompt.astype(jnp.float32), 2)
+    with pytest.raises(ValueError, match=r"prompt_ids` must have shape \(b, l\)"):
+        ssm_jax.generate(model, prompt[0], 2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ssm_jax.generate(model, prompt, -1)
+    np.testing.assert_array_equal(ssm_jax.generate(model, prompt, 0), prompt)
