@@ -8,9 +8,9 @@ Algorithm 2. Per channel ``i`` and state index ``j``, with ``dt`` already passed
     y_t[i]    = sum_j h_t[i, j] * C_t[j] + D[i] * x_t[i]                               (eq. 2b)
     y_t[i]   <- y_t[i] * silu(z_t[i])                                      (Mamba block, Fig. 3)
 
-``A`` is discretized by zero-order hold (eq. 4, ``A_bar = exp(dt A)``) and ``B`` by the first-order
-``B_bar = dt B`` that the paper's reference kernels use (Sec. 3.5.2 notes the two agree to first
-order). With ``g > 1`` groups the ``d`` channels are split into ``g`` contiguous groups and channel
+``A`` is discretized by zero-order hold (eq. 4, ``A_bar = exp(dt A)``) and ``B`` by
+``B_bar = dt B``, the first-order form of eq. 4's ``(dt A)^-1 (exp(dt A) - I) dt B`` that the
+paper's reference kernels use. With ``g > 1`` groups the ``d`` channels are split into ``g`` contiguous groups and channel
 ``i`` reads ``B[..., i // (d // g), :]`` (and likewise ``C``).
 
 Implementations (``impl=``), registered in :data:`REGISTRY`:
@@ -298,7 +298,7 @@ def _finish(y, x, D, z, out_dtype):
     return y.astype(out_dtype)
 
 
-def _resets(segment_ids, l: int):
+def _resets(segment_ids):
     """``(b, l)`` bool: True where the state restarts from zero (id differs from previous)."""
     if segment_ids is None:
         return None
@@ -334,7 +334,7 @@ def _scan_impl(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segmen
     dt = _effective_dt(dt, dt_bias, dt_softplus, f)
     A_g = A.reshape(g, d // g, n)
     h0 = jnp.zeros((b, g, d // g, n), f) if initial_state is None else initial_state.reshape(b, g, d // g, n)
-    reset = _resets(segment_ids, l)
+    reset = _resets(segment_ids)
 
     def body(h, inputs):
         x_t, dt_t, B_t, C_t, reset_t = inputs
@@ -459,7 +459,7 @@ def _xla_impl(
     # Padding sits after position l-1 with dt = 0, i.e. decay 1 and input 0: the state passes
     # through unchanged, so the last chunk's final state is the state at position l-1.
     dt = _effective_dt(dt, dt_bias, dt_softplus, f)
-    reset = _resets(segment_ids, l)
+    reset = _resets(segment_ids)
     keep = None if reset is None else jnp.where(reset, 0.0, 1.0).astype(f)
 
     def chunked(v, grouped: bool = False, fill=0):
