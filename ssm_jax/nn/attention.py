@@ -40,11 +40,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     Pairs are (i, i + p/2); frequencies ``theta ** (-2i / p)``.
     """
     p = x.shape[-1]
-    inv_freq = theta ** (-jnp.arange(0, p, 2, dtype=jnp.float32) / p)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (b, l, p/2)
+    f = jnp.promote_types(x.dtype, jnp.float32)  # angles in float32 at least: bf16 positions are coarse
+    inv_freq = theta ** (-jnp.arange(0, p, 2, dtype=f) / p)
+    angles = positions.astype(f)[..., None] * inv_freq  # (b, l, p/2)
     cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
-    xf = x.astype(jnp.float32)
+    xf = x.astype(f)
     x1, x2 = jnp.split(xf, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (xf * cos + rotated * sin).astype(x.dtype)

@@ -1,4 +1,5 @@
-"""RMSNorm and the gated RMSNorm of Mamba-2 / Hydra. Statistics are computed in float32."""
+"""RMSNorm and the gated RMSNorm of Mamba-2 / Hydra. Statistics are computed in float32 (or
+float64 for float64 inputs), whatever the compute dtype."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from flax import nnx
 from ssm_jax.nn.params import canonical_dtype, param
 
 __all__ = ["RMSNorm", "GatedRMSNorm"]
+
+
+def _stat_dtype(x: jax.Array) -> jnp.dtype:
+    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _rms_normalize(x: jax.Array, eps: float) -> jax.Array:
@@ -30,7 +35,7 @@ class RMSNorm(nnx.Module):
         self.weight = param(jnp.ones((dim,), jnp.float32), names)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = _rms_normalize(x.astype(jnp.float32), self.eps) * self.weight[...]
+        y = _rms_normalize(x.astype(_stat_dtype(x)), self.eps) * self.weight[...]
         return y.astype(self.dtype)
 
 
@@ -69,9 +74,9 @@ class GatedRMSNorm(nnx.Module):
         self.weight = param(jnp.ones((dim,), jnp.float32), names)
 
     def __call__(self, x: jax.Array, z: jax.Array | None = None) -> jax.Array:
-        x = x.astype(jnp.float32)
+        x = x.astype(_stat_dtype(x))
         if z is not None:
-            gate = jax.nn.silu(z.astype(jnp.float32))
+            gate = jax.nn.silu(z.astype(x.dtype))
             if not self.norm_before_gate:
                 x = x * gate
         shape = x.shape

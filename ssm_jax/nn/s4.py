@@ -92,7 +92,7 @@ class _LTILayer(nnx.Module):
         C = jax.random.normal(rngs.params(), (channels, h, self.n, 2), jnp.float32) * math.sqrt(0.5)
         self.C = param(C, (None, "heads", "state", None), ssm=True)
         self.D = param(jax.random.normal(rngs.params(), (h,), jnp.float32), ("heads",), ssm=True)
-        self.dropout = nnx.Dropout(c.dropout, rngs=rngs)
+        self.dropout = nnx.Dropout(c.dropout, rngs=rngs) if c.dropout > 0 else None
         glu = c.postact == "glu"
         self.output_linear = Dense(h, 2 * h if glu else h, names=("heads", "embed"), dtype=dtype, rngs=rngs)
 
@@ -118,7 +118,9 @@ class _LTILayer(nnx.Module):
         raise NotImplementedError
 
     def _post(self, y: jax.Array) -> jax.Array:
-        y = self.dropout(_ACTIVATIONS[self.config.activation](y))
+        y = _ACTIVATIONS[self.config.activation](y)
+        if self.dropout is not None:
+            y = self.dropout(y)
         y = self.output_linear(y)
         if self.config.postact == "glu":
             a, g = jnp.split(y, 2, axis=-1)
@@ -138,12 +140,12 @@ class _LTILayer(nnx.Module):
                 y_t, state = self._step_fn(u_t, state, dA, dB, C)
                 return state, y_t
 
-            state0 = jnp.zeros((b, h, self.n), jnp.complex64)
+            state0 = jnp.zeros((b, h, self.n), jnp.promote_types(u.dtype, jnp.complex64))
             _, y = jax.lax.scan(body, state0, (jnp.swapaxes(u_seq, 0, 1), jnp.swapaxes(resets, 0, 1)))
             return jnp.swapaxes(y, 0, 1)
 
         Cs = self._Cs()
-        uf = u.astype(jnp.float32)
+        uf = u.astype(jnp.promote_types(u.dtype, jnp.float32))
         y = run(uf, starts, Cs[0]) + uf * self.D[...]
         if self.bidirectional:
             # z[t] = sum_j K1[j] u[t+j] within the segment (a causal pass over the reversed

@@ -236,3 +236,16 @@ def test_dropout_train_eval(rng):
     assert not np.allclose(model(ids), model(ids))
     model.eval()
     np.testing.assert_array_equal(model(ids), model(ids))
+
+
+def test_every_model_param_has_logical_names_and_builds_with_eager_sharding_on():
+    cfg = SequenceClassifierConfig(vocab_size=11, d_model=8, n_layers=2, layer_mixers=("hydra", "s4"), num_classes=2,
+                                   dual_encoder=True, d_intermediate=8, **SMALL)
+    with nnx.use_eager_sharding(True):  # flax 0.12's default; no mesh is set
+        model = nnx.eval_shape(lambda: SequenceClassifier(cfg, rngs=nnx.Rngs(0)))
+    lm = nnx.eval_shape(lambda: LanguageModel(LanguageModelConfig(vocab_size=11, d_model=8, n_layers=1, mixer="mamba",
+                                                                  tie_embeddings=False, **SMALL), rngs=nnx.Rngs(0)))
+    for m in (model, lm):
+        for path, v in nnx.to_flat_state(nnx.state(m, nnx.Param)):
+            names = v.get_metadata().get("out_sharding")
+            assert names is not None and len(names) == len(v.shape), (path, names)

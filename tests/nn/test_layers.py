@@ -309,3 +309,34 @@ def test_bad_inputs():
     attn = make("attention")
     with pytest.raises(ValueError, match="max_length"):
         attn.prefill(jnp.zeros((1, 5, E)), attn.init_cache(1, max_length=4))
+
+
+# --------------------------------------------------------------------------------------------
+# Gradients
+# --------------------------------------------------------------------------------------------
+
+
+# Not attention: jax.nn.dot_product_attention takes its softmax in float32 even for float64
+# inputs (jax 0.11.2, _dot_product_attention_core), too coarse for float64 finite differences.
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "hydra", "s4d"])
+def test_gradients_match_finite_differences(kind, rng):
+    """Float64 directional derivatives of a scalar loss w.r.t. all parameters and the input."""
+    with jax.enable_x64(True):
+        layer = make(kind, dtype="float64")
+        graphdef, state = nnx.split(layer, nnx.Param)
+        state = jax.tree.map(lambda v: v.astype(jnp.float64), state)
+        x = jnp.asarray(rng.standard_normal((1, 5, E)))
+        w = jnp.asarray(rng.standard_normal((1, 5, E)))
+
+        def loss(s, x):
+            return jnp.sum(nnx.merge(graphdef, s)(x) * w)
+
+        g_state, g_x = jax.grad(loss, argnums=(0, 1))(state, x)
+        leaves, treedef = jax.tree.flatten(state)
+        dirs = [jnp.asarray(rng.standard_normal(np.shape(v))) for v in leaves]
+        dx = jnp.asarray(rng.standard_normal(x.shape))
+        eps = 1e-6
+        shift = lambda sign: (jax.tree.unflatten(treedef, [v + sign * eps * d for v, d in zip(leaves, dirs)]), x + sign * eps * dx)  # noqa: E731
+        fd = (loss(*shift(+1)) - loss(*shift(-1))) / (2 * eps)
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(g_state), dirs)) + jnp.vdot(g_x, dx)
+        assert abs(float(fd - analytic)) <= 1e-6 * max(1.0, abs(float(analytic))), (float(fd), float(analytic))
