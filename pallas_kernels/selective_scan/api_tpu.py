@@ -1,0 +1,234 @@
+"""``impl="pallas_tpu"`` for :func:`ssm_jax.ops.selective_scan`: layout, padding, custom VJP, shard_map.
+
+:func:`selective_scan` takes the op's canonical arguments (``docs/architecture.md``) and returns
+``(y, final_state | None)``. It lays them out for :mod:`.mosaic_tpu` -- channels padded per group
+to the 128-lane tile, the length to whole blocks, ``B``/``C`` as ``(b, g, L, n)`` float32, ``A``
+and the states transposed to ``(n, d)`` -- and runs the forward kernel inside a
+``jax.custom_vjp`` whose backward is the backward kernel. Every gradient (``x, dt, A, B, C, D, z,
+dt_bias, initial_state``, and through ``final_state``) comes from the kernels; the layout
+changes around them are plain JAX, differentiated by JAX.
+
+On a TPU backend the kernels compile with Mosaic; on CPU they run in TPU interpret mode. Under
+``jax.set_mesh`` the call is wrapped in ``jax.shard_map`` (see ``pallas_kernels.tpu_common``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import tpu_common
+from pallas_kernels.selective_scan import blocks_tpu, mosaic_tpu
+from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
+
+__all__ = ["selective_scan", "why_not"]
+
+_ARRAYS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state", "segment_ids")
+
+
+def why_not(ctx) -> str | None:
+    """None if the kernels can run on these canonical arguments and backend, else the reason."""
+    reason = tpu_common.backend_reason(ctx) or tpu_common.dtype_reason(
+        ctx, ("x", "dt", "B", "C", "z", "A", "D", "dt_bias", "initial_state")
+    )
+    if reason:
+        return reason
+    n = ctx["A"].shape[-1]
+    itemsize = jnp.dtype(ctx["x"].dtype).itemsize
+    need = blocks_tpu.backward_vmem_bytes(128, 128, n, x_bytes=itemsize)
+    if need > tpu_common.MAX_VMEM_LIMIT:
+        return (f"state size n={n} needs {need / 2**20:.0f} MiB of VMEM per backward block at the smallest "
+                f"tiling (128 x 128); the limit is {tpu_common.MAX_VMEM_LIMIT / 2**20:.0f} MiB")
+    return None
+
+
+def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
+                   *, blocks: SelectiveScanTPUBlocks | None = None):
+    """Canonical arguments in, ``(y, final_state | None)`` out (``ssm_jax.ops.selective_scan``)."""
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                segment_ids=segment_ids)
+    b, l, d = x.shape
+    g, n = B.shape[-2:]
+    if blocks is None:
+        blocks = blocks_tpu.choose_blocks(l, d, g, n, x_bytes=jnp.dtype(x.dtype).itemsize)
+    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
+                  interpret=tpu_common.interpret_params())
+    specs = _mesh_specs(b, d, g)
+    if specs is None:
+        return _selective_scan(**args, **static)
+    out_specs = (specs["x"], specs["initial_state"] if return_final_state else None)
+    return tpu_common.over_mesh(_selective_scan, {**args, **static}, specs, out_specs)
+
+
+def _mesh_specs(b: int, d: int, g: int):
+    """Partition specs over the ambient mesh: batch over data/fsdp, channels over tensor (when
+    whole groups land on each device), or None when no mesh axis splits either."""
+    shape = tpu_common.ambient_mesh_shape()
+    if not shape:
+        return None
+    ba = tpu_common.mesh_axes_for(b, tpu_common.BATCH_AXES, shape)
+    ca = tpu_common.mesh_axes_for(d, tpu_common.CHANNEL_AXES, shape, also_divides=(g,) if g > 1 else ())
+    if not ba and not ca:
+        return None
+    ga = ca if g > 1 else ()
+    sp = tpu_common.spec
+    seq = sp(ba, (), ca)
+    return dict(x=seq, dt=seq, z=seq, A=sp(ca, ()), D=sp(ca), dt_bias=sp(ca), B=sp(ba, (), ga, ()),
+                C=sp(ba, (), ga, ()), initial_state=sp(ba, ca, ()), segment_ids=sp(ba, ()))
+
+
+# --------------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Channel padding: ``g`` groups of ``r`` channels, each padded to ``r_pad``; tile ``td``."""
+
+    d: int
+    g: int
+    r_pad: int
+    td: int
+
+    @property
+    def r(self) -> int:
+        return self.d // self.g
+
+    @property
+    def dp(self) -> int:
+        return self.g * self.r_pad
+
+
+def _layout(d: int, g: int, blocks: SelectiveScanTPUBlocks) -> _Layout:
+    r = d // g
+    if g == 1 and d <= blocks_tpu.LANES:
+        return _Layout(d, g, d, d)  # one full-width block: any width is a legal block
+    r_pad = blocks_tpu.pad128(r)
+    td = blocks.block_d if r_pad % blocks.block_d == 0 else blocks_tpu.LANES
+    return _Layout(d, g, r_pad, td)
+
+
+def _pad_channels(lay: _Layout, v, axis: int):
+    """``(..., d, ...)`` -> ``(..., g * r_pad, ...)`` with zeros after each group's channels."""
+    if lay.r_pad == lay.r:
+        return v
+    axis %= v.ndim
+    shape = v.shape
+    v = v.reshape(*shape[:axis], lay.g, lay.r, *shape[axis + 1 :])
+    pads = [(0, 0)] * v.ndim
+    pads[axis + 1] = (0, lay.r_pad - lay.r)
+    return jnp.pad(v, pads).reshape(*shape[:axis], lay.dp, *shape[axis + 1 :])
+
+
+def _unpad_channels(lay: _Layout, v, axis: int):
+    if lay.r_pad == lay.r:
+        return v
+    axis %= v.ndim
+    shape = v.shape
+    v = v.reshape(*shape[:axis], lay.g, lay.r_pad, *shape[axis + 1 :])
+    v = jax.lax.slice_in_dim(v, 0, lay.r, axis=axis + 1)
+    return v.reshape(*shape[:axis], lay.d, *shape[axis + 1 :])
+
+
+def _pad_length(v, L: int, axis: int = 1, value=0.0):
+    if v.shape[axis] == L:
+        return v
+    pads = [(0, 0)] * v.ndim
+    pads[axis] = (0, L - v.shape[axis])
+    return jnp.pad(v, pads, constant_values=value)
+
+
+@functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
+def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softplus, return_final_state,
+                    blocks, interpret):
+    b, l, d = x.shape
+    g, n = B.shape[-2:]
+    lay = _layout(d, g, blocks)
+    tl = blocks.block_l if l > blocks.block_l else blocks_tpu.pad8(l)
+    L = -(-l // tl) * tl
+    f = jnp.promote_types(A.dtype, jnp.float32)  # float32; float64 only under x64 (interpret mode)
+    p = mosaic_tpu.Problem(
+        b=b, L=L, dp=lay.dp, g=g, n=n, tl=tl, td=lay.td, l_valid=l, acc=jnp.dtype(f).name,
+        x_dtype=jnp.dtype(x.dtype).name, dt_dtype=jnp.dtype(dt.dtype).name, has_z=z is not None,
+        has_bias=dt_bias is not None, has_D=D is not None, has_keep=segment_ids is not None,
+        has_h0=initial_state is not None, softplus=dt_softplus, unroll=blocks.unroll, interpret=interpret,
+    )
+    seq = lambda v: None if v is None else _pad_channels(lay, _pad_length(v, L), 2)  # noqa: E731
+    row = lambda v: None if v is None else _pad_channels(lay, v.astype(f), 0)[None, :]  # noqa: E731
+    bc = lambda v: jnp.swapaxes(_pad_length(v.astype(f), L), 1, 2)  # (b, g, L, n)  # noqa: E731
+    keep = None
+    if segment_ids is not None:
+        # 0 where a new segment starts: the state forgets h_{t-1} there (a reused id is new too).
+        changed = segment_ids[:, 1:] != segment_ids[:, :-1]
+        keep = jnp.pad(1.0 - changed.astype(f), ((0, 0), (1, 0)), constant_values=1.0)
+        keep = _pad_length(keep, L, value=1.0)[..., None]
+    h0 = None
+    if initial_state is not None:
+        h0 = jnp.swapaxes(_pad_channels(lay, initial_state.astype(f), 1), 1, 2)  # (b, n, dp)
+    At = jnp.swapaxes(_pad_channels(lay, A.astype(f), 0), 0, 1)  # (n, dp)
+    y, hT = _core(p, bool(return_final_state), seq(x), seq(dt), seq(z), bc(B), bc(C), At, row(dt_bias), row(D),
+                  keep, h0)
+    y = _unpad_channels(lay, y[:, :l], 2)
+    if hT is not None:
+        hT = _unpad_channels(lay, jnp.swapaxes(hT, 1, 2), 1)
+    return y, hT
+
+
+# --------------------------------------------------------------------------------------------
+# custom_vjp around the kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _run_forward(p, want_final, save, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
+    ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep, h0) if v is not None]
+    outs = list(mosaic_tpu.forward(p, save_states=save, want_final=want_final)(*ins))
+    y = outs.pop(0)
+    hT = outs.pop(0) if want_final else None
+    hs = outs.pop(0) if save else None
+    return y, hT, hs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _core(p, want_final, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
+    y, hT, _ = _run_forward(p, want_final, False, x, dt, z, Bt, Ct, At, bias, D, keep, h0)
+    return y, hT
+
+
+def _core_fwd(p, want_final, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
+    y, hT, hs = _run_forward(p, want_final, True, x, dt, z, Bt, Ct, At, bias, D, keep, h0)
+    return (y, hT), (x, dt, z, Bt, Ct, At, bias, D, keep, hs)
+
+
+def _core_bwd(p, want_final, res, cts):
+    x, dt, z, Bt, Ct, At, bias, D, keep, hs = res
+    dy, dhT = cts
+    has_dfinal = want_final and dhT is not None
+    ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep) if v is not None]
+    ins += [hs, dy.astype(x.dtype)] + ([dhT.astype(hs.dtype)] if has_dfinal else [])
+    outs = list(mosaic_tpu.backward(p, has_dfinal=has_dfinal)(*ins))
+    take = lambda flag=True: outs.pop(0) if flag else None  # noqa: E731
+    dx, ddt, dz = take(), take(), take(p.has_z)
+    dBt, dCt, dA = take(), take(), take()
+    dbias, dD, dh0 = take(p.has_bias), take(p.has_D), take(p.has_h0)
+    # Per channel tile -> per group (tiles of one group are consecutive), (b, g, L, n) like Bt.
+    per_group = lambda v: jnp.swapaxes(v.reshape(p.b, p.g, p.tiles_per_group, p.n, p.L).sum(2), 2, 3)  # noqa: E731
+    grads = (
+        dx,
+        ddt,
+        dz,
+        per_group(dBt).astype(Bt.dtype),
+        per_group(dCt).astype(Ct.dtype),
+        dA.sum(0).astype(At.dtype),
+        None if dbias is None else dbias.sum(0).astype(bias.dtype),
+        None if dD is None else dD.sum(0).astype(D.dtype),
+        None if keep is None else jnp.zeros_like(keep),  # segment starts are data
+        dh0,
+    )
+    return grads
+
+
+_core.defvjp(_core_fwd, _core_bwd)

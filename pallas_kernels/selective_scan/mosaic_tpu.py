@@ -1,0 +1,416 @@
+"""Mamba-1 selective scan as Mosaic TPU kernels: a forward and a backward ``pallas_call``.
+
+Mamba paper (Gu & Dao 2023), Sec. 3.2 / Alg. 2; per channel ``d`` and state index ``n``::
+
+    dt  <- softplus(dt + dt_bias)                  (or dt + dt_bias)
+    h_t  = exp(dt_t A) * h_{t-1} + dt_t x_t B_t     eq. 2a with ZOH A, B_bar = dt B
+    y_t  = sum_n h_t C_t + D x_t,   y <- y * silu(z)                            eq. 2b, Fig. 3
+
+Layout (the api module pads and transposes to it): channels on lanes, the state ``(n, td)`` with
+``n`` on sublanes. Grid ``(b, d / td, L / tl)``: batch rows and channel tiles are independent
+("parallel", split across the TensorCores of a megacore chip), the sequence axis is "arbitrary"
+and runs in order, the state carried in VMEM scratch between its steps.
+
+Per grid step the element-wise work is vectorized over the ``(tl, td)`` block -- dt bias and
+softplus, ``dt * x``, and after the recurrence ``D x`` and the gate -- and only the recurrence
+itself steps through positions: per position an ``(n, td)`` exp, multiply-add and a sublane sum.
+``B_t``, ``C_t`` are read as rows of their ``(tl, n)`` block and turned into ``(n, 1)`` columns
+(the dynamic row load + ``expand_dims`` that apple/axlearn's TPU Mamba kernel also uses).
+
+The forward optionally stores the state entering every sequence block (``hs``), the only
+residual of the backward besides the inputs: the backward re-runs each block's recurrence from it
+into VMEM, then runs the adjoint recurrence (``lam_t = C_t dy_t + a_{t+1} lam_{t+1}``, as
+``ssm_jax.ops.selective_scan``'s XLA backward) from the last position to the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels import tpu_common
+from pallas_kernels.selective_scan import blocks_tpu
+
+__all__ = ["Problem", "backward", "forward"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Static description of one call (hashable: a jit static argument).
+
+    Shapes are the kernel layout's: ``L`` positions (a multiple of ``tl``), ``dp`` channels
+    (``g`` groups of ``r_pad``, each a multiple of ``td`` unless ``td == dp``), ``n`` states.
+    ``l_valid`` positions are real; the rest are padding the kernels treat as ``dt = 0``.
+    """
+
+    b: int
+    L: int
+    dp: int
+    g: int
+    n: int
+    tl: int
+    td: int
+    l_valid: int
+    acc: str  # state/accumulation dtype: float32 (float64 only in interpret mode)
+    x_dtype: str
+    dt_dtype: str
+    has_z: bool
+    has_bias: bool
+    has_D: bool
+    has_keep: bool
+    has_h0: bool
+    softplus: bool
+    unroll: int
+    interpret: object  # pltpu.InterpretParams | False
+
+    @property
+    def grid(self):
+        return (self.b, self.dp // self.td, self.L // self.tl)
+
+    @property
+    def tiles_per_group(self) -> int:
+        return self.dp // self.g // self.td
+
+    def x_bytes(self) -> int:
+        return jnp.dtype(self.x_dtype).itemsize
+
+
+# --------------------------------------------------------------------------------------------
+# Block specs (grid indices: b, channel tile j, sequence block i)
+# --------------------------------------------------------------------------------------------
+
+
+def _specs(p: Problem, *, reverse: bool):
+    nl = p.L // p.tl
+    blk = (lambda i: nl - 1 - i) if reverse else (lambda i: i)
+    tpg = p.tiles_per_group
+    return dict(
+        seq=pl.BlockSpec((None, p.tl, p.td), lambda b, j, i: (b, blk(i), j)),
+        bc=pl.BlockSpec((None, None, p.tl, p.n), lambda b, j, i: (b, j // tpg, blk(i), 0)),
+        A=pl.BlockSpec((p.n, p.td), lambda b, j, i: (0, j)),
+        row=pl.BlockSpec((1, p.td), lambda b, j, i: (0, j)),
+        keep=pl.BlockSpec((None, p.tl, 1), lambda b, j, i: (b, blk(i), 0)),
+        state=pl.BlockSpec((None, p.n, p.td), lambda b, j, i: (b, 0, j)),
+        saved=pl.BlockSpec((None, None, p.n, p.td), lambda b, j, i: (b, blk(i), 0, j)),
+        per_b_row=pl.BlockSpec((None, 1, p.td), lambda b, j, i: (b, 0, j)),
+        bc_t=pl.BlockSpec((None, None, p.n, p.tl), lambda b, j, i: (b, j, 0, blk(i))),
+    )
+
+
+def _compiler_params(p: Problem, vmem: int):
+    return pltpu.CompilerParams(
+        dimension_semantics=("parallel", "parallel", "arbitrary"),
+        vmem_limit_bytes=tpu_common.vmem_limit_bytes(vmem),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces of both kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _effective_dt(p: Problem, dt_raw, bias_ref, block):
+    """Alg. 2 line 3 on a ``(tl, td)`` block; padded positions get ``dt = 0`` (state unchanged)."""
+    f = jnp.dtype(p.acc)
+    v = dt_raw.astype(f)
+    if p.has_bias:
+        v = v + bias_ref[...].astype(f)
+    dt = _softplus(v) if p.softplus else v
+    if p.l_valid < p.L:
+        pos = lax.broadcasted_iota(jnp.int32, dt.shape, 0) + block * p.tl
+        dt = jnp.where(pos < p.l_valid, dt, 0.0)
+    return v, dt
+
+
+def _softplus(v):
+    # log(1 + e^v) without overflow; spelled out because jax.nn.softplus lowers through `sign`,
+    # whose Mosaic rule asks which TPU generation it targets.
+    return jnp.maximum(v, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(v)))
+
+
+def _col(ref, t):
+    """Row ``t`` of a ``(tl, n)`` ref as an ``(n, 1)`` column (n on sublanes, like the state)."""
+    return jnp.expand_dims(ref[t], -1)
+
+
+def _decay(p: Problem, dt_t, A, keep_ref, t):
+    """``exp(dt_t A)`` ``(n, td)``, times 0 where a segment starts (the state forgets h_{t-1})."""
+    a = jnp.exp(dt_t * A)
+    if p.has_keep:
+        a = a * keep_ref[pl.ds(t, 1), :].astype(a.dtype)
+    return a
+
+
+def _silu_parts(z):
+    s = jax.nn.sigmoid(z)
+    return z * s, s
+
+
+# --------------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
+    refs = list(refs)
+    take = lambda flag=True: refs.pop(0) if flag else None  # noqa: E731
+    x_ref, dt_ref, z_ref = take(), take(), take(p.has_z)
+    B_ref, C_ref, A_ref = take(), take(), take()
+    bias_ref, D_ref, keep_ref, h0_ref = take(p.has_bias), take(p.has_D), take(p.has_keep), take(p.has_h0)
+    y_ref, hT_ref, hs_ref = take(), take(want_final), take(save_states)
+    h_scr, dt_scr, u_scr, y_scr = refs
+    f = jnp.dtype(p.acc)
+    i = pl.program_id(2)
+
+    @pl.when(i == 0)
+    def _():
+        h_scr[...] = h0_ref[...].astype(f) if p.has_h0 else jnp.zeros(h_scr.shape, f)
+
+    if save_states:
+        hs_ref[...] = h_scr[...]  # the state entering this block: the backward restarts here
+
+    x = x_ref[...].astype(f)
+    _, dt = _effective_dt(p, dt_ref[...], bias_ref, i)
+    dt_scr[...] = dt
+    u_scr[...] = dt * x
+    A = A_ref[...].astype(f)
+
+    def step(t, h):
+        a = _decay(p, dt_scr[pl.ds(t, 1), :], A, keep_ref, t)
+        h = a * h + _col(B_ref, t).astype(f) * u_scr[pl.ds(t, 1), :]
+        y_scr[pl.ds(t, 1), :] = jnp.sum(h * _col(C_ref, t).astype(f), axis=0, keepdims=True)
+        return h
+
+    h = lax.fori_loop(0, p.tl, step, h_scr[...], unroll=min(p.unroll, p.tl))
+    h_scr[...] = h
+
+    y = y_scr[...]
+    if p.has_D:
+        y = y + D_ref[...].astype(f) * x
+    if p.has_z:
+        y = y * _silu_parts(z_ref[...].astype(f))[0]
+    y_ref[...] = y.astype(y_ref.dtype)
+
+    if want_final:
+        @pl.when(i == pl.num_programs(2) - 1)
+        def _():
+            hT_ref[...] = h
+
+
+def forward(p: Problem, *, save_states: bool, want_final: bool):
+    """``pallas_call`` taking ``x, dt, [z], Bt, Ct, At, [bias], [D], [keep], [h0]`` (kernel layout)
+    and returning ``y, [h_final], [hs]``."""
+    s = _specs(p, reverse=False)
+    f = jnp.dtype(p.acc)
+    nl = p.L // p.tl
+    in_specs = [s["seq"], s["seq"]] + [s["seq"]] * p.has_z + [s["bc"], s["bc"], s["A"]]
+    in_specs += [s["row"]] * p.has_bias + [s["row"]] * p.has_D + [s["keep"]] * p.has_keep + [s["state"]] * p.has_h0
+    out_specs = [s["seq"]]
+    out_shape = [jax.ShapeDtypeStruct((p.b, p.L, p.dp), p.x_dtype)]
+    if want_final:
+        out_specs.append(s["state"])
+        out_shape.append(jax.ShapeDtypeStruct((p.b, p.n, p.dp), f))
+    if save_states:
+        out_specs.append(s["saved"])
+        out_shape.append(jax.ShapeDtypeStruct((p.b, nl, p.n, p.dp), f))
+    scratch = [pltpu.VMEM((p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 3
+    vmem = blocks_tpu.forward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z, save_states=save_states)
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, p=p, save_states=save_states, want_final=want_final),
+        grid=p.grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=scratch,
+        compiler_params=_compiler_params(p, vmem),
+        cost_estimate=forward_cost(p),
+        interpret=p.interpret,
+        name="selective_scan_fwd_tpu",
+    )
+
+
+def forward_cost(p: Problem) -> pl.CostEstimate:
+    """From the reference arithmetic: per (position, channel, state) an exp, the decay multiply,
+    the input multiply-add and the readout multiply-add; per (position, channel) the bias,
+    softplus (exp + log), dt * x, D x and the gate (one sigmoid)."""
+    elems = p.b * p.L * p.dp
+    xb = p.x_bytes()
+    nbytes = elems * xb * (3 + p.has_z) + 2 * p.b * p.L * p.g * p.n * 4 + p.n * p.dp * 4
+    return pl.CostEstimate(
+        flops=int(elems * (6 * p.n + 8)),
+        transcendentals=int(elems * (p.n + 2 * p.softplus + p.has_z)),
+        bytes_accessed=int(nbytes),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Backward
+# --------------------------------------------------------------------------------------------
+
+
+def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
+    refs = list(refs)
+    take = lambda flag=True: refs.pop(0) if flag else None  # noqa: E731
+    x_ref, dt_ref, z_ref = take(), take(), take(p.has_z)
+    B_ref, C_ref, A_ref = take(), take(), take()
+    bias_ref, D_ref, keep_ref = take(p.has_bias), take(p.has_D), take(p.has_keep)
+    hs_ref, dy_ref, dhT_ref = take(), take(), take(has_dfinal)
+    dx_ref, ddt_ref, dz_ref = take(), take(), take(p.has_z)
+    dBt_ref, dCt_ref, dA_ref = take(), take(), take()
+    dbias_ref, dD_ref, dh0_ref = take(p.has_bias), take(p.has_D), take(p.has_h0)
+    lam_scr, H_scr, dt_scr, u_scr, g_scr, yp_scr, gdt_scr, gu_scr = refs
+    f = jnp.dtype(p.acc)
+    i = pl.program_id(2)
+    block = pl.num_programs(2) - 1 - i  # sequence block of this step: last first
+
+    @pl.when(i == 0)
+    def _():
+        lam_scr[...] = dhT_ref[...].astype(f) if has_dfinal else jnp.zeros(lam_scr.shape, f)
+        dA_ref[...] = jnp.zeros(dA_ref.shape, dA_ref.dtype)
+        if p.has_bias:
+            dbias_ref[...] = jnp.zeros(dbias_ref.shape, dbias_ref.dtype)
+        if p.has_D:
+            dD_ref[...] = jnp.zeros(dD_ref.shape, dD_ref.dtype)
+
+    x = x_ref[...].astype(f)
+    v, dt = _effective_dt(p, dt_ref[...], bias_ref, block)
+    dt_scr[...] = dt
+    u_scr[...] = dt * x
+    dy = dy_ref[...].astype(f)
+    if p.has_z:
+        z = z_ref[...].astype(f)
+        silu_z, sig_z = _silu_parts(z)
+        g_scr[...] = dy * silu_z  # dL/d(y before the gate)
+    else:
+        g_scr[...] = dy
+    A = A_ref[...].astype(f)
+
+    # 1. The block's states again, from the state that entered it: H[t + 1] = h_t, H[0] = entry.
+    H_scr[0] = hs_ref[...]
+
+    def recompute(t, h):
+        a = _decay(p, dt_scr[pl.ds(t, 1), :], A, keep_ref, t)
+        h = a * h + _col(B_ref, t).astype(f) * u_scr[pl.ds(t, 1), :]
+        H_scr[t + 1] = h
+        if p.has_z:
+            yp_scr[pl.ds(t, 1), :] = jnp.sum(h * _col(C_ref, t).astype(f), axis=0, keepdims=True)
+        return h
+
+    lax.fori_loop(0, p.tl, recompute, hs_ref[...].astype(f), unroll=min(p.unroll, p.tl))
+
+    # 2. The adjoint recurrence, last position first. lam = dL/dh_t; dB_t, dC_t are (n, 1) lane
+    # sums written into column t of the transposed (n, tl) tiles.
+    lane = lax.broadcasted_iota(jnp.int32, (1, p.tl), 1)
+
+    def adjoint(k, carry):
+        lam, dA, dBt, dCt = carry
+        t = p.tl - 1 - k
+        g_t = g_scr[pl.ds(t, 1), :]
+        u_t = u_scr[pl.ds(t, 1), :]
+        dt_t = dt_scr[pl.ds(t, 1), :]
+        B_t, C_t = _col(B_ref, t).astype(f), _col(C_ref, t).astype(f)
+        h_t, h_prev = H_scr[t + 1], H_scr[t]
+        lam = lam + C_t * g_t  # eq. 2b's readout feeds dL/dh_t
+        onehot = lane == t
+        dCt = jnp.where(onehot, jnp.sum(h_t * g_t, axis=1, keepdims=True), dCt)
+        dBt = jnp.where(onehot, jnp.sum(lam * u_t, axis=1, keepdims=True), dBt)
+        gu_scr[pl.ds(t, 1), :] = jnp.sum(lam * B_t, axis=0, keepdims=True)  # dL/d(dt x)
+        a = _decay(p, dt_t, A, keep_ref, t)
+        da = lam * h_prev * a  # dL/d(dt A) through a = exp(dt A)
+        gdt_scr[pl.ds(t, 1), :] = jnp.sum(da * A, axis=0, keepdims=True)
+        return lam * a, dA + da * dt_t, dBt, dCt
+
+    zeros_t = jnp.zeros((p.n, p.tl), f)
+    lam, dA, dBt, dCt = lax.fori_loop(
+        0, p.tl, adjoint, (lam_scr[...], jnp.zeros((p.n, p.td), f), zeros_t, zeros_t), unroll=min(p.unroll, p.tl)
+    )
+    lam_scr[...] = lam
+    dBt_ref[...] = dBt
+    dCt_ref[...] = dCt
+    dA_ref[...] += dA
+
+    # 3. Element-wise pullbacks on the whole block.
+    g = g_scr[...]
+    gu = gu_scr[...]
+    gdt = gdt_scr[...] + gu * x  # dL/d(dt) after softplus
+    dx = gu * dt
+    if p.has_D:
+        D = D_ref[...].astype(f)
+        dx = dx + g * D
+        dD_ref[...] += jnp.sum(g * x, axis=0, keepdims=True)
+    if p.has_z:
+        y_pre = yp_scr[...] + (D * x if p.has_D else 0.0)
+        dz_ref[...] = (dy * y_pre * sig_z * (1.0 + z * (1.0 - sig_z))).astype(dz_ref.dtype)
+    if p.softplus:
+        gdt = gdt * jax.nn.sigmoid(v)
+    if p.l_valid < p.L:
+        pos = lax.broadcasted_iota(jnp.int32, gdt.shape, 0) + block * p.tl
+        gdt = jnp.where(pos < p.l_valid, gdt, 0.0)
+    if p.has_bias:
+        dbias_ref[...] += jnp.sum(gdt, axis=0, keepdims=True)
+    dx_ref[...] = dx.astype(dx_ref.dtype)
+    ddt_ref[...] = gdt.astype(ddt_ref.dtype)
+
+    if p.has_h0:
+        @pl.when(i == pl.num_programs(2) - 1)
+        def _():
+            dh0_ref[...] = lam
+
+
+def backward(p: Problem, *, has_dfinal: bool):
+    """``pallas_call`` taking ``x, dt, [z], Bt, Ct, At, [bias], [D], [keep], hs, dy, [dh_final]``
+    and returning ``dx, ddt, [dz], dBt, dCt, dA, [dbias], [dD], [dh0]``.
+
+    ``dBt, dCt (b, d / td, n, L)`` are per-channel-tile partial sums, positions on lanes; ``dA
+    (b, n, dp)``, ``dbias, dD (b, 1, dp)`` per batch row (the caller sums them).
+    """
+    s = _specs(p, reverse=True)
+    f = jnp.dtype(p.acc)
+    nd = p.dp // p.td
+    in_specs = [s["seq"], s["seq"]] + [s["seq"]] * p.has_z + [s["bc"], s["bc"], s["A"]]
+    in_specs += [s["row"]] * p.has_bias + [s["row"]] * p.has_D + [s["keep"]] * p.has_keep
+    in_specs += [s["saved"], s["seq"]] + [s["state"]] * has_dfinal
+    seq_out = lambda dtype: jax.ShapeDtypeStruct((p.b, p.L, p.dp), dtype)  # noqa: E731
+    out = [(s["seq"], seq_out(p.x_dtype)), (s["seq"], seq_out(p.dt_dtype))]
+    if p.has_z:
+        out.append((s["seq"], seq_out(p.x_dtype)))
+    out += [(s["bc_t"], jax.ShapeDtypeStruct((p.b, nd, p.n, p.L), f))] * 2
+    out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
+    out += [(s["per_b_row"], jax.ShapeDtypeStruct((p.b, 1, p.dp), f))] * (p.has_bias + p.has_D)
+    if p.has_h0:
+        out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
+    scratch = [pltpu.VMEM((p.n, p.td), f), pltpu.VMEM((p.tl + 1, p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 6
+    vmem = blocks_tpu.backward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z)
+    return pl.pallas_call(
+        functools.partial(_backward_kernel, p=p, has_dfinal=has_dfinal),
+        grid=p.grid,
+        in_specs=in_specs,
+        out_specs=[o[0] for o in out],
+        out_shape=[o[1] for o in out],
+        scratch_shapes=scratch,
+        compiler_params=_compiler_params(p, vmem),
+        cost_estimate=backward_cost(p),
+        interpret=p.interpret,
+        name="selective_scan_bwd_tpu",
+    )
+
+
+def backward_cost(p: Problem) -> pl.CostEstimate:
+    """The recomputed forward plus the adjoint step: per (position, channel, state) the decay
+    exp again, ~14 multiply-adds (lam update, dA, d(dt), dB, dC, d(dt x)) and the transposed
+    dB/dC selects; reads the forward's inputs and dy, writes dx, d(dt), dz."""
+    fwd = forward_cost(p)
+    elems = p.b * p.L * p.dp
+    xb = p.x_bytes()
+    extra = elems * xb * (3 + p.has_z) + 2 * p.b * (p.dp // p.td) * p.n * p.L * 4
+    return pl.CostEstimate(
+        flops=int(fwd.flops + elems * (16 * p.n + 12)),
+        transcendentals=int(fwd.transcendentals + elems * (p.n + 1)),
+        bytes_accessed=int(fwd.bytes_accessed + extra),
+    )
