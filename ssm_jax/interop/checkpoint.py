@@ -1,0 +1,144 @@
+"""Load and save checkpoint directories of the PyTorch reference models.
+
+A directory holds ``config.json`` and the weights: ``model.safetensors``, ``pytorch_model.bin``,
+or shards listed by ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``
+(searched in that order). ``.bin`` files are read without torch (:mod:`.torch_zip`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from ssm_jax.interop import hf_config
+from ssm_jax.interop.torch_zip import read_torch_state_dict
+from ssm_jax.interop.weights import to_model_params, to_reference_tensors
+from ssm_jax.models.language_model import LanguageModel
+
+__all__ = ["load_hf_checkpoint", "read_state_dict", "save_hf_checkpoint"]
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _read_json(fn: str, path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{fn}: {path} is not valid JSON ({e})") from None
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    # framework="flax" because safetensors' NumPy reader refuses bfloat16 (safetensors 0.8);
+    # the arrays are made on the CPU and handed over as NumPy (ml_dtypes for bfloat16).
+    with jax.default_device(jax.devices("cpu")[0]), safe_open(path, framework="flax") as f:
+        return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+
+
+def _read_file(path: str) -> dict[str, np.ndarray]:
+    return _read_safetensors(path) if path.endswith(".safetensors") else read_torch_state_dict(path)
+
+
+def read_state_dict(directory: str | os.PathLike, *, fn: str = "read_state_dict") -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint in ``directory``, by reference name, in its stored dtype."""
+    directory = os.fspath(directory)
+    for name in _WEIGHT_FILES:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            continue
+        if not name.endswith(".index.json"):
+            return _read_file(path)
+        index = _read_json(fn, path)
+        weight_map = index.get("weight_map") if isinstance(index, Mapping) else None
+        if not isinstance(weight_map, Mapping):
+            raise ValueError(f"{fn}: {path} has no `weight_map` object (name -> shard file)")
+        tensors: dict[str, np.ndarray] = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(_read_file(os.path.join(directory, shard)))
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise ValueError(f"{fn}: {path} lists tensors that no shard holds: {missing[:8]}")
+        return tensors
+    raise FileNotFoundError(f"{fn}: no weights in {directory}; expected one of {list(_WEIGHT_FILES)}")
+
+
+def load_hf_checkpoint(
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    pad_vocab_size_multiple: int | None = None,
+    impl: str = "auto",
+) -> LanguageModel:
+    """A :class:`LanguageModel` with the weights of a PyTorch reference checkpoint directory.
+
+    ``path`` holds ``config.json`` and the weights of a transformers ``MambaForCausalLM`` or
+    ``Mamba2ForCausalLM``, or of a mamba_ssm ``MambaLMHeadModel`` (layout detected from
+    ``config.json``; see :mod:`ssm_jax.interop.hf_config` for every field). Parameters are
+    float32 whatever the stored dtype; ``dtype`` is the compute dtype. The logits cover the
+    config's ``vocab_size``; ``pad_vocab_size_multiple`` pads the embedding table (default: as
+    the checkpoint). ``impl`` selects the scan implementation of the mixers.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the field or tensor
+    for anything ssm_jax would not compute exactly as the reference does.
+    """
+    fn = "load_hf_checkpoint"
+    directory = os.fspath(path)
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{fn}: no config.json in {directory!r}")
+    ref = hf_config.from_reference_config(
+        _read_json(fn, config_path), dtype=dtype, pad_vocab_size_multiple=pad_vocab_size_multiple, impl=impl, fn=fn
+    )
+    tensors = read_state_dict(directory, fn=fn)
+
+    abstract = nnx.eval_shape(lambda: LanguageModel(ref.model_config, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    if len(nnx.to_flat_state(rest)):
+        raise RuntimeError(f"{fn}: LanguageModel has state other than parameters; the loader does not know how to fill it")
+    flat = list(nnx.to_flat_state(params))
+    values = to_model_params(
+        ref.model_config, tensors, {p: v.shape for p, v in flat},
+        embedding_key=ref.embedding_key, vocab_rows=ref.vocab_rows, fn=fn,
+    )
+    filled = nnx.from_flat_state([(p, v.replace(jnp.asarray(values[p]))) for p, v in flat])
+    return nnx.merge(graphdef, filled, rest)
+
+
+def save_hf_checkpoint(
+    model: LanguageModel, path: str | os.PathLike, *, extra_config: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``model`` as a transformers checkpoint: ``config.json`` + ``model.safetensors``.
+
+    All-Mamba models become ``MambaForCausalLM``, all-Mamba-2 ones ``Mamba2ForCausalLM``
+    (``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads them); anything else raises
+    a ``ValueError`` naming the config field transformers cannot express. The vocabulary is cut to
+    ``vocab_size`` rows; tied models store no ``lm_head.weight``. ``extra_config`` adds keys that
+    do not affect the forward pass, e.g. ``{"eos_token_id": 0}``.
+    """
+    fn = "save_hf_checkpoint"
+    if not isinstance(model, LanguageModel):
+        raise TypeError(f"{fn}: `model` must be an ssm_jax LanguageModel; got {type(model).__name__}")
+    config = hf_config.to_transformers_config(model.config, fn=fn)
+    extra = dict(extra_config or {})
+    allowed = sorted(hf_config._HF_GENERIC - set(config))
+    bad = sorted(k for k in extra if k not in allowed)
+    if bad:
+        raise ValueError(f"{fn}: `extra_config` keys {bad} are not allowed; they may only add keys that do not affect "
+                         f"the forward pass: {allowed}")
+    config.update(extra)
+    params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    tensors = to_reference_tensors(model.config, params)
+    directory = os.fspath(path)
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
