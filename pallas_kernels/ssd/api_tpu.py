@@ -1,0 +1,222 @@
+"""``impl="pallas_tpu"`` for :func:`ssm_jax.ops.ssd`: operand preparation, custom VJP, shard_map.
+
+:func:`ssd` takes the op's canonical arguments (``docs/architecture.md``) and returns
+``(y, final_state | None)``. Like the GPU api next to it, it prepares with plain differentiable
+JAX what is cheap and per position or per head -- ``dt`` through bias and softplus (padding gets
+``dt = 0``: decay 1, no input), the cumulative log-decay ``cs`` inside each kernel chunk, the
+segment reset counts -- and hands the rest to :func:`_core`, a ``jax.custom_vjp`` around the
+Mosaic TPU kernels of :mod:`.mosaic_tpu`. The core returns the gradient with respect to ``dt``
+holding ``cs`` fixed and the gradient with respect to ``cs``; JAX's autodiff of the preparation
+turns them into the gradients of ``dt``, ``A`` and ``dt_bias``.
+
+``x``, ``z`` and ``y`` keep their ``(b, l, h, p)`` HBM layout (viewed as ``(b, l, h * p)``);
+``B``, ``C`` become ``(b, g, L, n)``, the states ``(b, h, n, p)``.
+
+On a TPU backend the kernels compile with Mosaic; on CPU they run in TPU interpret mode. Under
+``jax.set_mesh`` the call is wrapped in ``jax.shard_map`` (see ``pallas_kernels.tpu_common``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import tpu_common
+from pallas_kernels.ssd import blocks_tpu, mosaic_tpu
+from pallas_kernels.ssd.blocks_tpu import SSDTPUBlocks
+
+__all__ = ["ssd", "why_not"]
+
+DEFAULT_BLOCKS = SSDTPUBlocks()
+
+
+def why_not(ctx, blocks: SSDTPUBlocks | None = None) -> str | None:
+    """None if the kernels can run on ``ctx`` (canonical arguments + "backend"), else the reason."""
+    reason = tpu_common.backend_reason(ctx) or tpu_common.dtype_reason(
+        ctx, ("x", "dt", "B", "C", "z", "A", "D", "dt_bias", "initial_state")
+    )
+    if reason:
+        return reason
+    blocks = blocks or DEFAULT_BLOCKS
+    _, l, h, p = ctx["x"].shape
+    g, n = ctx["B"].shape[-2:]
+    hb = blocks_tpu.choose_heads_per_block(h, g, p, blocks.heads_per_block)
+    if hb is None:
+        return (f"heads_per_block={blocks.heads_per_block} must divide h // g = {h // g} with "
+                f"heads_per_block * p a multiple of 128 (p={p}), or equal h={h}")
+    q = blocks.chunk if l > blocks.chunk else blocks_tpu.pad8(l)
+    xb = jnp.dtype(ctx["x"].dtype).itemsize
+    gb = g if hb == h else 1
+    need = blocks_tpu.backward_vmem_bytes(q, hb, p, n, gb, x_bytes=xb)
+    if need > tpu_common.MAX_VMEM_LIMIT:
+        return (f"a backward grid step needs {need / 2**20:.0f} MiB of VMEM (chunk {q}, {hb} heads of "
+                f"p={p}, n={n}); the limit is {tpu_common.MAX_VMEM_LIMIT / 2**20:.0f} MiB: use fewer "
+                "heads per block or a smaller chunk")
+    return None
+
+
+def ssd(*, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None, segment_ids=None,
+        chunk_size=256, return_final_state=False, blocks: SSDTPUBlocks | None = None):
+    """Mamba-2 SSD with the Mosaic TPU kernels; returns ``(y, final_state | None)``.
+
+    ``chunk_size`` does not change the result (the chunked algorithm is exact for any chunk);
+    the kernels step through the sequence in chunks of ``blocks.chunk`` positions.
+    """
+    del chunk_size
+    blocks = blocks or DEFAULT_BLOCKS
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                segment_ids=segment_ids)
+    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
+                  interpret=tpu_common.interpret_params())
+    b, _, h, _ = x.shape
+    g = B.shape[-2]
+    specs = _mesh_specs(b, h, g)
+    if specs is None:
+        return _ssd(**args, **static)
+    out_specs = (specs["x"], specs["initial_state"] if return_final_state else None)
+    return tpu_common.over_mesh(_ssd, {**args, **static}, specs, out_specs)
+
+
+def _mesh_specs(b: int, h: int, g: int):
+    """Batch over data/fsdp, heads over tensor (whole groups per device), or None."""
+    shape = tpu_common.ambient_mesh_shape()
+    if not shape:
+        return None
+    ba = tpu_common.mesh_axes_for(b, tpu_common.BATCH_AXES, shape)
+    ha = tpu_common.mesh_axes_for(h, tpu_common.CHANNEL_AXES, shape, also_divides=(g,) if g > 1 else ())
+    if not ba and not ha:
+        return None
+    ga = ha if g > 1 else ()
+    sp = tpu_common.spec
+    seq = sp(ba, (), ha, ())
+    return dict(x=seq, z=seq, dt=sp(ba, (), ha), A=sp(ha), dt_bias=sp(ha), D=sp(ha, ()), B=sp(ba, (), ga, ()),
+                C=sp(ba, (), ga, ()), initial_state=sp(ba, ha, (), ()), segment_ids=sp(ba, ()))
+
+
+def _reset_counts(segment_ids, L: int, q: int, dtype):
+    """(b, L): segment starts counted from the start of each kernel chunk, inclusive.
+
+    Within a chunk, ``s <= t`` are in one segment iff their counts agree; ``t`` still sees the
+    state entering the chunk iff its count is 0; ``s`` reaches the chunk end iff its count equals
+    the last position's. Padding continues the last segment (no start).
+    """
+    b, l = segment_ids.shape
+    starts = jnp.concatenate(
+        [jnp.zeros((b, 1), jnp.int32), (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)], axis=1
+    )
+    starts = jnp.pad(starts, ((0, 0), (0, L - l)))
+    return jnp.cumsum(starts.reshape(b, L // q, q), axis=-1).reshape(b, L).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
+def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softplus, return_final_state, blocks,
+         interpret):
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    q = blocks.chunk if l > blocks.chunk else blocks_tpu.pad8(l)
+    L = -(-l // q) * q
+    f = jnp.promote_types(A.dtype, jnp.float32)
+    mm = jnp.bfloat16 if x.dtype == jnp.bfloat16 else f
+    hb = blocks_tpu.choose_heads_per_block(h, g, p, blocks.heads_per_block)
+    prob = mosaic_tpu.Problem(
+        b=b, L=L, h=h, p=p, g=g, n=n, q=q, hb=hb, acc=jnp.dtype(f).name, mm=jnp.dtype(mm).name,
+        x_dtype=jnp.dtype(x.dtype).name, has_seg=segment_ids is not None, has_D=D is not None, has_z=z is not None,
+        has_h0=initial_state is not None, interpret=interpret,
+    )
+
+    def pad_l(v, axis=1):
+        if v is None or v.shape[axis] == L:
+            return v
+        widths = [(0, 0)] * v.ndim
+        widths[axis] = (0, L - v.shape[axis])
+        return jnp.pad(v, widths)
+
+    # dt after bias and softplus, (b, h, L); the padding gets dt = 0 *after* the softplus.
+    dtp = dt.astype(f)
+    if dt_bias is not None:
+        dtp = dtp + dt_bias.astype(f)
+    if dt_softplus:
+        dtp = jax.nn.softplus(dtp)
+    dtp = pad_l(jnp.swapaxes(dtp, 1, 2), axis=2)
+    # Cumulative log-decay inside each kernel chunk (Listing 1's segsum, as a cumsum).
+    cs = jnp.cumsum((dtp * A.astype(f)[None, :, None]).reshape(b, h, L // q, q), axis=-1).reshape(b, h, L)
+    seq = lambda v: None if v is None else pad_l(v).reshape(b, L, h * p)  # noqa: E731
+    bc = lambda v: jnp.swapaxes(pad_l(v.astype(mm)), 1, 2)  # (b, g, L, n)  # noqa: E731
+    r = None if segment_ids is None else jax.lax.stop_gradient(_reset_counts(segment_ids, L, q, f))
+    Dv = None if D is None else D.astype(f).reshape(1, h * p)
+    h0 = None if initial_state is None else jnp.swapaxes(initial_state.astype(f), 2, 3)  # (b, h, n, p)
+    y, hT = _core(prob, bool(return_final_state), seq(x), dtp, cs, bc(B), bc(C), r, Dv, seq(z), h0)
+    y = y.reshape(b, L, h, p)[:, :l]
+    if hT is not None:
+        hT = jnp.swapaxes(hT, 2, 3)
+    return y, hT
+
+
+# --------------------------------------------------------------------------------------------
+# custom_vjp around the kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _layouts(dtp, cs, r):
+    """dt and cs as columns (b, h, L, 2) and rows (b, h, 2, L); reset counts likewise."""
+    col = jnp.stack([cs, dtp], axis=-1)
+    row = jnp.stack([cs, dtp], axis=2)
+    seg = () if r is None else (r[:, :, None], r[:, None, :])
+    return col, row, seg
+
+
+def _run_forward(prob, want_final, save, x, dtp, cs, Bt, Ct, r, D, z, h0):
+    col, row, seg = _layouts(dtp, cs, r)
+    ins = [x, Bt, Ct, col, row, *seg] + [v for v in (D, z, h0) if v is not None]
+    outs = list(mosaic_tpu.forward(prob, save_states=save, want_final=want_final)(*ins))
+    y = outs.pop(0)
+    hT = outs.pop(0) if want_final else None
+    states = outs.pop(0) if save else None
+    return y, hT, states
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _core(prob, want_final, x, dtp, cs, Bt, Ct, r, D, z, h0):
+    y, hT, _ = _run_forward(prob, want_final, False, x, dtp, cs, Bt, Ct, r, D, z, h0)
+    return y, hT
+
+
+def _core_fwd(prob, want_final, x, dtp, cs, Bt, Ct, r, D, z, h0):
+    y, hT, states = _run_forward(prob, want_final, True, x, dtp, cs, Bt, Ct, r, D, z, h0)
+    return (y, hT), (x, dtp, cs, Bt, Ct, r, D, z, states)
+
+
+def _core_bwd(prob, want_final, res, cts):
+    x, dtp, cs, Bt, Ct, r, D, z, states = res
+    dy, dhT = cts
+    has_dfinal = want_final and dhT is not None
+    col, row, seg = _layouts(dtp, cs, r)
+    ins = [x, Bt, Ct, col, row, *seg] + [v for v in (D, z) if v is not None]
+    ins += [states, dy.astype(x.dtype)] + ([dhT.astype(states.dtype)] if has_dfinal else [])
+    outs = list(mosaic_tpu.backward(prob, has_dfinal=has_dfinal)(*ins))
+    take = lambda flag=True: outs.pop(0) if flag else None  # noqa: E731
+    dx, dz, dB, dC, dcol, drow = take(), take(prob.has_z), take(), take(), take(), take()
+    dD, dh0 = take(prob.has_D), take(prob.has_h0)
+    b, g, L, n = Bt.shape
+
+    def per_group(v):  # (b, h / hb, gb, L, n) partial sums -> (b, g, L, n)
+        if prob.gb == g:
+            return v.sum(1)
+        return v[:, :, 0].reshape(b, g, prob.nhb // g, L, n).sum(2)
+
+    return (
+        dx,
+        dcol[..., 1] + drow[:, :, 1],
+        dcol[..., 0] + drow[:, :, 0],
+        per_group(dB).astype(Bt.dtype),
+        per_group(dC).astype(Ct.dtype),
+        None if r is None else jnp.zeros_like(r),  # reset counts are data
+        None if dD is None else dD.sum(0).astype(D.dtype),
+        dz,
+        dh0,
+    )
+
+
+_core.defvjp(_core_fwd, _core_bwd)
