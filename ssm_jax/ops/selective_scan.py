@@ -497,3 +497,12 @@ REGISTRY.register(
 #   REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})  # once both exist
 #
 # Targets take the canonical arguments (see _canonicalize) and return (y, final_state | None).
+
+# Mosaic TPU kernels (pallas_kernels/selective_scan/api_tpu.py): auto on TPUs; explicit on CPU runs
+# TPU interpret mode.
+REGISTRY.register(
+    "pallas_tpu", "pallas_kernels.selective_scan.api_tpu:selective_scan",
+    check="pallas_kernels.selective_scan.api_tpu:why_not", auto_backends=("tpu",), priority=10,
+    doc="Mosaic TPU kernels, forward and backward; TPU interpret mode on CPU",
+)
+REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})

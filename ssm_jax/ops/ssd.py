@@ -385,7 +385,10 @@ REGISTRY.register("quadratic", ssd_quadratic_ref, auto_backends=(), doc="materia
 # Fused Mosaic GPU kernels (pallas_kernels/ssd): auto on Hopper; explicit on CPU runs interpret mode.
 REGISTRY.register("pallas_gpu", "pallas_kernels.ssd.api:ssd", check="pallas_kernels.ssd.api:why_not",
                   auto_backends=("gpu",), priority=10, doc="fused chunked SSD, Mosaic GPU (Hopper)")
-REGISTRY.alias("pallas", {"gpu": "pallas_gpu"})
+# Mosaic TPU kernels (pallas_kernels/ssd/api_tpu.py): auto on TPUs; explicit on CPU runs TPU interpret mode.
+REGISTRY.register("pallas_tpu", "pallas_kernels.ssd.api_tpu:ssd", check="pallas_kernels.ssd.api_tpu:why_not",
+                  auto_backends=("tpu",), priority=10, doc="chunked SSD, Mosaic TPU")
+REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})
 
 
 # --------------------------------------------------------------------------------------------
