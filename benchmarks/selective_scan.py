@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.selective_scan import api
-from pallas_kernels.selective_scan.blocks import choose_blocks
+from pallas_kernels.selective_scan.blocks import choose_backward_blocks, choose_blocks
 from ssm_jax.ops import selective_scan
 
 SHAPES = ((4, 4096, 2048, 16), (8, 2048, 1536, 16), (1, 65536, 2048, 16))
@@ -60,12 +60,12 @@ def make_inputs(shape, dtype, seed=0):
     )
 
 
-def kernel_fn(blocks):
+def kernel_fn(blocks, backward_blocks=None):
     """The kernel through its api (canonical arguments), with an explicit tiling."""
 
     def run(x, dt, A, B, C, D, z, dt_bias):
         y, _ = api.selective_scan(x, dt, A, B[:, :, None], C[:, :, None], D, z, dt_bias, True, None, None, False,
-                                  blocks=blocks)
+                                  blocks=blocks, backward_blocks=backward_blocks)
         return y
 
     return run
@@ -120,6 +120,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--variants", default="", help="states_per_thread values to time besides the default tiling, e.g. 1,2,4")
     ap.add_argument("--unrolls", default="", help="unroll values to time besides the default, e.g. 4,8")
+    ap.add_argument("--bwd-variants", default="", help="backward states_per_thread values to time besides the default")
     ap.add_argument("--no-bwd", action="store_true", help="forward only")
     ap.add_argument("--scan", default="first", choices=("first", "all", "none"), help="shapes on which to time impl='scan'")
     ap.add_argument("--reps", type=int, default=10)
@@ -130,6 +131,7 @@ def main(argv=None):
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     variants = [int(v) for v in args.variants.split(",") if v]
     unrolls = [int(v) for v in args.unrolls.split(",") if v]
+    bwd_variants = [int(v) for v in args.bwd_variants.split(",") if v]
     have_mamba = importlib.util.find_spec("mamba_ssm") is not None
     rows = []
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}  dtype {dtype.name}  mamba_ssm importable: {have_mamba}",
@@ -142,12 +144,17 @@ def main(argv=None):
         floor = max(hbm, sfu)
         impls = {}
         default = choose_blocks(b, d, 1, n)
-        impls[f"pallas_gpu {_tiling(default)}"] = (kernel_fn(default), True)
+        default_bwd = choose_backward_blocks(b, d, 1, n)
+        impls[f"pallas_gpu {_tiling(default)} b{_tiling(default_bwd)}"] = (kernel_fn(default), True)
+        for v in bwd_variants:
+            bb = choose_backward_blocks(b, d, 1, n, states_per_thread=v)
+            if bb != default_bwd:
+                impls[f"pallas_gpu {_tiling(default)} b{_tiling(bb)}"] = (kernel_fn(default, bb), False)
         for v in variants or [default.states_per_thread]:
             for u in unrolls or [default.unroll]:
                 blk = choose_blocks(b, d, 1, n, states_per_thread=v, unroll=u)
                 if blk != default:
-                    impls[f"pallas_gpu {_tiling(blk)}"] = (kernel_fn(blk), False)
+                    impls[f"pallas_gpu {_tiling(blk)} fwd-only"] = (kernel_fn(blk), False)
         impls["xla"] = (op_fn("xla"), False)
         if args.scan == "all" or (args.scan == "first" and si == 0):
             impls["scan"] = (op_fn("scan"), False)
@@ -162,7 +169,7 @@ def main(argv=None):
                 row["fwd_ms"], row["fwd_samples_ms"] = time_ms(f, inputs, reps=args.reps)
                 row["fwd_pct_roofline"] = 100 * floor / row["fwd_ms"]
                 row["fwd_GBps"] = (4 * b * l * d + 2 * b * l * n) * dtype.itemsize / row["fwd_ms"] / 1e6
-                if not args.no_bwd and name != "scan":
+                if not args.no_bwd and name != "scan" and "fwd-only" not in name:
                     g = jax.jit(fwd_bwd(fn))
                     row["fwd_bwd_ms"], row["fwd_bwd_samples_ms"] = time_ms(g, inputs, w, reps=args.reps)
                     if name == "xla" or main_row:
@@ -185,14 +192,14 @@ def main(argv=None):
             print("grad rel err vs xla:", json.dumps(main["grad_rel_err_vs_xla"]), flush=True)
 
     print()
-    print(f"{'shape':>18} {'impl':<34} {'fwd ms':>8} {'%roof':>6} {'x xla':>6} {'x mamba':>8} {'fwd+bwd':>8} {'x xla':>6} {'x mamba':>8} {'err':>8}")
+    print(f"{'shape':>18} {'impl':<52} {'fwd ms':>8} {'%roof':>6} {'x xla':>6} {'x mamba':>8} {'fwd+bwd':>8} {'x xla':>6} {'x mamba':>8} {'err':>8}")
     for r in rows:
         shape = tuple(r["shape"])
         xla_row = next(x for x in rows if tuple(x["shape"]) == shape and x["impl"] == "xla")
         fwd, fb = r.get("fwd_ms"), r.get("fwd_bwd_ms")
         m = MAMBA_SSM_MS.get(shape, (None, None))
         ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
-        print(f"{'x'.join(map(str, shape)):>18} {r['impl']:<34} {fwd or float('nan'):8.3f} {r.get('fwd_pct_roofline', 0):6.1f} "
+        print(f"{'x'.join(map(str, shape)):>18} {r['impl']:<52} {fwd or float('nan'):8.3f} {r.get('fwd_pct_roofline', 0):6.1f} "
               f"{ratio(xla_row.get('fwd_ms'), fwd):>6} {ratio(m[0], fwd):>8} {fb or float('nan'):8.3f} "
               f"{ratio(xla_row.get('fwd_bwd_ms'), fb):>6} {ratio(m[1], fb):>8} {r.get('rel_err_vs_xla', float('nan')):8.1e}"
               + (f"  ERROR {r['error'][:80]}" if "error" in r else ""))

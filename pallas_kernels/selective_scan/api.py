@@ -16,7 +16,12 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.selective_scan import mosaic_gpu
-from pallas_kernels.selective_scan.blocks import SelectiveScanBlocks, choose_blocks
+from pallas_kernels.selective_scan.blocks import (
+    SelectiveScanBlocks,
+    backward_fits,
+    choose_backward_blocks,
+    choose_blocks,
+)
 
 __all__ = ["selective_scan", "why_not", "MAX_STATE"]
 
@@ -46,21 +51,35 @@ def why_not(ctx) -> str | None:
 
 
 def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
-                   *, blocks: SelectiveScanBlocks | None = None):
-    """Canonical arguments in, ``(y, final_state | None)`` out (see ``ssm_jax.ops.selective_scan``)."""
+                   *, blocks: SelectiveScanBlocks | None = None, backward_blocks: SelectiveScanBlocks | None = None):
+    """Canonical arguments in, ``(y, final_state | None)`` out (see ``ssm_jax.ops.selective_scan``).
+
+    ``blocks``/``backward_blocks`` override the tiling rules of :mod:`.blocks` (benchmarks).
+    """
     b, l, d = x.shape
     g, n = B.shape[-2:]
+    if backward_blocks is None:
+        backward_blocks = choose_backward_blocks(b, d, g, n)
     if blocks is None:
-        blocks = choose_blocks(b, d, g, n)
-    keep = None
-    if segment_ids is not None:
-        # keep[t] = 0 where a new segment starts: the state restarts from zero there.
-        changed = segment_ids[:, 1:] != segment_ids[:, :-1]
-        keep = jnp.pad(1.0 - changed.astype(jnp.float32), ((0, 0), (1, 0)), constant_values=1.0)
-    static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, softplus=bool(dt_softplus),
+        blocks = choose_blocks(b, d, g, n, save_interval=backward_blocks.chunk)
+    if blocks.save_interval != backward_blocks.chunk:
+        raise ValueError(
+            f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "
+            f"the backward chunk ({backward_blocks.chunk})"
+        )
+    keep = _keep(segment_ids)
+    static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, bwd=backward_blocks, softplus=bool(dt_softplus),
                      interpret=jax.default_backend() != "gpu")
     y, h_final = _scan(static, bool(return_final_state), x, dt, A, B, C, D, z, dt_bias, initial_state, keep)
     return y, (h_final if return_final_state else None)
+
+
+def _keep(segment_ids):
+    """``(b, l)`` float32: 0 where a new segment starts (the state restarts from zero), else 1."""
+    if segment_ids is None:
+        return None
+    changed = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return jnp.pad(1.0 - changed.astype(jnp.float32), ((0, 0), (1, 0)), constant_values=1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,7 +97,8 @@ class _Static:
     d: int
     g: int
     n: int
-    blocks: SelectiveScanBlocks
+    blocks: SelectiveScanBlocks  # forward
+    bwd: SelectiveScanBlocks  # backward
     softplus: bool
     interpret: bool
 
@@ -88,19 +108,19 @@ class _Static:
 
     @property
     def r_pad(self) -> int:
-        ch = self.blocks.channels
+        ch = max(self.blocks.channels, self.bwd.channels)  # powers of two: a multiple of both
         return -(-self.r // ch) * ch
 
     @property
     def l_pad(self) -> int:
-        quantum = max(self.blocks.chunk, self.blocks.save_interval)
+        quantum = max(self.blocks.chunk, self.blocks.save_interval, self.bwd.chunk)
         return -(-self.l // quantum) * quantum
 
-    def problem(self, *, x_dtype, dt_dtype, z_dtype, bc_dtype, has_D, has_z, has_bias, has_h0,
+    def problem(self, blocks, *, x_dtype, dt_dtype, z_dtype, bc_dtype, has_D, has_z, has_bias, has_h0,
                 has_keep) -> mosaic_gpu.Problem:
         name = lambda t: jnp.dtype(t).name  # noqa: E731
         return mosaic_gpu.Problem(
-            b=self.b, l=self.l_pad, d=self.g * self.r_pad, g=self.g, l_valid=self.l, blocks=self.blocks,
+            b=self.b, l=self.l_pad, d=self.g * self.r_pad, g=self.g, l_valid=self.l, blocks=blocks,
             x_dtype=name(x_dtype), dt_dtype=name(dt_dtype), z_dtype=name(z_dtype), bc_dtype=name(bc_dtype),
             has_D=has_D, has_z=has_z,
             has_bias=has_bias, softplus=self.softplus, has_h0=has_h0, has_keep=has_keep, interpret=self.interpret,
@@ -144,51 +164,63 @@ def _pad_state(s: _Static, v, axis: int = -1):
     return jnp.pad(v, pads)
 
 
-def _per_chunk_tile(s: _Static, v):
+def _per_chunk_tile(s: _Static, blocks, v):
     """``(d,)`` -> ``(d_pad / ch, chunk, ch)`` float32: a per-channel vector repeated per position."""
-    ch, q = s.blocks.channels, s.blocks.chunk
+    ch, q = blocks.channels, blocks.chunk
     v = _pad_channels(s, v.astype(jnp.float32), 0)
     v = v.reshape(-1, 1, ch)
     return jnp.broadcast_to(v, (v.shape[0], q, ch))
 
 
-def _prepare(s: _Static, x, dt, A, B, C, D, z, dt_bias, h0, keep):
-    """Padded kernel inputs in the order of ``mosaic_gpu.forward``."""
+def _prepare(s: _Static, blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep, g=None):
+    """Padded kernel inputs: ``x, dt, [z], [g], B, C, A2, [bias], [Dt], [keep], [h0]``."""
     seq = lambda v: _pad_channels(s, _pad_length(s, v), 2)  # noqa: E731
+    split = functools.partial(_split_state, blocks.states_per_thread)
     ins = [seq(x), seq(dt)]
     if z is not None:
         ins.append(seq(z))
+    if g is not None:
+        ins.append(seq(g))
     ins += [_pad_state(s, _pad_length(s, B)), _pad_state(s, _pad_length(s, C))]
-    ins.append(_split_state(s, _pad_state(s, _pad_channels(s, A.astype(jnp.float32) * mosaic_gpu.LOG2E, 0))))
+    ins.append(split(_pad_state(s, _pad_channels(s, A.astype(jnp.float32) * mosaic_gpu.LOG2E, 0))))
     if dt_bias is not None:
-        ins.append(_per_chunk_tile(s, dt_bias))
+        ins.append(_per_chunk_tile(s, blocks, dt_bias))
     if D is not None:
-        ins.append(_per_chunk_tile(s, D))
+        ins.append(_per_chunk_tile(s, blocks, D))
     if keep is not None:
-        ins.append(_pad_length(s, keep, value=1.0))
+        # Padding positions keep the state (1); KEEP_MIN more so every TMA copy is in bounds.
+        keep = _pad_length(s, keep, value=1.0)
+        ins.append(jnp.pad(keep, ((0, 0), (0, mosaic_gpu.KEEP_MIN)), constant_values=1.0))
     if h0 is not None:
-        ins.append(_split_state(s, _pad_state(s, _pad_channels(s, h0.astype(jnp.float32), 1))))
+        ins.append(split(_pad_state(s, _pad_channels(s, h0.astype(jnp.float32), 1))))
     return ins
 
 
-def _split_state(s: _Static, v):
+def _split_state(v_per_thread: int, v):
     """``(..., n_pad) -> (..., n_pad / v, v)``: the state axis as a thread's registers hold it."""
-    k = s.blocks.states_per_thread
-    return v.reshape(*v.shape[:-1], v.shape[-1] // k, k)
+    return v.reshape(*v.shape[:-1], v.shape[-1] // v_per_thread, v_per_thread)
 
 
 def _merge_state(v):
     return v.reshape(*v.shape[:-2], v.shape[-2] * v.shape[-1])
 
 
-def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D, z, dt_bias, h0, keep):
+def _problem(s: _Static, blocks, x, dt, B, D, z, dt_bias, h0, keep):
+    return s.problem(blocks, x_dtype=x.dtype, dt_dtype=dt.dtype, z_dtype=x.dtype if z is None else z.dtype,
+                     bc_dtype=B.dtype, has_D=D is not None, has_z=z is not None, has_bias=dt_bias is not None,
+                     has_h0=h0 is not None, has_keep=keep is not None)
+
+
+def _same_bc_dtype(B, C):
     bc_dtype = jnp.promote_types(B.dtype, C.dtype)
-    B, C = B.astype(bc_dtype), C.astype(bc_dtype)
-    p = s.problem(x_dtype=x.dtype, dt_dtype=dt.dtype, z_dtype=x.dtype if z is None else z.dtype, bc_dtype=bc_dtype,
-                  has_D=D is not None, has_z=z is not None, has_bias=dt_bias is not None, has_h0=h0 is not None,
-                  has_keep=keep is not None)
+    return B.astype(bc_dtype), C.astype(bc_dtype)
+
+
+def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D, z, dt_bias, h0, keep):
+    B, C = _same_bc_dtype(B, C)
+    p = _problem(s, s.blocks, x, dt, B, D, z, dt_bias, h0, keep)
     outs = mosaic_gpu.forward(p, save_states=save_states, want_final=want_final)(
-        *_prepare(s, x, dt, A, B, C, D, z, dt_bias, h0, keep)
+        *_prepare(s, s.blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep)
     )
     outs = list(outs)
     y = outs.pop(0)
@@ -198,6 +230,51 @@ def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D,
         h_final = _unpad_channels(s, _merge_state(h_final)[..., : s.n], 1)
     saved = outs.pop(0) if save_states else None
     return y, h_final, saved
+
+
+def _backward(s: _Static, res, gy, gT):
+    """Cotangents of ``(x, dt, A, B, C, D, z, dt_bias, h0, keep)``."""
+    x, dt, A, B, C, D, z, dt_bias, h0, keep, saved = res
+    B_in, C_in = B, C
+    B, C = _same_bc_dtype(B, C)
+    p = _problem(s, s.bwd, x, dt, B, D, z, dt_bias, h0, keep)
+    ins = _prepare(s, s.bwd, x, dt, A, B, C, D, z, dt_bias, None, keep, g=gy.astype(x.dtype))
+    # `saved` holds float32 states as (b, l_pad / save_interval, d_pad, n_pad / v_fwd, v_fwd):
+    # the same memory as (..., n_pad), re-split as the backward's threads hold the state.
+    ins.append(_split_state(s.bwd.states_per_thread, _merge_state(saved)))
+    if gT is not None:
+        ins.append(_split_state(s.bwd.states_per_thread,
+                                _pad_state(s, _pad_channels(s, gT.astype(jnp.float32), 1))))
+    outs = list(mosaic_gpu.backward(p, has_gT=gT is not None)(*ins))
+    take = lambda flag: outs.pop(0) if flag else None  # noqa: E731
+    dx, ddt = outs.pop(0), outs.pop(0)
+    dz = take(z is not None)
+    dB, dC, dA = outs.pop(0), outs.pop(0), outs.pop(0)
+    dD, dbias, dh0 = take(D is not None), take(dt_bias is not None), take(h0 is not None)
+
+    unseq = lambda v: _unpad_channels(s, v[:, : s.l], 2)  # noqa: E731
+    dx, ddt = unseq(dx), unseq(ddt)
+    dz = None if dz is None else unseq(dz)
+
+    def per_group(v, like):
+        # (b, l_pad, d_pad / ch, n_pad / v, v): sum the channel blocks of each group.
+        b, lp, nb = v.shape[:3]
+        v = v.reshape(b, lp, s.g, nb // s.g, -1).sum(axis=3)
+        return v[:, : s.l, :, : s.n].astype(like.dtype)
+
+    dB, dC = per_group(dB, B_in), per_group(dC, C_in)
+    dA = _unpad_channels(s, _merge_state(dA).sum(axis=0)[:, : s.n], 0).astype(A.dtype)
+
+    def per_channel(v, like):
+        # (b, d_pad / ch, q, ch): partial sums over batch rows and chunk positions.
+        return _unpad_channels(s, v.sum(axis=(0, 2)).reshape(-1), 0).astype(like.dtype)
+
+    dD = None if D is None else per_channel(dD, D)
+    dbias = None if dt_bias is None else per_channel(dbias, dt_bias)
+    if dh0 is not None:
+        dh0 = _unpad_channels(s, _merge_state(dh0)[..., : s.n], 1).astype(h0.dtype)
+    dkeep = None if keep is None else jnp.zeros_like(keep)
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +294,86 @@ def _scan_fwd(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep):
 
 
 def _scan_bwd(s, want_final, res, cts):
-    raise NotImplementedError
+    gy, gT = cts
+    if not backward_fits(s.bwd):
+        return _reference_backward(s, want_final, res, gy, gT)
+    return _backward(s, res, gy, gT if want_final else None)
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# XLA reference: the backward for state sizes the backward kernel does not take
+# --------------------------------------------------------------------------------------------
+#
+# BACKWARD FALLBACK (documented in README.md): for a padded state size above 128 the backward
+# kernel's per-position shared memory does not fit an H100 block, and the gradient is autodiff of
+# `reference` below (chunked lax.associative_scan, XLA) -- correct, not fast. The forward is the
+# kernel for every n <= 256.
+
+
+def _reference_backward(s: _Static, want_final: bool, res, gy, gT):
+    x, dt, A, B, C, D, z, dt_bias, h0, keep, _ = res
+
+    def f(x, dt, A, B, C, D, z, dt_bias, h0):
+        return reference(x, dt, A, B, C, D, z, dt_bias, s.softplus, h0, keep)
+
+    primals = (x, dt, A, B, C, D, z, dt_bias, h0)
+    (y, h_final), vjp = jax.vjp(f, *primals)
+    gT = jnp.zeros_like(h_final) if (gT is None or not want_final) else gT.astype(h_final.dtype)
+    grads = vjp((gy.astype(y.dtype), gT))
+    return (*grads, None if keep is None else jnp.zeros_like(keep))
+
+
+def reference(x, dt, A, B, C, D, z, dt_bias, softplus, h0, keep, *, chunk: int = 128):
+    """The kernels' math in XLA (float32): ``(y, final_state)`` from canonical arrays.
+
+    Chunks of ``chunk`` positions: ``lax.associative_scan`` inside, a ``lax.scan`` carrying the
+    state between chunks, each chunk rematerialized in the backward pass. ``keep (b, l)`` is 0
+    where a segment starts.
+    """
+    f = jnp.float32
+    b, l, d = x.shape
+    g, n = B.shape[-2:]
+    r = d // g
+    delta = dt.astype(f) + (0.0 if dt_bias is None else dt_bias.astype(f))
+    if softplus:
+        delta = jax.nn.softplus(delta)
+    q = min(chunk, l)
+    nc = -(-l // q)
+    pad = nc * q - l
+
+    def chunked(v, fill=0.0):  # (b, l, ...) -> (nc, b, q, ...); padding: delta = 0, keep = 1
+        v = jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2), constant_values=fill)
+        return jnp.moveaxis(v.reshape(b, nc, q, *v.shape[2:]), 1, 0)
+
+    xs = (
+        chunked(x.astype(f).reshape(b, l, g, r)),
+        chunked(delta.reshape(b, l, g, r)),
+        chunked(B.astype(f)),
+        chunked(C.astype(f)),
+        chunked(jnp.ones((b, l), f) if keep is None else keep.astype(f), fill=1.0),
+    )
+    A_g = A.astype(f).reshape(g, r, n)
+
+    def combine(e, later):
+        return later[0] * e[0], later[0] * e[1] + later[1]
+
+    @jax.checkpoint
+    def body(h, inp):
+        xc, dc, Bc, Cc, kc = inp
+        a = jnp.exp(dc[..., None] * A_g) * kc[:, :, None, None, None]
+        u = (dc * xc)[..., None] * Bc[:, :, :, None, :]
+        a_cum, h_loc = jax.lax.associative_scan(combine, (a, u), axis=1)
+        hs = a_cum * h[:, None] + h_loc
+        return hs[:, -1], jnp.sum(hs * Cc[:, :, :, None, :], axis=-1)
+
+    h0 = jnp.zeros((b, g, r, n), f) if h0 is None else h0.astype(f).reshape(b, g, r, n)
+    h, y = jax.lax.scan(body, h0, xs)
+    y = jnp.moveaxis(y, 0, 1).reshape(b, nc * q, d)[:, :l]
+    if D is not None:
+        y = y + D.astype(f) * x.astype(f)
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(f))
+    return y.astype(x.dtype), h.reshape(b, d, n)

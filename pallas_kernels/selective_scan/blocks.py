@@ -76,12 +76,6 @@ class SelectiveScanBlocks:
 
         power_of_two("n", self.n)
         power_of_two("states_per_thread", self.states_per_thread)
-        power_of_two("save_interval", self.save_interval)
-        if self.save_interval < 8 or (self.chunk % self.save_interval and self.save_interval % self.chunk):
-            raise ValueError(
-                f"SelectiveScanBlocks: `save_interval`={self.save_interval} must be >= 8 and divide "
-                f"chunk={self.chunk} or be a multiple of it"
-            )
         if not 8 <= self.n <= 256:
             raise ValueError(f"SelectiveScanBlocks: padded `n` must be in 8..256; got {self.n}")
         if self.states_per_thread > self.n:
@@ -105,6 +99,12 @@ class SelectiveScanBlocks:
         if not isinstance(self.unroll, int) or self.unroll < 1 or self.chunk % (2 * self.unroll):
             # The forward runs groups of `unroll` positions in pairs.
             raise ValueError(f"SelectiveScanBlocks: 2 x `unroll` must divide chunk={self.chunk}; got {self.unroll!r}")
+        power_of_two("save_interval", self.save_interval)
+        if self.save_interval < 8 or (self.chunk % self.save_interval and self.save_interval % self.chunk):
+            raise ValueError(
+                f"SelectiveScanBlocks: `save_interval`={self.save_interval} must be >= 8 and divide "
+                f"chunk={self.chunk} or be a multiple of it"
+            )
 
     @property
     def channels(self) -> int:
@@ -122,8 +122,42 @@ class SelectiveScanBlocks:
         return min(self.chunk, self.save_interval)
 
 
+def backward_smem_per_position(ch: int, n: int, v: int, itemsize: int = 2) -> int:
+    """Shared-memory bytes per chunk position of the backward kernel (upper bound over dtypes):
+    two TMA stages of x, dt, z, g (ch), B, C (n), keep; float32 delta, u, dy (ch) and B, C (n);
+    the (ch, n) state and dB products; three (ch, n/v) partial sums; dx, ddt, dz tiles."""
+    return (2 * (4 * ch * itemsize + 2 * n * itemsize + 4) + 3 * ch * 4 + 2 * n * 4 + 2 * ch * n * 4
+            + 3 * ch * (n // v) * 4 + 3 * ch * itemsize)
+
+
+# Positions per backward chunk = the forward's save interval in training. Each position of a
+# chunk holds two (ch, n) float32 arrays in shared memory, which bounds it; 16 is also the
+# smallest chunk the (chunk, ch) element-wise tiles allow at ch = 8.
+BACKWARD_CHUNK = 16
+BACKWARD_MAX_STATES_PER_THREAD = 4
+SMEM_MAX = 220 * 1024
+
+
+def backward_fits(blocks: SelectiveScanBlocks) -> bool:
+    """Whether the backward kernel's shared memory fits one H100 block (padded n <= 128)."""
+    return blocks.chunk * backward_smem_per_position(blocks.channels, blocks.n, blocks.states_per_thread) <= SMEM_MAX
+
+
+def choose_backward_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | None = None,
+                           chunk: int | None = None, unroll: int = 2) -> SelectiveScanBlocks:
+    """Tiling of the backward kernel: at most 4 states per thread where n allows (the channel sums
+    of dB and dC hold a thread's channels in registers); chunk = the forward's save interval."""
+    n_p = padded_state_size(n)
+    if states_per_thread is None:
+        states_per_thread = max(n_p // 16, min(BACKWARD_MAX_STATES_PER_THREAD, _rule(b, d, g, n_p)))
+    if chunk is None:
+        chunk = BACKWARD_CHUNK
+    return SelectiveScanBlocks(n=n_p, states_per_thread=states_per_thread, chunk=chunk, unroll=unroll,
+                               save_interval=chunk)
+
+
 def choose_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | None = None,
-                  chunk: int | None = None, unroll: int = 4, save_interval: int = 32) -> SelectiveScanBlocks:
+                  chunk: int | None = None, unroll: int = 4, save_interval: int = BACKWARD_CHUNK) -> SelectiveScanBlocks:
     """The tiling for a problem of ``b`` rows, ``d`` channels in ``g`` groups, state size ``n``.
 
     Picks the most states per thread that still launches about :data:`TARGET_BLOCKS` blocks

@@ -51,6 +51,10 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.selective_scan.blocks import WARPGROUP, SelectiveScanBlocks
 
 LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+# TMA copies move multiples of 128 bytes: `keep` is copied KEEP_MIN positions at a time (the
+# wrapper pads it so the last copy stays in bounds).
+KEEP_MIN = 32
 F32 = jnp.float32
 
 
@@ -239,7 +243,8 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             plgpu.copy_gmem_to_smem(B_ref.at[bi, t, gi], B_s.at[slot], bar)
             plgpu.copy_gmem_to_smem(C_ref.at[bi, t, gi], C_s.at[slot], bar)
             if p.has_keep:
-                plgpu.copy_gmem_to_smem(keep_ref.at[bi, t], keep_s.at[slot, rows_q], bar)
+                kq = max(q, KEEP_MIN)
+                plgpu.copy_gmem_to_smem(keep_ref.at[bi, pl.ds(k * q, kq)], keep_s.at[slot, pl.ds(0, kq)], bar)
 
         issue(0, 0)
         A2 = plgpu.load(A2_ref.at[pl.ds(c0, ch)], layout=L.state, optimized=False)
@@ -367,7 +372,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         plgpu.SMEM((2, q, n), bc_dt),  # B
         plgpu.SMEM((2, q, n), bc_dt),  # C
         # Buffers read by the recurrence have `unroll` rows of padding: the last look-ahead.
-        plgpu.SMEM((2, q + U) if p.has_keep else (1, 8), F32),  # keep
+        plgpu.SMEM((2, max(q, KEEP_MIN) + U) if p.has_keep else (1, 8), F32),  # keep
         plgpu.SMEM((q + U, ch), F32),  # delta
         plgpu.SMEM((q + U, ch), F32),  # u = delta x
         plgpu.SMEM((q, ch, nl), F32),  # partial sums of h C
@@ -379,6 +384,320 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     ]
     return plgpu.kernel(
         selective_scan_fwd,
+        out_type=tuple(out_types),
+        scratch_types=scratch,
+        grid=(p.b, p.channel_blocks),
+        grid_names=("b", "c"),
+        compiler_params=_compiler_params(),
+        interpret=_interpret(p),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Backward
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def channel_sum_layout(q: int, ch: int, n: int, v: int):
+    """Layout of a ``(q, ch, n/v, v)`` block whose sum over ``ch`` is in-thread.
+
+    Warps split ``q``; lanes cover ``t_sub`` positions by ``n`` states; each thread holds all
+    ``ch`` channels of its (position, state) pairs in registers. Returns ``(layout, rows)``:
+    ``rows`` is the smallest ``q`` the layout tiles (sum a larger buffer in blocks of it).
+    """
+    nl = n // v
+    t_sub = max(1, 32 // n)
+    lanes_n = 32 // t_sub
+    vr = n // lanes_n
+    rows = 4 * t_sub
+    tiles = ((rows, ch, nl, v), (t_sub, ch, nl, v), (t_sub, 1, nl, v), (1, 1, 1, vr))
+    lay = mgpu.TiledLayout(
+        plgpu.Tiling(tiles), warp_dims=(-16,), lane_dims=(-8, -6, -5), vector_dim=-1, _check_canonical=False
+    ).canonicalize()
+    return _tiled(lay), rows
+
+
+def backward(p: Problem, *, has_gT: bool):
+    """Build the backward kernel (reverse-mode of :func:`forward`).
+
+    ``(x, dt, [z], g, B, C, A2, [bias], [Dt], [keep], h_saved, [gT]) ->
+    (dx, ddt, [dz], dB_blk, dC_blk, dA_b, [dD_b], [dbias_b], [dh0])`` where ``g`` is the
+    cotangent of ``y`` and ``gT`` that of the final state. ``p.blocks.chunk`` must equal the
+    forward's ``save_interval``: chunk ``k`` restarts from ``h_saved[:, k]``.
+
+    Per-block partial results, summed by the caller: ``dB_blk, dC_blk (b, l, d/ch, n/v, v)``
+    (summed over the channel blocks of each group), ``dA_b (b, d, n/v, v)``,
+    ``dD_b, dbias_b (b, d/ch, q, ch)``.
+
+    With ``lam_t = dL/dh_t`` (eq. 2a run backwards) and ``a_t = keep_t exp(delta_t A)``::
+
+        lam_t   = a_{t+1} lam_{t+1} + C_t dy_t        (lam after the last position: gT)
+        dC_t    = sum_c dy_t h_t        dB_t = sum_c lam_t delta_t x_t
+        dx_t    = delta_t sum_n lam_t B_t + D dy_t
+        ddelta_t = x_t sum_n lam_t B_t + sum_n lam_t A a_t h_{t-1}
+        dA      = sum_t lam_t delta_t a_t h_{t-1}      dh0 = a_0 lam_0
+
+    Chunks run last to first. Per chunk: (A) recompute the chunk's states forward from the
+    stored one, keeping ``h_{t-1}`` per position in shared memory (and the partials of
+    ``h_t . C_t`` for the gate's derivative); (B) walk back through the chunk carrying
+    ``lam``; (C) element-wise: finish the per-channel sums, the softplus and silu derivatives,
+    and sum the ``dB``/``dC`` products over the block's channels.
+    """
+    blk = p.blocks
+    q, ch, n, v = blk.chunk, p.ch, p.n, blk.states_per_thread
+    nl = n // v
+    U = blk.unroll
+    K = p.l // q
+    L = layouts(q, ch, n, v)
+    R, rows_r = channel_sum_layout(q, ch, n, v)
+    S3 = (ch, nl, v)
+    L_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
+    x_dt, dt_dt, z_dt = jnp.dtype(p.x_dtype), jnp.dtype(p.dt_dtype), jnp.dtype(p.z_dtype)
+    bc_dt = jnp.dtype(p.bc_dtype)
+    tail = p.l_valid < p.l
+    groups = q // U
+    if groups % 2 or q % rows_r:
+        raise ValueError(f"selective_scan backward: chunk {q} must be a multiple of 2 x unroll and of {rows_r}")
+
+    def selective_scan_bwd(*refs):
+        refs = list(refs)
+        take = lambda flag: refs.pop(0) if flag else None  # noqa: E731
+        x_ref, dt_ref = refs.pop(0), refs.pop(0)
+        z_ref = take(p.has_z)
+        g_ref, B_ref, C_ref, A2_ref = refs.pop(0), refs.pop(0), refs.pop(0), refs.pop(0)
+        bias_ref, D_ref, keep_ref = take(p.has_bias), take(p.has_D), take(p.has_keep)
+        hs_ref = refs.pop(0)
+        gT_ref = take(has_gT)
+        dx_ref, ddt_ref = refs.pop(0), refs.pop(0)
+        dz_ref = take(p.has_z)
+        dB_ref, dC_ref, dA_ref = refs.pop(0), refs.pop(0), refs.pop(0)
+        dD_ref, dbias_ref, dh0_ref = take(p.has_D), take(p.has_bias), take(p.has_h0)
+        (x_s, dt_s, z_s, g_s, B_s, C_s, keep_s, delta_s, u_s, dy_s, Bf_s, Cf_s, h_s, dBp_s,
+         s1_s, s2_s, yp_s, dx_o, ddt_o, dz_o, bars) = refs
+
+        bi = lax.axis_index("b")
+        cb = lax.axis_index("c")
+        c0 = cb * ch
+        gi = cb // p.blocks_per_group
+        cols = pl.ds(c0, ch)
+
+        def issue(k, slot):
+            t = pl.ds(k * q, q)
+            bar = bars.at[slot]
+            plgpu.copy_gmem_to_smem(x_ref.at[bi, t, cols], x_s.at[slot], bar)
+            plgpu.copy_gmem_to_smem(dt_ref.at[bi, t, cols], dt_s.at[slot], bar)
+            if p.has_z:
+                plgpu.copy_gmem_to_smem(z_ref.at[bi, t, cols], z_s.at[slot], bar)
+            plgpu.copy_gmem_to_smem(g_ref.at[bi, t, cols], g_s.at[slot], bar)
+            plgpu.copy_gmem_to_smem(B_ref.at[bi, t, gi], B_s.at[slot], bar)
+            plgpu.copy_gmem_to_smem(C_ref.at[bi, t, gi], C_s.at[slot], bar)
+            if p.has_keep:
+                plgpu.copy_gmem_to_smem(keep_ref.at[bi, pl.ds(k * q, max(q, KEEP_MIN))], keep_s.at[slot], bar)
+
+        issue(K - 1, (K - 1) % 2)
+        A2 = plgpu.load(A2_ref.at[cols], layout=L.state, optimized=False)
+        zeros = plgpu.layout_cast(jnp.zeros(S3, F32), L.state)
+        lam = plgpu.load(gT_ref.at[bi, cols], layout=L.state, optimized=False) if has_gT else zeros
+        a_next = plgpu.layout_cast(jnp.ones(S3, F32), L.state)
+        zeros_tile = plgpu.layout_cast(jnp.zeros((q, ch), F32), L.tile)
+        bias = plgpu.load(bias_ref.at[cb], layout=L.tile, optimized=False) if p.has_bias else None
+        Dt = plgpu.load(D_ref.at[cb], layout=L.tile, optimized=False) if p.has_D else None
+
+        def rows_at(t, slot, with_h):
+            row = (
+                plgpu.load(delta_s.at[t], layout=L.row, optimized=False),
+                plgpu.load(u_s.at[t], layout=L.row, optimized=False),
+                plgpu.load(Bf_s.at[t], layout=L.col, optimized=False),
+                plgpu.load(Cf_s.at[t], layout=L.col, optimized=False),
+                keep_s[slot, t] if p.has_keep else None,
+            )
+            if with_h:
+                row = row + (
+                    plgpu.load(dy_s.at[t], layout=L.row, optimized=False),
+                    plgpu.load(h_s.at[t], layout=L.state, optimized=False),
+                )
+            return row
+
+        def decay_of(row):
+            a = jnp.exp2(_bcast(row[0], S3, (0,), L.state) * A2)
+            return a if row[4] is None else a * row[4]
+
+        row_b = lambda r: _bcast(r, S3, (0,), L.state)  # noqa: E731
+        col_b = lambda c: _bcast(c, S3, (1, 2), L.state)  # noqa: E731
+
+        def chunk(i, carry):
+            lam, a_next, dA, dD, dbias = carry
+            k = K - 1 - i
+            slot = lax.rem(k, 2)
+            plgpu.barrier_wait(bars.at[slot])
+
+            @pl.when(k > 0)
+            def _():
+                issue(k - 1, 1 - slot)
+
+            # Element-wise inputs of the chunk (as in the forward), and dy = g silu(z).
+            ld = lambda ref: plgpu.load(ref, layout=L.tile, optimized=False).astype(F32)  # noqa: E731
+            raw = ld(dt_s.at[slot])
+            if p.has_bias:
+                raw = raw + bias
+            delta = _softplus(raw) if p.softplus else raw
+            if tail:
+                row = plgpu.broadcasted_iota(jnp.int32, (q, ch), 0, layout=L.tile)
+                delta = jnp.where(row < p.l_valid - k * q, delta, 0.0)
+            xv = ld(x_s.at[slot])
+            gv = ld(g_s.at[slot])
+            if p.has_z:
+                zv = ld(z_s.at[slot])
+                sz = _sigmoid(zv)
+                dy = gv * (zv * sz)
+            else:
+                dy = gv
+            delta_s[...] = delta
+            u_s[...] = delta * xv
+            dy_s[...] = dy
+            split = lambda a: a.astype(F32).reshape(q, nl, v)  # noqa: E731
+            Bf_s[...] = split(plgpu.load(B_s.at[slot], layout=L_bc, optimized=False))
+            Cf_s[...] = split(plgpu.load(C_s.at[slot], layout=L_bc, optimized=False))
+            plgpu.commit_smem()
+
+            # (A) States of the chunk, forward from the stored one; h_s[t] = h_{t-1}.
+            h = plgpu.load(hs_ref.at[bi, k, cols], layout=L.state, optimized=False)
+
+            def fwd_rows(j):
+                return [rows_at(jnp.minimum(j * U + i_, q - 1), slot, False) for i_ in range(U)]
+
+            def fwd_group(j, h, rows):
+                nxt = fwd_rows(j + 1)
+                for i_, row in enumerate(rows):
+                    t = j * U + i_
+                    h_s[t] = h
+                    h = decay_of(row) * h + row_b(row[1]) * col_b(row[2])
+                    if p.has_z:
+                        yp_s[t] = jnp.sum(h * col_b(row[3]), axis=2)
+                return h, nxt
+
+            def fwd_pair(j, c):
+                h, rows = fwd_group(2 * j, *c)
+                return fwd_group(2 * j + 1, h, rows)
+
+            lax.fori_loop(0, groups // 2, fwd_pair, (h, fwd_rows(0)))
+            plgpu.commit_smem()
+
+            # (B) Back through the chunk, last position first.
+            def bwd_rows(j):
+                return [rows_at(jnp.maximum(q - 1 - (j * U + i_), 0), slot, True) for i_ in range(U)]
+
+            def bwd_group(j, c, rows):
+                lam, a_next, dA = c
+                nxt = bwd_rows(j + 1)
+                for i_, row in enumerate(rows):
+                    t = q - 1 - (j * U + i_)
+                    d_t, u_t, B_t, C_t, _, dy_t, hp = row
+                    a = decay_of(row)
+                    Bb, Cb = col_b(B_t), col_b(C_t)
+                    h = a * hp + row_b(u_t) * Bb
+                    lam = a_next * lam + row_b(dy_t) * Cb
+                    h_s[t] = row_b(dy_t) * h  # dC products (h_{t-1} is no longer needed)
+                    dBp_s[t] = lam * row_b(u_t)
+                    s1_s[t] = jnp.sum(lam * Bb, axis=2)
+                    w = lam * a * hp
+                    s2_s[t] = jnp.sum(w * A2, axis=2)
+                    dA = dA + w * row_b(d_t)
+                    a_next = a
+                return (lam, a_next, dA), nxt
+
+            def bwd_pair(j, c):
+                c, rows = bwd_group(2 * j, *c)
+                return bwd_group(2 * j + 1, c, rows)
+
+            (lam, a_next, dA), _ = lax.fori_loop(0, groups // 2, bwd_pair, ((lam, a_next, dA), bwd_rows(0)))
+            plgpu.commit_smem()
+
+            # (C) Per-channel results of the chunk.
+            s1 = jnp.sum(plgpu.load(s1_s, layout=L.tile3, optimized=False), axis=2)
+            s2 = jnp.sum(plgpu.load(s2_s, layout=L.tile3, optimized=False), axis=2) * LN2
+            dx = delta * s1
+            ddelta = xv * s1 + s2
+            if p.has_D:
+                dx = dx + Dt * dy
+                dD = dD + dy * xv
+            ddt = ddelta * _sigmoid(raw) if p.softplus else ddelta
+            if tail:
+                ddt = jnp.where(row < p.l_valid - k * q, ddt, 0.0)
+            if p.has_bias:
+                dbias = dbias + ddt
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # last chunk's stores have read the tiles
+            dx_o[...] = dx.astype(dx_o.dtype)
+            ddt_o[...] = ddt.astype(ddt_o.dtype)
+            if p.has_z:
+                y = jnp.sum(plgpu.load(yp_s, layout=L.tile3, optimized=False), axis=2)
+                if p.has_D:
+                    y = y + Dt * xv
+                dz_o[...] = (gv * y * (sz * (1.0 + zv * (1.0 - sz)))).astype(dz_o.dtype)
+            # dB_t, dC_t: the products summed over the block's channels, rows_r positions at a time.
+            for r0 in range(0, q, rows_r):
+                rr = pl.ds(r0, rows_r)
+                dst = pl.ds(k * q + r0, rows_r)
+                dB_ref[bi, dst, cb] = jnp.sum(plgpu.load(dBp_s.at[rr], layout=R, optimized=False), axis=1)
+                dC_ref[bi, dst, cb] = jnp.sum(plgpu.load(h_s.at[rr], layout=R, optimized=False), axis=1)
+            plgpu.commit_smem()
+            t = pl.ds(k * q, q)
+            plgpu.copy_smem_to_gmem(dx_o, dx_ref.at[bi, t, cols])
+            plgpu.copy_smem_to_gmem(ddt_o, ddt_ref.at[bi, t, cols])
+            if p.has_z:
+                plgpu.copy_smem_to_gmem(dz_o, dz_ref.at[bi, t, cols])
+            return lam, a_next, dA, dD, dbias
+
+        carry = (lam, a_next, zeros, zeros_tile, zeros_tile)
+        lam, a_next, dA, dD, dbias = lax.fori_loop(0, K, chunk, carry)
+        dA_ref[bi, cols] = dA
+        if p.has_D:
+            dD_ref[bi, cb] = dD
+        if p.has_bias:
+            dbias_ref[bi, cb] = dbias
+        if p.has_h0:
+            dh0_ref[bi, cols] = a_next * lam
+        plgpu.wait_smem_to_gmem(0)
+
+    nb = p.channel_blocks
+    out_types = [jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt), jax.ShapeDtypeStruct((p.b, p.l, p.d), dt_dt)]
+    if p.has_z:
+        out_types.append(jax.ShapeDtypeStruct((p.b, p.l, p.d), z_dt))
+    out_types += [jax.ShapeDtypeStruct((p.b, p.l, nb, nl, v), F32)] * 2
+    out_types.append(jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
+    if p.has_D:
+        out_types.append(jax.ShapeDtypeStruct((p.b, nb, q, ch), F32))
+    if p.has_bias:
+        out_types.append(jax.ShapeDtypeStruct((p.b, nb, q, ch), F32))
+    if p.has_h0:
+        out_types.append(jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
+    small = (1, 8)
+    scratch = [
+        plgpu.SMEM((2, q, ch), x_dt),  # x
+        plgpu.SMEM((2, q, ch), dt_dt),  # dt
+        plgpu.SMEM((2, q, ch) if p.has_z else (1, 8, 8), z_dt),  # z
+        plgpu.SMEM((2, q, ch), x_dt),  # g = dL/dy
+        plgpu.SMEM((2, q, n), bc_dt),  # B
+        plgpu.SMEM((2, q, n), bc_dt),  # C
+        plgpu.SMEM((2, max(q, KEEP_MIN)) if p.has_keep else small, F32),  # keep
+        plgpu.SMEM((q, ch), F32),  # delta
+        plgpu.SMEM((q, ch), F32),  # u = delta x
+        plgpu.SMEM((q, ch), F32),  # dy
+        plgpu.SMEM((q, nl, v), F32),  # B in float32
+        plgpu.SMEM((q, nl, v), F32),  # C in float32
+        plgpu.SMEM((q, ch, nl, v), F32),  # h_{t-1}, then the dC products dy h
+        plgpu.SMEM((q, ch, nl, v), F32),  # dB products lam delta x
+        plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam B
+        plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam A a h
+        plgpu.SMEM((q, ch, nl) if p.has_z else (1, 8), F32),  # partials of h C
+        plgpu.SMEM((q, ch), x_dt),  # dx tile
+        plgpu.SMEM((q, ch), dt_dt),  # ddt tile
+        plgpu.SMEM((q, ch) if p.has_z else (1, 8), z_dt),  # dz tile
+        plgpu.Barrier(num_arrivals=5 + p.has_z + p.has_keep, num_barriers=2),
+    ]
+    return plgpu.kernel(
+        selective_scan_bwd,
         out_type=tuple(out_types),
         scratch_types=scratch,
         grid=(p.b, p.channel_blocks),

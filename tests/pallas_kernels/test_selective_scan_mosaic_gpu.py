@@ -1,0 +1,233 @@
+"""impl="pallas_gpu": the Mosaic GPU selective-scan kernels (pallas_kernels/selective_scan).
+
+On CPU every test runs the kernels in Mosaic GPU interpret mode; tests marked ``gpu`` compile them
+for the chip. :class:`TestMosaicGPU` is the op's shared contract (values against the float64
+oracle, gradients against ``impl="scan"``, every option combination); the rest covers what is
+particular to the kernels: several tilings (states per thread, chunk, padding of n, channels and
+length), state sizes 1..256, the backward fallback above n = 128, and the reasons given when they
+cannot run.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.selective_scan import api
+from pallas_kernels.selective_scan.blocks import (
+    SelectiveScanBlocks,
+    backward_fits,
+    choose_backward_blocks,
+    choose_blocks,
+)
+from ssm_jax.ops import ImplementationUnavailableError, selective_scan
+from ssm_jax.ops.selective_scan import REGISTRY, _canonicalize
+from tests.numerics import assert_close
+from tests.ops.test_selective_scan import ARRAY_ARGS, SelectiveScanContract, make_inputs, oracle, split_kw
+
+
+class TestMosaicGPU(SelectiveScanContract):
+    impl = "pallas_gpu"
+    # Interpret mode runs one position at a time (~5 ms each on CPU): the 4096-position extreme
+    # case is shortened here and run at full length (and beyond) on the chip in
+    # test_long_sequence_on_gpu.
+    EXTREMES = {
+        **SelectiveScanContract.EXTREMES,
+        "long_sequence": dict(l=300, d=2, n=2, A_fn=lambda A: A * 1e-3),
+    }
+
+    def test_gradients_match_float64_finite_differences(self, rng):
+        # The kernels compute in float32; float64 inputs are refused with the reason (their
+        # float32 gradients are checked against impl="scan", itself checked by finite differences).
+        args, kw = make_inputs(rng, b=1, l=5, d=4, n=2, g=2, segment_ids=False)
+        with jax.enable_x64(True):
+            a64 = {k: np.asarray(v, np.float64) for k, v in args.items()}
+            with pytest.raises(ImplementationUnavailableError, match="float32"):
+                self.op(**a64)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel specifics
+# --------------------------------------------------------------------------------------------
+
+
+def _canonical(args, kw):
+    a = {**args, **kw}
+    return _canonicalize(
+        "selective_scan", x=a["x"], dt=a["dt"], A=a["A"], B=a["B"], C=a["C"], D=a.get("D"), z=a.get("z"),
+        dt_bias=a.get("dt_bias"), state=a.get("initial_state"), state_name="initial_state",
+        segment_ids=a.get("segment_ids"), step=False,
+    )
+
+
+def _run_api(args, kw, **tiling):
+    """The kernels through api.selective_scan with an explicit tiling; ``(y, final_state)``."""
+    c = _canonical(args, kw)
+    return api.selective_scan(**c, dt_softplus={**args, **kw}["dt_softplus"], return_final_state=True, **tiling)
+
+
+# (fwd states_per_thread, fwd chunk, bwd states_per_thread) at n = 16: 8, 16 and 32 channels per
+# block, one or several chunks, and a length that is not a multiple of either chunk.
+TILINGS = [(1, 32, 1), (2, 64, 4), (4, 32, 2)]
+
+
+@pytest.mark.parametrize("tiling", TILINGS, ids=lambda t: f"v{t[0]}q{t[1]}bv{t[2]}")
+def test_tilings_values_and_gradients(rng, tiling):
+    v, q, vb = tiling
+    b, l, d, n, g = 1, 45, 24, 16, 2  # 12 channels per group: padded to a multiple of ch
+    args, kw = make_inputs(rng, b=b, l=l, d=d, n=n, g=g)
+    bwd = choose_backward_blocks(b, d, g, n, states_per_thread=vb)
+    fwd = choose_blocks(b, d, g, n, states_per_thread=v, chunk=q, save_interval=bwd.chunk)
+    run = functools.partial(_run_api, blocks=fwd, backward_blocks=bwd)
+    y_ref, h_ref = oracle(args, kw)
+    y, h = run(args, kw)
+    assert_close(y, y_ref, name="y")
+    assert_close(h, h_ref, name="final_state")
+
+    arrays, static = split_kw(args, kw)
+    wy, wh = rng.standard_normal(y_ref.shape), rng.standard_normal(h_ref.shape)
+
+    def loss(fn):
+        return lambda a: (lambda y, h: jnp.sum(y * wy) + jnp.sum(h * wh))(*fn(a, static))
+
+    got = jax.grad(loss(run))(arrays)
+    ref = jax.grad(loss(lambda a, s: selective_scan(**a, **s, return_final_state=True, impl="scan")))(arrays)
+    for k in ARRAY_ARGS:
+        assert_close(got[k], ref[k], tol=1e-4, name=f"d loss / d {k}")
+
+
+@pytest.mark.parametrize("n", [1, 5, 33, 128, 256])
+def test_state_sizes(rng, n):
+    # n is padded to a power of two >= 8 with zero A, B, C; 256 is the largest state.
+    args, kw = make_inputs(rng, b=1, l=9, d=2, n=n, g=None)
+    y_ref, h_ref = oracle(args, kw)
+    y, h = selective_scan(**args, **kw, return_final_state=True, impl="pallas_gpu")
+    assert_close(y, y_ref, name="y")
+    assert_close(h, h_ref, name="final_state")
+
+
+@pytest.mark.parametrize("n", [64, 200])
+def test_large_state_gradients(rng, n):
+    # n = 64 runs the backward kernel; n = 200 (padded 256) the documented XLA fallback.
+    args, kw = make_inputs(rng, b=1, l=7, d=2, n=n, g=None)
+    assert backward_fits(choose_backward_blocks(1, 2, 1, n)) == (n <= 128)
+    arrays, static = split_kw(args, kw)
+    w = rng.standard_normal(args["x"].shape)
+
+    def loss(impl):
+        return lambda a: (lambda y, h: jnp.sum(y * w) + jnp.sum(jnp.sin(h)))(
+            *selective_scan(**a, **static, return_final_state=True, impl=impl))
+
+    got = jax.grad(loss("pallas_gpu"))(arrays)
+    ref = jax.grad(loss("scan"))(arrays)
+    for k in ARRAY_ARGS:
+        assert_close(got[k], ref[k], tol=1e-4, name=f"d loss / d {k}")
+
+
+def test_reference_matches_oracle(rng):
+    # api.reference is the backward fallback: it must be the same function.
+    args, kw = make_inputs(rng, b=2, l=11, d=6, n=3, g=3)
+    c = _canonical(args, kw)
+    keep = api._keep(c["segment_ids"])
+    y, h = api.reference(c["x"], c["dt"], c["A"], c["B"], c["C"], c["D"], c["z"], c["dt_bias"], True,
+                         c["initial_state"], keep, chunk=4)
+    y_ref, h_ref = oracle(args, kw)
+    assert_close(y, y_ref, name="y")
+    assert_close(h, h_ref, name="final_state")
+
+
+def test_why_not_names_the_constraint():
+    S = jax.ShapeDtypeStruct
+    ctx = dict(x=S((1, 8, 4), jnp.float32), dt=S((1, 8, 4), jnp.float32), A=S((4, 16), jnp.float32),
+               B=S((1, 8, 1, 16), jnp.float32), C=S((1, 8, 1, 16), jnp.float32), z=None)
+    assert api.why_not({**ctx, "backend": "cpu"}) is None
+    assert "Hopper" in api.why_not({**ctx, "backend": "tpu"})
+    assert "n=300 exceeds 256" in api.why_not({**ctx, "A": S((4, 300), jnp.float32), "backend": "cpu"})
+    assert "float64" in api.why_not({**ctx, "A": S((4, 16), jnp.float64), "backend": "cpu"})
+    assert "int8" in api.why_not({**ctx, "x": S((1, 8, 4), jnp.int8), "backend": "cpu"})
+
+
+def test_registry():
+    assert "pallas_gpu" in REGISTRY.names()
+    assert REGISTRY["pallas_gpu"].auto_backends == ("gpu",)
+    args, _ = make_inputs(np.random.default_rng(0), l=3)
+    c = _canonical(args, {})
+    if jax.default_backend() == "cpu":
+        # "auto" never picks interpret mode; an explicit request runs it.
+        assert REGISTRY.resolve("auto", c)[0] != "pallas_gpu"
+        assert REGISTRY.resolve("pallas_gpu", c)[0] == "pallas_gpu"
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(n=12, states_per_thread=4), "power of two"),
+        (dict(n=512, states_per_thread=16), "8..256"),
+        (dict(n=16, states_per_thread=32), "exceeds n"),
+        (dict(n=256, states_per_thread=8), "channels per block"),
+        (dict(n=16, states_per_thread=4, chunk=20), "multiple of 8"),
+        (dict(n=16, states_per_thread=4, chunk=64, unroll=3), "unroll"),
+        (dict(n=16, states_per_thread=4, chunk=64, save_interval=48), "save_interval"),
+    ],
+)
+def test_blocks_validation(fields, match):
+    with pytest.raises(ValueError, match=match):
+        SelectiveScanBlocks(**fields)
+
+
+# --------------------------------------------------------------------------------------------
+# On the chip
+# --------------------------------------------------------------------------------------------
+
+
+def _gpu_case(rng, b, l, d, n, g, dtype, **flags):
+    args, kw = make_inputs(rng, b=b, l=l, d=d, n=n, g=g, **flags)
+    low = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    args = {k: v if k == "A" else low(v) for k, v in args.items()}
+    if "z" in kw:
+        kw["z"] = low(kw["z"])
+    return args, kw
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_compiled_matches_xla_on_gpu(rng, dtype):
+    # Every option at once, a length that is not a multiple of any chunk, groups, d = 384.
+    args, kw = _gpu_case(rng, 2, 1000, 384, 16, 2, jnp.dtype(dtype))
+    arrays, static = split_kw(args, kw)
+    tol = 2e-5 if dtype == "float32" else 2e-2
+    outs = {impl: selective_scan(**arrays, **static, return_final_state=True, impl=impl) for impl in ("pallas_gpu", "xla")}
+    assert_close(outs["pallas_gpu"][0], outs["xla"][0].astype(jnp.float32), tol=tol, name="y")
+    assert_close(outs["pallas_gpu"][1], outs["xla"][1], tol=2e-4, name="final_state")
+    w = jnp.asarray(rng.standard_normal(args["x"].shape), jnp.float32)
+
+    def loss(impl):
+        return lambda a: (lambda y, h: jnp.sum(y.astype(jnp.float32) * w) + jnp.sum(h))(
+            *selective_scan(**a, **static, return_final_state=True, impl=impl))
+
+    got = jax.jit(jax.grad(loss("pallas_gpu")))(arrays)
+    ref = jax.jit(jax.grad(loss("xla")))(arrays)
+    for k in ARRAY_ARGS:
+        assert_close(jnp.asarray(got[k], jnp.float32), jnp.asarray(ref[k], jnp.float32),
+                     tol=1e-4 if dtype == "float32" else 3e-2, name=f"d loss / d {k}")
+
+
+@pytest.mark.gpu
+def test_long_sequence_on_gpu(rng):
+    args, kw = _gpu_case(rng, 1, 20000, 64, 16, None, jnp.float32, segment_ids=False)
+    args["A"] = args["A"] * 1e-3  # a memory of thousands of positions
+    y_ref, h_ref = oracle(args, kw)
+    y, h = selective_scan(**args, **kw, return_final_state=True, impl="pallas_gpu")
+    assert_close(y, y_ref, tol=1e-4, name="y")
+    assert_close(h, h_ref, tol=1e-4, name="final_state")
+
+
+@pytest.mark.gpu
+def test_auto_picks_the_kernel_on_hopper():
+    args, _ = make_inputs(np.random.default_rng(0), l=3)
+    if api.why_not({**_canonical(args, {}), "backend": "gpu"}) is None:
+        assert REGISTRY.resolve("auto", _canonical(args, {}))[0] == "pallas_gpu"
