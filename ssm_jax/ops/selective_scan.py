@@ -498,6 +498,12 @@ REGISTRY.register(
 #
 # Targets take the canonical arguments (see _canonicalize) and return (y, final_state | None).
 
+REGISTRY.register(
+    "pallas_gpu", "pallas_kernels.selective_scan.api:selective_scan",
+    check="pallas_kernels.selective_scan.api:why_not", auto_backends=("gpu",), priority=10,
+    doc="Mosaic GPU kernels (Hopper), forward and backward; Mosaic GPU interpret mode on CPU",
+)
+
 # Mosaic TPU kernels (pallas_kernels/selective_scan/api_tpu.py): auto on TPUs; explicit on CPU runs
 # TPU interpret mode.
 REGISTRY.register(
