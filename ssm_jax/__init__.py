@@ -15,3 +15,8 @@ from ssm_jax import models, nn, parallel  # noqa: E402
 from ssm_jax.decoding import generate  # noqa: E402
 
 __all__ += ["generate", "models", "nn", "parallel"]
+
+# Checkpoint conversion to/from the PyTorch reference formats (ssm_jax.interop).
+from ssm_jax import interop  # noqa: E402
+
+__all__ += ["interop"]
