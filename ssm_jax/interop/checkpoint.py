@@ -2,20 +2,22 @@
 
 A directory holds ``config.json`` and the weights: ``model.safetensors``, ``pytorch_model.bin``,
 or shards listed by ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``
-(searched in that order). ``.bin`` files are read without torch (:mod:`.torch_zip`).
+(searched in that order). Both formats are read without torch: ``.safetensors`` through
+``np.memmap`` (any dtype, bfloat16 included, nothing copied until conversion), ``.bin`` with the
+restricted unpickler of :mod:`.torch_zip`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ssm_jax.interop import hf_config
@@ -36,15 +38,57 @@ def _read_json(fn: str, path: str) -> Any:
         raise ValueError(f"{fn}: {path} is not valid JSON ({e})") from None
 
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    # framework="flax" because safetensors' NumPy reader refuses bfloat16 (safetensors 0.8);
-    # the arrays are made on the CPU and handed over as NumPy (ml_dtypes for bfloat16).
-    with jax.default_device(jax.devices("cpu")[0]), safe_open(path, framework="flax") as f:
-        return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+# safetensors dtype names (https://github.com/huggingface/safetensors, format section).
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64,
+    "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
 
 
-def _read_file(path: str) -> dict[str, np.ndarray]:
-    return _read_safetensors(path) if path.endswith(".safetensors") else read_torch_state_dict(path)
+def _read_safetensors(path: str, *, fn: str = "read_state_dict") -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file as NumPy arrays mapped from the file.
+
+    The format is an 8-byte little-endian header size, a JSON header ``{name: {dtype, shape,
+    data_offsets}}`` and the little-endian data. Read here with ``np.memmap`` because the
+    safetensors package (0.8) refuses bfloat16 in its NumPy reader and its flax reader puts every
+    tensor on the default (accelerator) device.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= size - 8:
+            raise ValueError(f"{fn}: {path} is not a safetensors file (header size {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{fn}: {path} has an unreadable safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{fn}: {path} has a safetensors header that is not a JSON object")
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+            raise ValueError(f"{fn}: tensor `{name}` of {path} has a malformed header entry {info!r}")
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"{fn}: tensor `{name}` of {path} has dtype {info.get('dtype')!r}; "
+                             f"supported: {sorted(_SAFETENSORS_DTYPES)}")
+        dtype = np.dtype(dtype).newbyteorder("<")
+        shape = tuple(info["shape"])
+        begin, end = info["data_offsets"]
+        if end - begin != math.prod(shape) * dtype.itemsize or not 0 <= begin <= end <= size - 8 - n:
+            raise ValueError(f"{fn}: tensor `{name}` of {path} has data_offsets {[begin, end]} that do not fit "
+                             f"shape {list(shape)} of {info['dtype']} in the file")
+        if math.prod(shape) == 0:
+            out[name] = np.zeros(shape, dtype)
+        else:
+            out[name] = np.memmap(path, dtype, "r", offset=8 + n + begin, shape=shape)
+    return out
+
+
+def _read_file(path: str, fn: str) -> dict[str, np.ndarray]:
+    return _read_safetensors(path, fn=fn) if path.endswith(".safetensors") else read_torch_state_dict(path)
 
 
 def read_state_dict(directory: str | os.PathLike, *, fn: str = "read_state_dict") -> dict[str, np.ndarray]:
@@ -55,14 +99,14 @@ def read_state_dict(directory: str | os.PathLike, *, fn: str = "read_state_dict"
         if not os.path.isfile(path):
             continue
         if not name.endswith(".index.json"):
-            return _read_file(path)
+            return _read_file(path, fn)
         index = _read_json(fn, path)
         weight_map = index.get("weight_map") if isinstance(index, Mapping) else None
         if not isinstance(weight_map, Mapping):
             raise ValueError(f"{fn}: {path} has no `weight_map` object (name -> shard file)")
         tensors: dict[str, np.ndarray] = {}
         for shard in sorted(set(weight_map.values())):
-            tensors.update(_read_file(os.path.join(directory, shard)))
+            tensors.update(_read_file(os.path.join(directory, shard), fn))
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
             raise ValueError(f"{fn}: {path} lists tensors that no shard holds: {missing[:8]}")

@@ -162,6 +162,26 @@ def test_sharded_checkpoint(tmp_path):
         np.testing.assert_array_equal(b[path], a[path], err_msg=str(path))
 
 
+def test_safetensors_reader_matches_the_safetensors_package():
+    got = read_state_dict(FIXTURES / "hf_mamba2")
+    want = load_file(FIXTURES / "hf_mamba2" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_bad_safetensors_file(tmp_path):
+    shutil.copy(FIXTURES / "hf_mamba" / "config.json", tmp_path / "config.json")
+    (tmp_path / "model.safetensors").write_bytes((10**9).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        load_hf_checkpoint(tmp_path)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(ValueError, match=r"tensor `w` .* data_offsets \[0, 8\] that do not fit shape \[4\]"):
+        load_hf_checkpoint(tmp_path)
+
+
 def test_bfloat16_checkpoint(tmp_path):
     """A bf16 checkpoint loads into float32 parameters holding the bf16 values."""
     import ml_dtypes
