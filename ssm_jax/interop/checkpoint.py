@@ -143,7 +143,10 @@ def load_hf_checkpoint(
     )
     tensors = read_state_dict(directory, fn=fn)
 
-    abstract = nnx.eval_shape(lambda: LanguageModel(ref.model_config, rngs=nnx.Rngs(0)))
+    try:
+        abstract = nnx.eval_shape(lambda: LanguageModel(ref.model_config, rngs=nnx.Rngs(0)))
+    except ValueError as e:  # the layers' own checks, e.g. ngroups must divide the heads
+        raise ValueError(f"{fn}: config.json describes a model ssm_jax cannot build: {e}") from None
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if len(nnx.to_flat_state(rest)):
         raise RuntimeError(f"{fn}: LanguageModel has state other than parameters; the loader does not know how to fill it")

@@ -311,7 +311,7 @@ def _mamba_ssm(fn, config, dtype, impl):
     d_mlp = f.int("d_intermediate", 0, minimum=0)
     # mamba_ssm's GatedMLP rounds its hidden width up to a multiple of 128 (multiple_of=128).
     d_mlp = -(-d_mlp // 128) * 128
-    ssm = _Fields(fn, "config.json ssm_cfg", f.get("ssm_cfg", {}))
+    ssm = _Fields(fn, "config.json ssm_cfg", f.get("ssm_cfg", {}) or {})  # null means {} in mamba_ssm
     layer = ssm.choice("layer", "Mamba1", ("Mamba1", "Mamba2"), "Mamba3 has no ssm_jax layer")
     if layer == "Mamba1":
         rank = ssm.get("dt_rank", "auto")

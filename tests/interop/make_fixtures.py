@@ -336,6 +336,12 @@ def main() -> None:
     import torch
     import transformers
 
+    from transformers.models.mamba2 import modeling_mamba2
+
+    # transformers 4.46's torch path normalized Mamba-2's gated RMSNorm over all of d_inner even
+    # with n_groups > 1 (mamba_ssm normalizes per group); such fixtures would be wrong.
+    if "group_size" not in modeling_mamba2.MambaRMSNormGated.__init__.__code__.co_varnames:
+        sys.exit(f"transformers {transformers.__version__} computes Mamba-2's gated RMSNorm without groups; use >= 5.23")
     torch.set_default_dtype(torch.float32)
     rng = np.random.default_rng(0)
     input_ids = rng.integers(0, VOCAB, size=(BATCH, LENGTH))

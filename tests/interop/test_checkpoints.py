@@ -221,6 +221,14 @@ def test_tied_head_must_equal_the_embedding(tmp_path):
         load_hf_checkpoint(_copy_with(tmp_path, "hf_mamba2_tied", add_head))
 
 
+def test_layer_errors_are_prefixed(tmp_path):
+    config = json.loads((FIXTURES / "hf_mamba2" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_groups": 3}))
+    shutil.copy(FIXTURES / "hf_mamba2" / "model.safetensors", tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"load_hf_checkpoint: config.json describes a model .* `ngroups`=3 must divide"):
+        load_hf_checkpoint(tmp_path)
+
+
 def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_hf_checkpoint(tmp_path)

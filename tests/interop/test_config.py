@@ -102,6 +102,11 @@ def test_fixture_configs():
         "mamba_ssm", 40, True, MambaConfig())
 
 
+def test_ssm_cfg_null_is_empty():
+    cfg = {**MAMBA2_SSM, "ssm_cfg": None}
+    assert from_reference_config(cfg).model_config.mixer == "mamba"  # mamba_ssm's default layer
+
+
 def test_time_step_limit_spellings():
     for limit in ([0.0, math.inf], [0, {"__float__": "Infinity"}], [0.0, "Infinity"]):
         from_reference_config({**MAMBA2_HF_444, "time_step_limit": limit})
