@@ -173,7 +173,6 @@ def make_mamba_ssm_mamba1(input_ids: np.ndarray) -> None:
 
 
 def _mamba_ssm_reference_class():
-    import torch
     from torch import nn
     from transformers import Mamba2Config
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer

@@ -20,7 +20,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from ssm_jax.interop import load_hf_checkpoint, read_state_dict, save_hf_checkpoint
-from ssm_jax.models import LanguageModel, LanguageModelConfig, Mamba2Config, MambaConfig
+from ssm_jax.models import LanguageModel, LanguageModelConfig, Mamba2Config
 from tests.numerics import assert_close
 
 FIXTURES = Path(__file__).parent / "fixtures"
