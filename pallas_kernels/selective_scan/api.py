@@ -61,7 +61,7 @@ def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     if backward_blocks is None:
         backward_blocks = choose_backward_blocks(b, d, g, n)
     if blocks is None:
-        blocks = choose_blocks(b, d, g, n, save_interval=backward_blocks.chunk)
+        blocks = choose_blocks(b, d, g, n, l=l, save_interval=backward_blocks.chunk)
     if blocks.save_interval != backward_blocks.chunk:
         raise ValueError(
             f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "

@@ -156,9 +156,9 @@ def choose_backward_blocks(b: int, d: int, g: int, n: int, *, states_per_thread:
                                save_interval=chunk)
 
 
-def choose_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | None = None,
+def choose_blocks(b: int, d: int, g: int, n: int, *, l: int | None = None, states_per_thread: int | None = None,
                   chunk: int | None = None, unroll: int = 4, save_interval: int = BACKWARD_CHUNK) -> SelectiveScanBlocks:
-    """The tiling for a problem of ``b`` rows, ``d`` channels in ``g`` groups, state size ``n``.
+    """The tiling for ``b`` rows of length ``l``, ``d`` channels in ``g`` groups, state size ``n``.
 
     Picks the most states per thread that still launches about :data:`TARGET_BLOCKS` blocks
     (measured on H100: see README.md), and a chunk whose B/C tiles fit shared memory.
@@ -167,11 +167,12 @@ def choose_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | No
     if states_per_thread is None:
         states_per_thread = _rule(b, d, g, n_p)
     if chunk is None:
-        # The largest chunk (64 or 32) whose shared memory lets two blocks share an SM. At least
+        # The largest chunk (64 or 32) whose shared memory lets two blocks share an SM, and not
+        # twice the sequence (padding positions cost as much as real ones). At least
         # 32: the per-chunk TMA copy of `keep` (chunk float32) must be a multiple of 128 bytes.
         ch = WARPGROUP * states_per_thread // n_p
         chunk = 64
-        while chunk > 32 and chunk * forward_smem_per_position(ch, n_p) > SMEM_PER_BLOCK:
+        while chunk > 32 and (chunk * forward_smem_per_position(ch, n_p) > SMEM_PER_BLOCK or (l and l <= chunk // 2)):
             chunk //= 2
     return SelectiveScanBlocks(n=n_p, states_per_thread=states_per_thread, chunk=chunk, unroll=unroll,
                                save_interval=save_interval)

@@ -3,7 +3,10 @@
 One grid step owns ``block_d`` channels (the 128-wide lane axis of a vreg) of one batch row over
 ``block_l`` positions. The state of those channels is an ``(n, block_d)`` float32 array -- ``n`` on
 sublanes, channels on lanes -- carried in VMEM scratch from one sequence block to the next (the
-"arbitrary" grid axis). Inside a block the kernel steps through the positions one at a time.
+"arbitrary" grid axis).
+
+Inside a block the recurrence steps through 8 positions per loop iteration: their rows of every
+``(tl, td)`` input are one aligned sublane-tile load, their outputs one store.
 
 VMEM per grid step (``pad8``/``pad128`` round up to the sublane/lane tile; every input and output
 block is double-buffered by the Pallas pipeline) -- see :func:`forward_vmem_bytes` and
@@ -43,14 +46,15 @@ class SelectiveScanTPUBlocks:
                  ``l`` rounded up to 8.
     block_d      channels per grid step, a multiple of 128 (lanes). Narrower channel groups are
                  padded to 128 per group; ``d < 128`` with one group runs as one full-width block.
-    unroll       unrolling of the per-position loop (``lax.fori_loop(unroll=...)``): more
-                 independent work per iteration for the scheduler, longer kernels.
+    unroll       iterations of the position loop unrolled (``lax.fori_loop(unroll=...)``); one
+                 iteration steps through 8 positions (a sublane tile of every row block), themselves
+                 unrolled. More independent work for the scheduler, longer kernels.
     ===========  =================================================================================
     """
 
     block_l: int = 256
     block_d: int = 128
-    unroll: int = 8
+    unroll: int = 1
 
     def __post_init__(self):
         for name in ("block_l", "block_d"):

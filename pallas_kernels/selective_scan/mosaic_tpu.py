@@ -66,7 +66,7 @@ class Problem:
     has_keep: bool
     has_h0: bool
     softplus: bool
-    unroll: int
+    unroll: int  # iterations of the 8-position loop unrolled
     interpret: object  # pltpu.InterpretParams | False
 
     @property
@@ -134,17 +134,54 @@ def _softplus(v):
     return jnp.maximum(v, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(v)))
 
 
-def _col(ref, t):
-    """Row ``t`` of a ``(tl, n)`` ref as an ``(n, 1)`` column (n on sublanes, like the state)."""
-    return jnp.expand_dims(ref[t], -1)
+GROUP = 8  # positions per loop iteration: one sublane tile of every (tl, td) row block
 
 
-def _decay(p: Problem, dt_t, A, keep_ref, t):
-    """``exp(dt_t A)`` ``(n, td)``, times 0 where a segment starts (the state forgets h_{t-1})."""
-    a = jnp.exp(dt_t * A)
-    if p.has_keep:
-        a = a * keep_ref[pl.ds(t, 1), :].astype(a.dtype)
-    return a
+def _rows(ref, k):
+    """Rows ``8k .. 8k + 7`` of a ``(tl, ...)`` ref: one aligned sublane-tile load."""
+    return ref[pl.ds(pl.multiple_of(k * GROUP, GROUP), GROUP)]
+
+
+def _put_rows(ref, k, value):
+    ref[pl.ds(pl.multiple_of(k * GROUP, GROUP), GROUP)] = value
+
+
+def _col(rows, j):
+    """Row ``j`` of an ``(8, n)`` value as an ``(n, 1)`` column (n on sublanes, like the state)."""
+    return jnp.expand_dims(rows[j], -1)
+
+
+def _set_row(block, j, row):
+    """``block`` ``(8, td)`` with row ``j`` replaced by ``row`` ``(1, td)`` (a select, no relayout)."""
+    return jnp.where(lax.broadcasted_iota(jnp.int32, block.shape, 0) == j, row, block)
+
+
+class _Group:
+    """The inputs of positions ``8k .. 8k + 7``, loaded once per loop iteration."""
+
+    def __init__(self, p: Problem, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A):
+        f = jnp.dtype(p.acc)
+        self.dt = _rows(dt_scr, k)  # (8, td)
+        self.u = _rows(u_scr, k)
+        self.B = _rows(B_ref, k).astype(f)  # (8, n)
+        self.C = _rows(C_ref, k).astype(f)
+        self.keep = _rows(keep_ref, k).astype(f) if p.has_keep else None  # (8, 1)
+        self.A = A
+
+    def decay(self, j):
+        """``exp(dt_t A)`` ``(n, td)``, times 0 where a segment starts (the state forgets h_{t-1})."""
+        a = jnp.exp(self.dt[j : j + 1] * self.A)
+        if self.keep is not None:
+            a = a * self.keep[j : j + 1]
+        return a
+
+    def step(self, j, h):
+        """Eq. 2a at position ``j`` of the group."""
+        return self.decay(j) * h + _col(self.B, j) * self.u[j : j + 1]
+
+    def readout(self, j, h):
+        """Eq. 2b without D: ``sum_n h C_t`` ``(1, td)``."""
+        return jnp.sum(h * _col(self.C, j), axis=0, keepdims=True)
 
 
 def _silu_parts(z):
@@ -181,13 +218,17 @@ def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
     u_scr[...] = dt * x
     A = A_ref[...].astype(f)
 
-    def step(t, h):
-        a = _decay(p, dt_scr[pl.ds(t, 1), :], A, keep_ref, t)
-        h = a * h + _col(B_ref, t).astype(f) * u_scr[pl.ds(t, 1), :]
-        y_scr[pl.ds(t, 1), :] = jnp.sum(h * _col(C_ref, t).astype(f), axis=0, keepdims=True)
+    def group(k, h):
+        grp = _Group(p, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A)
+        ys = jnp.zeros((GROUP, p.td), f)
+        for j in range(GROUP):  # unrolled: static row indices
+            h = grp.step(j, h)
+            ys = _set_row(ys, j, grp.readout(j, h))
+        _put_rows(y_scr, k, ys)
         return h
 
-    h = lax.fori_loop(0, p.tl, step, h_scr[...], unroll=min(p.unroll, p.tl))
+    ngroups = p.tl // GROUP
+    h = lax.fori_loop(0, ngroups, group, h_scr[...], unroll=min(p.unroll, ngroups))
     h_scr[...] = h
 
     y = y_scr[...]
@@ -293,42 +334,55 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
 
     # 1. The block's states again, from the state that entered it: H[t + 1] = h_t, H[0] = entry.
     H_scr[0] = hs_ref[...]
+    ngroups = p.tl // GROUP
 
-    def recompute(t, h):
-        a = _decay(p, dt_scr[pl.ds(t, 1), :], A, keep_ref, t)
-        h = a * h + _col(B_ref, t).astype(f) * u_scr[pl.ds(t, 1), :]
-        H_scr[t + 1] = h
+    def recompute(k, h):
+        grp = _Group(p, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A)
+        hs, ys = [], jnp.zeros((GROUP, p.td), f)
+        for j in range(GROUP):
+            h = grp.step(j, h)
+            hs.append(h[None])
+            ys = _set_row(ys, j, grp.readout(j, h))
+        H_scr[pl.ds(pl.multiple_of(k * GROUP, GROUP) + 1, GROUP)] = jnp.concatenate(hs, axis=0)
         if p.has_z:
-            yp_scr[pl.ds(t, 1), :] = jnp.sum(h * _col(C_ref, t).astype(f), axis=0, keepdims=True)
+            _put_rows(yp_scr, k, ys)
         return h
 
-    lax.fori_loop(0, p.tl, recompute, hs_ref[...].astype(f), unroll=min(p.unroll, p.tl))
+    lax.fori_loop(0, ngroups, recompute, hs_ref[...].astype(f), unroll=min(p.unroll, ngroups))
 
     # 2. The adjoint recurrence, last position first. lam = dL/dh_t; dB_t, dC_t are (n, 1) lane
     # sums written into column t of the transposed (n, tl) tiles.
     lane = lax.broadcasted_iota(jnp.int32, (1, p.tl), 1)
 
-    def adjoint(k, carry):
+    def adjoint(i_rev, carry):
         lam, dA, dBt, dCt = carry
-        t = p.tl - 1 - k
-        g_t = g_scr[pl.ds(t, 1), :]
-        u_t = u_scr[pl.ds(t, 1), :]
-        dt_t = dt_scr[pl.ds(t, 1), :]
-        B_t, C_t = _col(B_ref, t).astype(f), _col(C_ref, t).astype(f)
-        h_t, h_prev = H_scr[t + 1], H_scr[t]
-        lam = lam + C_t * g_t  # eq. 2b's readout feeds dL/dh_t
-        onehot = lane == t
-        dCt = jnp.where(onehot, jnp.sum(h_t * g_t, axis=1, keepdims=True), dCt)
-        dBt = jnp.where(onehot, jnp.sum(lam * u_t, axis=1, keepdims=True), dBt)
-        gu_scr[pl.ds(t, 1), :] = jnp.sum(lam * B_t, axis=0, keepdims=True)  # dL/d(dt x)
-        a = _decay(p, dt_t, A, keep_ref, t)
-        da = lam * h_prev * a  # dL/d(dt A) through a = exp(dt A)
-        gdt_scr[pl.ds(t, 1), :] = jnp.sum(da * A, axis=0, keepdims=True)
-        return lam * a, dA + da * dt_t, dBt, dCt
+        k = ngroups - 1 - i_rev
+        grp = _Group(p, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A)
+        g = _rows(g_scr, k)
+        states = H_scr[pl.ds(pl.multiple_of(k * GROUP, GROUP), GROUP + 1)]  # h_{t-1}, h_t of the group
+        gus = gdts = jnp.zeros((GROUP, p.td), f)
+        for j in reversed(range(GROUP)):
+            t = k * GROUP + j
+            g_t, u_t = g[j : j + 1], grp.u[j : j + 1]
+            h_t, h_prev = states[j + 1], states[j]
+            lam = lam + _col(grp.C, j) * g_t  # eq. 2b's readout feeds dL/dh_t
+            onehot = lane == t
+            dCt = jnp.where(onehot, jnp.sum(h_t * g_t, axis=1, keepdims=True), dCt)
+            dBt = jnp.where(onehot, jnp.sum(lam * u_t, axis=1, keepdims=True), dBt)
+            gus = _set_row(gus, j, jnp.sum(lam * _col(grp.B, j), axis=0, keepdims=True))  # dL/d(dt x)
+            a = grp.decay(j)
+            da = lam * h_prev * a  # dL/d(dt A) through a = exp(dt A)
+            gdts = _set_row(gdts, j, jnp.sum(da * A, axis=0, keepdims=True))
+            dA = dA + da * grp.dt[j : j + 1]
+            lam = lam * a
+        _put_rows(gu_scr, k, gus)
+        _put_rows(gdt_scr, k, gdts)
+        return lam, dA, dBt, dCt
 
     zeros_t = jnp.zeros((p.n, p.tl), f)
     lam, dA, dBt, dCt = lax.fori_loop(
-        0, p.tl, adjoint, (lam_scr[...], jnp.zeros((p.n, p.td), f), zeros_t, zeros_t), unroll=min(p.unroll, p.tl)
+        0, ngroups, adjoint, (lam_scr[...], jnp.zeros((p.n, p.td), f), zeros_t, zeros_t),
+        unroll=min(p.unroll, ngroups),
     )
     lam_scr[...] = lam
     dBt_ref[...] = dBt

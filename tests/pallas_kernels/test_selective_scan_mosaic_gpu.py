@@ -30,15 +30,40 @@ from tests.numerics import assert_close
 from tests.ops.test_selective_scan import ARRAY_ARGS, SelectiveScanContract, make_inputs, oracle, split_kw
 
 
+# Interpret mode runs one position at a time (~5 ms each on CPU, plus tracing per signature), so
+# the contract costs minutes. `make test` keeps every option combination (the 16-row grid), the
+# all-options gradient check, bfloat16, segments and the decay-underflow extreme; the other
+# repetitions of the same kernel paths are `slow` here (the GPU run executes them compiled).
+FAST_EXTREMES = ("large_dt_negative_A",)
+
+
 class TestMosaicGPU(SelectiveScanContract):
     impl = "pallas_gpu"
-    # Interpret mode runs one position at a time (~5 ms each on CPU): the 4096-position extreme
-    # case is shortened here and run at full length (and beyond) on the chip in
-    # test_long_sequence_on_gpu.
+    # The 4096-position extreme case is shortened in interpret mode; test_long_sequence_on_gpu
+    # runs 20000 positions on the chip.
     EXTREMES = {
         **SelectiveScanContract.EXTREMES,
         "long_sequence": dict(l=300, d=2, n=2, A_fn=lambda A: A * 1e-3),
     }
+
+    @pytest.mark.slow
+    def test_chaining_two_halves_equals_one_call(self, rng):
+        super().test_chaining_two_halves_equals_one_call(rng)
+
+    @pytest.mark.slow
+    def test_jit_and_vmap(self, rng):
+        super().test_jit_and_vmap(rng)
+
+    @pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
+    def test_low_precision_inputs(self, rng, dtype):
+        super().test_low_precision_inputs(rng, dtype)
+
+    @pytest.mark.parametrize(
+        "case",
+        [pytest.param(c, marks=() if c in FAST_EXTREMES else pytest.mark.slow) for c in sorted(SelectiveScanContract.EXTREMES)],
+    )
+    def test_extreme_inputs_are_finite_and_correct(self, rng, case):
+        super().test_extreme_inputs_are_finite_and_correct(rng, case)
 
     def test_gradients_match_float64_finite_differences(self, rng):
         # The kernels compute in float32; float64 inputs are refused with the reason (their
@@ -72,10 +97,10 @@ def _run_api(args, kw, **tiling):
 
 # (fwd states_per_thread, fwd chunk, bwd states_per_thread) at n = 16: 8, 16 and 32 channels per
 # block, one or several chunks, and a length that is not a multiple of either chunk.
-TILINGS = [(1, 32, 1), (2, 64, 4), (4, 32, 2)]
+TILINGS = [(1, 32, 1), pytest.param((2, 64, 4), marks=pytest.mark.slow), (4, 32, 2)]
 
 
-@pytest.mark.parametrize("tiling", TILINGS, ids=lambda t: f"v{t[0]}q{t[1]}bv{t[2]}")
+@pytest.mark.parametrize("tiling", TILINGS, ids=["v1q32bv1", "v2q64bv4", "v4q32bv2"])
 def test_tilings_values_and_gradients(rng, tiling):
     v, q, vb = tiling
     b, l, d, n, g = 1, 45, 24, 16, 2  # 12 channels per group: padded to a multiple of ch
@@ -100,7 +125,7 @@ def test_tilings_values_and_gradients(rng, tiling):
         assert_close(got[k], ref[k], tol=1e-4, name=f"d loss / d {k}")
 
 
-@pytest.mark.parametrize("n", [1, 5, 33, 128, 256])
+@pytest.mark.parametrize("n", [1, pytest.param(5, marks=pytest.mark.slow), 33, pytest.param(128, marks=pytest.mark.slow), 256])
 def test_state_sizes(rng, n):
     # n is padded to a power of two >= 8 with zero A, B, C; 256 is the largest state.
     args, kw = make_inputs(rng, b=1, l=9, d=2, n=n, g=None)
