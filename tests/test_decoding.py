@@ -32,6 +32,9 @@ SMALL = dict(
 )
 
 
+call = nnx.jit(lambda model, ids: model(ids))
+
+
 @functools.cache
 def lm(name: str) -> LanguageModel:
     if name == "hybrid":
@@ -55,7 +58,7 @@ def test_greedy_equals_argmax_of_parallel_forward(name):
     np.testing.assert_array_equal(out[:, :3], prompt)
     # The model is causal, so logits[:, t] of the finished sequence are those of out[:, :t+1]:
     # each generated token must be the argmax at the previous position.
-    logits = model(out)
+    logits = call(model, out)
     expected = jnp.argmax(logits[:, 2:-1], axis=-1)
     np.testing.assert_array_equal(out[:, 3:], expected)
 
@@ -67,7 +70,7 @@ def test_growing_sequence_literally():
     out = ssm_jax.generate(model, prompt, 3)
     seq = prompt
     for _ in range(3):
-        nxt = jnp.argmax(model(seq)[:, -1], axis=-1).astype(jnp.int32)
+        nxt = jnp.argmax(call(model, seq)[:, -1], axis=-1).astype(jnp.int32)
         seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
     np.testing.assert_array_equal(out, seq)
 

@@ -25,6 +25,15 @@ from ssm_jax.models import (
 )
 from tests.numerics import assert_close
 
+# Calls go through jit: on CPU one compile per shape is cheaper than dispatching every op eagerly.
+# Models are built eagerly: XLA:CPU compiles a whole init program (dozens of threefry calls)
+# slowly, while eager inits share compiled random ops across models with the same shapes.
+call = nnx.jit(lambda model, *args, **kw: model(*args, **kw))
+
+
+def build(cls, cfg, seed=0):
+    return cls(cfg, rngs=nnx.Rngs(seed))
+
 SMALL = dict(
     mamba=MambaConfig(d_state=4, d_conv=3),
     mamba2=Mamba2Config(d_state=4, headdim=4, ngroups=2, chunk_size=3),
@@ -132,19 +141,20 @@ def test_flops_per_token_by_hand():
 def _hybrid(dtype="float32", **kw):
     cfg = LanguageModelConfig(vocab_size=13, d_model=8, n_layers=4, layer_mixers=("mamba", "mamba2", "attention", "s4d"),
                               d_intermediate=8, dtype=dtype, **SMALL, **kw)
-    return LanguageModel(cfg, rngs=nnx.Rngs(0))
+    return build(LanguageModel, cfg)
 
 
 def test_language_model_logits_causal_and_packed(rng):
     model = _hybrid()
     ids = jnp.asarray(rng.integers(0, 13, (2, 9)), jnp.int32)
-    logits = model(ids)
+    logits = call(model, ids)
     assert logits.shape == (2, 9, 13) and logits.dtype == jnp.float32  # true vocab, not padded (16)
-    assert_close(model(ids[:, :5]), logits[:, :5], name="prefix logits")  # causal
+    first = call(model, ids[:, :4])
+    assert_close(first, logits[:, :4], name="prefix logits")  # causal
     seg = jnp.asarray(np.repeat([[1, 2]], [4, 5], axis=1), jnp.int32)
-    packed = model(ids, segment_ids=jnp.broadcast_to(seg, (2, 9)))
-    assert_close(packed[:, :4], model(ids[:, :4]), name="segment 1")
-    assert_close(packed[:, 4:], model(ids[:, 4:]), name="segment 2")
+    packed = call(model, ids, segment_ids=jnp.broadcast_to(seg, (2, 9)))
+    assert_close(packed[:, :4], first, name="segment 1")
+    assert_close(packed[:, 4:], call(model, ids[:, 4:]), name="segment 2")
     with pytest.raises(TypeError, match="input_ids"):
         model(ids.astype(jnp.float32))
 
@@ -158,13 +168,13 @@ def test_tied_and_untied_heads(rng):
     assert_close(tied._logits(jnp.ones((1, 8))), (h @ emb.T)[:, :13], name="tied head")
     untied = _hybrid(tie_embeddings=False)
     assert untied.lm_head.kernel.shape == (8, 16)
-    assert untied(ids).shape == (1, 4, 13)
+    assert call(untied, ids).shape == (1, 4, 13)
 
 
 def test_bf16_model_close_to_fp32(rng):
     ids = jnp.asarray(rng.integers(0, 13, (2, 8)), jnp.int32)
-    y32 = _hybrid()(ids)
-    y16 = _hybrid(dtype="bfloat16")(ids)
+    y32 = call(_hybrid(), ids)
+    y16 = call(_hybrid(dtype="bfloat16"), ids)
     assert y16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y16)))
     assert_close(y16, y32, tol=5e-2, name="bf16 logits")
 
@@ -196,33 +206,33 @@ def test_classifier_padding_does_not_change_output(mixers, pooling, s4_bidirecti
              "s4": S4Config(d_state=4, bidirectional=s4_bidirectional)}
     cfg = SequenceClassifierConfig(vocab_size=11, d_model=8, n_layers=2, layer_mixers=mixers, num_classes=3,
                                    pooling=pooling, **small)
-    model = SequenceClassifier(cfg, rngs=nnx.Rngs(0))
+    model = build(SequenceClassifier, cfg)
     lengths = [5, 3]
     ids = jnp.asarray(rng.integers(0, 11, (2, 8)), jnp.int32)  # pad positions hold random tokens
     mask = jnp.arange(8)[None, :] < jnp.asarray(lengths)[:, None]
-    padded = model(ids, mask=mask)
+    padded = call(model, ids, mask=mask)
     assert padded.shape == (2, 3)
     for row, n in enumerate(lengths):
-        alone = model(ids[row : row + 1, :n])
+        alone = call(model, ids[row : row + 1, :n])
         assert_close(padded[row : row + 1], alone, name=f"row {row}")
     other = jnp.where(mask, ids, (ids + 1) % 11)  # different padding tokens, same result
-    assert_close(model(other, mask=mask), padded, name="other padding")
+    assert_close(call(model, other, mask=mask), padded, name="other padding")
 
 
 def test_dual_encoder(rng):
     cfg = SequenceClassifierConfig(vocab_size=11, d_model=8, n_layers=1, mixer="mamba2", num_classes=2,
                                    dual_encoder=True, **SMALL)
-    model = SequenceClassifier(cfg, rngs=nnx.Rngs(0))
+    model = build(SequenceClassifier, cfg)
     a = jnp.asarray(rng.integers(0, 11, (2, 6)), jnp.int32)
     b = jnp.asarray(rng.integers(0, 11, (2, 4)), jnp.int32)
-    logits = model(a, b)
+    logits = call(model, a, b)
     u, v = np.asarray(model.encode(a)), np.asarray(model.encode(b))
     feats = np.concatenate([u, v, u * v, u - v], -1)
     hidden = np.asarray(jax.nn.gelu(model.head_hidden(jnp.asarray(feats)), approximate=False))
     assert_close(logits, np.asarray(model.head(jnp.asarray(hidden))), name="dual head")
     mask2 = jnp.asarray([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
-    masked = model(a, b, mask2=mask2)
-    assert_close(masked[0], model(a[:1], b[:1, :3])[0], name="masked second input")
+    masked = call(model, a, b, mask2=mask2)
+    assert_close(masked[0], call(model, a[:1], b[:1, :3])[0], name="masked second input")
     with pytest.raises(ValueError, match="inputs2"):
         model(a)
 
@@ -230,12 +240,12 @@ def test_dual_encoder(rng):
 def test_dropout_train_eval(rng):
     cfg = SequenceClassifierConfig(vocab_size=11, d_model=8, n_layers=1, mixer="s4d", num_classes=2, dropout=0.5,
                                    **{**SMALL, "s4d": S4DConfig(d_state=4, dropout=0.3)})
-    model = SequenceClassifier(cfg, rngs=nnx.Rngs(0))
+    model = build(SequenceClassifier, cfg)
     ids = jnp.asarray(rng.integers(0, 11, (2, 6)), jnp.int32)
     model.train()
-    assert not np.allclose(model(ids), model(ids))
+    assert not np.allclose(call(model, ids), call(model, ids))
     model.eval()
-    np.testing.assert_array_equal(model(ids), model(ids))
+    np.testing.assert_array_equal(call(model, ids), call(model, ids))
 
 
 def test_every_model_param_has_logical_names_and_builds_with_eager_sharding_on():

@@ -15,6 +15,10 @@ from tests.numerics import assert_close
 
 E = 8  # d_model
 
+# Calls go through one jitted wrapper: compiling a small graph once per shape is several times
+# cheaper on CPU than dispatching (and compiling) every op eagerly.
+call = nnx.jit(lambda layer, x, **kw: layer(x, **kw))
+
 
 def make(kind: str, *, dtype="float32", seed=0, **overrides):
     """Tiny layers; sizes chosen so every code path (groups, chunks, heads) is exercised."""
@@ -76,7 +80,7 @@ def test_forward_matches_oracle(kind, overrides, rng):
     layer = make(kind, **overrides)
     _randomize(layer, rng)
     x = _x(rng)
-    y = layer(jnp.asarray(x))
+    y = call(layer, jnp.asarray(x))
     p = oracles.params(layer)
     x64 = x.astype(np.float64)
     if kind == "mamba":
@@ -108,7 +112,7 @@ def test_forward_matches_oracle(kind, overrides, rng):
 def test_step_and_prefill_match_parallel(kind, rng):
     layer = make(kind)
     x = jnp.asarray(_x(rng, l=7))
-    y = layer(x)
+    y = call(layer, x)
     kw = {"max_length": 7} if kind == "attention" else {}
     cache = layer.init_cache(2, **kw)
     step = nnx.jit(lambda m, xt, c: m.step(xt, c))
@@ -118,8 +122,9 @@ def test_step_and_prefill_match_parallel(kind, rng):
         ys.append(yt)
     assert_close(jnp.stack(ys, 1), y, name=f"{kind} step folded")
     # Prefill in two chunks hands the same state to the step as folding the step does.
-    y1, c1 = layer.prefill(x[:, :3], layer.init_cache(2, **kw))
-    y2, c2 = layer.prefill(x[:, 3:], c1)
+    prefill = nnx.jit(lambda m, x, c: m.prefill(x, c))
+    y1, c1 = prefill(layer, x[:, :3], layer.init_cache(2, **kw))
+    y2, c2 = prefill(layer, x[:, 3:], c1)
     assert_close(jnp.concatenate([y1, y2], 1), y, name=f"{kind} chunked prefill")
     for a, b in zip(jax.tree.leaves(c2), jax.tree.leaves(cache)):
         if jnp.issubdtype(a.dtype, jnp.inexact):
@@ -148,13 +153,13 @@ def test_packed_equals_separate(kind, rng):
         layer = make("attention", causal=False)
     else:
         layer = make(kind)
-    lengths = [3, 1, 4]
+    lengths = [3, 1, 4]  # lengths 1 and 3 < the conv width / chunk size are edge cases
     x = jnp.asarray(_x(rng, b=1, l=sum(lengths)))
     seg = jnp.asarray(np.repeat([7, 2, 9], lengths)[None].astype(np.int32))
-    y = layer(x, segment_ids=seg)
+    y = call(layer, x, segment_ids=seg)
     start = 0
     for n in lengths:
-        alone = layer(x[:, start : start + n])
+        alone = call(layer, x[:, start : start + n])
         assert_close(y[:, start : start + n], alone, name=f"{kind} segment at {start}")
         start += n
 
@@ -169,8 +174,8 @@ def test_bf16_compute_close_to_fp32(kind, rng):
     layer32 = make(kind)
     layer16 = make(kind, dtype="bfloat16")
     x = jnp.asarray(_x(rng))
-    y32 = layer32(x)
-    y16 = layer16(x.astype(jnp.bfloat16))
+    y32 = call(layer32, x)
+    y16 = call(layer16, x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(layer16, nnx.Param)))
     assert_close(y16.astype(jnp.float32), y32, tol=5e-2, name=f"{kind} bf16")
@@ -331,12 +336,13 @@ def test_gradients_match_finite_differences(kind, rng):
         def loss(s, x):
             return jnp.sum(nnx.merge(graphdef, s)(x) * w)
 
-        g_state, g_x = jax.grad(loss, argnums=(0, 1))(state, x)
+        g_state, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(state, x)
         leaves, treedef = jax.tree.flatten(state)
         dirs = [jnp.asarray(rng.standard_normal(np.shape(v))) for v in leaves]
         dx = jnp.asarray(rng.standard_normal(x.shape))
         eps = 1e-6
         shift = lambda sign: (jax.tree.unflatten(treedef, [v + sign * eps * d for v, d in zip(leaves, dirs)]), x + sign * eps * dx)  # noqa: E731
-        fd = (loss(*shift(+1)) - loss(*shift(-1))) / (2 * eps)
+        jloss = jax.jit(loss)
+        fd = (jloss(*shift(+1)) - jloss(*shift(-1))) / (2 * eps)
         analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(g_state), dirs)) + jnp.vdot(g_x, dx)
         assert abs(float(fd - analytic)) <= 1e-6 * max(1.0, abs(float(analytic))), (float(fd), float(analytic))
