@@ -1,14 +1,20 @@
-r"""The demo (``make demo``): a small Mamba learns selective copying on a CPU in a few minutes.
+r"""The demo (``make demo``): a small Mamba learns induction heads on a CPU in a few minutes.
 
-Selective copying (Mamba paper, Sec. 4.1.1) shrunk to run on a laptop: sequences of 64 tokens
-hide 4 data tokens (6 possible values) among noise; after 4 marker tokens the model must output
-the data tokens in order. A time-invariant model (S4/S4D) cannot select by content; Mamba's
-input-dependent dt, B, C can. 2 Mamba layers, d_model 32.
+Induction heads (Mamba paper, Sec. 4.1.2) shrunk to run on a laptop: a sequence of 32 random
+tokens (vocabulary 16) contains a trigger token followed by an answer token; the sequence ends
+with the trigger again, and the model must output the answer. It is associative recall, the
+skill behind in-context learning: the model has to store the token that followed the trigger
+and retrieve it when the trigger recurs. 2 Mamba layers, d_model 32, 400 steps of batch 64.
 
     make demo      # = python -m experiments.run --config=experiments/configs/synthetic/demo.py --workdir=runs/demo
 
-Expected: about 2-3 minutes on a 2-core CPU; held-out token accuracy >= 90% (``validation/accuracy``).
-arg ``smoke``: 4 steps, seconds. The paper-scale task is ``selective_copying.py``.
+Expected: under 2 minutes on a 2-core CPU (measured 1 min 47 s wall, 2 dedicated cores);
+held-out accuracy (``validation/accuracy``) 100% (measured for seeds 0-6: every seed reached 100%
+by step 300). arg ``smoke``: 4 steps, seconds.
+
+The paper-scale task, with the length-generalization tests, is ``induction_heads.py`` (trained at
+length 256). Trained at length 32 as here, the model does not reliably extrapolate: tested at
+length 4096 (``forward="chunked"``), 2 of 7 seeds kept >= 90%, the rest fell to 12-25%.
 """
 
 from experiments.configs import common
@@ -18,14 +24,14 @@ def get_config(arg=None):
     a = common.parse_arg(arg, smoke=False)
     c = common.base_config()
     c.seed = 0
-    c.total_steps = 1000
-    c.log_every = 50
-    c.eval_every = 500
-    c.checkpoint_every = 500
+    c.total_steps = 400
+    c.log_every = 25
+    c.eval_every = 100
+    c.checkpoint_every = 200
 
-    c.data = dict(name="selective_copying", batch_size=32, seq_len=64, vocab_size=8, num_tokens=4, eval_examples=512)
-    c.model = common.model_config("lm", mixer="mamba", vocab_size=8, d_model=32, n_layers=2, mamba=dict(d_state=16, expand=2))
-    c.optim.lr = 3e-3
+    c.data = dict(name="induction_heads", batch_size=64, seq_len=32, vocab_size=16, eval_examples=512)
+    c.model = common.model_config("lm", mixer="mamba", vocab_size=16, d_model=32, n_layers=2, mamba=dict(d_state=16, expand=2))
+    c.optim.lr = 1e-2
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.1
     c.eval.batch_size = 128
