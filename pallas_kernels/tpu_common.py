@@ -102,15 +102,23 @@ def over_mesh(fn: Callable, args: Mapping[str, Any], specs: Mapping[str, Any], o
     static = {k: v for k, v in args.items() if k not in arrays}
     in_specs = ({k: specs[k] for k in arrays},)
     body = lambda a: fn(**a, **static)  # noqa: E731
-    return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(arrays)
+    # Manual over the axes the specs use; any other mesh axis stays automatic.
+    axes = {a for s in in_specs[0].values() for part in s if part is not None
+            for a in (part if isinstance(part, tuple) else (part,))}
+    # check_vma=False: pallas_call outputs carry no varying-manual-axes type (jax 0.11.2 asks for
+    # one on every out_shape under check_vma). Each output is per-shard data, as out_specs say.
+    return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axes,
+                         check_vma=False)(arrays)
 
 
 def ambient_mesh_shape() -> dict[str, int]:
-    """Axis sizes of the mesh set with ``jax.set_mesh`` (empty when none is set)."""
+    """Axis sizes of the mesh set with ``jax.set_mesh`` (empty when none is set), without the
+    axes that are already manual (inside a caller's ``shard_map`` the arrays are shards)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return {}
-    return dict(mesh.shape)
+    manual = jax.sharding.AxisType.Manual
+    return {name: size for (name, size), kind in zip(mesh.shape.items(), mesh.axis_types) if kind != manual}
 
 
 def spec(*axes) -> P:

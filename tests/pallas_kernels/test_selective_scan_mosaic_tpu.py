@@ -1,0 +1,305 @@
+"""The Mosaic TPU selective-scan kernels (pallas_kernels/selective_scan, impl="pallas_tpu").
+
+Every test runs the kernels in TPU interpret mode with the race detector on, two simulated
+TensorCores and NaN-filled fresh memory (``tests/pallas_kernels/tpu_interpret.py``); a race, a
+read of memory the kernel never wrote (NaN in the result) or an out-of-bounds read fails it.
+Interpret mode costs a few seconds per compiled kernel, so the shared contract runs on a reduced
+grid here (the rest of it is marked ``slow``), and the TPU-specific tests use small shapes at and
+around the tile boundaries (one block, several sequence blocks, channel tiles, padded groups).
+
+On a TPU backend the same tests compile the kernels with Mosaic.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels import tpu_common
+from pallas_kernels.selective_scan import api_tpu, blocks_tpu
+from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
+from ssm_jax.ops.registry import ImplementationUnavailableError
+from ssm_jax.ops.selective_scan import REGISTRY, _canonicalize, selective_scan
+from tests.numerics import assert_close
+from tests.ops.test_selective_scan import ARRAY_ARGS, OPTION_ROWS, SelectiveScanContract, make_inputs, oracle
+from tests.pallas_kernels.tpu_interpret import global_x64, strict_interpret
+
+ON_TPU = jax.default_backend() == "tpu"
+slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
+# Contract rows run in CI: all options off, all on, and a mixed row (z, dt_bias without softplus,
+# groups, return_final_state, l = 13); the other thirteen are `slow` off TPU.
+CI_ROWS = (0, 15, 6)
+
+
+@pytest.fixture
+def strict():
+    """Run the test under strict TPU interpret mode; fail on a race or if no kernel ran."""
+    with strict_interpret():
+        yield
+
+
+def _canonical(args, kw):
+    return _canonicalize(
+        "selective_scan", **args, D=kw.get("D"), z=kw.get("z"), dt_bias=kw.get("dt_bias"),
+        state=kw.get("initial_state"), state_name="initial_state", segment_ids=kw.get("segment_ids"), step=False,
+    )
+
+
+@pytest.mark.usefixtures("strict")
+class TestSelectiveScanMosaicTPU(SelectiveScanContract):
+    impl = "pallas_tpu"
+    reference_impl = "scan"
+
+    @pytest.mark.parametrize(
+        "row", [r if r in CI_ROWS else pytest.param(r, marks=slow_off_tpu) for r in range(len(OPTION_ROWS))]
+    )
+    def test_options_match_oracle(self, rng, row):
+        super().test_options_match_oracle(rng, row)
+
+    def test_gradients_match_float64_finite_differences(self, rng):
+        # float64 runs in interpret mode only (why_not refuses it on a TPU): the kernels' own
+        # backward against central differences of their own forward.
+        with global_x64():
+            super().test_gradients_match_float64_finite_differences(rng)
+
+    @slow_off_tpu
+    def test_segments_equal_separate_runs(self, rng):
+        super().test_segments_equal_separate_runs(rng)
+
+    @slow_off_tpu
+    def test_jit_and_vmap(self, rng):
+        super().test_jit_and_vmap(rng)
+
+    @slow_off_tpu
+    def test_chaining_two_halves_equals_one_call(self, rng):
+        # initial_state and final_state gradients: test_gradients_match_reference.
+        super().test_chaining_two_halves_equals_one_call(rng)
+
+    @pytest.mark.parametrize("dtype", [pytest.param(d, marks=slow_off_tpu) for d in ("bfloat16", "float16")])
+    def test_low_precision_inputs(self, rng, dtype):
+        # bfloat16 in CI: test_bf16_several_blocks_channel_tiles_and_padding.
+        super().test_low_precision_inputs(rng, dtype)
+
+    @pytest.mark.parametrize(
+        "case",
+        [c if c in ("dt_to_zero", "large_dt_negative_A") else pytest.param(c, marks=slow_off_tpu)
+         for c in sorted(SelectiveScanContract.EXTREMES)],
+    )
+    def test_extreme_inputs_are_finite_and_correct(self, rng, case):
+        super().test_extreme_inputs_are_finite_and_correct(rng, case)
+
+
+# --------------------------------------------------------------------------------------------
+# Tile boundaries: several sequence blocks, channel tiles, per-group padding
+# --------------------------------------------------------------------------------------------
+
+
+def _values_and_grads(rng, *, b, l, d, n, g, blocks, dtype=np.float32, tol=2e-5, grad_tol=1e-4):
+    """Kernel vs the float64 oracle (values) and vs impl="scan" (every gradient), all options."""
+    args, kw = make_inputs(rng, b=b, l=l, d=d, n=n, g=g, dtype=dtype)
+    can = _canonical(args, kw)
+    y, h = api_tpu.selective_scan(**can, dt_softplus=True, return_final_state=True, blocks=blocks)
+    up = lambda v: np.asarray(jnp.asarray(v, jnp.float32))  # noqa: E731
+    y_ref, h_ref = oracle({k: up(v) for k, v in args.items()}, {**kw, "z": up(kw["z"])})
+    assert y.dtype == jnp.dtype(dtype) and h.dtype == jnp.float32
+    assert_close(y, y_ref, tol=tol, name="y")
+    assert_close(h, h_ref, tol=tol, name="final_state")
+    wy = rng.standard_normal(y.shape).astype(np.float32)
+    wh = rng.standard_normal(h.shape).astype(np.float32)
+    diff = {k: can[k] for k in ARRAY_ARGS}
+    static = {k: v for k, v in can.items() if k not in diff}
+
+    def loss(fn):
+        def f(a):
+            y, h = fn(**a, **static, dt_softplus=True, return_final_state=True)
+            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(h * wh)
+        return f
+
+    got = jax.grad(loss(lambda **a: api_tpu.selective_scan(**a, blocks=blocks)))(diff)
+    up_diff = {k: (jnp.asarray(v, jnp.float32) if v.dtype == jnp.dtype(dtype) else v) for k, v in diff.items()}
+    from ssm_jax.ops.selective_scan import _scan_impl
+
+    want = jax.grad(loss(_scan_impl))(up_diff)
+    for k in ARRAY_ARGS:
+        assert got[k].dtype == diff[k].dtype, k
+        assert_close(jnp.asarray(got[k], jnp.float32), want[k], tol=grad_tol, name=f"d{k}")
+
+
+@pytest.mark.usefixtures("strict")
+def test_bf16_several_blocks_channel_tiles_and_padding(rng):
+    """bf16 inputs; l = 272 over blocks of 128 (three blocks, the last mostly padding); d = 200 in
+    one group, padded to two 128-lane tiles; every option; values and every gradient."""
+    _values_and_grads(rng, b=1, l=272, d=200, n=3, g=None, blocks=SelectiveScanTPUBlocks(block_l=128),
+                      dtype=jnp.bfloat16, tol=1e-2, grad_tol=2e-2)
+
+
+@slow_off_tpu
+@pytest.mark.usefixtures("strict")
+def test_groups_spanning_tiles(rng):
+    """Two groups of 130 channels (each padded to two tiles: B/C picked per tile), three blocks."""
+    _values_and_grads(rng, b=2, l=300, d=260, n=5, g=2, blocks=SelectiveScanTPUBlocks(block_l=128, unroll=2))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry, tiling, lowering, sharding
+# --------------------------------------------------------------------------------------------
+
+
+def test_interpret_harness_catches_races_and_unwritten_memory():
+    """The strict interpreter these tests rely on fails a kernel whose parallel grid steps write
+    the same block, and hands NaN to a kernel that reads scratch it never wrote."""
+    from jax.experimental import pallas as pl
+
+    x = jnp.ones((2, 8, 128), jnp.float32)
+
+    def call(kernel, out_block, scratch=()):
+        return pl.pallas_call(
+            kernel, grid=(2,), in_specs=[pl.BlockSpec((None, 8, 128), lambda i: (i, 0, 0))],
+            out_specs=pl.BlockSpec(*out_block), out_shape=jax.ShapeDtypeStruct((2, 8, 128), jnp.float32),
+            scratch_shapes=scratch, compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+            interpret=pltpu.InterpretParams(),
+        )(x)
+
+    def double(x_ref, o_ref):
+        o_ref[...] = 2 * x_ref[...]
+
+    with pytest.raises(AssertionError, match="race detector reported races"):
+        with strict_interpret():
+            call(double, ((None, 8, 128), lambda i: (0, 0, 0)))  # both steps write block 0
+
+    def add_scratch(x_ref, o_ref, s_ref):
+        o_ref[...] = x_ref[...] + s_ref[...]
+
+    with strict_interpret():
+        y = call(add_scratch, ((None, 8, 128), lambda i: (i, 0, 0)), [pltpu.VMEM((8, 128), jnp.float32)])
+        assert bool(jnp.all(jnp.isnan(y)))
+        assert_close(call(double, ((None, 8, 128), lambda i: (i, 0, 0))), 2 * x)
+
+
+def test_why_not_and_registry(rng):
+    args, kw = make_inputs(rng, b=1, l=4, d=4, n=2)
+    ctx = {**_canonical(args, kw), "backend": "gpu"}
+    assert re.search(r"runs on TPUs .* backend is 'gpu'", api_tpu.why_not(ctx))
+    assert api_tpu.why_not({**ctx, "backend": "tpu"}) is None
+    assert REGISTRY["pallas_tpu"].auto_backends == ("tpu",)
+    name, _ = REGISTRY.resolve("auto", _canonical(args, kw))
+    assert (name == "pallas_tpu") == ON_TPU
+    with jax.enable_x64(True):
+        args64 = {k: np.asarray(v, np.float64) for k, v in args.items()}
+        ctx64 = {**_canonical(args64, {}), "backend": "tpu"}
+        assert "float64" in api_tpu.why_not(ctx64)
+    big = {**ctx, "backend": "tpu", "A": jnp.zeros((4, 4096), jnp.float32)}
+    assert "VMEM" in api_tpu.why_not(big)
+    if not ON_TPU:
+        with pytest.raises(ValueError, match="'pallas' has no target on backend 'cpu'"):
+            selective_scan(**args, impl="pallas")
+
+
+def test_blocks_validate_and_fit_vmem():
+    with pytest.raises(ValueError, match="`block_l` must be a positive multiple of 128"):
+        SelectiveScanTPUBlocks(block_l=100)
+    with pytest.raises(ValueError, match="`block_d` must be a positive multiple of 128"):
+        SelectiveScanTPUBlocks(block_d=64)
+    with pytest.raises(ValueError, match="`unroll` must be a positive int"):
+        SelectiveScanTPUBlocks(unroll=0)
+    assert blocks_tpu.choose_blocks(4096, 2048, 1, 16).block_l == 256  # Mamba-1's n = 16
+    assert blocks_tpu.choose_blocks(4096, 2048, 1, 128).block_l == 128
+    for n in (16, 64, 128):
+        blk = blocks_tpu.choose_blocks(4096, 2048, 1, n)
+        assert blocks_tpu.backward_vmem_bytes(blk.block_l, blk.block_d, n) <= blocks_tpu.VMEM_BUDGET
+        assert blocks_tpu.forward_vmem_bytes(blk.block_l, blk.block_d, n) < blocks_tpu.backward_vmem_bytes(
+            blk.block_l, blk.block_d, n)
+    # The budget leaves room on every chip the README covers (VMEM per TensorCore from jax).
+    for chip in (pltpu.ChipVersion.TPU_V5E, pltpu.ChipVersion.TPU_V5P, pltpu.ChipVersion.TPU_V6E):
+        assert tpu_common.MAX_VMEM_LIMIT <= pltpu.get_tpu_info_for_chip(chip, 1).vmem_capacity_bytes // 1.3
+
+
+@pytest.mark.parametrize("chip", ["TPU v5 lite", "TPU v6 lite"])
+def test_kernels_lower_to_mosaic(chip, monkeypatch):
+    """Forward and backward lower to Mosaic TPU custom calls for a real chip (bf16, every option,
+    three sequence blocks, two channel tiles): the Python half of TPU compilation, which checks
+    block shapes against the (8, 128) tiling and every op against Mosaic's lowering rules. The
+    layout passes run in libtpu, on a TPU."""
+    from jax._src import mesh as mesh_lib
+
+    monkeypatch.setattr(tpu_common, "interpret_params", lambda: False)
+    S = jax.ShapeDtypeStruct
+    b, l, d, n = 2, 300, 256, 16
+    shapes = dict(x=S((b, l, d), jnp.bfloat16), dt=S((b, l, d), jnp.bfloat16), A=S((d, n), jnp.float32),
+                  B=S((b, l, 1, n), jnp.bfloat16), C=S((b, l, 1, n), jnp.bfloat16), D=S((d,), jnp.float32),
+                  z=S((b, l, d), jnp.bfloat16), dt_bias=S((d,), jnp.float32), initial_state=S((b, d, n), jnp.float32),
+                  segment_ids=S((b, l), jnp.int32))
+    blocks = SelectiveScanTPUBlocks(block_l=128)
+
+    def loss(a, seg):
+        y, h = api_tpu.selective_scan(**a, segment_ids=seg, dt_softplus=True, return_final_state=True, blocks=blocks)
+        return jnp.sum(y.astype(jnp.float32)) + jnp.sum(h)
+
+    def grads(a, seg):
+        return jax.grad(loss)(a, seg)
+
+    device = mesh_lib.AbstractDevice(chip, 1, "tpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
+        seg = shapes.pop("segment_ids")
+        exported = jax.export.export(jax.jit(grads), platforms=["tpu"])(shapes, seg)
+    text = exported.mlir_module()
+    assert text.count("tpu_custom_call") == 2  # forward (saving block states) and backward
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.experimental.pallas import tpu as pltpu
+    from ssm_jax.ops import selective_scan
+    from ssm_jax.parallel import make_mesh
+    from tests.numerics import assert_close
+    from tests.ops.test_selective_scan import ARRAY_ARGS, make_inputs, oracle
+    from tests.pallas_kernels.tpu_interpret import STRICT_1, strict_interpret
+
+    assert len(jax.devices()) == 4
+    args, kw = make_inputs(np.random.default_rng(0), b=2, l=12, d=256, n=3, g=None)
+    arrays = {**args, **{k: v for k, v in kw.items() if k in ARRAY_ARGS}}
+    static = {k: v for k, v in kw.items() if k not in ARRAY_ARGS}
+    mesh = make_mesh((2, 2), ("data", "tensor"))
+    run = lambda a, impl: selective_scan(**a, **static, return_final_state=True, impl=impl)
+    loss = lambda a, impl: (lambda y, h: jnp.sum(jnp.sin(y)) + jnp.sum(h * h))(*run(a, impl))
+    # One simulated core per device: two would run each device's grid on threads that compile
+    # and execute nested XLA computations from inside a callback, which deadlocks across the four
+    # CPU devices (jax 0.11.2).
+    with strict_interpret(STRICT_1), jax.set_mesh(mesh):
+        lowered = jax.jit(lambda a: run(a, "pallas_tpu")).lower(arrays).as_text()
+        assert "shard_map" in lowered or "sdy.manual_computation" in lowered, "kernel not wrapped in shard_map"
+        y, h = jax.jit(lambda a: run(a, "pallas_tpu"))(arrays)
+        g = jax.jit(jax.grad(lambda a: loss(a, "pallas_tpu")))(arrays)
+    y_ref, h_ref = oracle(args, kw)
+    assert_close(y, y_ref, name="y")
+    assert_close(h, h_ref, name="final_state")
+    g_ref = jax.grad(lambda a: loss(a, "scan"))(arrays)
+    for k in ARRAY_ARGS:
+        assert_close(g[k], g_ref[k], tol=1e-4, name="d" + k)
+    print("OK")
+    """
+)
+
+
+def test_sharded_over_a_four_device_mesh():
+    """Batch over `data`, channels over `tensor` on a simulated 2 x 2 CPU mesh: the kernel runs
+    per shard inside shard_map (interpret mode simulates the four devices), values and gradients
+    equal the unsharded reference."""
+    if ON_TPU:
+        pytest.skip("the subprocess simulates CPU devices")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-3000:]
