@@ -9,8 +9,8 @@ GPU interpret mode. :func:`why_not` says when they cannot run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +86,6 @@ def _keep(segment_ids):
 # Padding
 # --------------------------------------------------------------------------------------------
 
-
-import dataclasses  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

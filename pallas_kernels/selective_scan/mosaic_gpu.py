@@ -1,38 +1,23 @@
 """Mamba-1 selective scan as Pallas Mosaic GPU kernels (Hopper), forward and backward.
 
-Every function here takes arrays already padded and laid out by :mod:`.api` (see ``_Problem``):
+Every function here takes arrays already padded and laid out by :mod:`.api`; ``v`` is the
+tiling's states per thread and the state axis is passed split as ``(n/v, v)`` (a free reshape):
 
-==============  ========================  ===================================================
-array           shape                     notes
-==============  ========================  ===================================================
-``x, dt, z``    ``(b, l, d)``             input dtype; ``l`` a multiple of the chunk, ``d`` of
-                                          the block's channels, each group padded alike
-``B, C``        ``(b, l, g, n)``          input dtype, ``n`` padded with zeros to a power of 2
-``A2``          ``(d, n)`` float32        ``A * log2(e)``: the kernels use ``exp2``
-``bias``        ``(d / ch, q, ch)`` f32   ``dt_bias`` repeated over the chunk (optional)
-``Dt``          ``(d / ch, q, ch)`` f32   ``D`` repeated over the chunk (optional)
-``keep``        ``(b, l)`` float32        0 where ``segment_ids`` changes, else 1 (optional)
-``h0``          ``(b, d, n)`` float32     initial state (optional)
-==============  ========================  ===================================================
+==============  ==========================  ================================================
+array           shape                       notes
+==============  ==========================  ================================================
+``x, dt, z``    ``(b, l, d)``               input dtypes; ``l`` a multiple of the chunk,
+                                            each channel group padded to a multiple of ``ch``
+``B, C``        ``(b, l, g, n)``            one dtype, ``n`` zero-padded to a power of 2 >= 8
+``A2``          ``(d, n/v, v)`` float32     ``A * log2(e)``: the kernels use ``exp2``
+``bias``        ``(d / ch, q, ch)`` f32     ``dt_bias`` repeated over the chunk (optional)
+``Dt``          ``(d / ch, q, ch)`` f32     ``D`` repeated over the chunk (optional)
+``keep``        ``(b, l + 32)`` float32     0 where ``segment_ids`` changes, else 1 (optional)
+``h0``          ``(b, d, n/v, v)`` float32  initial state (optional)
+==============  ==========================  ================================================
 
-Forward (Mamba paper, eq. 2a/2b, Alg. 2). One warpgroup per (batch row, block of ``ch``
-channels) walks the sequence in chunks of ``q`` positions. A single thread issues TMA copies of
-the next chunk's ``x, dt, z, B, C`` tiles while the warpgroup computes the current one
-(two stages). Per chunk:
-
-1. element-wise over the ``(q, ch)`` tile: ``delta = softplus(dt + dt_bias)`` and
-   ``u = delta * x`` into shared memory (float32);
-2. the recurrence, one position at a time, with the state ``h (ch, n)`` in registers (each
-   thread one channel and ``states_per_thread`` state indices)::
-
-       h = exp2(delta_t * A2) * h + u_t * B_t        (eq. 2a, ZOH on A, Euler on B)
-       y_t = sum_n h * C_t                            (eq. 2b; warp shuffles across the n-slices)
-
-3. element-wise: ``y = (y + D x) * silu(z)`` in the output dtype, TMA-stored.
-
-When the backward will need them, the state before every ``save_interval``-th position is
-stored: ``h_saved (b, l / save_interval, d, n)`` float32 — the only per-position memory the
-backward uses besides the inputs.
+The algorithm, the roofline and the measurements are in README.md; :func:`forward` and
+:func:`backward` say what each phase of a chunk does.
 """
 
 from __future__ import annotations
@@ -196,6 +181,15 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     ``B, C (b, l, g, n)``, ``A2 (d, n/v, v)``, ``h0``/``final_state (b, d, n/v, v)`` and
     ``h_saved (b, l / save_interval, d, n/v, v)``: the state axis split as the registers hold it
     (a free reshape of ``(.., n)``).
+
+    Mamba paper eq. 2a/2b, Alg. 2. One warpgroup per (batch row, block of ``ch`` channels) walks
+    the sequence in chunks of ``q`` positions, the state ``h (ch, n)`` in registers. Per chunk:
+    a thread issues the TMA copies of the next chunk (two stages); (1) element-wise
+    ``delta = softplus(dt + dt_bias)``, ``u = delta x``; (2) the recurrence
+    ``h = exp2(delta A2) h + u B`` position by position, each thread storing its in-thread
+    partial of ``h . C``; (3) element-wise ``(sum of partials + D x) * silu(z)``, TMA-stored.
+    With ``save_states`` the state entering every ``save_interval``-th position is stored for
+    :func:`backward`.
     """
     blk = p.blocks
     q, ch, n, v = blk.chunk, p.ch, p.n, blk.states_per_thread

@@ -32,7 +32,7 @@ from tests.ops.test_selective_scan import ARRAY_ARGS, SelectiveScanContract, mak
 
 # Interpret mode runs one position at a time (~5 ms each on CPU, plus tracing per signature), so
 # the contract costs minutes. `make test` keeps every option combination (the 16-row grid), the
-# all-options gradient check, bfloat16, segments and the decay-underflow extreme; the other
+# all-options gradient check (segment ids included), bfloat16 and the decay-underflow extreme; the other
 # repetitions of the same kernel paths are `slow` here (the GPU run executes them compiled).
 FAST_EXTREMES = ("large_dt_negative_A",)
 
@@ -53,6 +53,10 @@ class TestMosaicGPU(SelectiveScanContract):
     @pytest.mark.slow
     def test_jit_and_vmap(self, rng):
         super().test_jit_and_vmap(rng)
+
+    @pytest.mark.slow
+    def test_segments_equal_separate_runs(self, rng):
+        super().test_segments_equal_separate_runs(rng)
 
     @pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
     def test_low_precision_inputs(self, rng, dtype):
@@ -97,7 +101,7 @@ def _run_api(args, kw, **tiling):
 
 # (fwd states_per_thread, fwd chunk, bwd states_per_thread) at n = 16: 8, 16 and 32 channels per
 # block, one or several chunks, and a length that is not a multiple of either chunk.
-TILINGS = [(1, 32, 1), pytest.param((2, 64, 4), marks=pytest.mark.slow), (4, 32, 2)]
+TILINGS = [pytest.param((1, 32, 1), marks=pytest.mark.slow), pytest.param((2, 64, 4), marks=pytest.mark.slow), (4, 32, 2)]
 
 
 @pytest.mark.parametrize("tiling", TILINGS, ids=["v1q32bv1", "v2q64bv4", "v4q32bv2"])
