@@ -1,0 +1,1 @@
+"""Mamba-1 selective scan on Hopper in Pallas Mosaic GPU: see README.md; entry point api.selective_scan."""

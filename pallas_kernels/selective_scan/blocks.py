@@ -6,9 +6,9 @@ thread owns one channel and ``states_per_thread`` consecutive state indices, so
 
     channels = 128 * states_per_thread / n_padded
 
-and the ``n_padded / states_per_thread`` threads of a channel sum their parts of ``h . C`` with
-warp shuffles. Fewer states per thread means more blocks (parallelism over ``b * d``) and more
-shuffles per state element; more states per thread means fewer, fuller blocks.
+and the ``n_padded / states_per_thread`` threads of a channel each hold a part of ``h . C`` (summed
+once per chunk). Fewer states per thread means more blocks (parallelism over ``b * d``) and more
+per-element overhead; more states per thread means fewer, fuller blocks.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 
 WARPGROUP = 128
-# The rule in `choose_blocks` (measured on H100, README.md): the most states per thread that
-# still launches FULL_BLOCKS blocks; failing that, the most that launches HALF_BLOCKS (one per SM
-# at least: a single states-per-thread is shuffle-heavy and only pays when nothing else fills the
-# GPU); failing that, the fewest.
+# The rule in `choose_blocks` (measured on H100, README.md): the most states per thread (>= 2)
+# that still launches FULL_BLOCKS blocks; failing that, the most (>= 2) that launches HALF_BLOCKS
+# (about one per SM: one state per thread has the most overhead per element and only pays when
+# nothing else fills the GPU); failing that, the fewest.
 FULL_BLOCKS = 192
 HALF_BLOCKS = 96
 
@@ -116,11 +116,6 @@ class SelectiveScanBlocks:
         per_thread = self.chunk * self.channels // WARPGROUP
         return min(4, per_thread)
 
-    @property
-    def sub_chunk(self) -> int:
-        """Positions per inner loop of the forward: states are stored after each when saving."""
-        return min(self.chunk, self.save_interval)
-
 
 def backward_smem_per_position(ch: int, n: int, v: int, itemsize: int = 2) -> int:
     """Shared-memory bytes per chunk position of the backward kernel (upper bound over dtypes):
@@ -160,8 +155,8 @@ def choose_blocks(b: int, d: int, g: int, n: int, *, l: int | None = None, state
                   chunk: int | None = None, unroll: int = 4, save_interval: int = BACKWARD_CHUNK) -> SelectiveScanBlocks:
     """The tiling for ``b`` rows of length ``l``, ``d`` channels in ``g`` groups, state size ``n``.
 
-    Picks the most states per thread that still launches about :data:`TARGET_BLOCKS` blocks
-    (measured on H100: see README.md), and a chunk whose B/C tiles fit shared memory.
+    States per thread by the rule above (:data:`FULL_BLOCKS`, :data:`HALF_BLOCKS`; measured on
+    H100, README.md), and the largest chunk whose shared memory lets two blocks share an SM.
     """
     n_p = padded_state_size(n)
     if states_per_thread is None:
