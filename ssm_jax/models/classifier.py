@@ -81,6 +81,7 @@ class SequenceClassifier(nnx.Module):
     def encode(self, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Pooled features ``(b, e)`` in the compute dtype."""
         inputs, mask = self._check("inputs", inputs, mask)
+        mask = None if mask is None else mask.astype(bool)
         h = self.embedding(inputs).astype(jnp.float32)
         for block in self.layers:
             h = block(h, mask=mask)
@@ -110,4 +111,4 @@ class SequenceClassifier(nnx.Module):
             if inputs2 is not None or mask2 is not None:
                 raise ValueError("SequenceClassifier: `inputs2`/`mask2` need dual_encoder=True")
             x = self.encode(inputs, mask1)
-        return self.head(x).astype(jnp.float32)
+        return self.head(x, preferred_element_type=jnp.float32).astype(jnp.float32)

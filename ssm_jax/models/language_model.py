@@ -52,16 +52,18 @@ class LanguageModel(nnx.Module):
                 kernel_init=lambda k, s: 0.02 * jax.random.normal(k, s, jnp.float32),
             )
 
-    def _check_ids(self, op: str, ids, spec: str) -> jax.Array:
-        ids = to_array(op, "input_ids", ids)
-        Dims(op).bind("input_ids", ids, spec)
-        check_int_array(op, "input_ids", ids)
+    def _check_ids(self, op: str, ids, spec: str, name: str = "input_ids") -> jax.Array:
+        ids = to_array(op, name, ids)
+        Dims(op).bind(name, ids, spec)
+        check_int_array(op, name, ids)
         return ids
 
     def _logits(self, x: jax.Array) -> jax.Array:
         x = self.norm_f(x)
-        logits = self.embedding.attend(x) if self.lm_head is None else self.lm_head(x)
-        return logits[..., : self.config.vocab_size].astype(jnp.float32)
+        # Logits accumulate and come back in float32 even when the compute dtype is bf16.
+        f32 = jnp.float32
+        logits = self.embedding.attend(x, preferred_element_type=f32) if self.lm_head is None else self.lm_head(x, preferred_element_type=f32)
+        return logits[..., : self.config.vocab_size].astype(f32)
 
     def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """``input_ids (b, l)`` int -> ``logits (b, l, vocab_size)`` float32.
@@ -93,7 +95,7 @@ class LanguageModel(nnx.Module):
 
     def step(self, token_ids: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         """One token per row, ``token_ids (b,)`` -> ``(logits (b, v), cache)``."""
-        token_ids = self._check_ids("LanguageModel.step", token_ids, "b")
+        token_ids = self._check_ids("LanguageModel.step", token_ids, "b", "token_ids")
         h = self.embedding(token_ids).astype(jnp.float32)
         new = []
         for block, c in zip(self.layers, cache, strict=True):

@@ -52,10 +52,11 @@ class Dense(nnx.Module):
         else:
             self.bias = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    def __call__(self, x: jax.Array, *, preferred_element_type=None) -> jax.Array:
+        """``preferred_element_type``: accumulate/return in this dtype (e.g. float32 logits)."""
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=preferred_element_type)
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
+            y = y + self.bias[...].astype(y.dtype)
         return y
 
 
@@ -72,5 +73,7 @@ class Embed(nnx.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
-    def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+    def attend(self, x: jax.Array, *, preferred_element_type=None) -> jax.Array:
+        """``x (..., e) @ embedding.T -> (..., v)``, the tied output head."""
+        table = self.embedding[...].astype(self.dtype)
+        return jnp.dot(x.astype(self.dtype), table.T, preferred_element_type=preferred_element_type)

@@ -98,8 +98,9 @@ class Mamba(nnx.Module):
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def init_cache(self, batch_size: int, dtype=None, **_) -> MambaCache:
+    def init_cache(self, batch_size: int, dtype=None, *, max_length: int | None = None) -> MambaCache:
         """Zero state: ``conv_state (b, d, k-1)`` in ``dtype`` (default: compute dtype), ``ssm_state`` fp32."""
+        del max_length  # the state does not grow with the sequence
         dtype = self.dtype if dtype is None else canonical_dtype("Mamba.init_cache", dtype)
         return MambaCache(
             self.conv1d.zeros_state(batch_size, dtype),

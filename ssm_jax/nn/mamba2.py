@@ -112,8 +112,9 @@ class Mamba2(nnx.Module):
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def init_cache(self, batch_size: int, dtype=None, **_) -> Mamba2Cache:
+    def init_cache(self, batch_size: int, dtype=None, *, max_length: int | None = None) -> Mamba2Cache:
         """Zero state; ``conv_state`` in ``dtype`` (default: compute dtype), ``ssm_state`` fp32."""
+        del max_length  # the state does not grow with the sequence
         dtype = self.dtype if dtype is None else canonical_dtype("Mamba2.init_cache", dtype)
         return Mamba2Cache(
             self.conv1d.zeros_state(batch_size, dtype),

@@ -173,8 +173,9 @@ class _LTILayer(nnx.Module):
         if self.bidirectional:
             raise ValueError(f"{self.name}.{what}: a bidirectional layer cannot decode step by step")
 
-    def init_cache(self, batch_size: int, dtype=None, **_) -> S4Cache:
-        """Zero complex state ``(b, h, n)``."""
+    def init_cache(self, batch_size: int, dtype=None, *, max_length: int | None = None) -> S4Cache:
+        """Zero complex state ``(b, h, n)`` (complex64 whatever ``dtype``; ``max_length`` unused)."""
+        del dtype, max_length
         self._check_causal("init_cache")
         return S4Cache(jnp.zeros((batch_size, self.d_model, self.n), jnp.complex64))
 

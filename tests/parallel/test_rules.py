@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
