@@ -1,0 +1,247 @@
+"""The Mosaic TPU SSD kernels (pallas_kernels/ssd, impl="pallas_tpu").
+
+Every kernel test runs in TPU interpret mode with the race detector on, two simulated
+TensorCores and NaN-filled fresh memory (``tests/pallas_kernels/tpu_interpret.py``): a race, a
+read of memory the kernels never wrote, or an out-of-bounds read fails it. The contract runs at
+``l = 140`` -- two kernel chunks of 128, the second mostly padding -- with four heads of ``p = 3``
+in one head block spanning both groups; a second shape has ``p = 64`` (two heads per 128-lane
+block, one group per block). Interpret mode costs seconds per compiled kernel, so part of the
+contract is ``slow`` here.
+
+On a TPU backend the same tests compile the kernels with Mosaic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels import tpu_common
+from pallas_kernels.ssd import api_tpu, blocks_tpu
+from pallas_kernels.ssd.blocks_tpu import SSDTPUBlocks
+from ssm_jax.ops.ssd import REGISTRY, canonicalize, ssd
+from tests.numerics import assert_close
+from tests.ops.test_ssd import ARGS, SSDContract, make_inputs, oracle
+from tests.pallas_kernels.tpu_interpret import global_x64, strict_interpret
+
+ON_TPU = jax.default_backend() == "tpu"
+slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
+
+
+@pytest.fixture
+def strict():
+    """Run the test under strict TPU interpret mode; fail on a race or if no kernel ran."""
+    with strict_interpret():
+        yield
+
+
+@pytest.mark.usefixtures("strict")
+class TestSSDMosaicTPU(SSDContract):
+    impl = "pallas_tpu"
+    dims = dict(b=2, l=140, h=4, p=3, g=2, n=5)
+    chunk_sizes = (5, 256)  # the kernels' chunk is their own: the result must not depend on it
+    default_chunk = 64
+    tol = 2e-5
+    grad_tol = 1e-4
+
+    @pytest.mark.parametrize(
+        "options",
+        [(), ("all",)] + [pytest.param(o, marks=slow_off_tpu)
+                          for o in (("D_head", "z", "flat_bc", "dt_bias"), ("state",), ("segments",))],
+        ids=lambda o: "+".join(o) or "plain",
+    )
+    def test_matches_oracle(self, rng, options):
+        super().test_matches_oracle(rng, options)
+
+    @slow_off_tpu
+    def test_chaining_halves_and_gradients(self, rng):
+        # Every gradient, initial/final state included: test_gradients_all_options.
+        super().test_chaining_halves_and_gradients(rng)
+
+    @slow_off_tpu
+    def test_segments_equal_per_segment_runs(self, rng):
+        super().test_segments_equal_per_segment_runs(rng)
+
+    @slow_off_tpu
+    def test_jit_and_vmap(self, rng):
+        super().test_jit_and_vmap(rng)
+
+    @slow_off_tpu
+    def test_bf16_inputs(self, rng):
+        # bfloat16 in CI: test_bf16_two_heads_per_block_one_group_each.
+        super().test_bf16_inputs(rng)
+
+    def test_gradients_finite_differences_float64(self, rng):
+        # float64 runs in interpret mode only (why_not refuses it on a TPU): the kernels' own
+        # backward against central differences of their own forward.
+        with global_x64():
+            super().test_gradients_finite_differences_float64(rng)
+
+    def test_gradients_all_options(self, rng):
+        """Values against the float64 oracle and every gradient against impl="scan", all options."""
+        _values_and_grads(rng, self.dims, ("all",), np.float32, tol=self.tol, grad_tol=self.grad_tol)
+
+
+def _values_and_grads(rng, dims, options, dtype, *, tol, grad_tol, blocks=None):
+    kw = make_inputs(rng, **dims, dtype=dtype, options=options)
+    up = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == dtype else v) for k, v in kw.items()}
+    run = lambda impl, base, p: ssd(**{**base, **p}, return_final_state=True, impl=impl)  # noqa: E731
+    if blocks is not None:
+        run = lambda impl, base, p: (api_tpu.ssd(**canonicalize(**{**base, **p}, return_final_state=True), blocks=blocks)  # noqa: E731
+                                     if impl == "pallas_tpu" else ssd(**{**base, **p}, return_final_state=True, impl=impl))
+    y, final = run("pallas_tpu", kw, {})
+    y_ref, final_ref = oracle(up)
+    assert y.dtype == jnp.dtype(dtype) and final.dtype == jnp.float32
+    assert_close(y, y_ref, tol=tol, name="y")
+    assert_close(final, final_ref, tol=tol, name="final_state")
+    wy = rng.standard_normal(y.shape).astype(np.float32)
+    wf = rng.standard_normal(final.shape).astype(np.float32)
+    names = [k for k in ARGS if k in kw]
+
+    def loss(impl, base):
+        def f(p):
+            y, fs = run(impl, base, p)
+            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(fs * wf)
+        return f
+
+    g = jax.grad(loss("pallas_tpu", kw))({k: jnp.asarray(kw[k]) for k in names})
+    g_ref = jax.grad(loss("scan", up))({k: jnp.asarray(up[k]) for k in names})
+    for k in names:
+        assert g[k].dtype == jnp.asarray(kw[k]).dtype, k
+        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=grad_tol, name=f"d{k}")
+
+
+@pytest.mark.usefixtures("strict")
+def test_bf16_two_heads_per_block_one_group_each(rng):
+    """bf16 (bf16 MXU operands), p = 64: two heads fill a 128-lane block, so the four heads run
+    as two head blocks, each reading only its own group of B/C; l = 300 = three chunks of 128,
+    segments crossing chunk boundaries; every option, values and every gradient."""
+    dims = dict(b=1, l=300, h=4, p=64, g=2, n=16)
+    _values_and_grads(rng, dims, ("all",), jnp.bfloat16, tol=2e-2, grad_tol=3e-2)
+
+
+@slow_off_tpu
+@pytest.mark.usefixtures("strict")
+def test_fp16_and_chunk_256(rng):
+    """fp16 inputs (float32 MXU operands: v5e's MXU has no fp16), chunk 256, n = 128."""
+    dims = dict(b=1, l=300, h=2, p=64, g=1, n=128)
+    _values_and_grads(rng, dims, ("all",), np.float16, tol=4e-3, grad_tol=1e-2, blocks=SSDTPUBlocks(chunk=256))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry, tiling, lowering, sharding
+# --------------------------------------------------------------------------------------------
+
+
+def test_why_not_and_registry(rng):
+    kw = make_inputs(rng, b=1, l=4, h=4, p=64, g=1, n=16, options=())
+    ctx = {**canonicalize(**kw), "backend": "gpu"}
+    assert re.search(r"runs on TPUs .* backend is 'gpu'", api_tpu.why_not(ctx))
+    assert api_tpu.why_not({**ctx, "backend": "tpu"}) is None
+    assert REGISTRY["pallas_tpu"].auto_backends == ("tpu",)
+    name, _ = REGISTRY.resolve("auto", canonicalize(**kw))
+    assert (name == "pallas_tpu") == ON_TPU
+    reason = api_tpu.why_not({**ctx, "backend": "tpu"}, SSDTPUBlocks(heads_per_block=3))
+    assert "heads_per_block=3 must divide h // g = 4" in reason
+    with jax.enable_x64(True):
+        kw64 = {k: (np.asarray(v, np.float64) if getattr(v, "dtype", None) == np.float32 else v) for k, v in kw.items()}
+        assert "float64" in api_tpu.why_not({**canonicalize(**kw64), "backend": "tpu"})
+    if not ON_TPU:
+        with pytest.raises(ValueError, match="'pallas' has no target on backend 'cpu'"):
+            ssd(**kw, impl="pallas")
+
+
+def test_tiling_rules():
+    with pytest.raises(ValueError, match="`chunk` must be a positive multiple of 128"):
+        SSDTPUBlocks(chunk=64)
+    with pytest.raises(ValueError, match="`heads_per_block` must be None or a positive int"):
+        SSDTPUBlocks(heads_per_block=0)
+    assert blocks_tpu.choose_heads_per_block(h=64, g=1, p=64) == 2  # Mamba-2: two heads per 128 lanes
+    assert blocks_tpu.choose_heads_per_block(h=8, g=2, p=128) == 1
+    assert blocks_tpu.choose_heads_per_block(h=4, g=2, p=3) == 4  # no 128-lane multiple: all heads
+    assert blocks_tpu.choose_heads_per_block(h=8, g=4, p=64, requested=4) is None  # spans groups
+    # ANCHORS.md's shape fits the budget at the default tiling, with room on every chip.
+    need = blocks_tpu.backward_vmem_bytes(128, 2, 64, 128, 1)
+    assert need < tpu_common.MAX_VMEM_LIMIT
+    for chip in (pltpu.ChipVersion.TPU_V5E, pltpu.ChipVersion.TPU_V5P, pltpu.ChipVersion.TPU_V6E):
+        assert tpu_common.MAX_VMEM_LIMIT <= pltpu.get_tpu_info_for_chip(chip, 1).vmem_capacity_bytes // 1.3
+
+
+@pytest.mark.parametrize("chip", ["TPU v5 lite", "TPU v6 lite"])
+def test_kernels_lower_to_mosaic(chip, monkeypatch):
+    """Forward and backward lower to Mosaic TPU custom calls for a real chip (bf16, every option,
+    Mamba-2's p = 64 and n = 128, three chunks): the Python half of TPU compilation, which checks
+    block shapes against the (8, 128) tiling and every op against Mosaic's lowering rules. The
+    layout passes run in libtpu, on a TPU."""
+    from jax._src import mesh as mesh_lib
+
+    monkeypatch.setattr(tpu_common, "interpret_params", lambda: False)
+    S = jax.ShapeDtypeStruct
+    b, l, h, p, g, n = 2, 300, 4, 64, 1, 128
+    shapes = dict(x=S((b, l, h, p), jnp.bfloat16), dt=S((b, l, h), jnp.bfloat16), A=S((h,), jnp.float32),
+                  B=S((b, l, g, n), jnp.bfloat16), C=S((b, l, g, n), jnp.bfloat16), D=S((h, p), jnp.float32),
+                  z=S((b, l, h, p), jnp.bfloat16), dt_bias=S((h,), jnp.float32),
+                  initial_state=S((b, h, p, n), jnp.float32))
+
+    def loss(a, seg):
+        y, f = api_tpu.ssd(**a, segment_ids=seg, dt_softplus=True, return_final_state=True)
+        return jnp.sum(y.astype(jnp.float32)) + jnp.sum(f)
+
+    device = mesh_lib.AbstractDevice(chip, 1, "tpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
+        exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=["tpu"])(shapes, S((b, l), jnp.int32))
+    assert exported.mlir_module().count("tpu_custom_call") == 2  # forward (saving states) and backward
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    from ssm_jax.ops import ssd
+    from ssm_jax.parallel import make_mesh
+    from tests.numerics import assert_close
+    from tests.ops.test_ssd import ARGS, make_inputs, oracle
+    from tests.pallas_kernels.tpu_interpret import STRICT_1, strict_interpret
+
+    assert len(jax.devices()) == 4
+    kw = make_inputs(np.random.default_rng(0), b=2, l=12, h=4, p=3, g=2, n=5, options=("all",))
+    arrays = {k: kw[k] for k in ARGS}
+    static = {k: v for k, v in kw.items() if k not in ARGS}
+    mesh = make_mesh((2, 2), ("data", "tensor"))
+    run = lambda a, impl: ssd(**a, **static, return_final_state=True, impl=impl)
+    loss = lambda a, impl: (lambda y, f: jnp.sum(jnp.sin(y)) + jnp.sum(f * f))(*run(a, impl))
+    # One simulated core per device (two deadlock across simulated devices in jax 0.11.2).
+    with strict_interpret(STRICT_1), jax.set_mesh(mesh):
+        lowered = jax.jit(lambda a: run(a, "pallas_tpu")).lower(arrays).as_text()
+        assert "sdy.manual_computation" in lowered or "shard_map" in lowered, "kernel not wrapped in shard_map"
+        y, f = jax.jit(lambda a: run(a, "pallas_tpu"))(arrays)
+        g = jax.jit(jax.grad(lambda a: loss(a, "pallas_tpu")))(arrays)
+    y_ref, f_ref = oracle(kw)
+    assert_close(y, y_ref, name="y")
+    assert_close(f, f_ref, name="final_state")
+    g_ref = jax.grad(lambda a: loss(a, "scan"))(arrays)
+    for k in ARGS:
+        assert_close(g[k], g_ref[k], tol=1e-4, name="d" + k)
+    print("OK")
+    """
+)
+
+
+def test_sharded_over_a_four_device_mesh():
+    """Batch over `data`, heads over `tensor` (one group of B/C per device) on a simulated 2 x 2
+    CPU mesh: the kernels run per shard inside shard_map, values and gradients equal the
+    unsharded reference."""
+    if ON_TPU:
+        pytest.skip("the subprocess simulates CPU devices")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-3000:]
