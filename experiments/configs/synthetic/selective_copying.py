@@ -14,6 +14,9 @@ Expected (paper, token accuracy on the copied tokens): Mamba (S6 in a Mamba bloc
 S4 without gating 18.3%, H3 57.0%, Hyena 30.1%. Time-invariant S4/S4D cannot select by content
 and stay far below Mamba. Reported here as ``validation/accuracy`` (per token) and
 ``validation/seq_accuracy`` (all 16 right).
+
+Runtime (measured, mixer=mamba, one H100, fp32 or ``--config.model.dtype=bfloat16``): about 85
+steps/s at batch 64 x 4096 tokens, so the 100k steps take about 20 minutes.
 """
 
 from experiments.configs import common
