@@ -128,3 +128,16 @@ def spec(*axes) -> P:
 
 def product(sizes) -> int:
     return math.prod(sizes)
+
+
+def batchable(call: Callable, interpret) -> Callable:
+    """``call`` (a ``pallas_call``) that survives ``jax.vmap`` in interpret mode.
+
+    Compiled for a TPU, a vmapped ``pallas_call`` gets one more grid axis, which Mosaic's lowering
+    marks "parallel". jax 0.11.2's TPU interpreter does not extend ``dimension_semantics`` for it
+    and fails (``safe_zip() argument 1 has length 3 but argument 0 has length 4``); in interpret
+    mode the kernel is therefore vmapped as a loop over the mapped axis.
+    """
+    if not interpret:
+        return call
+    return jax.custom_batching.sequential_vmap(call)

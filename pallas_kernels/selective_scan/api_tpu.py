@@ -108,7 +108,7 @@ def _layout(d: int, g: int, blocks: SelectiveScanTPUBlocks) -> _Layout:
     if g == 1 and d <= blocks_tpu.LANES:
         return _Layout(d, g, d, d)  # one full-width block: any width is a legal block
     r_pad = blocks_tpu.pad128(r)
-    td = blocks.block_d if r_pad % blocks.block_d == 0 else blocks_tpu.LANES
+    td = next(w for w in (blocks.block_d, 256, 128) if r_pad % w == 0)
     return _Layout(d, g, r_pad, td)
 
 

@@ -262,7 +262,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         out_shape.append(jax.ShapeDtypeStruct((p.b, nl, p.n, p.dp), f))
     scratch = [pltpu.VMEM((p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 3
     vmem = blocks_tpu.forward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z, save_states=save_states)
-    return pl.pallas_call(
+    call = pl.pallas_call(
         functools.partial(_forward_kernel, p=p, save_states=save_states, want_final=want_final),
         grid=p.grid,
         in_specs=in_specs,
@@ -274,6 +274,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         interpret=p.interpret,
         name="selective_scan_fwd_tpu",
     )
+    return tpu_common.batchable(call, p.interpret)
 
 
 def forward_cost(p: Problem) -> pl.CostEstimate:
@@ -441,7 +442,7 @@ def backward(p: Problem, *, has_dfinal: bool):
         out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
     scratch = [pltpu.VMEM((p.n, p.td), f), pltpu.VMEM((p.tl + 1, p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 6
     vmem = blocks_tpu.backward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z)
-    return pl.pallas_call(
+    call = pl.pallas_call(
         functools.partial(_backward_kernel, p=p, has_dfinal=has_dfinal),
         grid=p.grid,
         in_specs=in_specs,
@@ -453,6 +454,7 @@ def backward(p: Problem, *, has_dfinal: bool):
         interpret=p.interpret,
         name="selective_scan_bwd_tpu",
     )
+    return tpu_common.batchable(call, p.interpret)
 
 
 def backward_cost(p: Problem) -> pl.CostEstimate:

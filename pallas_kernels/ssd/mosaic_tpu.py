@@ -220,7 +220,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         out.append((s["saved"], jax.ShapeDtypeStruct((p.b, p.h, p.nc, p.n, p.p), f)))
     xb = jnp.dtype(p.x_dtype).itemsize
     vmem = blocks_tpu.forward_vmem_bytes(p.q, p.hb, p.p, p.n, p.gb, x_bytes=xb, has_z=p.has_z)
-    return pl.pallas_call(
+    call = pl.pallas_call(
         functools.partial(_forward_kernel, p=p, save_states=save_states, want_final=want_final),
         grid=p.grid,
         in_specs=in_specs,
@@ -232,6 +232,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         interpret=p.interpret,
         name="ssd_fwd_tpu",
     )
+    return tpu_common.batchable(call, p.interpret)
 
 
 def forward_cost(p: Problem, save_states: bool = False) -> pl.CostEstimate:
@@ -370,7 +371,7 @@ def backward(p: Problem, *, has_dfinal: bool):
         out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.h, p.n, p.p), f)))
     xb = jnp.dtype(p.x_dtype).itemsize
     vmem = blocks_tpu.backward_vmem_bytes(p.q, p.hb, p.p, p.n, p.gb, x_bytes=xb, has_z=p.has_z)
-    return pl.pallas_call(
+    call = pl.pallas_call(
         functools.partial(_backward_kernel, p=p, has_dfinal=has_dfinal),
         grid=p.grid,
         in_specs=in_specs,
@@ -382,6 +383,7 @@ def backward(p: Problem, *, has_dfinal: bool):
         interpret=p.interpret,
         name="ssd_bwd_tpu",
     )
+    return tpu_common.batchable(call, p.interpret)
 
 
 def backward_cost(p: Problem) -> pl.CostEstimate:

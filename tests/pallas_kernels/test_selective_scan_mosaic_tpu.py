@@ -211,8 +211,11 @@ def test_blocks_validate_and_fit_vmem():
         SelectiveScanTPUBlocks(block_d=64)
     with pytest.raises(ValueError, match="`unroll` must be a positive int"):
         SelectiveScanTPUBlocks(unroll=0)
-    assert blocks_tpu.choose_blocks(4096, 2048, 1, 16).block_l == 256  # Mamba-1's n = 16
-    assert blocks_tpu.choose_blocks(4096, 2048, 1, 128).block_l == 128
+    # Mamba-1's n = 16: the widest tile and longest block; larger states trade them for VMEM.
+    assert blocks_tpu.choose_blocks(4096, 2048, 1, 16) == SelectiveScanTPUBlocks(block_l=256, block_d=512)
+    assert blocks_tpu.choose_blocks(4096, 2048, 1, 64) == SelectiveScanTPUBlocks(block_l=128, block_d=256)
+    assert blocks_tpu.choose_blocks(4096, 2048, 1, 256) == SelectiveScanTPUBlocks(block_l=128, block_d=128)
+    assert blocks_tpu.choose_blocks(12, 6, 3, 16).block_d == 128  # groups of 2 channels pad to 128
     for n in (16, 64, 128):
         blk = blocks_tpu.choose_blocks(4096, 2048, 1, n)
         assert blocks_tpu.backward_vmem_bytes(blk.block_l, blk.block_d, n) <= blocks_tpu.VMEM_BUDGET

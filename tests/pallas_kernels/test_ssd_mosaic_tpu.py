@@ -165,12 +165,13 @@ def test_tiling_rules():
         SSDTPUBlocks(chunk=64)
     with pytest.raises(ValueError, match="`heads_per_block` must be None or a positive int"):
         SSDTPUBlocks(heads_per_block=0)
-    assert blocks_tpu.choose_heads_per_block(h=64, g=1, p=64) == 2  # Mamba-2: two heads per 128 lanes
-    assert blocks_tpu.choose_heads_per_block(h=8, g=2, p=128) == 1
+    assert blocks_tpu.choose_heads_per_block(h=64, g=1, p=64) == 4  # Mamba-2: four heads, 256 lanes
+    assert blocks_tpu.choose_heads_per_block(h=8, g=2, p=128) == 2
+    assert blocks_tpu.choose_heads_per_block(h=4, g=2, p=64) == 2  # a group holds only two heads
     assert blocks_tpu.choose_heads_per_block(h=4, g=2, p=3) == 4  # no 128-lane multiple: all heads
     assert blocks_tpu.choose_heads_per_block(h=8, g=4, p=64, requested=4) is None  # spans groups
     # ANCHORS.md's shape fits the budget at the default tiling, with room on every chip.
-    need = blocks_tpu.backward_vmem_bytes(128, 2, 64, 128, 1)
+    need = blocks_tpu.backward_vmem_bytes(128, 4, 64, 128, 1)
     assert need < tpu_common.MAX_VMEM_LIMIT
     for chip in (pltpu.ChipVersion.TPU_V5E, pltpu.ChipVersion.TPU_V5P, pltpu.ChipVersion.TPU_V6E):
         assert tpu_common.MAX_VMEM_LIMIT <= pltpu.get_tpu_info_for_chip(chip, 1).vmem_capacity_bytes // 1.3

@@ -13,6 +13,7 @@ that the kernels ran.
 jax 0.11.2 keeps the race detector's state in a module global that each ``pallas_call`` replaces
 when it starts; :func:`strict_interpret` records every instance so the verdict covers every kernel
 the test ran, forward and backward, and fails if a race was seen -- or if no kernel ran at all.
+On a TPU backend it does nothing: the kernels compile with Mosaic there.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def global_x64():
 
 @contextlib.contextmanager
 def strict_interpret(params: pltpu.InterpretParams = STRICT, *, expect_kernels: bool = True):
+    if jax.default_backend() == "tpu":
+        yield []  # on a TPU the tests compile the kernels with Mosaic instead
+        return
     seen: list = []
     base = _ipc.RaceDetectionState
 
