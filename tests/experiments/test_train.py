@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -25,12 +26,34 @@ def test_outputs_of_a_run(tiny_reference):
         assert np.isclose(r["bits_per_token"], r["loss"] / np.log(2))
         assert r["tokens_per_sec"] > 0 and 0 <= r["accuracy"] <= 1
     assert [r["step"] for r in read_metrics(w, "validation")] == [3, 6]
-    assert glob.glob(os.path.join(w, "tensorboard", "events.out.tfevents.*"))
+    assert [r["step"] for r in read_metrics(w, "odd_batch")] == [6]  # extra evals: at the end
+    (events,) = glob.glob(os.path.join(w, "tensorboard", "events.out.tfevents.*"))
+    scalars = _tensorboard_scalars(events)
+    for r in train_records:
+        assert np.isclose(scalars[("train/loss", r["step"])], r["loss"])
+    assert np.isclose(scalars[("validation/accuracy", 6)], read_metrics(w, "validation")[-1]["accuracy"])
     assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3", "6"]
     info = json.load(open(os.path.join(w, "run_info.json")))
     assert info["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and info["parameters"] == 8 * 16 + 16 + 16 * 16 + 16 * 8
     with open(os.path.join(w, "config.json")) as f:
         assert json.load(f)["total_steps"] == 6
+
+
+def _tensorboard_scalars(path: str) -> dict[tuple[str, int], float]:
+    """{(tag, step): value} read back from a TensorBoard event file (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        (n,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+        pos += 12 + n + 4
+        for v in event.summary.value:
+            out[(v.tag, event.step)] = v.simple_value
+    return out
 
 
 def test_plot_writes_png(tiny_reference, tmp_path):

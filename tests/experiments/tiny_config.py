@@ -24,6 +24,8 @@ def get_config(arg=None):
     c.optim.min_lr_ratio = 1.0
     c.optim.grad_accum_steps = a.accum
     c.eval.batch_size = 8
+    # Batch 3 divides no mesh of several devices: evaluated replicated (every process reads it all).
+    c.eval.extra.odd_batch = common.extra_eval(split="test", data=dict(eval_examples=7), batch_size=3, num_batches=-1)
     c.checkpoint.keep = 5
     c.checkpoint.async_save = True
     return c.lock()
