@@ -43,6 +43,10 @@ KEEP_MIN = 32
 F32 = jnp.float32
 
 
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """Static description of one (padded) call: shapes, which optional inputs exist, modes."""
@@ -366,7 +370,10 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         plgpu.SMEM((2, q, n), bc_dt),  # B
         plgpu.SMEM((2, q, n), bc_dt),  # C
         # Buffers read by the recurrence have `unroll` rows of padding: the last look-ahead.
-        plgpu.SMEM((2, max(q, KEEP_MIN) + U) if p.has_keep else (1, 8), F32),  # keep
+        # Each slot's row is a multiple of 32 float32 (128 bytes): TMA writes shared memory at
+        # 128-byte-aligned addresses, and slot 1 starts one row in. Interpret mode does not check
+        # this; on the H100 a 68-float row (q=64, unroll 4) faulted with a misaligned address.
+        plgpu.SMEM((2, _round_up(max(q, KEEP_MIN) + U, KEEP_MIN)) if p.has_keep else (1, 8), F32),  # keep
         plgpu.SMEM((q + U, ch), F32),  # delta
         plgpu.SMEM((q + U, ch), F32),  # u = delta x
         plgpu.SMEM((q, ch, nl), F32),  # partial sums of h C

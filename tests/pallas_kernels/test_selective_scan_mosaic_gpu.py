@@ -227,6 +227,9 @@ def _gpu_case(rng, b, l, d, n, g, dtype, **flags):
 def test_compiled_matches_xla_on_gpu(rng, dtype):
     # Every option at once, a length that is not a multiple of any chunk, groups, d = 384.
     args, kw = _gpu_case(rng, 2, 1000, 384, 16, 2, jnp.dtype(dtype))
+    if not api.SEGMENTS_VERIFIED_ON_GPU:
+        # Refused on the chip until verified (api.SEGMENTS_VERIFIED_ON_GPU); the refusal is tested below.
+        kw.pop("segment_ids", None)
     arrays, static = split_kw(args, kw)
     tol = 2e-5 if dtype == "float32" else 2e-2
     outs = {impl: selective_scan(**arrays, **static, return_final_state=True, impl=impl) for impl in ("pallas_gpu", "xla")}
@@ -243,6 +246,17 @@ def test_compiled_matches_xla_on_gpu(rng, dtype):
     for k in ARRAY_ARGS:
         assert_close(jnp.asarray(got[k], jnp.float32), jnp.asarray(ref[k], jnp.float32),
                      tol=1e-4 if dtype == "float32" else 3e-2, name=f"d loss / d {k}")
+
+
+@pytest.mark.gpu
+def test_segments_refused_on_gpu_until_verified(rng):
+    args, kw = _gpu_case(rng, 1, 64, 64, 16, None, jnp.float32)
+    assert "segment_ids" in kw
+    if api.SEGMENTS_VERIFIED_ON_GPU:
+        pytest.skip("segment_ids verified on this chip: covered by test_compiled_matches_xla_on_gpu")
+    with pytest.raises(ImplementationUnavailableError, match="segment_ids"):
+        selective_scan(**args, **kw, impl="pallas_gpu")
+    assert REGISTRY.resolve("auto", _canonical(args, kw))[0] == "xla"
 
 
 @pytest.mark.gpu
