@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-__all__ = ["Checkpointer", "IncompatibleConfigError", "check_config", "config_diff"]
+__all__ = ["Checkpointer", "IncompatibleConfigError", "abstract_like", "check_config", "config_diff", "restore_params"]
 
 # Keys (dotted prefixes) that may change between a run and its resumption.
 RESUMABLE_KEYS = (
@@ -159,6 +159,31 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def restore_params(workdir: str, abstract_params: Any, *, step: int | None = None) -> tuple[Any, int]:
+    """``(params, step)``: only the parameters of checkpoint ``step`` (default: the latest) of a run,
+    as ``abstract_params`` (the ``{"ssm": ..., "other": ...}`` tree of abstract arrays, shardings
+    optional) describes them; the optimizer state is not read."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(f"restore_params: no checkpoint {step if step is not None else ''} in {directory}; "
+                                    f"there are {list(manager.all_steps())}")
+        target = {"params": abstract_params}
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+                )
+            ),
+        )
+    finally:
+        manager.close()
+    return restored["state"]["params"], step
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -41,7 +41,7 @@ from experiments.metrics import MetricWriter, ProgressBar
 from ssm_jax import parallel
 from ssm_jax.nn import SSMParam
 
-__all__ = ["train_and_evaluate"]
+__all__ = ["load_model", "train_and_evaluate"]
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -449,6 +449,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         out.update({f"train/{k}": v for k, v in last_train.items()})
         out.update(final)
         return out
+
+
+def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
+    """The model a run trained: ``(model, config, step)``, rebuilt from ``workdir/config.json`` with
+    the parameters of checkpoint ``step`` (default: the latest), in eval mode, on the default device."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    task = tasks.task_of(config.data)
+    model = tasks.build_model(task, tasks.model_config(task, config.model.to_dict()), nnx.Rngs(config.seed))
+    _, ssm, other, _ = nnx.split(model, SSMParam, nnx.Param, ...)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), {"ssm": ssm, "other": other})
+    params, step = checkpointing.restore_params(workdir, abstract, step=step)
+    nnx.update(model, params["ssm"], params["other"])
+    model.eval()
+    return model, config, step
 
 
 def _with_ssm_lr(optim_config, ssm_lr: float | None):

@@ -102,3 +102,35 @@ def test_config_diff_names_only_keys_that_matter():
     old = tiny_config().to_dict()
     new = tiny_config(log_every=5, total_steps=99, **{"mesh.data": 2, "eval.batch_size": 4, "seed": 1}).to_dict()
     assert checkpointing.config_diff(old, new) == {"seed": (0, 1)}
+
+
+def test_load_model_reproduces_the_trainers_evaluation(tiny, tiny_reference):
+    import jax.numpy as jnp
+
+    from experiments import tasks
+    from experiments.data import registry
+
+    model, config, step = train.load_model(tiny_reference)
+    assert step == 6 and config.model.d_model == 16
+    total = None
+    for batch in registry.build(config.data, split="validation", seed=config.seed, global_batch_size=config.eval.batch_size):
+        sums = tasks.loss_sums(model(jnp.asarray(batch["inputs"])), batch, "lm", config.model.vocab_size)
+        total = sums if total is None else {k: total[k] + sums[k] for k in sums}
+    got = tasks.finalize(total, "lm")
+    ref = read_metrics(tiny_reference, "validation")[-1]
+    np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5)
+    assert got["accuracy"] == ref["accuracy"]
+    model3, _, step3 = train.load_model(tiny_reference, step=3)
+    assert step3 == 3 and not np.allclose(model3.w_in[...], model.w_in[...])
+
+
+def test_keeps_the_latest_and_the_best_checkpoint(tiny, tmp_path):
+    w = str(tmp_path)
+    train.train_and_evaluate(
+        # "Best" = the highest loss here: an early step, so it differs from the latest.
+        tiny_config(checkpoint_every=1, eval_every=1, **{"checkpoint.keep": 1, "checkpoint.best_metric": "validation/loss",
+                                                         "checkpoint.best_mode": "max"}), w)
+    val = losses(w, "validation")
+    best = max(val, key=val.get)
+    assert best != 6, val
+    assert sorted(int(s) for s in os.listdir(os.path.join(w, "checkpoints"))) == [best, 6]
