@@ -6,17 +6,19 @@ import glob
 import importlib.util
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
 
 from experiments import run, tasks, train
 from experiments.configs import common
 from experiments.configs.synthetic import mixers
 from ssm_jax.models import LanguageModelConfig
-from tests.experiments.conftest import REPO
+from tests.experiments.conftest import REPO, losses
 
 SYNTHETIC = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "synthetic", "*.py")))
 SYNTHETIC = [p for p in SYNTHETIC if os.path.basename(p) not in ("__init__.py", "mixers.py")]
@@ -101,7 +103,21 @@ def test_real_model_trains_and_chunked_eval_equals_parallel(tmp_path):
     c.eval.extra.chunked = common.extra_eval(split="test", data=data, batch_size=3, num_batches=-1, forward="chunked", chunk_size=16)
     c.checkpoint.best_metric = ""
     c.lock()
-    m = train.train_and_evaluate(c, str(tmp_path))
+    m = train.train_and_evaluate(c, str(tmp_path / "fp32"))
     assert m["step"] == 2 and np.isfinite(m["train/loss"])
     for k in ("loss", "accuracy", "seq_accuracy"):
         np.testing.assert_allclose(m[f"chunked/{k}"], m[f"parallel/{k}"], rtol=1e-5, err_msg=k)
+
+    # bf16 compute, fp32 parameters: the same first steps up to bf16 rounding.
+    c.unlock()
+    c.model.dtype = "bfloat16"
+    c.eval.extra = ml_collections.ConfigDict()
+    c.lock()
+    train.train_and_evaluate(c, str(tmp_path / "bf16"))
+    bf16, fp32 = losses(str(tmp_path / "bf16")), losses(str(tmp_path / "fp32"))
+    assert sorted(bf16) == sorted(fp32) == [1, 2]
+    np.testing.assert_allclose([bf16[1], bf16[2]], [fp32[1], fp32[2]], rtol=2e-2)
+    assert bf16[1] != fp32[1]  # the compute dtype did change
+    model, _, _ = train.load_model(str(tmp_path / "bf16"))
+    dtypes = {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))}
+    assert dtypes == {np.dtype("float32")}

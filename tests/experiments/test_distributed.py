@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 
 import numpy as np
@@ -34,19 +35,26 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_exactly(tiny, tiny_ref
 
 
 def test_8_devices_data_fsdp_tensor_sharded_equals_one_device(tiny_reference, tmp_path):
+    """Resume the 1-device reference from its step-3 checkpoint on a (2, 2, 2) mesh: the restore
+    lands on the sharded layout, and steps 4-6 and the evaluations match the 1-device run."""
     w = str(tmp_path)
+    os.makedirs(os.path.join(w, "checkpoints"))
+    shutil.copy(os.path.join(tiny_reference, "config.json"), w)
+    shutil.copytree(os.path.join(tiny_reference, "checkpoints", "3"), os.path.join(w, "checkpoints", "3"))
     run_tiny_cli(w, "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
     info = json.load(open(os.path.join(w, "run_info.json")))
     assert info["devices"] == 8 and info["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     specs = info["partition_specs"]
     assert specs["['other']['embed'].value"] == ["tensor", "fsdp"]  # (vocab, embed)
     assert specs["['other']['w_in'].value"] == ["fsdp", "tensor"]  # (embed, inner)
-    _assert_same_run(w, tiny_reference)
+    assert specs["['ssm']['a_logit'].value"] == ["fsdp"]  # (embed,)
+    assert sorted(losses(w)) == [4, 5, 6]
+    _assert_same_run(w, tiny_reference, train_steps=(4, 5, 6), validation_steps=(6,))
 
 
-def _assert_same_run(w, ref_dir):
+def _assert_same_run(w, ref_dir, train_steps=range(1, 7), validation_steps=(3, 6)):
     """Train losses, validation losses and the replicated-batch evaluation match the reference."""
-    for split, steps in (("train", range(1, 7)), ("validation", (3, 6)), ("odd_batch", (6,))):
+    for split, steps in (("train", train_steps), ("validation", validation_steps), ("odd_batch", (6,))):
         ref, got = losses(ref_dir, split), losses(w, split)
         np.testing.assert_allclose([got[s] for s in steps], [ref[s] for s in steps], rtol=2e-5, err_msg=split)
 
