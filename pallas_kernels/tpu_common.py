@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping
 
 import jax
@@ -26,11 +25,14 @@ from jax.sharding import PartitionSpec as P
 __all__ = [
     "BATCH_AXES",
     "CHANNEL_AXES",
+    "ambient_mesh_shape",
     "backend_reason",
+    "batchable",
     "dtype_reason",
     "interpret_params",
     "mesh_axes_for",
     "over_mesh",
+    "spec",
     "vmem_limit_bytes",
 ]
 
@@ -125,9 +127,6 @@ def spec(*axes) -> P:
     """A ``PartitionSpec`` from per-dimension axis tuples (empty tuple = replicated)."""
     return P(*[(a if len(a) > 1 else a[0]) if a else None for a in axes])
 
-
-def product(sizes) -> int:
-    return math.prod(sizes)
 
 
 def batchable(call: Callable, interpret) -> Callable:

@@ -47,7 +47,20 @@ def why_not(ctx) -> str | None:
 
 def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
                    *, blocks: SelectiveScanTPUBlocks | None = None):
-    """Canonical arguments in, ``(y, final_state | None)`` out (``ssm_jax.ops.selective_scan``)."""
+    """Mamba-1 selective scan with the Mosaic TPU kernels; returns ``(y, final_state | None)``.
+
+    ====================  =================  ===========================================
+    argument              shape              notes
+    ====================  =================  ===========================================
+    x, dt, z              (b, l, d)          y has x's dtype
+    A                     (d, n)             float32 (float64 in interpret mode only)
+    B, C                  (b, l, g, n)       channels split into g contiguous groups
+    D, dt_bias            (d,)               dt <- softplus(dt + dt_bias) if dt_softplus
+    initial_state         (b, d, n)          float32; final_state likewise
+    segment_ids           (b, l)             the state resets where the id changes
+    blocks                SelectiveScanTPUBlocks | None (``blocks_tpu.choose_blocks``)
+    ====================  =================  ===========================================
+    """
     args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
                 segment_ids=segment_ids)
     b, l, d = x.shape

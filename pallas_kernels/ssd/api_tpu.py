@@ -61,6 +61,19 @@ def ssd(*, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, init
         chunk_size=256, return_final_state=False, blocks: SSDTPUBlocks | None = None):
     """Mamba-2 SSD with the Mosaic TPU kernels; returns ``(y, final_state | None)``.
 
+    ====================  =================  ===========================================
+    argument              shape              notes
+    ====================  =================  ===========================================
+    x, z                  (b, l, h, p)       y has x's dtype
+    dt                    (b, l, h)          softplus(dt + dt_bias) when ``dt_softplus``
+    A, dt_bias            (h,)               float32 (float64 in interpret mode only)
+    B, C                  (b, l, g, n)       heads split into g contiguous groups
+    D                     (h, p)             float32
+    initial_state         (b, h, p, n)       float32; final_state likewise
+    segment_ids           (b, l)             the state resets where the id changes
+    blocks                SSDTPUBlocks | None
+    ====================  =================  ===========================================
+
     ``chunk_size`` does not change the result (the chunked algorithm is exact for any chunk);
     the kernels step through the sequence in chunks of ``blocks.chunk`` positions.
     """

@@ -12,6 +12,7 @@ On a TPU backend the same tests compile the kernels with Mosaic.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,16 +28,16 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels import tpu_common
 from pallas_kernels.selective_scan import api_tpu, blocks_tpu
 from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
-from ssm_jax.ops.registry import ImplementationUnavailableError
-from ssm_jax.ops.selective_scan import REGISTRY, _canonicalize, selective_scan
+from ssm_jax.ops.selective_scan import REGISTRY, _canonicalize, _scan_impl, selective_scan
 from tests.numerics import assert_close
 from tests.ops.test_selective_scan import ARRAY_ARGS, OPTION_ROWS, SelectiveScanContract, make_inputs, oracle
 from tests.pallas_kernels.tpu_interpret import global_x64, strict_interpret
 
 ON_TPU = jax.default_backend() == "tpu"
 slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
-# Contract rows run in CI: all options off, all on, and a mixed row (z, dt_bias without softplus,
-# groups, return_final_state, l = 13); the other thirteen are `slow` off TPU.
+# Contract rows run in CI: all options off (l = 1, n = 1), all on (g = 2, l = 9, n = 4), and a
+# mixed row (z, dt_bias without softplus, initial_state, segment_ids; l = 5); the other thirteen
+# are `slow` off TPU.
 CI_ROWS = (0, 15, 6)
 
 
@@ -126,8 +127,6 @@ def _values_and_grads(rng, *, b, l, d, n, g, blocks, dtype=np.float32, tol=2e-5,
 
     got = jax.grad(loss(lambda **a: api_tpu.selective_scan(**a, blocks=blocks)))(diff)
     up_diff = {k: (jnp.asarray(v, jnp.float32) if v.dtype == jnp.dtype(dtype) else v) for k, v in diff.items()}
-    from ssm_jax.ops.selective_scan import _scan_impl
-
     want = jax.grad(loss(_scan_impl))(up_diff)
     for k in ARRAY_ARGS:
         assert got[k].dtype == diff[k].dtype, k
@@ -302,8 +301,6 @@ def test_sharded_over_a_four_device_mesh():
     if ON_TPU:
         pytest.skip("the subprocess simulates CPU devices")
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    import os
-
     proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=600,
                           env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-3000:]
