@@ -98,7 +98,7 @@ def test_real_model_trains_and_chunked_eval_equals_parallel(tmp_path):
     c.total_steps = 2
     c.eval.splits = ()
     c.eval.extra = ml_collections.ConfigDict()
-    data = dict(seq_len=40, eval_examples=6)
+    data = dict(seq_len=48, eval_examples=6)  # 3 chunks of 16: one compiled chunk shape
     c.eval.extra.parallel = common.extra_eval(split="test", data=data, batch_size=3, num_batches=-1)
     c.eval.extra.chunked = common.extra_eval(split="test", data=data, batch_size=3, num_batches=-1, forward="chunked", chunk_size=16)
     c.checkpoint.best_metric = ""
