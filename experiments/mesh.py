@@ -49,9 +49,7 @@ def initialize_distributed(
     if all(given):
         if num_processes == 1:
             return False
-        if _backend_is_cpu_only():
-            # CPU processes exchange data for collectives through gloo (jax 0.11.2).
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # CPU-only processes run their collectives over gloo, jax 0.11.2's default.
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
         logging.info("jax.distributed: process %d of %d (coordinator %s)", process_id, num_processes, coordinator_address)
         return True
@@ -59,13 +57,6 @@ def initialize_distributed(
         jax.distributed.initialize()
         return True
     return False
-
-
-def _backend_is_cpu_only() -> bool:
-    # Decided from the requested platforms, without initializing a backend (which would make
-    # jax.distributed.initialize fail).
-    platforms = os.environ.get("JAX_PLATFORMS", "") or jax.config.jax_platforms or ""
-    return platforms.strip().lower() == "cpu"
 
 
 def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:

@@ -9,7 +9,8 @@ Train state (a pytree; what a checkpoint holds)::
     step       ()    int32
     params     {"ssm": nnx.State of ssm_jax.nn.SSMParam, "other": nnx.State of other nnx.Param}
     opt_state  optax state over params
-    rest       nnx.State of the model's other non-RNG variables (usually empty)
+    rest       nnx.State of the model's other non-RNG variables, carried unchanged (empty for
+               every ssm_jax model: none keeps running statistics)
 
 The model's RNG streams are not trained or saved: every step re-derives them from
 ``(seed, step, microbatch)``, so dropout is reproducible across resumption.
