@@ -92,6 +92,8 @@ def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> s
     for split, m in evals.items():
         parts = [f"{n} {100 * m[n]:.1f}%" for n in ("accuracy", "seq_accuracy") if n in m]
         parts.append(f"loss {m['loss']:.4f}")
+        if "perplexity" in m:
+            parts.append(f"perplexity {m['perplexity']:.4g}")
         lines.append(f"  held-out {split}: " + ", ".join(parts))
     lines.append(f"Outputs in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, config.json")
     lines.append(f"  curves: python -m experiments.plot {workdir}    tensorboard --logdir {workdir}/tensorboard")
