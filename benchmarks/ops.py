@@ -10,8 +10,9 @@ traffic divided by the time: forward reads every input and writes the output onc
 additionally reads the cotangent and the inputs again and writes one gradient per
 differentiated input. It is a floor on traffic, so GB/s is a lower bound on what moved.
 
-Skipped, with a note: Pallas implementations on CPU (interpret mode measures the interpreter),
-materialized O(l²) references at ``--shapes paper`` unless ``--all-impls``, ops whose module does
+Skipped, with a note: Pallas implementations off their chip (interpret mode measures the
+interpreter), references too large for ``--shapes paper`` (O(l²) matrices, the SSD sequential scan
+whose backward keeps every step's state) unless ``--all-impls``, ops whose module does
 not exist yet, and implementations that cannot run here (their reason is printed).
 
 Adding an op is one entry in ``BENCHES``: its module, the function to call, how to make inputs
@@ -57,7 +58,9 @@ class Bench:
     make: Callable[[dict, Any, np.random.Generator], tuple[dict, dict]]
     shapes: dict[str, dict]  # "small" / "paper" -> shape dict
     grad: tuple[str, ...]  # arrays to differentiate
-    heavy: frozenset = frozenset()  # impls skipped at "paper" unless --all-impls
+    # impls skipped at "paper" unless --all-impls: O(l^2) matrices, and sequential references
+    # whose backward keeps every step's state (SSD "scan": 32 GiB at the paper shape)
+    heavy: frozenset = frozenset()
     needs: tuple[str, ...] = ()  # further modules that must exist
 
 
@@ -160,7 +163,7 @@ BENCHES: tuple[Bench, ...] = (
           {"small": dict(b=1, l=256, d=64, n=8), "paper": dict(b=4, l=4096, d=2048, n=16)},
           grad=("x", "dt", "A", "B", "C", "D", "z")),
     Bench("ssd", "ssm_jax.ops.ssd", "ssd", "ssd", _make_ssd, {"small": _SSD_SMALL, "paper": _SSD_PAPER},
-          grad=("x", "dt", "A", "B", "C", "D", "z"), heavy=frozenset({"quadratic"})),
+          grad=("x", "dt", "A", "B", "C", "D", "z"), heavy=frozenset({"quadratic", "scan"})),
     Bench("hydra", "ssm_jax.ops.hydra", "hydra", "hydra", _make_hydra, {"small": _SSD_SMALL, "paper": _SSD_PAPER},
           grad=("x", "dt", "A", "B", "C", "D"), heavy=frozenset({"matrix"})),
     Bench("s4d", "benchmarks.ops", "s4d_layer", "s4d_kernel", _make_s4d, {"small": _S4_SMALL, "paper": _S4_PAPER},
@@ -236,8 +239,10 @@ def _impls(bench: Bench) -> list[str]:
 def _skip_reason(bench: Bench, impl: str, shapes: str, backend: str, all_impls: bool) -> str | None:
     if impl.startswith("pallas") and backend == "cpu":
         return "Pallas in interpret mode on CPU: not a timing"
+    if impl in ("pallas_gpu", "pallas_tpu") and impl != f"pallas_{backend}":
+        return f"{impl} would run in interpret mode on {backend}: not a timing"
     if shapes == "paper" and impl in bench.heavy and not all_impls:
-        return "materialized O(l^2) reference at paper shapes (pass --all-impls)"
+        return "reference too large at paper shapes (O(l^2) matrix or per-step states; pass --all-impls)"
     return None
 
 

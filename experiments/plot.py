@@ -10,12 +10,11 @@ import argparse
 import os
 from collections import defaultdict
 
-import matplotlib
+# A bare Figure (no pyplot) renders to files without a display and leaves the caller's
+# backend alone, e.g. a notebook's inline one.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments.metrics import read_metrics  # noqa: E402
+from experiments.metrics import read_metrics
 
 __all__ = ["plot"]
 
@@ -40,7 +39,8 @@ def plot(workdir: str, out: str | None = None) -> str:
     names = [n for n in _FIRST if n in series] + sorted(n for n in series if n not in _FIRST)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(5 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, name in zip(axes.flat, names):
         for split, (steps, values) in sorted(series[name].items()):
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=split)
@@ -57,7 +57,6 @@ def plot(workdir: str, out: str | None = None) -> str:
     fig.tight_layout()
     out = out or os.path.join(workdir, "curves.png")
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 

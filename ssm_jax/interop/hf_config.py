@@ -47,9 +47,6 @@ __all__ = [
 
 LAYOUTS = ("transformers-mamba", "transformers-mamba2", "mamba_ssm")
 
-# The eps of Mamba-2's gated RMSNorm inside ssm_jax.nn.Mamba2 (fixed there).
-_GATED_NORM_EPS = 1e-5
-
 # Keys every transformers config.json may hold that no forward pass reads.
 _HF_GENERIC = frozenset({
     "architectures", "model_type", "dtype", "torch_dtype", "transformers_version", "_name_or_path",
@@ -274,17 +271,14 @@ def _transformers_mamba2(fn, config, dtype, impl):
     heads, headdim = f.int("num_heads", 128), f.int("head_dim", 64)
     if heads * headdim != expand * e:
         f.fail("num_heads", heads, f"num_heads * head_dim = {heads} * {headdim} must equal expand * hidden_size = {expand * e}")
+    # transformers uses layer_norm_epsilon for the block norms and the mixers' gated RMSNorm alike.
     eps = f.float("layer_norm_epsilon", 1e-5)
-    if eps != _GATED_NORM_EPS:
-        # transformers uses layer_norm_epsilon in the mixer's gated RMSNorm too; ssm_jax.nn.Mamba2 fixes it.
-        f.fail("layer_norm_epsilon", eps, f"supported: {_GATED_NORM_EPS} (the eps of the gated RMSNorm in "
-               "ssm_jax.nn.Mamba2 is fixed, and transformers uses layer_norm_epsilon there)")
     mamba2 = Mamba2Config(
         d_state=f.int("state_size", 128), d_conv=f.int("conv_kernel", 4), expand=expand, headdim=headdim,
         ngroups=f.int("n_groups", 8), chunk_size=f.int("chunk_size", 256),
         dt_min=f.float("time_step_min", 1e-3), dt_max=f.float("time_step_max", 0.1),
         dt_init_floor=f.float("time_step_floor", 1e-4), conv_bias=f.bool("use_conv_bias", True),
-        bias=f.bool("use_bias", False), norm_before_gate=False, D_has_hdim=False, impl=impl,
+        bias=f.bool("use_bias", False), norm_before_gate=False, D_has_hdim=False, norm_eps=eps, impl=impl,
     )
     f.choice("hidden_act", "silu", ("silu", "swish"), "the conv activation of ssm_jax.nn.Mamba2")
     _dt_limit(f, "time_step_limit", (0.0, math.inf))
@@ -364,7 +358,7 @@ def to_transformers_config(config: LanguageModelConfig, *, fn: str = "to_transfo
 
     Raises a ``ValueError`` naming the field when transformers has no equivalent: mixed or
     non-Mamba mixers, MLP blocks (``d_intermediate``), Mamba-2 ``norm_before_gate`` or
-    ``D_has_hdim``, or a Mamba-2 ``norm_eps`` other than the gated norm's 1e-5.
+    ``D_has_hdim``, or a Mamba-2 gated-norm eps (``mamba2.norm_eps``) other than ``norm_eps``.
     """
     if not isinstance(config, LanguageModelConfig):
         raise TypeError(f"{fn}: expected a LanguageModelConfig; got {type(config).__name__}")
@@ -395,9 +389,9 @@ def to_transformers_config(config: LanguageModelConfig, *, fn: str = "to_transfo
         if value:
             raise ValueError(f"{fn}: `mamba2.{name}`=True is not supported; transformers' Mamba2 has no such "
                              "option (supported: False)")
-    if c.norm_eps != _GATED_NORM_EPS:
-        raise ValueError(f"{fn}: `norm_eps`={c.norm_eps} is not supported for Mamba-2; transformers uses it for the "
-                         f"mixers' gated RMSNorm too, whose eps is {_GATED_NORM_EPS} in ssm_jax (supported: {_GATED_NORM_EPS})")
+    if m.norm_eps != c.norm_eps:
+        raise ValueError(f"{fn}: `mamba2.norm_eps`={m.norm_eps} differs from `norm_eps`={c.norm_eps}; transformers has "
+                         "one layer_norm_epsilon for the block norms and the mixers' gated RMSNorm (supported: equal)")
     d = m.expand * c.d_model
     return {
         "architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", **common,

@@ -132,10 +132,13 @@ class Mamba2Config(Config):
     bias: bool = False
     norm_before_gate: bool = False
     D_has_hdim: bool = False
+    norm_eps: float = 1e-5  # eps of the gated RMSNorm (transformers: layer_norm_epsilon)
     impl: str = "auto"
 
     def __post_init__(self):
         _check_dt(type(self), self)
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            _fail(type(self), f"`norm_eps` must be a positive float; got {self.norm_eps!r}")
         if len(self.A_init_range) != 2 or not 0 < self.A_init_range[0] <= self.A_init_range[1]:
             _fail(type(self), f"`A_init_range` must be (lo, hi) with 0 < lo <= hi; got {self.A_init_range}")
 

@@ -74,7 +74,7 @@ class Mamba2(nnx.Module):
         )
         self.A_log = param(A_log_init_uniform(rngs.params(), h, c.A_init_range), ("heads",), ssm=True)
         self.D = param(jnp.ones((d if c.D_has_hdim else h,), jnp.float32), ("inner" if c.D_has_hdim else "heads",), ssm=True)
-        self.norm = GatedRMSNorm(d, eps=1e-5, group_size=d // g, norm_before_gate=c.norm_before_gate, dtype=dtype)
+        self.norm = GatedRMSNorm(d, eps=c.norm_eps, group_size=d // g, norm_before_gate=c.norm_before_gate, dtype=dtype)
         self.out_proj = Dense(d, d_model, names=("inner", "embed"), use_bias=c.bias, dtype=dtype, rngs=rngs)
 
     def _split_in(self, zxbcdt: jax.Array):

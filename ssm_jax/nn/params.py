@@ -58,6 +58,9 @@ def param(value: jax.Array, names: Sequence[str | None], *, ssm: bool = False, c
     if value.dtype != jnp.float32:
         raise TypeError(f"param: parameters are float32; got {value.dtype}")
     cls = cls or (SSMParam if ssm else nnx.Param)
+    # A weak-typed value (e.g. jnp.full(s, 0.5)) would become strong after the first optimizer
+    # update, changing the state's type and recompiling a jitted train step: store it strong.
+    value = jnp.asarray(value, jnp.float32)  # asarray with a dtype drops weak typing
     return cls(value, out_sharding=names, eager_sharding=False)
 
 

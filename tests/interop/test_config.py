@@ -129,7 +129,6 @@ BAD_CONFIGS = [
     (MAMBA_130M_HF, {"architectures": ["MambaModel"]}, r"`architectures`=\['MambaModel'\] is not supported"),
     (MAMBA_130M_HF, {"time_step_min": 0.5}, r"cannot build: MambaConfig: need 0 < dt_min <= dt_max"),
     (MAMBA2_HF_444, {"time_step_limit": [0.0, 1.0]}, r"`time_step_limit`=\[0.0, 1.0\] is not supported; supported: \[0.0, inf\]"),
-    (MAMBA2_HF_444, {"layer_norm_epsilon": 1e-6}, r"`layer_norm_epsilon`=1e-06 is not supported; supported: 1e-05"),
     (MAMBA2_HF_444, {"num_heads": 4}, r"num_heads \* head_dim = 4 \* 64 must equal expand \* hidden_size = 512"),
     (MAMBA2_SSM, {"attn_layer_idx": [3]}, r"`attn_layer_idx`=\[3\] is not supported; supported: \[\]"),
     (MAMBA2_SSM, {"rms_norm": False}, r"`rms_norm`=False is not supported; supported: true"),
@@ -149,6 +148,12 @@ def test_unsupported_fields_are_named(base, change, message):
         from_reference_config({**base, **change}, fn="load_hf_checkpoint")
 
 
+def test_mamba2_layer_norm_epsilon_sets_both_norms():
+    # transformers' Mamba2 uses layer_norm_epsilon in the block norms and the gated RMSNorm.
+    c = from_reference_config({**MAMBA2_HF_444, "layer_norm_epsilon": 1e-6}).model_config
+    assert (c.norm_eps, c.mamba2.norm_eps) == (1e-6, 1e-6)
+
+
 def test_detect_layout():
     assert detect_layout(MAMBA_130M_HF) == "transformers-mamba"
     assert detect_layout(MAMBA2_HF_444) == "transformers-mamba2"
@@ -165,7 +170,8 @@ def _lm(**kw) -> LanguageModelConfig:
 
 def test_to_transformers_config_round_trips():
     for c in (_lm(mixer="mamba", mamba=MambaConfig(d_state=4, dt_rank=3, bias=True), tie_embeddings=False, norm_eps=1e-6),
-              _lm(mixer="mamba2", mamba2=Mamba2Config(d_state=8, headdim=8, ngroups=2, chunk_size=4, conv_bias=False))):
+              _lm(mixer="mamba2", mamba2=Mamba2Config(d_state=8, headdim=8, ngroups=2, chunk_size=4, conv_bias=False)),
+              _lm(mixer="mamba2", mamba2=Mamba2Config(headdim=8, norm_eps=1e-6), norm_eps=1e-6)):
         back = from_reference_config(to_transformers_config(c), pad_vocab_size_multiple=c.pad_vocab_size_multiple)
         assert back.model_config == c
 
@@ -176,7 +182,7 @@ def test_to_transformers_config_round_trips():
     (_lm(mixer="mamba", d_intermediate=32), r"`d_intermediate`=32 is not supported"),
     (_lm(mamba2=Mamba2Config(headdim=8, norm_before_gate=True)), r"`mamba2.norm_before_gate`=True is not supported"),
     (_lm(mamba2=Mamba2Config(headdim=8, D_has_hdim=True)), r"`mamba2.D_has_hdim`=True is not supported"),
-    (_lm(mamba2=Mamba2Config(headdim=8), norm_eps=1e-6), r"`norm_eps`=1e-06 is not supported for Mamba-2"),
+    (_lm(mamba2=Mamba2Config(headdim=8), norm_eps=1e-6), r"`mamba2.norm_eps`=1e-05 differs from `norm_eps`=1e-06"),
 ])
 def test_to_transformers_config_refuses(config, message):
     with pytest.raises(ValueError, match=message):

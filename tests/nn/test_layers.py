@@ -346,3 +346,12 @@ def test_gradients_match_finite_differences(kind, rng):
         fd = (jloss(*shift(+1)) - jloss(*shift(-1))) / (2 * eps)
         analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(g_state), dirs)) + jnp.vdot(g_x, dx)
         assert abs(float(fd - analytic)) <= 1e-6 * max(1.0, abs(float(analytic))), (float(fd), float(analytic))
+
+
+def test_param_stores_strongly_typed_float32():
+    # A weak-typed initial value would turn strong after the first optimizer update and make a
+    # jitted train step compile twice.
+    from ssm_jax.nn.params import param
+
+    p = param(jnp.full((3,), 0.5), ("embed",))
+    assert p[...].dtype == jnp.float32 and not p[...].aval.weak_type
