@@ -49,6 +49,7 @@ from ssm_jax.ops.ssd import (
     _ssd_matrix,
     ssd,
 )
+from ssm_jax.ops.ssd import REGISTRY as SSD_REGISTRY
 from ssm_jax.ops.registry import Registry
 
 __all__ = ["REGISTRY", "canonicalize", "hydra", "hydra_matrix", "hydra_matrix_ref", "hydra_two_pass", "two_pass"]
@@ -147,6 +148,34 @@ def hydra_matrix_ref(*, x, dt, A, B, C, D, dt_bias, dt_softplus, segment_ids, ch
 
 REGISTRY.register("xla", two_pass("xla"), doc="two SSD passes (chunked XLA SSD), batched")
 REGISTRY.register("matrix", hydra_matrix_ref, auto_backends=(), doc="materialized (l x l) quasiseparable matrix")
+
+
+def _ssd_kernel_check(ssd_impl: str):
+    """Hydra's check for ``two_pass(ssd_impl)``: the SSD kernel's own check on the doubled batch."""
+
+    def check(ctx) -> str | None:
+        b, l, h, p = ctx["x"].shape
+        g, n = ctx["B"].shape[-2:]
+        sds = jax.ShapeDtypeStruct
+        seg = ctx.get("segment_ids")
+        ssd_ctx = {
+            "x": sds((2 * b, l, h, p), ctx["x"].dtype), "dt": sds((2 * b, l, h), ctx["dt"].dtype),
+            "A": ctx["A"], "B": sds((2 * b, l, g, n), ctx["B"].dtype), "C": sds((2 * b, l, g, n), ctx["C"].dtype),
+            "D": None, "z": None, "dt_bias": ctx.get("dt_bias"), "dt_softplus": ctx["dt_softplus"],
+            "initial_state": None, "segment_ids": None if seg is None else sds((2 * b, l), seg.dtype),
+            "chunk_size": ctx["chunk_size"], "return_final_state": False, "backend": ctx["backend"],
+        }
+        return SSD_REGISTRY[ssd_impl].why_not(ssd_ctx)
+
+    return check
+
+
+# The fused kernels run Hydra as one SSD kernel call over [forward; flipped backward].
+REGISTRY.register("pallas_gpu", two_pass("pallas_gpu"), check=_ssd_kernel_check("pallas_gpu"),
+                  auto_backends=("gpu",), priority=10, doc="two SSD passes on the Mosaic GPU SSD kernel")
+REGISTRY.register("pallas_tpu", two_pass("pallas_tpu"), check=_ssd_kernel_check("pallas_tpu"),
+                  auto_backends=("tpu",), priority=10, doc="two SSD passes on the Mosaic TPU SSD kernel")
+REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})
 
 
 def hydra(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_softplus=False,
