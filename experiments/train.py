@@ -140,6 +140,19 @@ def _write_run_info(workdir: str, mesh, model_name: str, n_params: int, param_sh
         json.dump(info, f, indent=2)
 
 
+_TOKENS_PER_BYTE: dict[str, float] = {}
+
+
+def _tokens_per_byte(data_config) -> float:
+    """Scored tokens per UTF-8 byte of a text dataset's validation split (computed once per config)."""
+    key = json.dumps(data_config.to_dict(), sort_keys=True, default=str)
+    if key not in _TOKENS_PER_BYTE:
+        from experiments.data import text as text_data
+
+        _TOKENS_PER_BYTE[key] = float(text_data.dataset_info(data_config)["tokens_per_byte"])
+    return _TOKENS_PER_BYTE[key]
+
+
 def _eval_batch_sharding(mesh, batch_size: int) -> tuple[NamedSharding, bool]:
     """Shard an eval batch over (data, fsdp) when it divides; else replicate (e.g. batch 1)."""
     n = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -371,7 +384,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 total = sums if total is None else jax.tree.map(jnp.add, total, sums)
             if total is None:
                 raise ValueError(f"evaluation {name!r}: split {split!r} of {data_config.name!r} gave no batches")
-            return tasks.finalize(jax.device_get(total), task)
+            metrics = tasks.finalize(jax.device_get(total), task)
+            if data_config.name == "text":
+                # Bits per UTF-8 byte: comparable across tokenizers (exact when the evaluation covers
+                # the whole split, since tokens/byte is the split's ratio).
+                from experiments.data import text as text_data  # only text runs pay for its imports
+
+                metrics["bits_per_byte"] = text_data.bits_per_byte(metrics["loss"], _tokens_per_byte(data_config))
+            return metrics
 
         # --------------------------------------------------------------------------------------
         # Loop.

@@ -121,3 +121,15 @@ def test_real_model_trains_and_chunked_eval_equals_parallel(tmp_path):
     model, _, _ = train.load_model(str(tmp_path / "bf16"))
     dtypes = {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))}
     assert dtypes == {np.dtype("float32")}
+
+
+def test_text_lm_logs_bits_per_byte(tmp_path):
+    """Language modeling on text logs bits per byte; with the byte tokenizer every scored token is
+    one byte, so it equals the loss in bits."""
+    _, c = _load(os.path.join(REPO, "experiments/configs/lm/gpt2_small.py"), "arch=mamba2,smoke")
+    c.unlock()
+    c.total_steps = 1
+    c.lock()
+    m = train.train_and_evaluate(c, str(tmp_path / "lm"))
+    assert np.isfinite(m["validation/loss"])
+    np.testing.assert_allclose(m["validation/bits_per_byte"], m["validation/loss"] / np.log(2.0), rtol=1e-6)
