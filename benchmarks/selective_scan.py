@@ -22,14 +22,13 @@ import functools
 import importlib.util
 import json
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import fwd_bwd, time_ms
 from pallas_kernels.selective_scan import api
 from pallas_kernels.selective_scan.blocks import choose_backward_blocks, choose_blocks
 from ssm_jax.ops import selective_scan
@@ -76,28 +75,6 @@ def op_fn(impl):
         return selective_scan(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=True, impl=impl)
 
     return run
-
-
-def fwd_bwd(fn):
-    def loss(args, w):
-        return jnp.sum(fn(**args).astype(jnp.float32) * w)
-
-    return jax.value_and_grad(loss)
-
-
-def time_ms(f, *args, reps=10, inner=5):
-    """Median over ``reps`` of the mean time of ``inner`` back-to-back calls (device-synchronized)."""
-    jax.block_until_ready(f(*args))
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = None
-        for _ in range(inner):
-            out = f(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t) / inner * 1e3)
-    return statistics.median(times), times
 
 
 def floors_ms(shape, itemsize=2):

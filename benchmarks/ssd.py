@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import fwd_bwd, time_ms
 from pallas_kernels.ssd import api as kernel_api
 from pallas_kernels.ssd.blocks import SSDBlocks
 from ssm_jax.ops.ssd import canonicalize, ssd
@@ -109,28 +110,6 @@ def breakdown(shape, dtype, z=False):
         print(f"{name}: {len(timings)} kernels, {total:.3f} ms of device time", flush=True)
         for kname, t in sorted(timings, key=lambda kt: -kt[1])[:12]:
             print(f"   {t:8.3f} ms  {kname[:90]}", flush=True)
-
-
-def fwd_bwd(fn):
-    def loss(args, w):
-        return jnp.sum(fn(**args).astype(jnp.float32) * w)
-
-    return jax.value_and_grad(loss)
-
-
-def time_ms(f, *args, reps=10, inner=5):
-    """Median over ``reps`` of the mean time of ``inner`` back-to-back calls (device-synchronized)."""
-    jax.block_until_ready(f(*args))
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = None
-        for _ in range(inner):
-            out = f(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t) / inner * 1e3)
-    return statistics.median(times), times
 
 
 def fwd_bytes(shape, itemsize=2, z=False):
