@@ -18,7 +18,6 @@ the mamba_ssm CUDA numbers recorded in ANCHORS.md, and writes everything as JSON
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import platform

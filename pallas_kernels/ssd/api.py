@@ -18,7 +18,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks

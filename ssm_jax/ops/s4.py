@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssm_jax.ops._checks import Dims, check_positive_int, check_real, to_array
+from ssm_jax.ops._checks import Dims, check_positive_int
 from ssm_jax.ops.registry import Registry
-from ssm_jax.ops.s4d import as_param, check_float_or_complex, check_log_dt, complex_dtype
+from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype
 from ssm_jax.typing import Array
 
 __all__ = ["hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
@@ -250,33 +250,6 @@ def s4_discretize(log_dt, Lambda, P, B, *, Q=None) -> tuple[Array, Array]:
     return dA[:, :n, :], dB[:, :n]
 
 
-def _check_step(op, u, state, dA, dB, C, D, *, step: bool):
-    u_name, u_spec, x_name = ("u_t", "b h", "state") if step else ("u", "b l h", "initial_state")
-    dims = Dims(op)
-    u = to_array(op, u_name, u)
-    check_real(op, u_name, u)
-    dims.bind(u_name, u, u_spec)
-    dB = as_param(op, dims, "dB", dB)
-    C = as_param(op, dims, "C", C)
-    dA = to_array(op, "dA", dA)
-    check_float_or_complex(op, "dA", dA)
-    h, n = dims["h"], dims["n"]
-    if dA.shape != (h, n, 2 * n):
-        raise ValueError(f"{op}: `dA` must have shape (h, n, 2n) = ({h}, {n}, {2 * n}) (from s4_discretize); got {tuple(dA.shape)}")
-    if step and state is None:
-        raise TypeError(f"{op}: `state` must be a (b, h, n) complex array (zeros before the first step); got None")
-    if state is not None:
-        state = to_array(op, x_name, state)
-        check_float_or_complex(op, x_name, state)
-        dims.bind(x_name, state, "b h n")
-    if D is not None:
-        D = to_array(op, "D", D)
-        check_real(op, "D", D)
-        dims.bind("D", D, "h")
-    ctype = complex_dtype(dA, dB, C)
-    return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
-
-
 @jax.jit
 def _step(u_t, x, dA, dB, C, D):
     x = jnp.einsum("hij,bhj->bhi", dA, _full(x), precision=_HI) + dB * u_t[..., None].astype(x.dtype)
@@ -299,14 +272,14 @@ def s4_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:
     returns      y_t (b, h) in ``u_t.dtype``, new state (b, h, n) complex
     ============ =========== =============================================
     """
-    u_t, state, dA, dB, C, D, ctype = _check_step("s4_step", u_t, state, dA, dB, C, D, step=True)
+    u_t, state, dA, dB, C, D, ctype = check_step_args("s4_step", u_t, state, dA, dB, C, D, step=True, dense_dA=True)
     y, x = _step(u_t, state.astype(ctype), dA, dB, C, D)
     return y.astype(u_t.dtype), x
 
 
 def s4_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]:
     """:func:`s4_step` folded over ``u (b, l, h)`` with ``lax.scan``: ``(y (b, l, h), final state)``."""
-    u, x0, dA, dB, C, D, ctype = _check_step("s4_scan", u, initial_state, dA, dB, C, D, step=False)
+    u, x0, dA, dB, C, D, ctype = check_step_args("s4_scan", u, initial_state, dA, dB, C, D, step=False, dense_dA=True)
     b, _, h = u.shape
     x0 = jnp.zeros((b, h, dB.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
 

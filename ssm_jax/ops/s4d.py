@@ -221,16 +221,28 @@ S4D_KERNEL.register("xla", _s4d_kernel_vandermonde, priority=10, doc="Vandermond
 # --------------------------------------------------------------------------------------------
 
 
-def _check_step(op, u, state, dA, dB, C, D, *, step: bool):
-    """Validate a step (``u_t (b, h)``, ``state``) or a scan (``u (b, l, h)``, ``initial_state``)."""
+def check_step_args(op, u, state, dA, dB, C, D, *, step: bool, dense_dA: bool = False):
+    """Validate a step (``u_t (b, h)``, ``state``) or a scan (``u (b, l, h)``, ``initial_state``).
+
+    ``dA`` is diagonal ``(h, n)`` (S4D), or with ``dense_dA`` the ``(h, n, 2n)`` rows of S4's
+    bilinear matrix (:func:`ssm_jax.ops.s4.s4_discretize`).
+    """
     u_name, u_spec, x_name = ("u_t", "b h", "state") if step else ("u", "b l h", "initial_state")
     dims = Dims(op)
     u = to_array(op, u_name, u)
     check_real(op, u_name, u)
     dims.bind(u_name, u, u_spec)
-    dA = as_param(op, dims, "dA", dA)
+    if not dense_dA:
+        dA = as_param(op, dims, "dA", dA)
     dB = as_param(op, dims, "dB", dB)
     C = as_param(op, dims, "C", C)
+    if dense_dA:
+        dA = to_array(op, "dA", dA)
+        check_float_or_complex(op, "dA", dA)
+        h, n = dims["h"], dims["n"]
+        if dA.shape != (h, n, 2 * n):
+            raise ValueError(f"{op}: `dA` must have shape (h, n, 2n) = ({h}, {n}, {2 * n}) (from s4_discretize); "
+                             f"got {tuple(dA.shape)}")
     if step and state is None:
         raise TypeError(f"{op}: `state` must be a (b, h, n) complex array (zeros before the first step); got None")
     if state is not None:
@@ -266,7 +278,7 @@ def s4d_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:
     returns      y_t (b, h) in ``u_t.dtype``, new state (b, h, n) complex
     ============ ========== ==============================================
     """
-    u_t, state, dA, dB, C, D, ctype = _check_step("s4d_step", u_t, state, dA, dB, C, D, step=True)
+    u_t, state, dA, dB, C, D, ctype = check_step_args("s4d_step", u_t, state, dA, dB, C, D, step=True)
     y, x = _step(u_t, state.astype(ctype), dA, dB, C, D)
     return y.astype(u_t.dtype), x
 
@@ -276,7 +288,7 @@ def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]
 
     ``u (b, l, h)`` → ``y (b, l, h)`` in ``u.dtype`` and the final state ``(b, h, n)`` complex.
     """
-    u, x0, dA, dB, C, D, ctype = _check_step("s4d_scan", u, initial_state, dA, dB, C, D, step=False)
+    u, x0, dA, dB, C, D, ctype = check_step_args("s4d_scan", u, initial_state, dA, dB, C, D, step=False)
     b, _, h = u.shape
     x0 = jnp.zeros((b, h, dA.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
 
