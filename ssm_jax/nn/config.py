@@ -80,6 +80,22 @@ def _to_tuples(value):
     return value
 
 
+def _check_A_init_range(cls, c) -> None:
+    if len(c.A_init_range) != 2 or not 0 < c.A_init_range[0] <= c.A_init_range[1]:
+        _fail(cls, f"`A_init_range` must be (lo, hi) with 0 < lo <= hi; got {c.A_init_range}")
+
+
+def head_geometry(layer: str, d_model: int, c) -> tuple[int, int]:
+    """``(d_inner, heads)`` of a Mamba-2-style block: ``d = expand * d_model`` in heads of ``headdim``."""
+    d = c.expand * d_model
+    if d % c.headdim:
+        raise ValueError(f"{layer}: `headdim`={c.headdim} must divide d_inner = expand * d_model = {d}")
+    h = d // c.headdim
+    if h % c.ngroups:
+        raise ValueError(f"{layer}: `ngroups`={c.ngroups} must divide the number of heads {h}")
+    return d, h
+
+
 def _check_dt(cls, c) -> None:
     if not 0 < c.dt_min <= c.dt_max:
         _fail(cls, f"need 0 < dt_min <= dt_max; got dt_min={c.dt_min}, dt_max={c.dt_max}")
@@ -139,8 +155,7 @@ class Mamba2Config(Config):
         _check_dt(type(self), self)
         if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             _fail(type(self), f"`norm_eps` must be a positive float; got {self.norm_eps!r}")
-        if len(self.A_init_range) != 2 or not 0 < self.A_init_range[0] <= self.A_init_range[1]:
-            _fail(type(self), f"`A_init_range` must be (lo, hi) with 0 < lo <= hi; got {self.A_init_range}")
+        _check_A_init_range(type(self), self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +184,7 @@ class HydraConfig(Config):
         _check_dt(type(self), self)
         if self.d_conv % 2 != 1:
             _fail(type(self), f"`d_conv` must be odd (a centred non-causal convolution); got {self.d_conv}")
-        if len(self.A_init_range) != 2 or not 0 < self.A_init_range[0] <= self.A_init_range[1]:
-            _fail(type(self), f"`A_init_range` must be (lo, hi) with 0 < lo <= hi; got {self.A_init_range}")
+        _check_A_init_range(type(self), self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssm_jax.nn._common import check_sequence
-from ssm_jax.nn.config import HydraConfig
+from ssm_jax.nn.config import HydraConfig, head_geometry
 from ssm_jax.nn.conv import ShortConv
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.norms import GatedRMSNorm
@@ -48,12 +48,7 @@ class Hydra(nnx.Module):
         c = config
         self.config = c
         self.d_model = d_model
-        self.d_inner = d = c.expand * d_model
-        if d % c.headdim:
-            raise ValueError(f"Hydra: `headdim`={c.headdim} must divide d_inner = expand * d_model = {d}")
-        self.nheads = h = d // c.headdim
-        if h % c.ngroups:
-            raise ValueError(f"Hydra: `ngroups`={c.ngroups} must divide the number of heads {h}")
+        self.d_inner, self.nheads = d, h = head_geometry("Hydra", d_model, c)
         self.headdim, self.ngroups, self.d_state = c.headdim, c.ngroups, c.d_state
         g, n = c.ngroups, c.d_state
         self.conv_dim = d + 4 * g * n

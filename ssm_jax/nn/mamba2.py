@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssm_jax.nn._common import check_sequence, check_step
-from ssm_jax.nn.config import Mamba2Config
+from ssm_jax.nn.config import Mamba2Config, head_geometry
 from ssm_jax.nn.conv import ShortConv
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.norms import GatedRMSNorm
@@ -56,12 +56,7 @@ class Mamba2(nnx.Module):
         c = config
         self.config = c
         self.d_model = d_model
-        self.d_inner = d = c.expand * d_model
-        if d % c.headdim:
-            raise ValueError(f"Mamba2: `headdim`={c.headdim} must divide d_inner = expand * d_model = {d}")
-        self.nheads = h = d // c.headdim
-        if h % c.ngroups:
-            raise ValueError(f"Mamba2: `ngroups`={c.ngroups} must divide the number of heads {h}")
+        self.d_inner, self.nheads = d, h = head_geometry("Mamba2", d_model, c)
         self.headdim, self.ngroups, self.d_state = c.headdim, c.ngroups, c.d_state
         g, n = c.ngroups, c.d_state
         self.conv_dim = d + 2 * g * n
