@@ -259,3 +259,22 @@ def test_every_model_param_has_logical_names_and_builds_with_eager_sharding_on()
         for path, v in nnx.to_flat_state(nnx.state(m, nnx.Param)):
             names = v.get_metadata().get("out_sharding")
             assert names is not None and len(names) == len(v.shape), (path, names)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"norm_eps": 0.0}, r"Mamba2Config: `norm_eps` must be a positive float; got 0.0"),
+    ({"norm_eps": "1e-5"}, r"`norm_eps` must be a positive float; got '1e-5'"),
+    ({"A_init_range": (4.0, 1.0)}, r"Mamba2Config: `A_init_range` must be \(lo, hi\) with 0 < lo <= hi"),
+])
+def test_mamba2_config_bad_values_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Mamba2Config(**kwargs)
+
+
+def test_head_geometry_errors_name_the_layer_and_field():
+    from ssm_jax import nn
+
+    with pytest.raises(ValueError, match=r"Hydra: `headdim`=5 must divide d_inner = expand \* d_model = 16"):
+        nn.Hydra(8, nn.HydraConfig(headdim=5, d_state=4), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"Mamba2: `ngroups`=3 must divide the number of heads 4"):
+        nn.Mamba2(8, nn.Mamba2Config(headdim=4, ngroups=3, d_state=4), rngs=nnx.Rngs(0))
