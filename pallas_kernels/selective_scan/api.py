@@ -26,11 +26,6 @@ from pallas_kernels.selective_scan.blocks import (
 __all__ = ["selective_scan", "why_not", "MAX_STATE"]
 
 MAX_STATE = 256
-# 2026-11-23: with segment_ids the forward faulted on an H100 (misaligned TMA destination in shared
-# memory, a case interpret mode cannot catch). The row padding is fixed in mosaic_gpu.py, but the
-# session's device time ran out before a compiled run confirmed it; flip this after
-# `python3 -m pytest -m gpu tests/pallas_kernels/test_selective_scan_mosaic_gpu.py` passes on Hopper.
-SEGMENTS_VERIFIED_ON_GPU = False
 _SUPPORTED = ("float32", "bfloat16", "float16")
 
 
@@ -50,10 +45,6 @@ def why_not(ctx) -> str | None:
         v = ctx.get(name)
         if v is not None and jnp.dtype(v.dtype).name not in _SUPPORTED:
             return f"`{name}` has dtype {jnp.dtype(v.dtype).name}; the kernel takes {', '.join(_SUPPORTED)} (state in float32)"
-    if backend == "gpu" and ctx.get("segment_ids") is not None and not SEGMENTS_VERIFIED_ON_GPU:
-        return ("`segment_ids` on the compiled kernel is disabled until verified on the chip: it faulted on "
-                "an H100 with CUDA_ERROR_MISALIGNED_ADDRESS (the `keep` TMA destination; fixed, unverified; "
-                "see pallas_kernels/selective_scan/README.md)")
     if jnp.dtype(ctx["A"].dtype) != jnp.float32:
         return f"parameters are {jnp.dtype(ctx['A'].dtype).name}; the kernel computes in float32 (float64 inputs are not supported)"
     return None
@@ -70,7 +61,8 @@ def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     if backward_blocks is None:
         backward_blocks = choose_backward_blocks(b, d, g, n)
     if blocks is None:
-        blocks = choose_blocks(b, d, g, n, l=l, save_interval=backward_blocks.chunk)
+        itemsize = max(jnp.dtype(v.dtype).itemsize for v in (x, dt, z, B, C) if v is not None)
+        blocks = choose_blocks(b, d, g, n, l=l, save_interval=backward_blocks.chunk, itemsize=itemsize)
     if blocks.save_interval != backward_blocks.chunk:
         raise ValueError(
             f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "
@@ -302,85 +294,55 @@ def _scan_fwd(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep):
 
 def _scan_bwd(s, want_final, res, cts):
     gy, gT = cts
+    gT = gT if want_final else None
     if not backward_fits(s.bwd):
-        return _reference_backward(s, want_final, res, gy, gT)
-    return _backward(s, res, gy, gT if want_final else None)
+        return _backward_by_state_slices(s, res, gy, gT)
+    return _backward(s, res, gy, gT)
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 # --------------------------------------------------------------------------------------------
-# XLA reference: the backward for state sizes the backward kernel does not take
+# Large states: the backward kernel once per slice of the state
 # --------------------------------------------------------------------------------------------
 #
-# BACKWARD FALLBACK (documented in README.md): for a padded state size above 128 the backward
-# kernel's per-position shared memory does not fit an H100 block, and the gradient is autodiff of
-# `reference` below (chunked lax.associative_scan, XLA) -- correct, not fast. The forward is the
-# kernel for every n <= 256.
+# For a padded state size above 128 the backward kernel's per-position shared memory does not fit
+# an H100 block. Every state channel evolves on its own (h_n <- exp(delta A_n) h_n + delta B_n x),
+# and y, hence every gradient of x, dt, z and dt_bias, is a sum over n; so the backward kernel
+# runs on each half of the (padded) state with D in one half only, and the halves' gradients of
+# x, dt, z, dt_bias add while those of A, B, C and the initial state sit side by side. (The
+# z-gate gradient is linear in the pre-gate output, so it splits the same way.)
+
+SLICE_N = 128
 
 
-def _reference_backward(s: _Static, want_final: bool, res, gy, gT):
-    x, dt, A, B, C, D, z, dt_bias, h0, keep, _ = res
+def _backward_by_state_slices(s: _Static, res, gy, gT):
+    x, dt, A, B, C, D, z, dt_bias, h0, keep, saved = res
+    n_p = s.blocks.n
+    # Pad the state to the forward's n_p (zero A, B, C, h0 contribute nothing), then cut it.
+    pad = lambda v: None if v is None else _pad_state(s, v)  # noqa: E731
+    A_p, B_p, C_p, h0_p, gT_p = pad(A), pad(B), pad(C), pad(h0), pad(gT)
+    saved = _merge_state(saved)  # (b, l_pad / save_interval, d_pad, n_p)
+    m = SLICE_N
+    fwd_half = dataclasses.replace(s.blocks, n=m, states_per_thread=s.blocks.states_per_thread * m // n_p)
+    bwd_half = choose_backward_blocks(s.b, s.d, s.g, m)
+    half = dataclasses.replace(s, n=m, blocks=fwd_half, bwd=bwd_half)
+    if (half.r_pad, half.l_pad) != (s.r_pad, s.l_pad) or not backward_fits(bwd_half):
+        raise AssertionError(f"selective_scan: state slices of {m} change the padding ({half} vs {s})")
+    parts = []
+    for k in range(n_p // m):
+        cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
+        res_k = (x, dt, cut(A_p), cut(B_p), cut(C_p), D if k == 0 else None, z, dt_bias, cut(h0_p), keep,
+                 _split_state(1, cut(saved)))
+        parts.append(_backward(half, res_k, gy, cut(gT_p)))
+    dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep = zip(*parts)
 
-    def f(x, dt, A, B, C, D, z, dt_bias, h0):
-        return reference(x, dt, A, B, C, D, z, dt_bias, s.softplus, h0, keep)
+    def total(vs, like):
+        return None if vs[0] is None else sum(v.astype(jnp.float32) for v in vs).astype(like.dtype)
 
-    primals = (x, dt, A, B, C, D, z, dt_bias, h0)
-    (y, h_final), vjp = jax.vjp(f, *primals)
-    gT = jnp.zeros_like(h_final) if (gT is None or not want_final) else gT.astype(h_final.dtype)
-    grads = vjp((gy.astype(y.dtype), gT))
-    return (*grads, None if keep is None else jnp.zeros_like(keep))
+    def side_by_side(vs):
+        return None if vs[0] is None else jnp.concatenate(vs, axis=-1)[..., : s.n]
 
-
-def reference(x, dt, A, B, C, D, z, dt_bias, softplus, h0, keep, *, chunk: int = 128):
-    """The kernels' math in XLA (float32): ``(y, final_state)`` from canonical arrays.
-
-    Chunks of ``chunk`` positions: ``lax.associative_scan`` inside, a ``lax.scan`` carrying the
-    state between chunks, each chunk rematerialized in the backward pass. ``keep (b, l)`` is 0
-    where a segment starts.
-    """
-    f = jnp.float32
-    b, l, d = x.shape
-    g, n = B.shape[-2:]
-    r = d // g
-    delta = dt.astype(f) + (0.0 if dt_bias is None else dt_bias.astype(f))
-    if softplus:
-        delta = jax.nn.softplus(delta)
-    q = min(chunk, l)
-    nc = -(-l // q)
-    pad = nc * q - l
-
-    def chunked(v, fill=0.0):  # (b, l, ...) -> (nc, b, q, ...); padding: delta = 0, keep = 1
-        v = jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2), constant_values=fill)
-        return jnp.moveaxis(v.reshape(b, nc, q, *v.shape[2:]), 1, 0)
-
-    xs = (
-        chunked(x.astype(f).reshape(b, l, g, r)),
-        chunked(delta.reshape(b, l, g, r)),
-        chunked(B.astype(f)),
-        chunked(C.astype(f)),
-        chunked(jnp.ones((b, l), f) if keep is None else keep.astype(f), fill=1.0),
-    )
-    A_g = A.astype(f).reshape(g, r, n)
-
-    def combine(e, later):
-        return later[0] * e[0], later[0] * e[1] + later[1]
-
-    @jax.checkpoint
-    def body(h, inp):
-        xc, dc, Bc, Cc, kc = inp
-        a = jnp.exp(dc[..., None] * A_g) * kc[:, :, None, None, None]
-        u = (dc * xc)[..., None] * Bc[:, :, :, None, :]
-        a_cum, h_loc = jax.lax.associative_scan(combine, (a, u), axis=1)
-        hs = a_cum * h[:, None] + h_loc
-        return hs[:, -1], jnp.sum(hs * Cc[:, :, :, None, :], axis=-1)
-
-    h0 = jnp.zeros((b, g, r, n), f) if h0 is None else h0.astype(f).reshape(b, g, r, n)
-    h, y = jax.lax.scan(body, h0, xs)
-    y = jnp.moveaxis(y, 0, 1).reshape(b, nc * q, d)[:, :l]
-    if D is not None:
-        y = y + D.astype(f) * x.astype(f)
-    if z is not None:
-        y = y * jax.nn.silu(z.astype(f))
-    return y.astype(x.dtype), h.reshape(b, d, n)
+    return (total(dx, x), total(ddt, dt), side_by_side(dA), side_by_side(dB), side_by_side(dC), dD[0],
+            total(dz, z), total(dbias, dt_bias), side_by_side(dh0), dkeep[0])

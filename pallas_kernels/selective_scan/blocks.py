@@ -28,10 +28,16 @@ HALF_BLOCKS = 96
 SMEM_PER_BLOCK = 110 * 1024
 
 
-def forward_smem_per_position(ch: int, n: int, itemsize: int = 2) -> int:
-    """Shared-memory bytes per chunk position of the forward kernel (upper bound over dtypes):
-    two TMA stages of x, dt, z (ch) and B, C (n); float32 delta, u, h C (ch) and B, C (n); y."""
-    return 2 * (3 * ch + 2 * n) * itemsize + 3 * ch * 4 + 2 * n * 4 + ch * itemsize
+def forward_smem_bytes(chunk: int, ch: int, n: int, states_per_thread: int, *, unroll: int = 4,
+                       itemsize: int = 2) -> int:
+    """Shared memory of the forward kernel (``mosaic_gpu.forward``'s scratch) for inputs of
+    ``itemsize`` bytes: two TMA stages of x, dt, z (ch) and B, C (n) and of ``keep``; float32
+    delta, u (ch) and B, C (n) with ``unroll`` look-ahead rows; the (ch, n / v) partial sums of
+    h . C; the y tile."""
+    q, u = chunk, unroll
+    keep = 2 * -(-(max(q, 32) + u) // 32) * 32 * 4
+    return ((2 * 3 * q * ch + 2 * 2 * q * n + q * ch) * itemsize + keep + 2 * (q + u) * ch * 4
+            + q * ch * (n // states_per_thread) * 4 + 2 * (q + u) * n * 4)
 
 
 def pow2_at_least(v: int, floor: int = 1) -> int:
@@ -152,23 +158,33 @@ def choose_backward_blocks(b: int, d: int, g: int, n: int, *, states_per_thread:
 
 
 def choose_blocks(b: int, d: int, g: int, n: int, *, l: int | None = None, states_per_thread: int | None = None,
-                  chunk: int | None = None, unroll: int = 4, save_interval: int = BACKWARD_CHUNK) -> SelectiveScanBlocks:
+                  chunk: int | None = None, unroll: int = 4, save_interval: int = BACKWARD_CHUNK,
+                  itemsize: int = 2) -> SelectiveScanBlocks:
     """The tiling for ``b`` rows of length ``l``, ``d`` channels in ``g`` groups, state size ``n``.
 
     States per thread by the rule above (:data:`FULL_BLOCKS`, :data:`HALF_BLOCKS`; measured on
-    H100, README.md), and the largest chunk whose shared memory lets two blocks share an SM.
+    H100, README.md), and the largest chunk whose shared memory lets two blocks share an SM
+    (``itemsize``: the widest input dtype's bytes).
     """
     n_p = padded_state_size(n)
     if states_per_thread is None:
         states_per_thread = _rule(b, d, g, n_p)
     if chunk is None:
         # The largest chunk (64 or 32) whose shared memory lets two blocks share an SM, and not
-        # twice the sequence (padding positions cost as much as real ones). At least
-        # 32: the per-chunk TMA copy of `keep` (chunk float32) must be a multiple of 128 bytes.
+        # twice the sequence (padding positions cost as much as real ones); failing that, the
+        # largest (32 or 16) that fits one block (n = 256 with float32 B, C).
         ch = WARPGROUP * states_per_thread // n_p
+        smem = lambda q: forward_smem_bytes(q, ch, n_p, states_per_thread, unroll=unroll, itemsize=itemsize)  # noqa: E731
         chunk = 64
-        while chunk > 32 and (chunk * forward_smem_per_position(ch, n_p) > SMEM_PER_BLOCK or (l and l <= chunk // 2)):
+        while chunk > 32 and (smem(chunk) > SMEM_PER_BLOCK or (l and l <= chunk // 2)):
             chunk //= 2
+        while chunk > 16 and smem(chunk) > SMEM_MAX:
+            chunk //= 2
+        if smem(chunk) > SMEM_MAX:
+            raise ValueError(
+                f"selective_scan (pallas_gpu): no forward chunk fits shared memory for n={n}, "
+                f"{states_per_thread} states per thread, {itemsize}-byte inputs"
+            )
     return SelectiveScanBlocks(n=n_p, states_per_thread=states_per_thread, chunk=chunk, unroll=unroll,
                                save_interval=save_interval)
 

@@ -4,7 +4,7 @@ On CPU every test runs the kernels in Mosaic GPU interpret mode; tests marked ``
 for the chip. :class:`TestMosaicGPU` is the op's shared contract (values against the float64
 oracle, gradients against ``impl="scan"``, every option combination); the rest covers what is
 particular to the kernels: several tilings (states per thread, chunk, padding of n, channels and
-length), state sizes 1..256, the backward fallback above n = 128, and the reasons given when they
+length), state sizes 1..256, the backward by state slices above n = 128, and the reasons given when they
 cannot run.
 """
 
@@ -141,7 +141,7 @@ def test_state_sizes(rng, n):
 
 @pytest.mark.parametrize("n", [64, 200])
 def test_large_state_gradients(rng, n):
-    # n = 64 runs the backward kernel; n = 200 (padded 256) the documented XLA fallback.
+    # n = 64 runs the backward kernel once; n = 200 (padded to 256) once per 128-state slice.
     args, kw = make_inputs(rng, b=1, l=7, d=2, n=n, g=None)
     assert backward_fits(choose_backward_blocks(1, 2, 1, n)) == (n <= 128)
     arrays, static = split_kw(args, kw)
@@ -157,16 +157,19 @@ def test_large_state_gradients(rng, n):
         assert_close(got[k], ref[k], tol=1e-4, name=f"d loss / d {k}")
 
 
-def test_reference_matches_oracle(rng):
-    # api.reference is the backward fallback: it must be the same function.
-    args, kw = make_inputs(rng, b=2, l=11, d=6, n=3, g=3)
-    c = _canonical(args, kw)
-    keep = api._keep(c["segment_ids"])
-    y, h = api.reference(c["x"], c["dt"], c["A"], c["B"], c["C"], c["D"], c["z"], c["dt_bias"], True,
-                         c["initial_state"], keep, chunk=4)
-    y_ref, h_ref = oracle(args, kw)
-    assert_close(y, y_ref, name="y")
-    assert_close(h, h_ref, name="final_state")
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_forward_tiling_fits_shared_memory(itemsize):
+    """choose_blocks counts the forward's shared memory for the input width (n = 256 with float32
+    B, C needs 16-position chunks; 32 overflowed an H100 block)."""
+    from pallas_kernels.selective_scan.blocks import SMEM_MAX, forward_smem_bytes
+
+    for n in (1, 16, 64, 128, 200, 256):
+        for b, d in ((1, 2), (4, 2048)):
+            blk = choose_blocks(b, d, 1, n, l=4096, itemsize=itemsize)
+            used = forward_smem_bytes(blk.chunk, blk.channels, blk.n, blk.states_per_thread, unroll=blk.unroll,
+                                      itemsize=itemsize)
+            assert used <= SMEM_MAX, (n, b, d, blk, used)
+    assert choose_blocks(1, 2, 1, 256, itemsize=4).chunk == 16
 
 
 def test_why_not_names_the_constraint():
@@ -227,9 +230,7 @@ def _gpu_case(rng, b, l, d, n, g, dtype, **flags):
 def test_compiled_matches_xla_on_gpu(rng, dtype):
     # Every option at once, a length that is not a multiple of any chunk, groups, d = 384.
     args, kw = _gpu_case(rng, 2, 1000, 384, 16, 2, jnp.dtype(dtype))
-    if not api.SEGMENTS_VERIFIED_ON_GPU:
-        # Refused on the chip until verified (api.SEGMENTS_VERIFIED_ON_GPU); the refusal is tested below.
-        kw.pop("segment_ids", None)
+    assert "segment_ids" in kw
     arrays, static = split_kw(args, kw)
     tol = 2e-5 if dtype == "float32" else 2e-2
     outs = {impl: selective_scan(**arrays, **static, return_final_state=True, impl=impl) for impl in ("pallas_gpu", "xla")}
@@ -246,17 +247,6 @@ def test_compiled_matches_xla_on_gpu(rng, dtype):
     for k in ARRAY_ARGS:
         assert_close(jnp.asarray(got[k], jnp.float32), jnp.asarray(ref[k], jnp.float32),
                      tol=1e-4 if dtype == "float32" else 3e-2, name=f"d loss / d {k}")
-
-
-@pytest.mark.gpu
-def test_segments_refused_on_gpu_until_verified(rng):
-    args, kw = _gpu_case(rng, 1, 64, 64, 16, None, jnp.float32)
-    assert "segment_ids" in kw
-    if api.SEGMENTS_VERIFIED_ON_GPU:
-        pytest.skip("segment_ids verified on this chip: covered by test_compiled_matches_xla_on_gpu")
-    with pytest.raises(ImplementationUnavailableError, match="segment_ids"):
-        selective_scan(**args, **kw, impl="pallas_gpu")
-    assert REGISTRY.resolve("auto", _canonical(args, kw))[0] == "xla"
 
 
 @pytest.mark.gpu
