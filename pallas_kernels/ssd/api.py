@@ -21,14 +21,15 @@ import jax.numpy as jnp
 
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks
-from pallas_kernels.ssd.reference import core_reference
 
 __all__ = ["BWD_KERNEL_MAX_N", "ssd", "why_not"]
 
 # The backward kernel keeps the (block_p, n) fp32 state gradient and a (q, n) fp32 dB/dC tile in
-# one warpgroup's registers; past n = 128 that exceeds the register file (and its double-buffered
-# tiles shared memory). Larger states take the backward by autodiff of reference.core_reference
-# (XLA) -- the forward stays the kernel. Issue 6 lists this as not yet a kernel.
+# one warpgroup's registers; past n = 128 that exceeds the register file. Larger states run the
+# backward kernel once per slice of BWD_KERNEL_MAX_N state channels: the state's columns evolve
+# independently (the decay is a scalar per head and step), and y, the intra-chunk C B^T and every
+# dx/dz/d(dt)/d(cs) term are sums over n, so the slices' gradients add (D counted once) while
+# dB, dC and d initial_state are the slices side by side.
 BWD_KERNEL_MAX_N = 128
 
 _COMPUTE_DTYPES = {jnp.dtype(jnp.bfloat16): jnp.bfloat16, jnp.dtype(jnp.float16): jnp.float16}
@@ -220,24 +221,44 @@ def _ssd_core(cfg: _Config, arrays):
     return y, final
 
 
-def _kernel_bwd(arrays) -> bool:
-    return arrays["B"].shape[-1] <= BWD_KERNEL_MAX_N
-
-
 def _ssd_core_fwd(cfg: _Config, arrays):
-    y, final, states = _run_fwd(cfg, arrays, save_states=_kernel_bwd(arrays))
+    y, final, states = _run_fwd(cfg, arrays, save_states=True)
     return (y, final), (arrays, states)
 
 
 def _ssd_core_bwd(cfg: _Config, res, cts):
     arrays, states = res
     dy, dfinal = cts
-    if _kernel_bwd(arrays):
+    n = arrays["B"].shape[-1]
+    if n <= BWD_KERNEL_MAX_N:
         return (_run_bwd(cfg, arrays, states, dy, dfinal),)
-    diff = {k: v for k, v in arrays.items() if k != "r"}
-    _, vjp = jax.vjp(lambda a: core_reference(cfg.q, cfg.final, cfg.y_dtype, {**a, "r": arrays["r"]}), diff)
-    (grads,) = vjp((dy, dfinal))
-    return ({**grads, "r": None},)
+    return (_run_bwd_state_slices(cfg, arrays, states, dy, dfinal),)
+
+
+def _run_bwd_state_slices(cfg: _Config, arrays, states, dy, dfinal):
+    """The backward kernel on each slice of ``BWD_KERNEL_MAX_N`` state channels (see the note at
+    BWD_KERNEL_MAX_N): summed gradients of x, z, dt, cs; concatenated gradients of B, C, h0."""
+    n = arrays["B"].shape[-1]
+    m = BWD_KERNEL_MAX_N
+    parts = []
+    for k in range(n // m):
+        cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
+        part = dict(arrays, B=cut(arrays["B"]), C=cut(arrays["C"]), h0=cut(arrays["h0"]),
+                    D=arrays["D"] if k == 0 else None)
+        part_cfg = dataclasses.replace(cfg, has_d=cfg.has_d and k == 0)
+        parts.append(_run_bwd(part_cfg, part, cut(states), dy, cut(dfinal) if cfg.final else dfinal))
+
+    def total(name):
+        if parts[0][name] is None:
+            return None
+        acc = sum(p[name].astype(jnp.float32) for p in parts)
+        return acc.astype(parts[0][name].dtype)
+
+    def side_by_side(name):
+        return None if parts[0][name] is None else jnp.concatenate([p[name] for p in parts], axis=-1)
+
+    return dict(x=total("x"), dt=total("dt"), cs=total("cs"), z=total("z"), B=side_by_side("B"),
+                C=side_by_side("C"), h0=side_by_side("h0"), D=parts[0]["D"], r=None)
 
 
 _ssd_core.defvjp(_ssd_core_fwd, _ssd_core_bwd)

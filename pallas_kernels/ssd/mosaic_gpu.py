@@ -236,15 +236,18 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
         if spec.has_z:
             z = plgpu.load(s["z"].at[slot], layout=plgpu.Layout.WGMMA).astype(jnp.float32)
             y = y * z * jax.nn.sigmoid(z)
-        if nb == 1:
-            @pl.when(c + 1 < spec.nc)
-            def _():
-                issue(c + 1, 0)
         # The previous chunk's y and state stores must have read their SMEM before we overwrite.
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         s["y"][...] = y.astype(s["y"].dtype)
         s["hb"][...] = h.astype(cdt)
         plgpu.commit_smem()
+        if nb == 1:
+            # Single-buffered: the next chunk's copies overwrite tiles every thread reads (x, z by
+            # plain loads). Issued after commit_smem's warpgroup barrier, no warp can still be
+            # reading them (interpret mode runs the threads in lockstep, so it cannot show a race).
+            @pl.when(c + 1 < spec.nc)
+            def _():
+                issue(c + 1, 0)
         plgpu.copy_smem_to_gmem(s["y"], outs["y"].at[bi, pl.ds(c * q, q), hi, pl.ds(p0, bp)])
         return h
 

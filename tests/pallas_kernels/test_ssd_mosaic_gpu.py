@@ -92,11 +92,40 @@ def test_head_dim_tiles_groups_and_fp16(rng):
     _grad_check(rng, dims, ("all",), np.float16, tol=4e-3, grad_tol=1e-2)
 
 
-def test_state_256_backward_by_reference(rng):
-    """n = 256: forward kernel, backward by autodiff of reference.core_reference (BWD_KERNEL_MAX_N)."""
-    assert ssd_api.BWD_KERNEL_MAX_N < 256
-    dims = dict(b=1, l=40, h=2, p=64, g=1, n=256)
-    _grad_check(rng, dims, ("D", "dt_bias", "state"), jnp.bfloat16, tol=3e-2, grad_tol=3e-2)
+def test_state_256_backward_by_state_slices(rng):
+    """n = 256: the backward kernel runs once per 128 state channels (BWD_KERNEL_MAX_N) and the
+    slices' gradients are summed or concatenated; every option, every gradient."""
+    assert ssd_api.BWD_KERNEL_MAX_N == 128
+    dims = dict(b=1, l=70, h=2, p=64, g=1, n=256)
+    _grad_check(rng, dims, ("all",), jnp.bfloat16, tol=3e-2, grad_tol=3e-2)
+
+
+@pytest.mark.parametrize("nbuf", [1, 2])
+def test_single_and_double_buffered_pipelines(rng, nbuf):
+    """Both pipelines (1: load the next chunk after this one; 2: prefetch), forward and backward,
+    every option. The shapes `auto` picks single buffering for are large (n = 256 with z in the
+    forward, z in the backward), so the small shapes here force it."""
+    blocks = SSDBlocks(fwd_nbuf=nbuf, bwd_nbuf=nbuf)
+    kw = make_inputs(rng, b=1, l=150, h=2, p=64, g=1, n=64, dtype=jnp.bfloat16, options=("all",))
+    canon = canonicalize(**kw)
+    del canon["return_final_state"]
+    canon32 = {k: (v.astype(jnp.float32) if getattr(v, "dtype", None) == jnp.bfloat16 else v) for k, v in canon.items()}
+    w = rng.standard_normal(kw["x"].shape).astype(np.float32)
+    names = [k for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state") if canon.get(k) is not None]
+
+    def kernel_loss(p):
+        y, fs = ssd_api.ssd(**{**canon, **p}, return_final_state=True, blocks=blocks)
+        return jnp.sum(y.astype(jnp.float32) * w) + jnp.sum(fs)
+
+    def ref_loss(p):
+        y, fs = ssd(**{**canon32, **p}, return_final_state=True, impl="scan")
+        return jnp.sum(y * w) + jnp.sum(fs)
+
+    v, g = jax.value_and_grad(kernel_loss)({k: canon[k] for k in names})
+    v_ref, g_ref = jax.value_and_grad(ref_loss)({k: canon32[k] for k in names})
+    assert_close(v, v_ref, tol=3e-2, name="loss")
+    for k in names:
+        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=3e-2, name=f"d{k}")
 
 
 def test_kernel_equals_core_reference_on_prepared_operands(rng):
@@ -165,23 +194,10 @@ def test_blocks_are_validated():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [64, 128, 256])
-def test_gpu_larger_shapes_against_xla(rng, n):
-    """Compiled kernels at a few hundred steps, every option, against the XLA reference (fp32)."""
+def test_gpu_larger_shapes_every_option(rng, n):
+    """Compiled kernels at a few hundred steps, every option: y and the final state against the
+    float64 oracle, every gradient against the scan reference. (Compared as arrays, not through
+    a scalar loss: a sum over the 262144 mixed-sign final-state entries at n = 256 cancels, and
+    its relative error amplified bf16 rounding past any sensible tolerance.)"""
     dims = dict(b=2, l=777, h=4, p=128, g=2, n=n)
-    kw = make_inputs(rng, **dims, dtype=jnp.bfloat16, options=("all",))
-    ref_kw = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == jnp.bfloat16 else v) for k, v in kw.items()}
-    w = rng.standard_normal(kw["x"].shape).astype(np.float32)
-
-    def loss(impl, base):
-        def f(p):
-            y, fs = ssd(**{**base, **p}, return_final_state=True, impl=impl)
-            return jnp.sum(y.astype(jnp.float32) * w) + jnp.sum(fs)
-
-        return f
-
-    names = [k for k in ARGS if k in kw]
-    (v, g) = jax.value_and_grad(loss("pallas_gpu", kw))({k: jnp.asarray(kw[k]) for k in names})
-    (v_ref, g_ref) = jax.value_and_grad(loss("scan", ref_kw))({k: jnp.asarray(ref_kw[k]) for k in names})
-    assert_close(v, v_ref, tol=3e-2, name="loss")
-    for k in names:
-        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=5e-2, name=f"d{k}")
+    _grad_check(rng, dims, ("all",), jnp.bfloat16, tol=3e-2, grad_tol=5e-2)
