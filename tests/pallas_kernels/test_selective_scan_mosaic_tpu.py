@@ -34,6 +34,11 @@ from tests.ops.test_selective_scan import ARRAY_ARGS, OPTION_ROWS, SelectiveScan
 from tests.pallas_kernels.tpu_interpret import global_x64, strict_interpret
 
 ON_TPU = jax.default_backend() == "tpu"
+# Mosaic TPU kernels run compiled on a TPU and in TPU interpret mode on the CPU backend only; on a
+# GPU backend `pallas_tpu` refuses (tested in test_why_not_*), so the module has nothing to run.
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() not in ("cpu", "tpu"), reason="pallas_tpu runs on a TPU or in interpret mode on CPU"
+)
 slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
 # Contract rows run in CI: all options off (l = 1, n = 1), all on (g = 2, l = 9, n = 4), and a
 # mixed row (z, dt_bias without softplus, initial_state, segment_ids; l = 5); the other thirteen

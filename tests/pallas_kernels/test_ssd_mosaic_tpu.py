@@ -34,6 +34,11 @@ from tests.ops.test_ssd import ARGS, SSDContract, make_inputs, oracle
 from tests.pallas_kernels.tpu_interpret import global_x64, strict_interpret
 
 ON_TPU = jax.default_backend() == "tpu"
+# Mosaic TPU kernels run compiled on a TPU and in TPU interpret mode on the CPU backend only; on a
+# GPU backend `pallas_tpu` refuses (tested in test_why_not_*), so the module has nothing to run.
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() not in ("cpu", "tpu"), reason="pallas_tpu runs on a TPU or in interpret mode on CPU"
+)
 slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
 
 
