@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ssm_jax.ops._checks import Dims, check_int_array, to_array
@@ -51,37 +52,55 @@ def sample_logits(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id", "cache_dtype"),
+    static_argnames=("graphdef", "shortest", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id",
+                     "cache_dtype"),
 )
-def _generate(state, prompt_ids, rng, *, graphdef, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, cache_dtype):
+def _generate(state, prompt_ids, lengths, rng, *, graphdef, shortest, max_new_tokens, temperature, top_k, top_p, eos_id,
+              pad_id, cache_dtype):
+    """Prefill the first ``shortest`` tokens of every row in parallel, then step position by
+    position: a row still inside its prompt feeds its next prompt token (the sample is dropped),
+    a row past it feeds what it sampled. With equal lengths the loop only generates."""
     model = nnx.merge(graphdef, state)
     model.eval()
     b, lp = prompt_ids.shape
+    width = lp + max_new_tokens
     sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    # Step i of the loop (i = 0 right after the prefill) samples with fold_in(rng, i).
     key_at = lambda i: None if rng is None else jax.random.fold_in(rng, i)  # noqa: E731
+    ends = lengths + max_new_tokens  # each row's final width
+    cols = jnp.arange(width)[None, :]
+    seq = jnp.where(cols < lengths[:, None], jnp.pad(prompt_ids.astype(jnp.int32), ((0, 0), (0, max_new_tokens))), pad_id)
 
-    cache = model.init_cache(b, lp + max_new_tokens, cache_dtype)
-    logits, cache = model.prefill(prompt_ids, cache)
-    token = sample(logits[:, -1], key_at(0))
-    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
-    done = (token == eos_id) if eos_id is not None else jnp.zeros((b,), bool)
+    cache = model.init_cache(b, width, cache_dtype)
+    logits, cache = model.prefill(prompt_ids[:, :shortest], cache)
+    logits = logits[:, -1]
+
+    def emit(pos, logits, seq, done):
+        """Position ``pos`` of every row: its prompt token, or a sample (pad once finished)."""
+        in_prompt = pos < lengths
+        sampled = sample(logits, key_at(pos - shortest))
+        token = jnp.where(in_prompt, seq[:, pos], jnp.where(done, pad_id, sampled))
+        finished = done | (pos + 1 >= ends)
+        if eos_id is not None:
+            finished = finished | (~in_prompt & (token == eos_id))
+        written = jnp.where(pos < ends, token, pad_id)
+        seq = jax.lax.dynamic_update_slice(seq, written[:, None], (0, pos))
+        return token, seq, finished
+
+    token, seq, done = emit(shortest, logits, seq, jnp.zeros((b,), bool))
 
     def cond(carry):
-        i, _, _, done, _ = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
+        pos, _, _, done, _ = carry
+        return (pos < width) & ~jnp.all(done)
 
     def body(carry):
-        i, token, cache, done, out = carry
+        pos, token, cache, done, seq = carry
         logits, cache = model.step(token, cache)
-        nxt = sample(logits, key_at(i))
-        nxt = jnp.where(done, pad_id, nxt)  # a finished row keeps emitting pad (= eos by default)
-        out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
-        if eos_id is not None:
-            done = done | (nxt == eos_id)
-        return i + 1, nxt, cache, done, out
+        token, seq, done = emit(pos, logits, seq, done)
+        return pos + 1, token, cache, done, seq
 
-    _, _, _, _, out = jax.lax.while_loop(cond, body, (jnp.int32(1), token, cache, done, out))
-    return jnp.concatenate([prompt_ids.astype(jnp.int32), out], axis=1)
+    _, _, _, _, seq = jax.lax.while_loop(cond, body, (jnp.int32(shortest + 1), token, cache, done, seq))
+    return seq
 
 
 def generate(
@@ -96,13 +115,15 @@ def generate(
     eos_id: int | None = None,
     pad_id: int | None = None,
     cache_dtype=None,
+    prompt_lengths=None,
 ) -> jax.Array:
     """Continue ``prompt_ids (b, l)`` by ``max_new_tokens`` tokens: ids ``(b, l + max_new_tokens)``.
 
     ============== ==============================================================================
     model          a :class:`ssm_jax.models.LanguageModel` (anything with ``init_cache``,
                    ``prefill`` and ``step``); run in eval mode (dropout off) on a copy
-    prompt_ids     ``(b, l)`` int, ``l >= 1``; every row has the same length (no left padding)
+    prompt_ids     ``(b, l)`` int, ``l >= 1``; prompts of different lengths are right-padded
+                   (any filler) and their lengths given in ``prompt_lengths``
     temperature    0 (default): greedy; > 0: sample from ``softmax(logits / temperature)``
     top_k, top_p   restrict sampling to the ``top_k`` most likely tokens / the nucleus ``top_p``
     rng            a ``jax.random.key``; required when ``temperature > 0``. Step ``i`` uses
@@ -111,11 +132,17 @@ def generate(
                    loop stops early once every row is finished
     pad_id         filler after ``eos_id`` (default ``eos_id``; 0 when ``eos_id`` is None)
     cache_dtype    dtype of conv/KV caches (default: the model's compute dtype; SSM states fp32)
+    prompt_lengths ``(b,)`` ints in ``1..l`` (default: all ``l``). Row ``i`` of the result is its
+                   ``prompt_lengths[i]`` prompt tokens, its ``max_new_tokens`` new tokens, then
+                   ``pad_id`` up to width ``l + max_new_tokens``. Must be concrete (not traced):
+                   the shortest length sets the prefill's shape
     ============== ==============================================================================
 
-    Prefill runs the parallel forward over the prompt and hands its states to the step form;
-    everything (prefill + ``lax.while_loop`` over steps) is one ``jax.jit`` computation,
-    compiled once per model structure, shapes and sampling settings.
+    Prefill runs the parallel forward over the prompt (over the shortest prompt's length when
+    lengths differ: the longer rows feed their remaining prompt tokens through the step form, so
+    each row's result equals generating it alone); everything (prefill + ``lax.while_loop`` over
+    steps) is one ``jax.jit`` computation, compiled once per model structure, shapes, shortest
+    prompt length and sampling settings.
     """
     op = "generate"
     prompt_ids = to_array(op, "prompt_ids", prompt_ids)
@@ -147,11 +174,33 @@ def generate(
         rng = None  # greedy ignores rng; keep the compiled function independent of it
     if pad_id is None:
         pad_id = eos_id if eos_id is not None else 0
+    b, l = prompt_ids.shape
+    lengths = _check_lengths(op, prompt_lengths, b, l)
     if max_new_tokens == 0:
-        return prompt_ids.astype(jnp.int32)
+        cols = np.arange(l)[None, :]
+        return jnp.where(cols < lengths[:, None], prompt_ids.astype(jnp.int32), jnp.int32(pad_id))
     graphdef, state = nnx.split(model)
     return _generate(
-        state, prompt_ids, rng, graphdef=graphdef, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id),
+        state, prompt_ids, jnp.asarray(lengths, jnp.int32), rng, graphdef=graphdef, shortest=int(lengths.min()),
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id),
         cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
     )
+
+
+def _check_lengths(op: str, prompt_lengths, b: int, l: int) -> np.ndarray:
+    """``prompt_lengths`` as a concrete ``(b,)`` int array in ``1..l`` (all ``l`` when None)."""
+    if prompt_lengths is None:
+        return np.full((b,), l, np.int64)
+    if isinstance(prompt_lengths, jax.core.Tracer):
+        raise ValueError(f"{op}: `prompt_lengths` must be concrete (a NumPy/JAX array outside jit): the "
+                         "shortest prompt sets the prefill's shape")
+    lengths = np.asarray(prompt_lengths)
+    if lengths.shape != (b,):
+        raise ValueError(f"{op}: `prompt_lengths` must have shape (b,) = ({b},); got {lengths.shape}")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        raise TypeError(f"{op}: `prompt_lengths` must hold integers; got dtype {lengths.dtype}")
+    if lengths.min() < 1 or lengths.max() > l:
+        raise ValueError(f"{op}: `prompt_lengths` must be in 1..{l} (the width of `prompt_ids`); "
+                         f"got min {int(lengths.min())}, max {int(lengths.max())}")
+    return lengths.astype(np.int64)

@@ -154,3 +154,60 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="max_new_tokens"):
         ssm_jax.generate(model, prompt, -1)
     np.testing.assert_array_equal(ssm_jax.generate(model, prompt, 0), prompt)
+
+
+RAGGED = np.array([2, 5, 3])
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "s4d", "attention", "hybrid"])
+def test_ragged_prompts_equal_generating_each_row_alone(name):
+    model = lm(name)
+    prompt = np.asarray(_prompt(b=3, l=5, seed=2))
+    out = np.asarray(ssm_jax.generate(model, prompt, 4, prompt_lengths=RAGGED, pad_id=0))
+    assert out.shape == (3, 9)
+    for row, n in enumerate(RAGGED):
+        alone = np.asarray(ssm_jax.generate(model, prompt[row : row + 1, :n], 4))[0]
+        np.testing.assert_array_equal(out[row, : n + 4], alone)
+        np.testing.assert_array_equal(out[row, n + 4 :], 0)
+    # What follows a row's length is never read.
+    refilled = np.where(np.arange(5)[None, :] < RAGGED[:, None], prompt, (prompt + 7) % V)
+    np.testing.assert_array_equal(ssm_jax.generate(model, refilled, 4, prompt_lengths=RAGGED, pad_id=0), out)
+
+
+def test_ragged_prompts_with_eos_and_sampling():
+    model = lm("mamba2")
+    prompt = np.asarray(_prompt(b=3, l=5, seed=3))
+    free = np.asarray(ssm_jax.generate(model, prompt, 6, prompt_lengths=RAGGED, pad_id=0))
+    eos = int(free[1, 5 + 1])  # row 1's 2nd generated token
+    out = np.asarray(ssm_jax.generate(model, prompt, 6, prompt_lengths=RAGGED, eos_id=eos, pad_id=0))
+    for row, n in enumerate(RAGGED):
+        gen = free[row, n : n + 6]
+        hits = np.flatnonzero(gen == eos)
+        stop = hits[0] + 1 if hits.size else 6
+        np.testing.assert_array_equal(out[row, : n + stop], free[row, : n + stop])
+        np.testing.assert_array_equal(out[row, n + stop :], 0)
+    kw = dict(temperature=1.0, rng=jax.random.key(4), prompt_lengths=RAGGED)
+    a, b = (np.asarray(ssm_jax.generate(model, prompt, 6, **kw)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    for row, n in enumerate(RAGGED):
+        np.testing.assert_array_equal(a[row, :n], prompt[row, :n])
+    # Equal lengths given explicitly: the same as not giving them.
+    full = np.full(3, 5)
+    np.testing.assert_array_equal(ssm_jax.generate(model, prompt, 3, prompt_lengths=full), ssm_jax.generate(model, prompt, 3))
+
+
+def test_ragged_prompt_lengths_are_checked():
+    model = lm("mamba")
+    prompt = _prompt(b=2, l=4)
+    with pytest.raises(ValueError, match=r"`prompt_lengths` must have shape \(b,\) = \(2,\); got \(3,\)"):
+        ssm_jax.generate(model, prompt, 2, prompt_lengths=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"`prompt_lengths` must be in 1..4"):
+        ssm_jax.generate(model, prompt, 2, prompt_lengths=[0, 2])
+    with pytest.raises(ValueError, match=r"`prompt_lengths` must be in 1..4"):
+        ssm_jax.generate(model, prompt, 2, prompt_lengths=[5, 2])
+    with pytest.raises(TypeError, match="`prompt_lengths` must hold integers"):
+        ssm_jax.generate(model, prompt, 2, prompt_lengths=[1.5, 2.0])
+    with pytest.raises(ValueError, match="`prompt_lengths` must be concrete"):
+        jax.jit(lambda n: ssm_jax.generate(model, prompt, 2, prompt_lengths=n))(jnp.array([1, 2]))
+    np.testing.assert_array_equal(ssm_jax.generate(model, prompt, 0, prompt_lengths=[1, 4], pad_id=9),
+                                  np.where(np.arange(4)[None, :] < np.array([[1], [4]]), prompt, 9))
