@@ -1,12 +1,8 @@
 """The kernels' computation in plain JAX, on the same prepared operands (api.py's layouts).
 
 Chunk-for-chunk what the Mosaic GPU kernels compute (same chunk ``q``, same cumulative sums, same
-segment masks), in fp32 einsums. Used
-
-* as the backward of shapes whose backward kernel does not fit on chip (``n > 128``: the
-  ``(block_p, n)`` fp32 state gradient and the ``(q, n)`` dB/dC accumulators exceed one
-  warpgroup's registers) -- autodiff of this function, see ``api.BWD_KERNEL_MAX_N``;
-* by the tests, as a second, independent check of the kernels' operand preparation.
+segment masks), in fp32 einsums. The tests use it as a second, independent check of the kernels
+on the operands ``api.py`` prepares.
 """
 
 from __future__ import annotations
