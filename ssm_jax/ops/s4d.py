@@ -283,17 +283,128 @@ def s4d_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:
     return y.astype(u_t.dtype), x
 
 
-def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]:
-    """The recurrence over a whole sequence with ``lax.scan`` (reference, and prefill for decoding).
+def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None, segment_ids=None, chunk_size=None) -> tuple[Array, Array]:
+    """The recurrence ``x_t = dA∘x_{t-1} + dB·u_t``, ``y_t = 2·Re(C·x_t) + D·u_t`` over a sequence.
 
-    ``u (b, l, h)`` → ``y (b, l, h)`` in ``u.dtype`` and the final state ``(b, h, n)`` complex.
+    ============== =========== ==========================================================
+    u              (b, l, h)   real input
+    dA, dB, C      (h, n)      complex (from :func:`s4d_discretize`)
+    D              (h,)        skip (optional)
+    initial_state  (b, h, n)   complex state before position 0 (default zeros)
+    segment_ids    (b, l) int  packed sequences: the state restarts from zero where the id
+                               changes (nothing crosses a boundary)
+    chunk_size     int | None  None: ``lax.scan`` position by position (the reference, and
+                               prefill for decoding). An int ``q``: the parallel chunked form,
+                               exact up to rounding (below)
+    returns        y (b, l, h) in ``u.dtype``; final state (b, h, n) complex
+    ============== =========== ==========================================================
+
+    The chunked form (the SSD paper's chunked algorithm, Mamba-2 Sec. 6, with a diagonal complex
+    decay): inside chunks of ``q`` positions the output is the convolution with the masked
+    Toeplitz matrix of ``K[ℓ] = 2·Re(Σ_n C dB dA^ℓ)`` (same-segment pairs only); each chunk's
+    end state comes from its own inputs plus the previous chunk's state when no segment starts
+    inside; the state entering a chunk reaches its positions up to the first segment start. Work
+    ``O(b·l·h·(q + n))``, depth ``O(l/q)`` steps of an ``O(b·h·n)`` carry.
     """
-    u, x0, dA, dB, C, D, ctype = check_step_args("s4d_scan", u, initial_state, dA, dB, C, D, step=False)
-    b, _, h = u.shape
+    op = "s4d_scan"
+    u, x0, dA, dB, C, D, ctype = check_step_args(op, u, initial_state, dA, dB, C, D, step=False)
+    b, l, h = u.shape
+    starts = None
+    if segment_ids is not None:
+        segment_ids = to_array(op, "segment_ids", segment_ids)
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise TypeError(f"{op}: `segment_ids` must be an integer array; got dtype {segment_ids.dtype}")
+        if segment_ids.shape != (b, l):
+            raise ValueError(f"{op}: `segment_ids` must have shape (b, l) = ({b}, {l}); got {tuple(segment_ids.shape)}")
+        starts = jnp.concatenate([jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    if chunk_size is not None:
+        check_positive_int(op, "chunk_size", chunk_size)
+        if starts is None:
+            starts = jnp.zeros((b, l), bool)
+        y, x = _chunked(u, starts, None if x0 is None else x0.astype(ctype), dA, dB, C, D, q=int(chunk_size))
+        return y.astype(u.dtype), x
     x0 = jnp.zeros((b, h, dA.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
-
-    y, x = _scan(u, x0, dA, dB, C, D)
+    if starts is None:
+        y, x = _scan(u, x0, dA, dB, C, D)
+    else:
+        y, x = _scan_resets(u, starts, x0, dA, dB, C, D)
     return y.astype(u.dtype), x
+
+
+@jax.jit
+def _scan_resets(u, starts, x0, dA, dB, C, D):
+    def body(x, inp):
+        u_t, r_t = inp
+        y, x = _step(u_t, jnp.where(r_t[:, None, None], 0, x), dA, dB, C, D)
+        return x, y
+
+    x, y = lax.scan(body, x0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(starts, 0, 1)))
+    return jnp.swapaxes(y, 0, 1), x
+
+
+@functools.partial(jax.jit, static_argnames=("q",))
+def _chunked(u, starts, x0, dA, dB, C, D, *, q):
+    b, l, h = u.shape
+    q = min(q, l)
+    nc = -(-l // q)
+    front = nc * q - l
+    ctype = dA.dtype
+    # Pad at the front: the padding is a segment of its own (a start marked at the first real
+    # position), so the state after the last chunk is the final state; the initial state enters
+    # at the first real position as the state "before" it (added in closed form below).
+    uf = jnp.pad(u.astype(jnp.finfo(ctype).dtype), ((0, 0), (front, 0), (0, 0)))
+    st = jnp.pad(starts, ((0, 0), (front, 0))).at[:, front].set(True)
+    uc = uf.reshape(b, nc, q, h)
+    # Segment starts counted from each chunk's start (inclusive): positions t, s of a chunk share
+    # a segment iff their counts are equal; t sees the entering state iff its count is 0.
+    cnt = jnp.cumsum(st.reshape(b, nc, q).astype(jnp.int32), axis=-1)
+    hi = lax.Precision.HIGHEST
+    powers = _powers(dA, q + 1)  # dA^k, (h, n, q + 1)
+    K = 2 * jnp.real(jnp.einsum("hn,hnk->hk", C * dB, powers[:, :, :q], precision=hi))  # (h, q)
+    t, s_ = jnp.arange(q)[:, None], jnp.arange(q)[None, :]
+    toeplitz = jnp.where(t >= s_, K[:, jnp.clip(t - s_, 0, q - 1)], 0.0)  # (h, t, s)
+    same = cnt[:, :, :, None] == cnt[:, :, None, :]  # (b, c, t, s)
+    y = jnp.einsum("hts,bcts,bcsh->bcth", toeplitz, same.astype(toeplitz.dtype), uc, precision=hi)
+    # Each chunk's end state from its own inputs after its last segment start.
+    tail = (cnt == cnt[:, :, -1:]).astype(uc.dtype)  # (b, c, s)
+    w = powers[:, :, q - 1 - jnp.arange(q)] * dB[:, :, None]  # dA^(q-1-s) dB, (h, n, s)
+    own = jnp.einsum("hns,bcsh->bchn", w, (uc * tail[..., None]).astype(ctype), precision=hi)
+    carry = jnp.where((cnt[:, :, -1] == 0)[:, :, None, None], powers[None, None, :, :, q], 0)  # (b, c, h, n)
+
+    def combine(e, later):
+        return later[0] * e[0], later[0] * e[1] + later[1]
+
+    _, ends = lax.associative_scan(combine, (carry, own), axis=1)  # state after each chunk
+    entering = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
+    v = C[:, :, None] * powers[:, :, 1:]  # C dA^(t+1), (h, n, t)
+    y = y + jnp.where((cnt == 0)[..., None], 2 * jnp.real(jnp.einsum("hnt,bchn->bcth", v, entering, precision=hi)), 0.0)
+    y = y.reshape(b, nc * q, h)[:, front:]
+    x = ends[:, -1]
+    if x0 is not None:
+        y, x = _add_initial_state(y, x, starts, x0, dA, C)
+    if D is not None:
+        y = y + D.astype(y.dtype) * u.astype(y.dtype)
+    return y, x
+
+
+def _powers(dA, count):
+    """``dA^k`` for ``k = 0..count-1``, ``(h, n, count)``: products, not ``exp(k log dA)``, which
+    is NaN at k = 0 when a decay underflowed to 0."""
+    reps = jnp.broadcast_to(dA[:, :, None], (*dA.shape, count - 1))
+    return jnp.concatenate([jnp.ones_like(dA)[:, :, None], jnp.cumprod(reps, axis=-1)], axis=-1)
+
+
+def _add_initial_state(y, x, starts, x0, dA, C):
+    """The initial state's part, in closed form: it enters before position 0 and reaches every
+    position up to the first segment start (and the final state if there is none)."""
+    l = y.shape[1]
+    hi = lax.Precision.HIGHEST
+    no_start_yet = jnp.cumsum(starts.at[:, 0].set(False).astype(jnp.int32), axis=1) == 0  # (b, l)
+    powers_l = _powers(dA, l + 1)[:, :, 1:]  # dA^(t+1), (h, n, l)
+    y0 = 2 * jnp.real(jnp.einsum("hn,hnt,bhn->bth", C, powers_l, x0, precision=hi))
+    y = y + jnp.where(no_start_yet[..., None], y0, 0.0)
+    x = x + jnp.where(no_start_yet[:, -1, None, None], powers_l[None, :, :, -1] * x0, 0)
+    return y, x
 
 
 @jax.jit
