@@ -6,8 +6,10 @@ channels with the kernel from :func:`ssm_jax.ops.s4_kernel` (DPLR, S4) or
 activation, dropout and ``output_linear`` (GLU by default). ``bidirectional`` adds a second,
 anti-causal kernel (a second ``C``) as state-spaces/s4 does.
 
-Packed sequences (``segment_ids``) run the recurrence instead (the op's step form folded with
-``lax.scan``, state zeroed where a segment starts): exact but sequential in ``l``. Padding
+Packed sequences (``segment_ids``) run the recurrence instead, state zeroed where a segment
+starts: for S4D in parallel (:func:`ssm_jax.ops.s4d_scan`'s chunked form); for S4, whose
+discretized ``dA`` is dense, the op's step form folded with ``lax.scan`` (exact but sequential
+in ``l``). Padding
 alone needs no ``segment_ids``: zero the padded inputs (the convolution is linear and has no
 bias, so zeros contribute nothing) — :class:`ssm_jax.models.SequenceClassifier` does that.
 
@@ -30,9 +32,13 @@ from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.params import SSMParam, canonical_dtype, param
 from ssm_jax.ops.conv import fft_conv
 from ssm_jax.ops.s4 import s4_discretize, s4_init, s4_kernel, s4_step
-from ssm_jax.ops.s4d import s4d_discretize, s4d_init, s4d_kernel, s4d_step
+from ssm_jax.ops.s4d import s4d_discretize, s4d_init, s4d_kernel, s4d_scan, s4d_step
 
 __all__ = ["S4", "S4D", "S4Cache", "SSMKernelParam"]
+
+# Chunk of S4D's parallel packed-sequence path (s4d_scan's chunked form): the (q, q) masked
+# Toeplitz work per position grows with q, the sequential depth l / q shrinks.
+PACKED_CHUNK = 64
 
 
 class SSMKernelParam(SSMParam):
@@ -128,22 +134,12 @@ class _LTILayer(nnx.Module):
         return y
 
     def _recurrent_segments(self, u: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """``K * u + D u`` restarted at every segment, by folding the op's step over time."""
+        """``K * u + D u`` restarted at every segment (``_run_segments`` per direction)."""
         dA, dB = self._discretize()
         starts = _segment_starts(segment_ids)
         b, l, h = u.shape
 
-        def run(u_seq, resets, C):
-            def body(state, inp):
-                u_t, r_t = inp
-                state = jnp.where(r_t[:, None, None], jnp.zeros_like(state), state)
-                y_t, state = self._step_fn(u_t, state, dA, dB, C)
-                return state, y_t
-
-            state0 = jnp.zeros((b, h, self.n), jnp.promote_types(u.dtype, jnp.complex64))
-            _, y = jax.lax.scan(body, state0, (jnp.swapaxes(u_seq, 0, 1), jnp.swapaxes(resets, 0, 1)))
-            return jnp.swapaxes(y, 0, 1)
-
+        run = lambda u_seq, resets, C: self._run_segments(u_seq, resets, C, dA, dB)  # noqa: E731
         Cs = self._Cs()
         uf = u.astype(jnp.promote_types(u.dtype, jnp.float32))
         y = run(uf, starts, Cs[0]) + uf * self.D[...]
@@ -155,6 +151,22 @@ class _LTILayer(nnx.Module):
             z_next = jnp.concatenate([z[:, 1:], jnp.zeros_like(z[:, :1])], axis=1)
             y = y + jnp.where(ends[..., None], 0.0, z_next)
         return y.astype(u.dtype)
+
+    def _run_segments(self, u, resets, C, dA, dB):
+        """``y (b, l, h)`` of the recurrence from a zero state, zeroed again where ``resets``: the
+        op's step folded with ``lax.scan`` (S4's dense ``dA``); S4D overrides it with the
+        parallel chunked form."""
+        b, _, h = u.shape
+
+        def body(state, inp):
+            u_t, r_t = inp
+            state = jnp.where(r_t[:, None, None], jnp.zeros_like(state), state)
+            y_t, state = self._step_fn(u_t, state, dA, dB, C)
+            return state, y_t
+
+        state0 = jnp.zeros((b, h, self.n), jnp.promote_types(u.dtype, jnp.complex64))
+        _, y = jax.lax.scan(body, state0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(resets, 0, 1)))
+        return jnp.swapaxes(y, 0, 1)
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         x, segment_ids = check_sequence(self.name, x, self.d_model, segment_ids)
@@ -236,6 +248,12 @@ class S4D(_LTILayer):
 
     def _step_fn(self, u_t, state, dA, dB, C, D=None):
         return s4d_step(u_t, state, dA, dB, C, D=D)
+
+    def _run_segments(self, u, resets, C, dA, dB):
+        # Packed sequences in parallel: s4d_scan's chunked form (segments = runs between resets).
+        y, _ = s4d_scan(u, dA, dB, C, segment_ids=jnp.cumsum(resets.astype(jnp.int32), axis=1),
+                        chunk_size=PACKED_CHUNK)
+        return y
 
 
 class S4(_LTILayer):

@@ -164,6 +164,22 @@ def test_packed_equals_separate(kind, rng):
         start += n
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_s4d_packed_segments_across_chunks(bidirectional, rng):
+    """S4D's packed path is s4d_scan's chunked form (nn.s4.PACKED_CHUNK = 64): segments that
+    start, end and span several chunks still equal separate runs."""
+    layer = make("s4d", bidirectional=bidirectional)
+    lengths = [70, 3, 60]
+    x = jnp.asarray(_x(rng, b=1, l=sum(lengths)))
+    seg = jnp.asarray(np.repeat([0, 1, 2], lengths)[None].astype(np.int32))
+    y = call(layer, x, segment_ids=seg)
+    start = 0
+    for n in lengths:
+        alone = call(layer, x[:, start : start + n])
+        assert_close(y[:, start : start + n], alone, tol=1e-4, name=f"segment at {start}")
+        start += n
+
+
 # --------------------------------------------------------------------------------------------
 # Dtypes
 # --------------------------------------------------------------------------------------------
