@@ -159,8 +159,11 @@ def test_bad_arguments():
 RAGGED = np.array([2, 5, 3])
 
 
-@pytest.mark.parametrize("name", ["mamba", "mamba2", "s4d", "attention", "hybrid"])
+@pytest.mark.parametrize(
+    "name", ["mamba", "hybrid", *(pytest.param(n, marks=pytest.mark.slow) for n in ("mamba2", "s4d", "attention"))]
+)
 def test_ragged_prompts_equal_generating_each_row_alone(name):
+    # hybrid = Mamba-2 + attention layers: every cache kind; the single-mixer models are `slow`.
     model = lm(name)
     prompt = np.asarray(_prompt(b=3, l=5, seed=2))
     out = np.asarray(ssm_jax.generate(model, prompt, 4, prompt_lengths=RAGGED, pad_id=0))
