@@ -192,18 +192,23 @@ class _LTILayer(nnx.Module):
         return S4Cache(jnp.zeros((batch_size, self.d_model, self.n), jnp.complex64))
 
     def prefill(self, x: jax.Array, cache: S4Cache) -> tuple[jax.Array, S4Cache]:
-        """``x (b, l, e)`` continuing ``cache`` -> ``(y, cache)``, by the recurrence (``lax.scan``)."""
+        """``x (b, l, e)`` continuing ``cache`` -> ``(y, cache)``, by the recurrence from the
+        cached state (S4: ``lax.scan`` of steps; S4D: ``s4d_scan``'s parallel chunked form)."""
         self._check_causal("prefill")
         x, _ = check_sequence(f"{self.name}.prefill", x, self.d_model)
         dA, dB = self._discretize()
-        C = self._Cs()[0]
+        y, state = self._run_from(x, cache.state, dA, dB, self._Cs()[0], self.D[...])
+        return self._post(y), S4Cache(state)
+
+    def _run_from(self, u, state, dA, dB, C, D):
+        """``(y (b, l, h), final state)`` of the recurrence from ``state``, with the ``D`` skip."""
 
         def body(state, u_t):
-            y_t, state = self._step_fn(u_t, state, dA, dB, C, D=self.D[...])
+            y_t, state = self._step_fn(u_t, state, dA, dB, C, D=D)
             return state, y_t
 
-        state, y = jax.lax.scan(body, cache.state, jnp.swapaxes(x, 0, 1))
-        return self._post(jnp.swapaxes(y, 0, 1)), S4Cache(state)
+        state, y = jax.lax.scan(body, state, jnp.swapaxes(u, 0, 1))
+        return jnp.swapaxes(y, 0, 1), state
 
     def step(self, x: jax.Array, cache: S4Cache) -> tuple[jax.Array, S4Cache]:
         """One token ``x (b, e)`` -> ``(y (b, e), cache)``; O(h n) per token (O(h n²) for S4's dense dA)."""
@@ -248,6 +253,9 @@ class S4D(_LTILayer):
 
     def _step_fn(self, u_t, state, dA, dB, C, D=None):
         return s4d_step(u_t, state, dA, dB, C, D=D)
+
+    def _run_from(self, u, state, dA, dB, C, D):
+        return s4d_scan(u, dA, dB, C, D=D, initial_state=state, chunk_size=PACKED_CHUNK)
 
     def _run_segments(self, u, resets, C, dA, dB):
         # Packed sequences in parallel: s4d_scan's chunked form (segments = runs between resets).

@@ -347,41 +347,46 @@ def _chunked(u, starts, x0, dA, dB, C, D, *, q):
     b, l, h = u.shape
     q = min(q, l)
     nc = -(-l // q)
-    front = nc * q - l
+    lv = l - (nc - 1) * q  # valid positions of the last chunk
     ctype = dA.dtype
-    # Pad at the front: the padding is a segment of its own (a start marked at the first real
-    # position), so the state after the last chunk is the final state; the initial state enters
-    # at the first real position as the state "before" it (added in closed form below).
-    uf = jnp.pad(u.astype(jnp.finfo(ctype).dtype), ((0, 0), (front, 0), (0, 0)))
-    st = jnp.pad(starts, ((0, 0), (front, 0))).at[:, front].set(True)
-    uc = uf.reshape(b, nc, q, h)
-    # Segment starts counted from each chunk's start (inclusive): positions t, s of a chunk share
-    # a segment iff their counts are equal; t sees the entering state iff its count is 0.
-    cnt = jnp.cumsum(st.reshape(b, nc, q).astype(jnp.int32), axis=-1)
     hi = lax.Precision.HIGHEST
+    # Padding at the end (u = 0, no segment start) only decays the state after position l - 1;
+    # the final state is therefore taken at the last valid position (below), not after the pads.
+    uc = jnp.pad(u.astype(jnp.finfo(ctype).dtype), ((0, 0), (0, nc * q - l), (0, 0))).reshape(b, nc, q, h)
+    # Segment starts counted from each chunk's start (inclusive): positions t, s of a chunk share
+    # a segment iff their counts are equal; t sees the state entering the chunk iff its count is 0.
+    cnt = jnp.cumsum(jnp.pad(starts, ((0, 0), (0, nc * q - l))).reshape(b, nc, q).astype(jnp.int32), axis=-1)
     powers = _powers(dA, q + 1)  # dA^k, (h, n, q + 1)
     K = 2 * jnp.real(jnp.einsum("hn,hnk->hk", C * dB, powers[:, :, :q], precision=hi))  # (h, q)
     t, s_ = jnp.arange(q)[:, None], jnp.arange(q)[None, :]
     toeplitz = jnp.where(t >= s_, K[:, jnp.clip(t - s_, 0, q - 1)], 0.0)  # (h, t, s)
     same = cnt[:, :, :, None] == cnt[:, :, None, :]  # (b, c, t, s)
     y = jnp.einsum("hts,bcts,bcsh->bcth", toeplitz, same.astype(toeplitz.dtype), uc, precision=hi)
-    # Each chunk's end state from its own inputs after its last segment start.
-    tail = (cnt == cnt[:, :, -1:]).astype(uc.dtype)  # (b, c, s)
-    w = powers[:, :, q - 1 - jnp.arange(q)] * dB[:, :, None]  # dA^(q-1-s) dB, (h, n, s)
-    own = jnp.einsum("hns,bcsh->bchn", w, (uc * tail[..., None]).astype(ctype), precision=hi)
-    carry = jnp.where((cnt[:, :, -1] == 0)[:, :, None, None], powers[None, None, :, :, q], 0)  # (b, c, h, n)
+
+    def own_state(end, upto):
+        """State after position ``end - 1`` of each chunk from the chunk's own inputs after its
+        last segment start (``upto``: the count at that position), ``(b, c, h, n)``."""
+        live = (cnt == upto[..., None]) & (jnp.arange(q) < end)
+        w = powers[:, :, jnp.clip(end - 1 - jnp.arange(q), 0, q)] * dB[:, :, None]  # dA^(end-1-s) dB
+        return jnp.einsum("hns,bcsh->bchn", w, (uc * live[..., None]).astype(ctype), precision=hi)
+
+    own = own_state(q, cnt[:, :, -1])
+    decay = jnp.where((cnt[:, :, -1] == 0)[:, :, None, None], powers[None, None, :, :, q], 0)  # (b, c, h, n)
 
     def combine(e, later):
         return later[0] * e[0], later[0] * e[1] + later[1]
 
-    _, ends = lax.associative_scan(combine, (carry, own), axis=1)  # state after each chunk
-    entering = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
+    through, ends = lax.associative_scan(combine, (decay, own), axis=1)  # from a zero state
+    if x0 is not None:
+        ends = ends + through * x0[:, None]
+    first = jnp.zeros_like(ends[:, :1]) if x0 is None else x0[:, None]
+    entering = jnp.concatenate([first, ends[:, :-1]], axis=1)
     v = C[:, :, None] * powers[:, :, 1:]  # C dA^(t+1), (h, n, t)
     y = y + jnp.where((cnt == 0)[..., None], 2 * jnp.real(jnp.einsum("hnt,bchn->bcth", v, entering, precision=hi)), 0.0)
-    y = y.reshape(b, nc * q, h)[:, front:]
-    x = ends[:, -1]
-    if x0 is not None:
-        y, x = _add_initial_state(y, x, starts, x0, dA, C)
+    y = y.reshape(b, nc * q, h)[:, :l]
+    # Final state: the last chunk's entering state and inputs up to its last valid position.
+    last_cnt = cnt[:, -1:, lv - 1]
+    x = own_state(lv, last_cnt)[:, -1] + jnp.where((last_cnt == 0)[:, :, None], powers[None, :, :, lv], 0) * entering[:, -1]
     if D is not None:
         y = y + D.astype(y.dtype) * u.astype(y.dtype)
     return y, x
@@ -392,19 +397,6 @@ def _powers(dA, count):
     is NaN at k = 0 when a decay underflowed to 0."""
     reps = jnp.broadcast_to(dA[:, :, None], (*dA.shape, count - 1))
     return jnp.concatenate([jnp.ones_like(dA)[:, :, None], jnp.cumprod(reps, axis=-1)], axis=-1)
-
-
-def _add_initial_state(y, x, starts, x0, dA, C):
-    """The initial state's part, in closed form: it enters before position 0 and reaches every
-    position up to the first segment start (and the final state if there is none)."""
-    l = y.shape[1]
-    hi = lax.Precision.HIGHEST
-    no_start_yet = jnp.cumsum(starts.at[:, 0].set(False).astype(jnp.int32), axis=1) == 0  # (b, l)
-    powers_l = _powers(dA, l + 1)[:, :, 1:]  # dA^(t+1), (h, n, l)
-    y0 = 2 * jnp.real(jnp.einsum("hn,hnt,bhn->bth", C, powers_l, x0, precision=hi))
-    y = y + jnp.where(no_start_yet[..., None], y0, 0.0)
-    x = x + jnp.where(no_start_yet[:, -1, None, None], powers_l[None, :, :, -1] * x0, 0)
-    return y, x
 
 
 @jax.jit

@@ -164,6 +164,21 @@ def test_packed_equals_separate(kind, rng):
         start += n
 
 
+def test_s4d_long_prefill_across_chunks(rng):
+    """S4D's prefill is s4d_scan's chunked form from the cached state: two prefills of 70 and
+    75 positions (several 64-position chunks, a non-zero entering state) equal the parallel
+    forward, and hand the step the state the folded step reaches."""
+    layer = make("s4d")
+    x = jnp.asarray(_x(rng, b=2, l=146))
+    y = call(layer, x)
+    prefill = nnx.jit(lambda m, x, c: m.prefill(x, c))
+    y1, c1 = prefill(layer, x[:, :70], layer.init_cache(2))
+    y2, c2 = prefill(layer, x[:, 70:145], c1)
+    assert_close(jnp.concatenate([y1, y2], 1), y[:, :145], tol=1e-4, name="prefill")
+    y3, _ = nnx.jit(lambda m, xt, c: m.step(xt, c))(layer, x[:, 145], c2)
+    assert_close(y3, y[:, 145], tol=1e-4, name="step after prefill")
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_s4d_packed_segments_across_chunks(bidirectional, rng):
     """S4D's packed path is s4d_scan's chunked form (nn.s4.PACKED_CHUNK = 64): segments that
