@@ -7,9 +7,8 @@ activation, dropout and ``output_linear`` (GLU by default). ``bidirectional`` ad
 anti-causal kernel (a second ``C``) as state-spaces/s4 does.
 
 Packed sequences (``segment_ids``) run the recurrence instead, state zeroed where a segment
-starts: for S4D in parallel (:func:`ssm_jax.ops.s4d_scan`'s chunked form); for S4, whose
-discretized ``dA`` is dense, the op's step form folded with ``lax.scan`` (exact but sequential
-in ``l``). Padding
+starts, in the chunked form of :func:`ssm_jax.ops.s4d_scan` / :func:`ssm_jax.ops.s4_scan`
+(parallel inside chunks of :data:`PACKED_CHUNK`; prefill uses it too). Padding
 alone needs no ``segment_ids``: zero the padded inputs (the convolution is linear and has no
 bias, so zeros contribute nothing) — :class:`ssm_jax.models.SequenceClassifier` does that.
 
@@ -31,7 +30,7 @@ from ssm_jax.nn.config import S4Config, S4DConfig
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.params import SSMParam, canonical_dtype, param
 from ssm_jax.ops.conv import fft_conv
-from ssm_jax.ops.s4 import s4_discretize, s4_init, s4_kernel, s4_step
+from ssm_jax.ops.s4 import s4_discretize, s4_init, s4_kernel, s4_scan, s4_step
 from ssm_jax.ops.s4d import s4d_discretize, s4d_init, s4d_kernel, s4d_scan, s4d_step
 
 __all__ = ["S4", "S4D", "S4Cache", "SSMKernelParam"]
@@ -113,7 +112,7 @@ class _LTILayer(nnx.Module):
         C = _r2c(self.C[...])
         return [C[i] for i in range(C.shape[0])]
 
-    # subclass hooks
+    # subclass hooks (and `_scan_op`: the family's s4_scan / s4d_scan)
     def _kernel(self, C: jax.Array, length: int) -> jax.Array:
         raise NotImplementedError
 
@@ -153,20 +152,11 @@ class _LTILayer(nnx.Module):
         return y.astype(u.dtype)
 
     def _run_segments(self, u, resets, C, dA, dB):
-        """``y (b, l, h)`` of the recurrence from a zero state, zeroed again where ``resets``: the
-        op's step folded with ``lax.scan`` (S4's dense ``dA``); S4D overrides it with the
-        parallel chunked form."""
-        b, _, h = u.shape
-
-        def body(state, inp):
-            u_t, r_t = inp
-            state = jnp.where(r_t[:, None, None], jnp.zeros_like(state), state)
-            y_t, state = self._step_fn(u_t, state, dA, dB, C)
-            return state, y_t
-
-        state0 = jnp.zeros((b, h, self.n), jnp.promote_types(u.dtype, jnp.complex64))
-        _, y = jax.lax.scan(body, state0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(resets, 0, 1)))
-        return jnp.swapaxes(y, 0, 1)
+        """``y (b, l, h)`` of the recurrence from a zero state, zeroed again where ``resets``:
+        the op's parallel chunked form (segments = runs between resets)."""
+        y, _ = self._scan_op(u, dA, dB, C, segment_ids=jnp.cumsum(resets.astype(jnp.int32), axis=1),
+                             chunk_size=PACKED_CHUNK)
+        return y
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         x, segment_ids = check_sequence(self.name, x, self.d_model, segment_ids)
@@ -192,8 +182,8 @@ class _LTILayer(nnx.Module):
         return S4Cache(jnp.zeros((batch_size, self.d_model, self.n), jnp.complex64))
 
     def prefill(self, x: jax.Array, cache: S4Cache) -> tuple[jax.Array, S4Cache]:
-        """``x (b, l, e)`` continuing ``cache`` -> ``(y, cache)``, by the recurrence from the
-        cached state (S4: ``lax.scan`` of steps; S4D: ``s4d_scan``'s parallel chunked form)."""
+        """``x (b, l, e)`` continuing ``cache`` -> ``(y, cache)``: the recurrence from the cached
+        state in the op's parallel chunked form."""
         self._check_causal("prefill")
         x, _ = check_sequence(f"{self.name}.prefill", x, self.d_model)
         dA, dB = self._discretize()
@@ -202,13 +192,7 @@ class _LTILayer(nnx.Module):
 
     def _run_from(self, u, state, dA, dB, C, D):
         """``(y (b, l, h), final state)`` of the recurrence from ``state``, with the ``D`` skip."""
-
-        def body(state, u_t):
-            y_t, state = self._step_fn(u_t, state, dA, dB, C, D=D)
-            return state, y_t
-
-        state, y = jax.lax.scan(body, state, jnp.swapaxes(u, 0, 1))
-        return jnp.swapaxes(y, 0, 1), state
+        return self._scan_op(u, dA, dB, C, D=D, initial_state=state, chunk_size=PACKED_CHUNK)
 
     def step(self, x: jax.Array, cache: S4Cache) -> tuple[jax.Array, S4Cache]:
         """One token ``x (b, e)`` -> ``(y (b, e), cache)``; O(h n) per token (O(h n²) for S4's dense dA)."""
@@ -254,14 +238,7 @@ class S4D(_LTILayer):
     def _step_fn(self, u_t, state, dA, dB, C, D=None):
         return s4d_step(u_t, state, dA, dB, C, D=D)
 
-    def _run_from(self, u, state, dA, dB, C, D):
-        return s4d_scan(u, dA, dB, C, D=D, initial_state=state, chunk_size=PACKED_CHUNK)
-
-    def _run_segments(self, u, resets, C, dA, dB):
-        # Packed sequences in parallel: s4d_scan's chunked form (segments = runs between resets).
-        y, _ = s4d_scan(u, dA, dB, C, segment_ids=jnp.cumsum(resets.astype(jnp.int32), axis=1),
-                        chunk_size=PACKED_CHUNK)
-        return y
+    _scan_op = staticmethod(s4d_scan)
 
 
 class S4(_LTILayer):
@@ -298,3 +275,5 @@ class S4(_LTILayer):
 
     def _step_fn(self, u_t, state, dA, dB, C, D=None):
         return s4_step(u_t, state, dA, dB, C, D=D)
+
+    _scan_op = staticmethod(s4_scan)

@@ -27,7 +27,8 @@ from jax import lax
 
 from ssm_jax.ops._checks import Dims, check_positive_int
 from ssm_jax.ops.registry import Registry
-from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype
+from ssm_jax.ops._lti_chunked import chunked_scan
+from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype, run_scan, scan_with_resets
 from ssm_jax.typing import Array
 
 __all__ = ["hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
@@ -277,14 +278,56 @@ def s4_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:
     return y.astype(u_t.dtype), x
 
 
-def s4_scan(u, dA, dB, C, *, D=None, initial_state=None) -> tuple[Array, Array]:
-    """:func:`s4_step` folded over ``u (b, l, h)`` with ``lax.scan``: ``(y (b, l, h), final state)``."""
-    u, x0, dA, dB, C, D, ctype = check_step_args("s4_scan", u, initial_state, dA, dB, C, D, step=False, dense_dA=True)
-    b, _, h = u.shape
-    x0 = jnp.zeros((b, h, dB.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
+def s4_scan(u, dA, dB, C, *, D=None, initial_state=None, segment_ids=None, chunk_size=None) -> tuple[Array, Array]:
+    """:func:`s4_step` over a sequence: ``(y (b, l, h), final state (b, h, n))``.
 
-    y, x = _scan(u, x0, dA, dB, C, D)
-    return y.astype(u.dtype), x
+    ============== =========== ==========================================================
+    u              (b, l, h)   real input
+    dA             (h, n, 2n)  from :func:`s4_discretize` (acts on ``[x, x̄]``)
+    dB, C          (h, n)      complex
+    D              (h,)        skip (optional)
+    initial_state  (b, h, n)   complex state before position 0 (default zeros)
+    segment_ids    (b, l) int  packed sequences: the state restarts from zero where the id
+                               changes
+    chunk_size     int | None  None: ``lax.scan`` position by position (the reference). An
+                               int ``q``: the chunked form (``ssm_jax.ops._lti_chunked``) on
+                               the full ``2n`` system; ``l/q`` sequential steps instead of ``l``
+    ============== =========== ==========================================================
+    """
+    op = "s4_scan"
+    u, x0, dA, dB, C, D, ctype = check_step_args(op, u, initial_state, dA, dB, C, D, step=False, dense_dA=True)
+    return run_scan(op, (_scan, _scan_resets, _chunked), u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size)
+
+
+_scan_resets = jax.jit(functools.partial(scan_with_resets, _step))
+
+
+@functools.partial(jax.jit, static_argnames=("q",))
+def _chunked(u, starts, x0, dA, dB, C, D, *, q):
+    """The chunked form on the full system ``X = [x, x̄]``: ``X' = T X + [dB, d̄B] u`` with the
+    dense ``T`` (its conjugate rows are ``dA``'s with the halves of ``X`` swapped) and
+    ``y = Re([C, C̄]·X)`` (= 2 Re(C x))."""
+    n = dB.shape[-1]
+    q = min(q, u.shape[1])
+    T = jnp.concatenate([dA, jnp.conj(jnp.roll(dA, n, axis=-1))], axis=1)  # (h, 2n, 2n)
+
+    def right(v, _):  # T^k b, k = 0..q
+        return jnp.einsum("hij,hj->hi", T, v, precision=_HI), v
+
+    _, impulse = lax.scan(right, _full(dB), None, length=q + 1)
+
+    def left(r, _):  # c T^(t+1), t = 0..q-1
+        r = jnp.einsum("hi,hij->hj", r, T, precision=_HI)
+        return r, r
+
+    _, rows = lax.scan(left, _full(C), None, length=q)
+    powers = {k: _matrix_power(T, k) for k in sorted({q, u.shape[1] - (-(-u.shape[1] // q) - 1) * q})}
+    y, X = chunked_scan(
+        u, starts, None if x0 is None else _full(x0), D, q=q, c=_full(C),
+        impulse=jnp.moveaxis(impulse, 0, -1), rows=jnp.moveaxis(rows, 0, -1),
+        advance=lambda x, k: jnp.einsum("hij,bhj->bhi", powers[k], x, precision=_HI), scale=1.0,
+    )
+    return y, X[..., :n]
 
 
 @jax.jit

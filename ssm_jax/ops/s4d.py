@@ -26,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from ssm_jax.ops._checks import Dims, check_positive_int, check_real, to_array
+from ssm_jax.ops._lti_chunked import chunked_scan
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array
 
@@ -257,6 +258,18 @@ def check_step_args(op, u, state, dA, dB, C, D, *, step: bool, dense_dA: bool = 
     return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
 
 
+def segment_starts(op: str, segment_ids, b: int, l: int):
+    """``(b, l)`` bool, True where the id changes (a segment starts; never at 0), or None."""
+    if segment_ids is None:
+        return None
+    segment_ids = to_array(op, "segment_ids", segment_ids)
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise TypeError(f"{op}: `segment_ids` must be an integer array; got dtype {segment_ids.dtype}")
+    if segment_ids.shape != (b, l):
+        raise ValueError(f"{op}: `segment_ids` must have shape (b, l) = ({b}, {l}); got {tuple(segment_ids.shape)}")
+    return jnp.concatenate([jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+
 @jax.jit
 def _step(u_t, x, dA, dB, C, D):
     x = dA * x + dB * u_t[..., None].astype(x.dtype)
@@ -308,88 +321,50 @@ def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None, segment_ids=None, chun
     """
     op = "s4d_scan"
     u, x0, dA, dB, C, D, ctype = check_step_args(op, u, initial_state, dA, dB, C, D, step=False)
+    return run_scan(op, (_scan, _scan_resets, _chunked), u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size)
+
+
+def run_scan(op, impls, u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size):
+    """The body of :func:`s4d_scan` / :func:`ssm_jax.ops.s4.s4_scan` on checked arguments:
+    ``impls = (scan, scan with resets, chunked)`` of the family."""
+    scan, scan_resets, chunked = impls
     b, l, h = u.shape
-    starts = None
-    if segment_ids is not None:
-        segment_ids = to_array(op, "segment_ids", segment_ids)
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise TypeError(f"{op}: `segment_ids` must be an integer array; got dtype {segment_ids.dtype}")
-        if segment_ids.shape != (b, l):
-            raise ValueError(f"{op}: `segment_ids` must have shape (b, l) = ({b}, {l}); got {tuple(segment_ids.shape)}")
-        starts = jnp.concatenate([jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    starts = segment_starts(op, segment_ids, b, l)
     if chunk_size is not None:
         check_positive_int(op, "chunk_size", chunk_size)
         if starts is None:
             starts = jnp.zeros((b, l), bool)
-        y, x = _chunked(u, starts, None if x0 is None else x0.astype(ctype), dA, dB, C, D, q=int(chunk_size))
+        y, x = chunked(u, starts, None if x0 is None else x0.astype(ctype), dA, dB, C, D, q=int(chunk_size))
         return y.astype(u.dtype), x
-    x0 = jnp.zeros((b, h, dA.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
+    x0 = jnp.zeros((b, h, dB.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
     if starts is None:
-        y, x = _scan(u, x0, dA, dB, C, D)
+        y, x = scan(u, x0, dA, dB, C, D)
     else:
-        y, x = _scan_resets(u, starts, x0, dA, dB, C, D)
+        y, x = scan_resets(u, starts, x0, dA, dB, C, D)
     return y.astype(u.dtype), x
 
 
-@jax.jit
-def _scan_resets(u, starts, x0, dA, dB, C, D):
+def scan_with_resets(step, u, starts, x0, dA, dB, C, D):
+    """``step`` folded over ``u (b, l, h)`` with ``lax.scan``, the state zeroed where ``starts``."""
+
     def body(x, inp):
         u_t, r_t = inp
-        y, x = _step(u_t, jnp.where(r_t[:, None, None], 0, x), dA, dB, C, D)
+        y, x = step(u_t, jnp.where(r_t[:, None, None], 0, x), dA, dB, C, D)
         return x, y
 
     x, y = lax.scan(body, x0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(starts, 0, 1)))
     return jnp.swapaxes(y, 0, 1), x
 
 
+_scan_resets = jax.jit(functools.partial(scan_with_resets, _step))
+
+
 @functools.partial(jax.jit, static_argnames=("q",))
 def _chunked(u, starts, x0, dA, dB, C, D, *, q):
-    b, l, h = u.shape
-    q = min(q, l)
-    nc = -(-l // q)
-    lv = l - (nc - 1) * q  # valid positions of the last chunk
-    ctype = dA.dtype
-    hi = lax.Precision.HIGHEST
-    # Padding at the end (u = 0, no segment start) only decays the state after position l - 1;
-    # the final state is therefore taken at the last valid position (below), not after the pads.
-    uc = jnp.pad(u.astype(jnp.finfo(ctype).dtype), ((0, 0), (0, nc * q - l), (0, 0))).reshape(b, nc, q, h)
-    # Segment starts counted from each chunk's start (inclusive): positions t, s of a chunk share
-    # a segment iff their counts are equal; t sees the state entering the chunk iff its count is 0.
-    cnt = jnp.cumsum(jnp.pad(starts, ((0, 0), (0, nc * q - l))).reshape(b, nc, q).astype(jnp.int32), axis=-1)
+    q = min(q, u.shape[1])
     powers = _powers(dA, q + 1)  # dA^k, (h, n, q + 1)
-    K = 2 * jnp.real(jnp.einsum("hn,hnk->hk", C * dB, powers[:, :, :q], precision=hi))  # (h, q)
-    t, s_ = jnp.arange(q)[:, None], jnp.arange(q)[None, :]
-    toeplitz = jnp.where(t >= s_, K[:, jnp.clip(t - s_, 0, q - 1)], 0.0)  # (h, t, s)
-    same = cnt[:, :, :, None] == cnt[:, :, None, :]  # (b, c, t, s)
-    y = jnp.einsum("hts,bcts,bcsh->bcth", toeplitz, same.astype(toeplitz.dtype), uc, precision=hi)
-
-    def own_state(end, upto):
-        """State after position ``end - 1`` of each chunk from the chunk's own inputs after its
-        last segment start (``upto``: the count at that position), ``(b, c, h, n)``."""
-        live = (cnt == upto[..., None]) & (jnp.arange(q) < end)
-        w = powers[:, :, jnp.clip(end - 1 - jnp.arange(q), 0, q)] * dB[:, :, None]  # dA^(end-1-s) dB
-        return jnp.einsum("hns,bcsh->bchn", w, (uc * live[..., None]).astype(ctype), precision=hi)
-
-    own = own_state(q, cnt[:, :, -1])
-    decay = jnp.where((cnt[:, :, -1] == 0)[:, :, None, None], powers[None, None, :, :, q], 0)  # (b, c, h, n)
-
-    def combine(e, later):
-        return later[0] * e[0], later[0] * e[1] + later[1]
-
-    through, ends = lax.associative_scan(combine, (decay, own), axis=1)  # from a zero state
-    if x0 is not None:
-        ends = ends + through * x0[:, None]
-    first = jnp.zeros_like(ends[:, :1]) if x0 is None else x0[:, None]
-    entering = jnp.concatenate([first, ends[:, :-1]], axis=1)
-    v = C[:, :, None] * powers[:, :, 1:]  # C dA^(t+1), (h, n, t)
-    y = y + jnp.where((cnt == 0)[..., None], 2 * jnp.real(jnp.einsum("hnt,bchn->bcth", v, entering, precision=hi)), 0.0)
-    y = y.reshape(b, nc * q, h)[:, :l]
-    # Final state: the last chunk's entering state and inputs up to its last valid position.
-    last_cnt = cnt[:, -1:, lv - 1]
-    x = own_state(lv, last_cnt)[:, -1] + jnp.where((last_cnt == 0)[:, :, None], powers[None, :, :, lv], 0) * entering[:, -1]
-    if D is not None:
-        y = y + D.astype(y.dtype) * u.astype(y.dtype)
-    return y, x
+    return chunked_scan(u, starts, x0, D, q=q, c=C, impulse=powers * dB[:, :, None],
+                        rows=C[:, :, None] * powers[:, :, 1:], advance=lambda x, k: powers[:, :, k] * x, scale=2.0)
 
 
 def _powers(dA, count):

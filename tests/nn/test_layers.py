@@ -164,11 +164,12 @@ def test_packed_equals_separate(kind, rng):
         start += n
 
 
-def test_s4d_long_prefill_across_chunks(rng):
-    """S4D's prefill is s4d_scan's chunked form from the cached state: two prefills of 70 and
+@pytest.mark.parametrize("kind", ["s4", "s4d"])
+def test_s4_long_prefill_across_chunks(kind, rng):
+    """S4/S4D prefill is the op's chunked form from the cached state: two prefills of 70 and
     75 positions (several 64-position chunks, a non-zero entering state) equal the parallel
     forward, and hand the step the state the folded step reaches."""
-    layer = make("s4d")
+    layer = make(kind)
     x = jnp.asarray(_x(rng, b=2, l=146))
     y = call(layer, x)
     prefill = nnx.jit(lambda m, x, c: m.prefill(x, c))
@@ -179,11 +180,11 @@ def test_s4d_long_prefill_across_chunks(rng):
     assert_close(y3, y[:, 145], tol=1e-4, name="step after prefill")
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_s4d_packed_segments_across_chunks(bidirectional, rng):
-    """S4D's packed path is s4d_scan's chunked form (nn.s4.PACKED_CHUNK = 64): segments that
+@pytest.mark.parametrize("kind,bidirectional", [("s4d", False), ("s4d", True), ("s4", False)])
+def test_s4_packed_segments_across_chunks(kind, bidirectional, rng):
+    """The S4/S4D packed path is the op's chunked form (nn.s4.PACKED_CHUNK = 64): segments that
     start, end and span several chunks still equal separate runs."""
-    layer = make("s4d", bidirectional=bidirectional)
+    layer = make(kind, bidirectional=bidirectional)
     lengths = [70, 3, 60]
     x = jnp.asarray(_x(rng, b=1, l=sum(lengths)))
     seg = jnp.asarray(np.repeat([0, 1, 2], lengths)[None].astype(np.int32))
