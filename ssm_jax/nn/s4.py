@@ -35,8 +35,8 @@ from ssm_jax.ops.s4d import s4d_discretize, s4d_init, s4d_kernel, s4d_scan, s4d_
 
 __all__ = ["S4", "S4D", "S4Cache", "SSMKernelParam"]
 
-# Chunk of S4D's parallel packed-sequence path (s4d_scan's chunked form): the (q, q) masked
-# Toeplitz work per position grows with q, the sequential depth l / q shrinks.
+# Chunk of the S4/S4D packed-sequence and prefill paths (the ops' chunked form): the (q, q)
+# masked Toeplitz work per position grows with q, the sequential depth l / q shrinks.
 PACKED_CHUNK = 64
 
 
@@ -133,30 +133,25 @@ class _LTILayer(nnx.Module):
         return y
 
     def _recurrent_segments(self, u: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """``K * u + D u`` restarted at every segment (``_run_segments`` per direction)."""
+        """``K * u + D u`` restarted at every segment: the op's chunked form per direction."""
         dA, dB = self._discretize()
-        starts = _segment_starts(segment_ids)
-        b, l, h = u.shape
 
-        run = lambda u_seq, resets, C: self._run_segments(u_seq, resets, C, dA, dB)  # noqa: E731
+        def run(u_seq, ids, C):
+            y, _ = self._scan_op(u_seq, dA, dB, C, segment_ids=ids, chunk_size=PACKED_CHUNK)
+            return y
+
         Cs = self._Cs()
         uf = u.astype(jnp.promote_types(u.dtype, jnp.float32))
-        y = run(uf, starts, Cs[0]) + uf * self.D[...]
+        y = run(uf, segment_ids, Cs[0]) + uf * self.D[...]
         if self.bidirectional:
             # z[t] = sum_j K1[j] u[t+j] within the segment (a causal pass over the reversed
             # sequence); the backward term sum_j K1[j] u[t+1+j] is z[t+1] when t+1 is in t's segment.
-            ends = jnp.concatenate([starts[:, 1:], jnp.ones((b, 1), bool)], axis=1)
-            z = run(uf[:, ::-1], ends[:, ::-1], Cs[1])[:, ::-1]
+            b = u.shape[0]
+            ends = jnp.concatenate([_segment_starts(segment_ids)[:, 1:], jnp.ones((b, 1), bool)], axis=1)
+            z = run(uf[:, ::-1], segment_ids[:, ::-1], Cs[1])[:, ::-1]
             z_next = jnp.concatenate([z[:, 1:], jnp.zeros_like(z[:, :1])], axis=1)
             y = y + jnp.where(ends[..., None], 0.0, z_next)
         return y.astype(u.dtype)
-
-    def _run_segments(self, u, resets, C, dA, dB):
-        """``y (b, l, h)`` of the recurrence from a zero state, zeroed again where ``resets``:
-        the op's parallel chunked form (segments = runs between resets)."""
-        y, _ = self._scan_op(u, dA, dB, C, segment_ids=jnp.cumsum(resets.astype(jnp.int32), axis=1),
-                             chunk_size=PACKED_CHUNK)
-        return y
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         x, segment_ids = check_sequence(self.name, x, self.d_model, segment_ids)
