@@ -21,6 +21,11 @@ from jax import lax
 _HI = lax.Precision.HIGHEST
 
 
+def last_chunk_length(l: int, q: int) -> int:
+    """Positions of the sequence in its last chunk of ``q``."""
+    return (l - 1) % q + 1
+
+
 def chunked_scan(u, starts, x0, D, *, q: int, c, impulse, rows, advance: Callable, scale: float):
     """``(y (b, l, h) real, final state (b, h, N))``.
 
@@ -38,7 +43,7 @@ def chunked_scan(u, starts, x0, D, *, q: int, c, impulse, rows, advance: Callabl
     """
     b, l, h = u.shape
     nc = -(-l // q)
-    lv = l - (nc - 1) * q  # valid positions of the last chunk
+    lv = last_chunk_length(l, q)
     ctype = impulse.dtype
     # Padding at the end (u = 0, no segment start) would only decay the state after position
     # l - 1: the final state is taken at the last valid position instead.

@@ -27,7 +27,7 @@ from jax import lax
 
 from ssm_jax.ops._checks import Dims, check_positive_int
 from ssm_jax.ops.registry import Registry
-from ssm_jax.ops._lti_chunked import chunked_scan
+from ssm_jax.ops._lti_chunked import chunked_scan, last_chunk_length
 from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype, run_scan, scan_with_resets
 from ssm_jax.typing import Array
 
@@ -296,10 +296,10 @@ def s4_scan(u, dA, dB, C, *, D=None, initial_state=None, segment_ids=None, chunk
     """
     op = "s4_scan"
     u, x0, dA, dB, C, D, ctype = check_step_args(op, u, initial_state, dA, dB, C, D, step=False, dense_dA=True)
-    return run_scan(op, (_scan, _scan_resets, _chunked), u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size)
+    return run_scan(op, (_scan, _chunked), u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size)
 
 
-_scan_resets = jax.jit(functools.partial(scan_with_resets, _step))
+_scan = jax.jit(functools.partial(scan_with_resets, _step))
 
 
 @functools.partial(jax.jit, static_argnames=("q",))
@@ -321,7 +321,8 @@ def _chunked(u, starts, x0, dA, dB, C, D, *, q):
         return r, r
 
     _, rows = lax.scan(left, _full(C), None, length=q)
-    powers = {k: _matrix_power(T, k) for k in sorted({q, u.shape[1] - (-(-u.shape[1] // q) - 1) * q})}
+    # T^q for the carry between chunks, T^(last chunk's length) for the final state.
+    powers = {k: _matrix_power(T, k) for k in {q, last_chunk_length(u.shape[1], q)}}
     y, X = chunked_scan(
         u, starts, None if x0 is None else _full(x0), D, q=q, c=_full(C),
         impulse=jnp.moveaxis(impulse, 0, -1), rows=jnp.moveaxis(rows, 0, -1),
@@ -329,12 +330,3 @@ def _chunked(u, starts, x0, dA, dB, C, D, *, q):
     )
     return y, X[..., :n]
 
-
-@jax.jit
-def _scan(u, x0, dA, dB, C, D):
-    def body(x, u_t):
-        y, x = _step(u_t, x, dA, dB, C, D)
-        return x, y
-
-    x, y = lax.scan(body, x0, jnp.swapaxes(u, 0, 1))
-    return jnp.swapaxes(y, 0, 1), x

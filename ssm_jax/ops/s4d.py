@@ -321,26 +321,23 @@ def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None, segment_ids=None, chun
     """
     op = "s4d_scan"
     u, x0, dA, dB, C, D, ctype = check_step_args(op, u, initial_state, dA, dB, C, D, step=False)
-    return run_scan(op, (_scan, _scan_resets, _chunked), u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size)
+    return run_scan(op, (_scan, _chunked), u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size)
 
 
 def run_scan(op, impls, u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size):
     """The body of :func:`s4d_scan` / :func:`ssm_jax.ops.s4.s4_scan` on checked arguments:
-    ``impls = (scan, scan with resets, chunked)`` of the family."""
-    scan, scan_resets, chunked = impls
+    ``impls = (sequential scan, chunked form)`` of the family, both taking segment starts."""
+    scan, chunked = impls
     b, l, h = u.shape
     starts = segment_starts(op, segment_ids, b, l)
+    if starts is None:
+        starts = jnp.zeros((b, l), bool)
     if chunk_size is not None:
         check_positive_int(op, "chunk_size", chunk_size)
-        if starts is None:
-            starts = jnp.zeros((b, l), bool)
         y, x = chunked(u, starts, None if x0 is None else x0.astype(ctype), dA, dB, C, D, q=int(chunk_size))
-        return y.astype(u.dtype), x
-    x0 = jnp.zeros((b, h, dB.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
-    if starts is None:
-        y, x = scan(u, x0, dA, dB, C, D)
     else:
-        y, x = scan_resets(u, starts, x0, dA, dB, C, D)
+        x0 = jnp.zeros((b, h, dB.shape[-1]), ctype) if x0 is None else x0.astype(ctype)
+        y, x = scan(u, starts, x0, dA, dB, C, D)
     return y.astype(u.dtype), x
 
 
@@ -356,7 +353,7 @@ def scan_with_resets(step, u, starts, x0, dA, dB, C, D):
     return jnp.swapaxes(y, 0, 1), x
 
 
-_scan_resets = jax.jit(functools.partial(scan_with_resets, _step))
+_scan = jax.jit(functools.partial(scan_with_resets, _step))
 
 
 @functools.partial(jax.jit, static_argnames=("q",))
@@ -373,12 +370,3 @@ def _powers(dA, count):
     reps = jnp.broadcast_to(dA[:, :, None], (*dA.shape, count - 1))
     return jnp.concatenate([jnp.ones_like(dA)[:, :, None], jnp.cumprod(reps, axis=-1)], axis=-1)
 
-
-@jax.jit
-def _scan(u, x0, dA, dB, C, D):
-    def body(x, u_t):
-        y, x = _step(u_t, x, dA, dB, C, D)
-        return x, y
-
-    x, y = lax.scan(body, x0, jnp.swapaxes(u, 0, 1))
-    return jnp.swapaxes(y, 0, 1), x
