@@ -145,6 +145,18 @@ def test_bidirectional_layers_refuse_to_decode():
 # --------------------------------------------------------------------------------------------
 
 
+def _assert_packed_equals_separate(layer, rng, lengths, ids, name, tol=None):
+    """One packed row of segments ``lengths`` (ids ``ids``) equals running each segment alone."""
+    x = jnp.asarray(_x(rng, b=1, l=sum(lengths)))
+    seg = jnp.asarray(np.repeat(ids, lengths)[None].astype(np.int32))
+    y = call(layer, x, segment_ids=seg)
+    start = 0
+    for n in lengths:
+        alone = call(layer, x[:, start : start + n])
+        assert_close(y[:, start : start + n], alone, tol=tol, name=f"{name} segment at {start}")
+        start += n
+
+
 @pytest.mark.parametrize("kind", ALL + ["s4d_bidirectional", "attention_bidirectional"])
 def test_packed_equals_separate(kind, rng):
     if kind == "s4d_bidirectional":
@@ -153,15 +165,8 @@ def test_packed_equals_separate(kind, rng):
         layer = make("attention", causal=False)
     else:
         layer = make(kind)
-    lengths = [3, 1, 4]  # lengths 1 and 3 < the conv width / chunk size are edge cases
-    x = jnp.asarray(_x(rng, b=1, l=sum(lengths)))
-    seg = jnp.asarray(np.repeat([7, 2, 9], lengths)[None].astype(np.int32))
-    y = call(layer, x, segment_ids=seg)
-    start = 0
-    for n in lengths:
-        alone = call(layer, x[:, start : start + n])
-        assert_close(y[:, start : start + n], alone, name=f"{kind} segment at {start}")
-        start += n
+    # lengths 1 and 3 < the conv width / chunk size are edge cases
+    _assert_packed_equals_separate(layer, rng, [3, 1, 4], [7, 2, 9], kind)
 
 
 @pytest.mark.parametrize("kind", ["s4", "s4d"])
@@ -184,16 +189,7 @@ def test_s4_long_prefill_across_chunks(kind, rng):
 def test_s4_packed_segments_across_chunks(kind, bidirectional, rng):
     """The S4/S4D packed path is the op's chunked form (nn.s4.PACKED_CHUNK = 64): segments that
     start, end and span several chunks still equal separate runs."""
-    layer = make(kind, bidirectional=bidirectional)
-    lengths = [70, 3, 60]
-    x = jnp.asarray(_x(rng, b=1, l=sum(lengths)))
-    seg = jnp.asarray(np.repeat([0, 1, 2], lengths)[None].astype(np.int32))
-    y = call(layer, x, segment_ids=seg)
-    start = 0
-    for n in lengths:
-        alone = call(layer, x[:, start : start + n])
-        assert_close(y[:, start : start + n], alone, tol=1e-4, name=f"segment at {start}")
-        start += n
+    _assert_packed_equals_separate(make(kind, bidirectional=bidirectional), rng, [70, 3, 60], [0, 1, 2], kind, tol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------
