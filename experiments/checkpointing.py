@@ -31,6 +31,8 @@ RESUMABLE_KEYS = (
     "log_every",
     "eval_every",
     "checkpoint_every",
+    "steps_per_call",
+    "early_stop",
     "progress_bar",
     "total_steps",
     "mesh",

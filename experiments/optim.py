@@ -14,15 +14,29 @@ from __future__ import annotations
 import jax
 import optax
 
-__all__ = ["make_optimizer", "make_schedule"]
+__all__ = ["SCHEDULES", "make_optimizer", "make_schedule"]
+
+
+SCHEDULES = ("cosine", "constant")
 
 
 def make_schedule(optim, total_steps: int, peak: float) -> optax.Schedule:
-    """0 -> ``peak`` linearly over ``warmup_steps``, then cosine to ``peak * min_lr_ratio`` at ``total_steps``."""
+    """0 -> ``peak`` linearly over ``warmup_steps``, then ``optim.schedule``: ``"cosine"`` decays to
+    ``peak * min_lr_ratio`` at ``total_steps``; ``"constant"`` stays at ``peak`` (the Mamba paper's
+    synthetic tasks train at a constant rate)."""
     warmup = int(optim.warmup_steps)
     if warmup < 0 or total_steps <= 0:
         raise ValueError(f"make_schedule: need warmup_steps >= 0 and total_steps > 0; got {warmup}, {total_steps}")
+    kind = optim.get("schedule", "cosine")
+    if kind not in SCHEDULES:
+        raise ValueError(f"make_schedule: optim.schedule must be one of {SCHEDULES}; got {kind!r}")
     warmup = min(warmup, total_steps)
+    if kind == "constant":
+        if warmup == 0:
+            return optax.constant_schedule(peak)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], boundaries=[warmup]
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,

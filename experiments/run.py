@@ -82,6 +82,9 @@ def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> s
     if metrics.get("preempted"):
         lines.append(f"Stopped by SIGTERM at step {metrics['step']} of {total_steps}; checkpoint saved. "
                      "Rerun the same command to resume.")
+    elif metrics.get("stopped_early"):
+        lines.append(f"Stopped early at step {metrics['step']} of {total_steps} (config.early_stop reached) "
+                     f"in {seconds / 60:.1f} min.")
     else:
         lines.append(f"Finished step {metrics['step']} of {total_steps} in {seconds / 60:.1f} min.")
     evals: dict[str, dict[str, float]] = {}

@@ -73,6 +73,43 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+class _EarlyStop:
+    """``config.early_stop``: end training once an evaluated metric reaches a threshold (Zoology
+    stops MQAR runs at validation accuracy 0.99). ``DIR/early_stop.json`` records the stop, so
+    rerunning a stopped run reports it instead of training on."""
+
+    def __init__(self, workdir: str, cfg):
+        self.metric = str(cfg.metric)
+        self.threshold = float(cfg.threshold)
+        if cfg.mode not in ("max", "min"):
+            raise ValueError(f"train: early_stop.mode must be 'max' or 'min'; got {cfg.mode!r}")
+        self.mode = cfg.mode
+        self.path = os.path.join(workdir, "early_stop.json")
+
+    def reached(self, metrics: dict[str, float]) -> bool:
+        if not self.metric:
+            return False
+        if self.metric not in metrics:
+            raise ValueError(
+                f"train: early_stop.metric {self.metric!r} is not an evaluated metric; evaluated: {sorted(metrics)}"
+            )
+        value = metrics[self.metric]
+        return value >= self.threshold if self.mode == "max" else value <= self.threshold
+
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        if jax.process_index() == 0:
+            with open(self.path, "w") as f:
+                json.dump({"step": step, "metric": self.metric, "value": metrics[self.metric], "threshold": self.threshold}, f)
+        logging.warning("early stop at step %d: %s = %.4g", step, self.metric, metrics[self.metric])
+
+    def stopped_at(self, step: int) -> bool:
+        """Whether the run stopped early at ``step`` (the step it resumes from)."""
+        if not os.path.exists(self.path):
+            return False
+        with open(self.path) as f:
+            return int(json.load(f)["step"]) == step
+
+
 def _reseed(rngs: nnx.State, key: jax.Array) -> nnx.State:
     """The model's RNG streams keyed from ``key`` (each stream its own fold-in), counts reset."""
     leaves, treedef = jax.tree.flatten(rngs, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -289,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
 
-        def train_step(state, rngs, batch):
+        def one_step(state, rngs, batch):
             params, step = state["params"], state["step"]
             key = jax.random.fold_in(base_key, step)
             if accum == 1:
@@ -314,8 +351,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return new, metrics
 
         train_step = jax.jit(
-            train_step,
+            one_step,
             in_shardings=(state_shardings, rngs_shardings, batch_sharding),
+            out_shardings=(state_shardings, metric_shardings),
+            donate_argnums=(0,),
+        )
+
+        # Several optimizer steps in one compiled call (config.steps_per_call): a small model's
+        # step is a few microseconds of device work behind milliseconds of dispatch, so a scan
+        # over `n` stacked batches runs it at the device's pace. Same steps, same result.
+        def train_steps(state, rngs, batches):
+            def body(state, batch):
+                return one_step(state, rngs, batch)
+
+            return jax.lax.scan(body, state, batches)
+
+        stacked_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+        train_steps = jax.jit(
+            train_steps,
+            in_shardings=(state_shardings, rngs_shardings, stacked_sharding),
             out_shardings=(state_shardings, metric_shardings),
             donate_argnums=(0,),
         )
@@ -402,9 +456,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         preemption = _Preemption(multiprocess=nproc > 1)
         cleanup.callback(preemption.restore)
 
-        def run_evals(step: int, final: bool) -> dict[str, float]:
+        def run_evals(step: int, final: bool, splits: bool = True) -> dict[str, float]:
             out = {}
-            for split in config.eval.splits:
+            for split in config.eval.splits if splits else ():
                 m = evaluate(split, split, config.data, int(config.eval.batch_size), int(config.eval.num_batches))
                 writer.write(step, split, m)
                 out.update({f"{split}/{k}": v for k, v in m.items()})
@@ -429,22 +483,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         final: dict[str, float] = {}
         last_train: dict[str, float] = {}
         preempted = False
-        while step < total_steps:
-            host_batch = next(train_iter)
-            window_tokens += tasks.tokens_in(host_batch, task) * nproc
-            state, metrics = train_step(state, rngs, _put_batch(host_batch, batch_sharding))
-            step += 1
+        per_call = int(config.steps_per_call)
+        if per_call < 1:
+            raise ValueError(f"train: steps_per_call must be a positive int; got {config.steps_per_call!r}")
+        cadences = (int(config.log_every), int(config.eval_every), int(config.checkpoint_every))
+        stop = _EarlyStop(workdir, config.early_stop)
+        stopped = stop.stopped_at(start)
+        while step < total_steps and not stopped:
+            # Run up to the next step at which something is logged, evaluated or saved.
+            n = min([per_call, total_steps - step] + [c - step % c for c in cadences])
+            host_batches = [next(train_iter) for _ in range(n)]
+            window_tokens += sum(tasks.tokens_in(b, task) for b in host_batches) * nproc
+            if n == 1:
+                state, metrics = train_step(state, rngs, _put_batch(host_batches[0], batch_sharding))
+                metrics = jax.tree.map(lambda x: x[None], metrics)
+            else:
+                stacked = {k: np.stack([b[k] for b in host_batches]) for k in host_batches[0]}
+                state, metrics = train_steps(state, rngs, _put_batch(stacked, stacked_sharding))
+            step += n
             window.append(metrics)
-            bar.update(1)
+            bar.update(n)
             if step % int(config.log_every) == 0 or step == total_steps:
                 fetched = jax.device_get(window)
-                sums = {k: sum(m[k] for m in fetched) for k in fetched[0] if k not in ("grad_norm", "lr")}
+                # Each entry holds a call's metrics stacked over its steps: (n,) per key.
+                per_step = {k: np.concatenate([np.asarray(m[k]) for m in fetched]) for k in fetched[0]}
+                sums = {k: v.sum() for k, v in per_step.items() if k not in ("grad_norm", "lr")}
                 elapsed = time.perf_counter() - window_start
                 last_train = tasks.finalize(sums, task)
                 last_train.update(
-                    grad_norm=float(np.mean([m["grad_norm"] for m in fetched])),
-                    lr=float(fetched[-1]["lr"]),
-                    steps_per_sec=len(fetched) / elapsed,
+                    grad_norm=float(np.mean(per_step["grad_norm"])),
+                    lr=float(per_step["lr"][-1]),
+                    steps_per_sec=len(per_step["lr"]) / elapsed,
                     tokens_per_sec=window_tokens / elapsed,
                 )
                 if not all(math.isfinite(v) for v in last_train.values()):
@@ -455,17 +524,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             eval_metrics = {}
             if step % int(config.eval_every) == 0 or step == total_steps:
                 eval_metrics = run_evals(step, final=step == total_steps)
+                if step < total_steps and stop.reached(eval_metrics):
+                    # Stopping early ends the run: the end-of-training evaluations run now.
+                    stopped = True
+                    eval_metrics.update(run_evals(step, final=True, splits=False))
                 final.update(eval_metrics)
-            preempted = preemption.reached(step) and step < total_steps
-            if step % int(config.checkpoint_every) == 0 or step == total_steps or preempted:
+            preempted = preemption.reached(step) and step < total_steps and not stopped
+            if step % int(config.checkpoint_every) == 0 or step == total_steps or preempted or stopped:
                 ckpt.save(step, state, train_iter, metrics=eval_metrics or None)
             if preempted:
                 logging.warning("preempted: saved step %d of %d; rerun the same command to resume", step, total_steps)
                 break
-        if start >= total_steps:  # a finished run: report its evaluation again
+            if stopped:
+                stop.record(step, eval_metrics)
+        if start >= total_steps or (stopped and step == start):  # a finished run: report its evaluation again
             final.update(run_evals(step, final=True))
         ckpt.wait()
-        out = {"step": step, "preempted": preempted}
+        out = {"step": step, "preempted": preempted, "stopped_early": bool(stopped)}
         out.update({f"train/{k}": v for k, v in last_train.items()})
         out.update(final)
         return out

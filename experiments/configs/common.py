@@ -12,6 +12,9 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
     log_every             int    train metrics to metrics.jsonl / TensorBoard / progress bar
     eval_every            int    run config.eval (also after the last step)
     checkpoint_every      int    async Orbax save (also after the last step and on SIGTERM)
+    steps_per_call        int    optimizer steps per compiled call (a lax.scan over stacked
+                                 batches); >1 removes per-step dispatch for small models.
+                                 Calls end at every log/eval/checkpoint step: results equal 1's
     mesh.data|fsdp|tensor int    device mesh; batch is split over (data, fsdp), parameters by
                                  sharding_rules
     sharding_rules        tuple  ((logical axis name, mesh axis | tuple of axes | None), ...)
@@ -22,6 +25,8 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
     data.batch_size       int    global train batch (all processes, all microbatches)
     data.*                       dataset-specific keys, read by the dataset's builder
     optim.lr, warmup_steps, min_lr_ratio, b1, b2, eps, weight_decay, clip_norm
+    optim.schedule        str    "cosine" (to lr * min_lr_ratio at total_steps) | "constant";
+                                 both after a linear warmup
     optim.ssm_lr          float|None  lr of ssm_jax.nn.SSMParam params (None: optim.lr)
     optim.ssm_weight_decay float  (0: SSM parameters are not decayed)
     optim.grad_accum_steps int   microbatches per step (scan over data.batch_size / n each)
@@ -32,6 +37,9 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
                                  batch_size=..., num_batches=..., forward="parallel"|"chunked",
                                  chunk_size=...): extra evaluations, e.g. at longer lengths;
                                  run at the end of training (and every eval_every if every_eval)
+    early_stop.metric     str    "<split>/<metric>" that ends training once it reaches
+                                 early_stop.threshold ("max" mode: >=; "min": <=) at an
+                                 evaluation; "" = never. The end-of-training evaluations run then
     checkpoint.keep       int    most recent checkpoints kept
     checkpoint.best_metric str   "<split>/<metric>" whose best checkpoint is also kept ("" = none)
     checkpoint.best_mode  str    "max" | "min"
@@ -75,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.eval_every = 500
     c.checkpoint_every = 500
+    c.steps_per_call = 1
     c.progress_bar = True
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -87,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             lr=1e-3,
             ssm_lr=config_dict.placeholder(float),
+            schedule="cosine",
             warmup_steps=100,
             min_lr_ratio=0.0,
             b1=0.9,
@@ -102,6 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(
         dict(splits=("validation",), batch_size=32, num_batches=-1, extra=ml_collections.ConfigDict())
     )
+
+    c.early_stop = ml_collections.ConfigDict(dict(metric="", threshold=0.0, mode="max"))
 
     c.checkpoint = ml_collections.ConfigDict(
         dict(keep=2, best_metric="validation/accuracy", best_mode="max", async_save=True)

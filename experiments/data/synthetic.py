@@ -12,11 +12,12 @@ All three are task ``"lm"``: ``inputs``, ``targets``, ``weights`` of shape ``(l,
   an answer token somewhere; the last input is the trigger again and the model must output the
   answer. Vocabulary: trigger = ``vocab_size - 1``, all other tokens ``0 .. vocab_size - 2``.
   Paper: vocab 16, trained at length 256, tested at lengths up to 2^20.
-* ``mqar`` (Zoology, Arora et al. 2023, multi-query associative recall): ``n`` key-value pairs,
-  then the keys queried again in random order at power-law-distributed gaps (each followed by its
-  value); at every query key the model must output its value. Keys ``1 .. V/2 - 1``, values
-  ``V/2 .. V - 1``, 0 fills. Each split draws its (length, pairs) setting per example from
-  ``train_settings`` / ``eval_settings`` and pads (weights 0) to the longest length among them.
+* ``mqar`` (Zoology, Arora et al. 2023, multi-query associative recall; ``multiquery_ar.py``):
+  ``n`` key-value pairs, then the keys queried again in random order at power-law-distributed
+  gaps among random tokens; at every query key the model must output its value. Keys
+  ``1 .. V/2 - 1``, values ``V/2 .. V - 1``. Each split draws its (length, pairs) setting per
+  example from ``train_settings`` (weighted by ``train_weights``, e.g. Zoology's example counts)
+  / ``eval_settings`` and pads (weights 0) to the longest length among them.
 """
 
 from __future__ import annotations
@@ -113,10 +114,27 @@ def induction_heads(data_config, *, split, seed, global_batch_size, process_inde
 
 
 def mqar_example(
-    rng: np.random.Generator, *, seq_len: int, num_pairs: int, vocab_size: int, power_a: float = 0.01, pad_to: int | None = None
+    rng: np.random.Generator,
+    *,
+    seq_len: int,
+    num_pairs: int,
+    vocab_size: int,
+    power_a: float = 0.01,
+    random_non_queries: bool = True,
+    pad_to: int | None = None,
 ) -> Example:
+    """One MQAR sequence as Zoology's ``multiquery_ar`` draws it.
+
+    ``num_pairs`` distinct keys (from ``[1, V/2)``) with distinct values (from ``[V/2, V)``) fill
+    the first ``2 * num_pairs`` positions as ``k v k v ...``. In the rest, key ``i`` is queried at
+    ``2 * num_pairs + 2 * g_i``, the gaps ``g`` drawn without replacement with probability
+    proportional to ``g^(a - 1)`` (``a = power_a``, so near gaps dominate); the target at a
+    query is its value, and only queries are scored. Values never appear after their query.
+    ``random_non_queries`` fills every other query-region position with a token uniform over the
+    vocabulary (Zoology's default), else 0.
+    """
     context = 2 * num_pairs
-    space = (seq_len - context) // 2  # query slots: a key and its value each
+    space = (seq_len - context) // 2  # query slots
     if vocab_size // 2 - 1 < num_pairs or space < num_pairs:
         raise ValueError(
             f"mqar: (seq_len={seq_len}, num_pairs={num_pairs}, vocab_size={vocab_size}) leaves no room: "
@@ -124,27 +142,23 @@ def mqar_example(
         )
     keys = rng.choice(np.arange(1, vocab_size // 2), size=num_pairs, replace=False)
     values = rng.choice(np.arange(vocab_size // 2, vocab_size), size=num_pairs, replace=False)
-    seq = np.zeros(seq_len + 1, np.int32)
-    seq[0:context:2] = keys
-    seq[1:context:2] = values
-    # Zoology: gap g (in slots after the context) has probability proportional to g^(a - 1).
     p = np.arange(1, space + 1, dtype=np.float64) ** (power_a - 1)
-    slots = rng.choice(space, size=num_pairs, replace=False, p=p / p.sum())
-    order = rng.permutation(num_pairs)
-    query = context + 2 * slots
-    seq[query] = keys[order]
-    seq[query + 1] = values[order]
+    gaps = rng.choice(space, size=num_pairs, replace=False, p=p / p.sum())
+    query = context + 2 * gaps
+    inputs = np.zeros(seq_len, np.int32)
+    if random_non_queries:
+        inputs[context:] = rng.integers(0, vocab_size, size=seq_len - context)
+    inputs[0:context:2] = keys
+    inputs[1:context:2] = values
+    inputs[query] = keys
+    targets = np.zeros(seq_len, np.int32)
+    targets[query] = values
     weights = np.zeros(seq_len, np.float32)
-    weights[query] = 1.0  # at a query key, the next token is its value
-    inputs, targets = seq[:-1], seq[1:]
+    weights[query] = 1.0
     pad = (pad_to or seq_len) - seq_len
     if pad < 0:
         raise ValueError(f"mqar: pad_to={pad_to} is shorter than seq_len={seq_len}")
-    return {
-        "inputs": np.pad(inputs, (0, pad)),
-        "targets": np.pad(targets, (0, pad)),
-        "weights": np.pad(weights, (0, pad)),
-    }
+    return {"inputs": np.pad(inputs, (0, pad)), "targets": np.pad(targets, (0, pad)), "weights": np.pad(weights, (0, pad))}
 
 
 def _settings(value, name: str) -> list[tuple[int, int]]:
@@ -154,18 +168,34 @@ def _settings(value, name: str) -> list[tuple[int, int]]:
     return out
 
 
+def _mix(weights, settings) -> np.ndarray | None:
+    """Probabilities of the train settings from ``data.train_weights`` (None: uniform)."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, np.float64)
+    if w.shape != (len(settings),) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(
+            f"mqar: data.train_weights must give one non-negative weight per train setting ({len(settings)}), "
+            f"not all zero; got {weights!r}"
+        )
+    return w / w.sum()
+
+
 @registry.register("mqar", task="lm")
 def mqar(data_config, *, split, seed, global_batch_size, process_index, process_count):
     require_keys("mqar", data_config, ("vocab_size", "train_settings", "eval_settings", "eval_examples", "power_a"))
-    settings = _settings(data_config.train_settings if split == "train" else data_config.eval_settings,
-                         "train_settings" if split == "train" else "eval_settings")
+    name = "train_settings" if split == "train" else "eval_settings"
+    settings = _settings(data_config[name], name)
+    mix = _mix(data_config.get("train_weights") if split == "train" else None, settings)
     pad_to = max(l for l, _ in settings)
     vocab_size, power_a = int(data_config.vocab_size), float(data_config.power_a)
+    random_non_queries = bool(data_config.get("random_non_queries", True))
 
     def make(i: int) -> Example:
         rng = example_rng(seed, split, i)
-        seq_len, num_pairs = settings[rng.integers(len(settings))]
-        return mqar_example(rng, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size, power_a=power_a, pad_to=pad_to)
+        seq_len, num_pairs = settings[rng.choice(len(settings), p=mix)]
+        return mqar_example(rng, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size, power_a=power_a,
+                            random_non_queries=random_non_queries, pad_to=pad_to)
 
     return batched(
         make,

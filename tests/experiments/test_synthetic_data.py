@@ -69,9 +69,32 @@ def test_mqar_queries_recall_the_value_of_their_key():
                 assert np.all(q >= 2 * n)
                 assert sorted(x[q]) == sorted(keys)  # every key queried once
                 for pos in q:
-                    assert y[pos] == kv[x[pos]] and x[pos + 1] == kv[x[pos]]
+                    assert y[pos] == kv[x[pos]]
                 seen.add(n)
         assert seen == ({3, 4} if split == "train" else {8})
+
+
+def test_mqar_follows_zoology_fill_and_mix():
+    rng = np.random.default_rng(0)
+    ex = synthetic.mqar_example(rng, seq_len=256, num_pairs=16, vocab_size=8192)
+    q = np.flatnonzero(ex["weights"])
+    assert len(q) == 16 and np.all((q - 32) % 2 == 0)
+    rest = np.setdiff1d(np.arange(32, 256), q)
+    assert len(np.unique(ex["inputs"][rest])) > 150  # random tokens, not a constant fill
+    plain = synthetic.mqar_example(np.random.default_rng(0), seq_len=64, num_pairs=4, vocab_size=64, random_non_queries=False)
+    qp = np.flatnonzero(plain["weights"])
+    assert np.all(np.delete(plain["inputs"][8:], qp - 8) == 0)
+    # train_weights: the (24, 3) setting drawn 4x as often as (32, 4).
+    cfg = ml_collections.ConfigDict(MQAR.to_dict())
+    cfg.train_weights = (4, 1)
+    counts = {3: 0, 4: 0}
+    for b in _batches(cfg, n=25, batch=8):
+        for w in b["weights"]:
+            counts[int(w.sum())] += 1
+    assert 0.7 < counts[3] / 200 < 0.9, counts
+    cfg.train_weights = (1, 2, 3)
+    with pytest.raises(ValueError, match="train_weights must give one non-negative weight per train setting"):
+        _batches(cfg, n=1)
 
 
 def test_deterministic_and_split_dependent():

@@ -108,3 +108,13 @@ def test_schedule_warmup_then_cosine():
     np.testing.assert_allclose(s(110), 0.2, rtol=1e-5)
     with pytest.raises(ValueError, match="warmup_steps"):
         optim.make_schedule(ml_collections.ConfigDict(dict(warmup_steps=-1, min_lr_ratio=0.0)), 10, 1.0)
+
+
+def test_schedule_warmup_then_constant():
+    cfg = ml_collections.ConfigDict(dict(warmup_steps=10, min_lr_ratio=0.0, schedule="constant"))
+    s = optim.make_schedule(cfg, total_steps=100, peak=2.0)
+    np.testing.assert_allclose([s(0), s(5), s(10), s(50), s(100), s(10_000)], [0.0, 1.0, 2.0, 2.0, 2.0, 2.0], rtol=1e-6)
+    s = optim.make_schedule(ml_collections.ConfigDict(dict(warmup_steps=0, schedule="constant")), 100, 3e-4)
+    np.testing.assert_allclose([s(0), s(99)], [3e-4, 3e-4], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"optim.schedule must be one of \('cosine', 'constant'\); got 'linear'"):
+        optim.make_schedule(ml_collections.ConfigDict(dict(warmup_steps=0, schedule="linear")), 10, 1.0)

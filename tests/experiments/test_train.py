@@ -85,6 +85,40 @@ def test_gradient_accumulation_matches_full_batch(tiny, tiny_reference, tmp_path
     np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [ref[s] for s in (1, 2, 3)], rtol=2e-5)
 
 
+def test_steps_per_call_equals_one_step_per_call(tiny, tiny_reference, tmp_path):
+    # 4 steps a call, cut at every log (2, 4, 6) and eval/checkpoint step (3, 6): calls of 2, 1, 1
+    # and 2 steps; the same six steps, the same evaluations and checkpoints.
+    w = str(tmp_path)
+    train.train_and_evaluate(tiny_config(steps_per_call=4, log_every=2), w)
+    ref, got = losses(tiny_reference), losses(w)
+    assert sorted(got) == [2, 4, 6]
+    for step in (2, 4, 6):  # windows of two steps: the mean of the reference's two rows
+        np.testing.assert_allclose(got[step], (ref[step - 1] + ref[step]) / 2, rtol=1e-6)
+    assert losses(w, "validation") == losses(tiny_reference, "validation")
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3", "6"]
+
+
+def test_early_stop_ends_the_run_and_a_rerun_reports_it(tiny, tiny_reference, tmp_path):
+    w = str(tmp_path)
+    stop = {"early_stop.metric": "validation/loss", "early_stop.mode": "min", "early_stop.threshold": 1e3}
+    m = train.train_and_evaluate(tiny_config(**stop), w)
+    assert m["step"] == 3 and m["stopped_early"] and not m["preempted"]
+    assert losses(w) == {s: losses(tiny_reference)[s] for s in (1, 2, 3)}
+    assert [r["step"] for r in read_metrics(w, "odd_batch")] == [3]  # the end-of-run evaluations ran
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3"]
+    assert json.load(open(os.path.join(w, "early_stop.json")))["step"] == 3
+    again = train.train_and_evaluate(tiny_config(**stop), w)  # no further training
+    assert again["step"] == 3 and again["stopped_early"]
+    assert sorted(losses(w)) == [1, 2, 3]
+    with pytest.raises(ValueError, match="early_stop.metric 'validation/acc' is not an evaluated metric"):
+        train.train_and_evaluate(tiny_config(**{"early_stop.metric": "validation/acc"}), str(tmp_path / "bad"))
+
+
+def test_steps_per_call_must_be_positive(tiny, tmp_path):
+    with pytest.raises(ValueError, match="steps_per_call must be a positive int; got 0"):
+        train.train_and_evaluate(tiny_config(steps_per_call=0), str(tmp_path))
+
+
 def test_incompatible_config_is_refused(tiny, tiny_reference, tmp_path):
     w = str(tmp_path / "w")
     shutil.copytree(tiny_reference, w)

@@ -1,0 +1,188 @@
+r"""Run a config module's sweep and collect the runs' final metrics into one table.
+
+    python -m experiments.sweep --config=experiments/configs/synthetic/mqar.py[:sweep arg] \
+        --workdir=runs/mqar [--parallel=4] [--only=mamba2] [--set=total_steps=2000 ...]
+    python -m experiments.sweep --collect --workdir=runs/mqar       # the table only
+
+A sweep is named in its config module, as big_vision's ``get_hyper``: ``get_sweep(arg)`` returns
+``[(name, config_arg, overrides), ...]``. Each entry runs as ``python -m experiments.run
+--config=<module>:<config_arg> --workdir=<workdir>/<name> --config.<key>=<value> ...`` in its own
+process, ``--parallel`` at a time (on one accelerator they share its memory: each process gets an
+equal fraction). A run resumes from its checkpoint like any other, so rerunning the sweep finishes
+what an earlier one left. ``--set`` applies an override to every run.
+
+The table (``<workdir>/sweep.json`` and ``sweep.md``) has one row per run: its name, arg and
+overrides, the last step it reached, and the latest value of every evaluation metric in its
+``metrics.jsonl`` (``--metrics`` picks columns by suffix, default ``accuracy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from experiments.metrics import METRICS_FILE, read_metrics
+
+__all__ = ["Run", "collect", "load_sweep", "main", "markdown", "run_sweep"]
+
+Run = tuple[str, str, dict[str, Any]]
+
+
+def load_sweep(spec: str) -> tuple[str, list[Run]]:
+    """``(module path, runs)`` from ``path.py[:arg]``; the module must define ``get_sweep``."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sweep: no config module at {path!r}")
+    module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"sweep: {path} defines no get_sweep(arg); it has get_config only")
+    runs = list(module.get_sweep(arg or None))
+    names = [r[0] for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sweep: {path}'s get_sweep gives repeated run names: {sorted(names)}")
+    for r in runs:
+        if len(r) != 3 or not isinstance(r[0], str) or not isinstance(r[2], dict) or "/" in r[0]:
+            raise ValueError(f"sweep: each entry must be (name without '/', config arg, overrides dict); got {r!r}")
+    return path, runs
+
+
+def _command(path: str, run: Run, workdir: str, extra: Sequence[str]) -> list[str]:
+    name, arg, overrides = run
+    cmd = [sys.executable, "-m", "experiments.run", f"--config={path}" + (f":{arg}" if arg else ""),
+           f"--workdir={os.path.join(workdir, name)}"]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    cmd += [f"--config.{kv}" for kv in extra]
+    return cmd
+
+
+def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", extra: Sequence[str] = (),
+              dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run every entry of the sweep (those whose name contains ``only``); return :func:`collect`'s rows."""
+    if parallel < 1:
+        raise ValueError(f"sweep: --parallel must be >= 1; got {parallel}")
+    path, runs = load_sweep(spec)
+    runs = [r for r in runs if only in r[0]]
+    if not runs:
+        raise ValueError(f"sweep: no run of {spec} has {only!r} in its name")
+    os.makedirs(workdir, exist_ok=True)
+    env = dict(os.environ)
+    if parallel > 1:
+        # Processes sharing one accelerator: each takes an equal share of its memory.
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / parallel:.3f}")
+    pending = [(r, _command(path, r, workdir, extra)) for r in runs]
+    if dry_run:
+        for _, cmd in pending:
+            print(" ".join(cmd))
+        return []
+    running: list[tuple[Run, subprocess.Popen, Any, float]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            run, cmd = pending.pop(0)
+            os.makedirs(os.path.join(workdir, run[0]), exist_ok=True)
+            log = open(os.path.join(workdir, run[0], "sweep.log"), "a")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((run, proc, log, time.perf_counter()))
+            print(f"[sweep] started {run[0]}", flush=True)
+        time.sleep(0.5)
+        for item in list(running):
+            run, proc, log, t0 = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            status = "done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            if proc.returncode:
+                failed.append(run[0])
+            print(f"[sweep] {run[0]}: {status} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    rows = collect(workdir, runs=runs)
+    if failed:
+        print(f"[sweep] failed runs (see <run>/sweep.log): {failed}", flush=True)
+    return rows
+
+
+def _final_metrics(run_dir: str) -> tuple[int, dict[str, float]]:
+    """The last step reached and the latest value of each ``<split>/<metric>`` that is not train."""
+    if not os.path.exists(os.path.join(run_dir, METRICS_FILE)):
+        return 0, {}
+    step, out = 0, {}
+    for r in read_metrics(run_dir):
+        step = max(step, int(r["step"]))
+        if r["split"] == "train":
+            continue
+        for k, v in r.items():
+            if k not in ("step", "split"):
+                out[f"{r['split']}/{k}"] = v
+    return step, out
+
+
+def collect(workdir: str, runs: Sequence[Run] | None = None) -> list[dict[str, Any]]:
+    """One row per run directory under ``workdir`` (or per entry of ``runs``); writes sweep.json."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"sweep: no sweep directory {workdir!r}")
+    if runs is None:
+        names = sorted(d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, METRICS_FILE)))
+        runs = [(n, "", {}) for n in names]
+        previous = {}
+        if os.path.exists(os.path.join(workdir, "sweep.json")):
+            with open(os.path.join(workdir, "sweep.json")) as f:
+                previous = {r["name"]: r for r in json.load(f)}
+        runs = [(n, previous.get(n, {}).get("arg", a), previous.get(n, {}).get("overrides", o)) for n, a, o in runs]
+    rows = []
+    for name, arg, overrides in runs:
+        run_dir = os.path.join(workdir, name)
+        step, metrics = _final_metrics(run_dir)
+        stopped = os.path.exists(os.path.join(run_dir, "early_stop.json"))
+        rows.append(dict(name=name, arg=arg, overrides=overrides, step=step, stopped_early=stopped, metrics=metrics))
+    with open(os.path.join(workdir, "sweep.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]], suffix: str = "accuracy") -> str:
+    """The rows as a markdown table with the metric columns ending in ``suffix``."""
+    cols = sorted({k for r in rows for k in r["metrics"] if k.endswith(suffix)})
+    head = "| run | step | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    for r in rows:
+        vals = [r["metrics"].get(c) for c in cols]
+        cells = [f"{100 * v:.1f}" if isinstance(v, (int, float)) else "—" for v in vals]
+        step = f"{r['step']}" + (" (early stop)" if r.get("stopped_early") else "")
+        lines.append(f"| {r['name']} | {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="config module with get_sweep: path.py[:arg]")
+    p.add_argument("--workdir", required=True, help="each run goes to <workdir>/<name>")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    p.add_argument("--only", default="", help="run only entries whose name contains this")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--metrics", default="accuracy", help="table columns: metrics ending in this")
+    p.add_argument("--collect", action="store_true", help="only collect the table of existing runs")
+    p.add_argument("--dry_run", action="store_true", help="print the commands")
+    a = p.parse_args(argv)
+    if a.collect:
+        rows = collect(a.workdir)
+    else:
+        if not a.config:
+            p.error("--config is required unless --collect")
+        rows = run_sweep(a.config, a.workdir, parallel=a.parallel, only=a.only, extra=a.set, dry_run=a.dry_run)
+    if rows:
+        table = markdown(rows, a.metrics)
+        with open(os.path.join(a.workdir, "sweep.md"), "w") as f:
+            f.write(table + "\n")
+        print(table)
+
+
+if __name__ == "__main__":
+    main()
