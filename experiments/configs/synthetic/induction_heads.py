@@ -31,7 +31,7 @@ beyond 2^9 - 2^10, H3 and Hyena below 45% beyond 2^10. Reported as ``len_<L>/acc
 Attention at 2^20 needs a 2^20-long KV cache: lower ``max_log2_len`` for it.
 
 Measured (one H200, seed 0, 2026-12-02, the committed config): Mamba 100% at every length 2^6 ...
-2^20 (100% on training sequences from ~19K steps); Mamba-2 100% to 2^12, 98.4% at 2^13, then
+2^20 (100% on training sequences from ~12K steps); Mamba-2 100% to 2^12, 98.4% at 2^13, then
 73-88% to 2^15 and 12-50% beyond; S4D at chance (9%); attention (4 heads, RoPE) 81% at 256, 50%
 at 512, 28% at 1024, 6-12% beyond. ``docs/reproductions.md`` has the runs and the plot.
 

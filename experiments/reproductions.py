@@ -1,0 +1,153 @@
+r"""The figures of ``docs/reproductions.md``, drawn from the runs' own ``metrics.jsonl``.
+
+    python -m experiments.reproductions docs/reproductions
+
+reads ``<dir>/runs/<task>/<run>/metrics.jsonl`` (the files the GPU runs wrote, kept beside the
+page) and writes one PNG per task into ``<dir>``:
+
+* ``induction_heads_lengths.png``: test accuracy against test length (the Mamba paper's Fig. 3
+  axes), one line per run, from the ``len_<L>`` evaluations;
+* ``<task>_curves.png`` for every task: training-batch and validation accuracy against the
+  training step, one colour per run;
+* ``mqar_width.png`` (when ``runs/mqar`` exists): the best test accuracy over the learning-rate
+  sweep against d_model, one line per mixer, with the sweep's spread as a band (Zoology's axes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections import defaultdict
+
+from matplotlib.figure import Figure
+
+from experiments.metrics import read_metrics
+
+__all__ = ["learning_curves", "length_curves", "length_table", "main", "mqar_table", "mqar_width"]
+
+
+def _runs(task_dir: str) -> dict[str, list[dict]]:
+    if not os.path.isdir(task_dir):
+        raise FileNotFoundError(f"reproductions: no runs directory {task_dir!r}")
+    out = {}
+    for name in sorted(os.listdir(task_dir)):
+        if os.path.isfile(os.path.join(task_dir, name, "metrics.jsonl")):
+            out[name] = read_metrics(os.path.join(task_dir, name))
+    if not out:
+        raise ValueError(f"reproductions: {task_dir} holds no run with a metrics.jsonl")
+    return out
+
+
+def _last(records: list[dict], split: str, key: str = "accuracy"):
+    values = [r[key] for r in records if r["split"] == split and key in r]
+    return values[-1] if values else None
+
+
+def length_table(task_dir: str) -> dict[str, dict[int, float]]:
+    """``{run: {L: accuracy}}`` from each run's last ``len_<L>`` evaluations."""
+    out = {}
+    for name, records in _runs(task_dir).items():
+        lengths = sorted({int(m.group(1)) for r in records if (m := re.fullmatch(r"len_(\d+)", r["split"]))})
+        if lengths:
+            out[name] = {L: _last(records, f"len_{L}") for L in lengths}
+    return out
+
+
+def length_curves(task_dir: str, out: str, *, train_length: int | None = None) -> str:
+    """Accuracy at each ``len_<L>`` evaluation (the last one of each run) against ``L``."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for name, by_length in length_table(task_dir).items():
+        ax.plot(list(by_length), [100 * v for v in by_length.values()], marker="o", markersize=3, label=name)
+    if train_length:
+        ax.axvline(train_length, color="gray", linestyle=":", label=f"trained at {train_length}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("test sequence length")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(os.path.basename(os.path.normpath(task_dir)))
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def learning_curves(task_dir: str, out: str, *, key: str = "accuracy") -> str:
+    """Training-batch ``key`` (a line; every synthetic batch is fresh data) and validation ``key``
+    (markers) against the training step, one colour per run."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for i, (name, records) in enumerate(_runs(task_dir).items()):
+        color = f"C{i}"
+        for split, style in (("train", dict(linewidth=1, alpha=0.7)), ("validation", dict(marker="o", linestyle="none"))):
+            pts = sorted({r["step"]: 100 * r[key] for r in records if r["split"] == split and key in r}.items())
+            if pts:
+                ax.plot(*zip(*pts), color=color, label=f"{name} ({split})", **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{key} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(os.path.basename(os.path.normpath(task_dir)))
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def mqar_table(task_dir: str, split: str = "L256_kv64") -> dict[str, dict[int, list[float]]]:
+    """``{mixer: {d_model: [<split>/accuracy of each learning rate / seed]}}`` of an MQAR sweep
+    (runs named ``<mixer>_d<width>_lr<lr>_s<seed>``, as ``mqar.get_sweep`` names them)."""
+    acc: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, records in _runs(task_dir).items():
+        m = re.fullmatch(r"(\w+?)_d(\d+)_lr[^_]+_s\d+", name)
+        value = _last(records, split)
+        if m and value is not None:
+            acc[m.group(1)][int(m.group(2))].append(value)
+    if not acc:
+        raise ValueError(f"reproductions: no run under {task_dir} has a {split!r} evaluation")
+    return {k: dict(v) for k, v in acc.items()}
+
+
+def mqar_width(task_dir: str, out: str, *, split: str = "L256_kv64") -> str:
+    """Best (over the sweep) ``<split>/accuracy`` against d_model per mixer; the band is the range."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for mixer, by_width in sorted(mqar_table(task_dir, split).items()):
+        widths = sorted(by_width)
+        hi = [100 * max(by_width[w]) for w in widths]
+        ax.plot(widths, hi, marker="o", label=mixer)
+        ax.fill_between(widths, [100 * min(by_width[w]) for w in widths], hi, alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("d_model")
+    ax.set_ylabel(f"{split} accuracy (%), best lr")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def main(argv=None) -> list[str]:
+    p = argparse.ArgumentParser(prog="python -m experiments.reproductions", description=__doc__.split("\n\n")[0])
+    p.add_argument("dir", help="the directory holding runs/<task>/<run>/metrics.jsonl; PNGs are written there")
+    a = p.parse_args(argv)
+    runs = os.path.join(a.dir, "runs")
+    if not os.path.isdir(runs):
+        raise SystemExit(f"reproductions: no {runs!r}")
+    written = []
+    for task in sorted(os.listdir(runs)):
+        task_dir = os.path.join(runs, task)
+        written.append(learning_curves(task_dir, os.path.join(a.dir, f"{task}_curves.png")))
+        if task == "induction_heads":
+            written.append(length_curves(task_dir, os.path.join(a.dir, "induction_heads_lengths.png"), train_length=256))
+        if task == "mqar":
+            written.append(mqar_width(task_dir, os.path.join(a.dir, "mqar_width.png")))
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
