@@ -56,7 +56,14 @@ def test_paper_scale_defaults():
     assert (ih.data.seq_len, ih.data.vocab_size) == (256, 16)
     longest = ih.eval.extra["len_1048576"]
     assert longest.data.seq_len == 2**20 and longest.forward == "chunked"
+    # The Mamba paper's App. E.1 optimizers: Adam, constant lr, no weight decay (the cosine / wd 0.1
+    # defaults these configs had held selective copying at chance and cost length extrapolation).
+    for c, lr, batch, steps in ((sc, 1e-4, 64, 400_000), (ih, 1e-3, 8, 204_800)):
+        assert (c.optim.lr, c.optim.schedule, c.optim.warmup_steps, c.optim.weight_decay) == (lr, "constant", 0, 0.0)
+        assert (c.data.batch_size, c.total_steps, c.model.mamba.d_state, c.model.d_intermediate) == (batch, steps, 16, 0)
     _, mq = _load(os.path.join(REPO, "experiments/configs/synthetic/mqar.py"))
+    assert (mq.optim.weight_decay, mq.optim.schedule, mq.data.batch_size, mq.total_steps) == (0.1, "cosine", 256, 32 * 703)
+    assert mq.early_stop.metric == "validation/accuracy" and mq.data.train_weights == (100_000, 20_000, 20_000, 20_000, 20_000)
     assert mq.data.vocab_size == 8192 and mq.data.train_settings[-1] == (256, 64)
     assert mq.eval.extra["L1024_kv256"].data.eval_settings == ((1024, 256),)
 
