@@ -1,0 +1,195 @@
+r"""End-to-end training speed: the trainer's own step on the LM configs, and mamba_ssm beside it.
+
+For each ``--arch`` of ``experiments/configs/lm/gpt2_small.py`` this runs
+``experiments.train.train_and_evaluate`` itself (the jitted step the trainer runs, its real data
+pipeline: the stdlib corpus packed into ``--seq_len`` sequences) for ``--warmup + --steps``
+steps, logging twice: the first window holds the compilation, the second is the steady state.
+Rows (JSON lines, and a table at the end):
+
+* ``tokens_per_sec``, ``step_ms`` -- the steady window;
+* ``compile_s`` -- the first window's time minus its steps at the steady rate (compilation and
+  the first step's dispatch);
+* ``mfu`` -- ``flops_per_token`` (``ssm_jax.models.counting``: 6 x matmul parameters + the
+  mixers' own FLOPs) x tokens/s / ``--peak_tflops`` (default 989: the H100/H200 dense bf16
+  datasheet rate; 784 is what a bf16 8192^3 matmul reaches on the lent H200);
+* ``peak_memory_bytes`` -- the device's ``peak_bytes_in_use`` (GPU/TPU; absent on CPU).
+
+When ``mamba_ssm`` imports (``../shared/peers``: build its CUDA extensions first), the same model
+in PyTorch (``MambaLMHeadModel``, random tokens, bf16 autocast, fused AdamW) is timed in the same
+process for ``mamba`` and ``mamba2``: ``peer_tokens_per_sec`` and ``speedup``.
+
+    PYTHONPATH=$PWD python3 benchmarks/train.py --arch mamba2 --arch mamba --dtype bfloat16 \
+        --json $OUT/train.json
+    python -m benchmarks.train --smoke      # seconds on a CPU: 2-layer models, 4 + 4 steps
+
+Not yet run on a GPU: no numbers are recorded from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "configs", "lm", "gpt2_small.py")
+
+
+def _config(arch: str, *, smoke: bool, batch: int, seq_len: int, dtype: str, steps: int, warmup: int):
+    spec = importlib.util.spec_from_file_location("gpt2_small", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(f"arch={arch}" + (",smoke" if smoke else ""))
+    c.unlock()
+    c.total_steps = warmup + steps
+    c.log_every = warmup  # window 1: compile + warmup; window 2: the timed steps
+    c.eval_every = c.checkpoint_every = 10**9  # neither runs before the last step ...
+    c.eval.splits = ()  # ... and the last step evaluates nothing
+    c.checkpoint.async_save = False
+    c.checkpoint.best_metric = ""
+    c.progress_bar = False
+    c.data.batch_size = batch
+    c.data.seq_len = seq_len
+    c.model.dtype = dtype
+    return c.lock()
+
+
+def ours(arch: str, args) -> dict:
+    from experiments import tasks, train
+    from experiments.metrics import read_metrics
+    from ssm_jax.models import counting
+
+    if args.steps < 1 or args.warmup < 1:
+        raise ValueError("benchmarks.train: --steps and --warmup must be >= 1")
+    c = _config(arch, smoke=args.smoke, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
+                steps=args.steps, warmup=args.warmup)
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        train.train_and_evaluate(c, workdir)
+        wall = time.perf_counter() - t0
+        rows = read_metrics(workdir, "train")
+    first, steady = rows[0], rows[-1]
+    step_s = 1.0 / steady["steps_per_sec"]
+    compile_s = args.warmup / first["steps_per_sec"] - args.warmup * step_s
+    model_cfg = tasks.model_config("lm", c.model.to_dict())
+    fpt = counting.flops_per_token(model_cfg, int(c.data.seq_len))
+    out = dict(
+        impl="ssm_jax", arch=arch, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
+        parameters=counting.param_count(model_cfg), tokens_per_sec=steady["tokens_per_sec"], step_ms=1e3 * step_s,
+        compile_s=compile_s, flops_per_token=fpt, mfu=fpt * steady["tokens_per_sec"] / (args.peak_tflops * 1e12),
+        peak_tflops=args.peak_tflops, final_loss=steady["loss"], wall_s=wall, backend=jax.default_backend(),
+        device=str(jax.devices()[0].device_kind),
+    )
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_memory_bytes"] = int(stats["peak_bytes_in_use"])
+    return out
+
+
+def mamba_ssm_row(arch: str, args, config) -> dict | None:
+    """The same model in mamba_ssm, timed in this process; None (with the reason printed) if it
+    cannot run here."""
+    try:
+        import torch
+        from mamba_ssm.models.config_mamba import MambaConfig
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+    except Exception as e:  # noqa: BLE001 -- report whatever stops the import, then go on
+        print(f"[benchmarks.train] mamba_ssm rows skipped: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
+    if not torch.cuda.is_available():
+        print("[benchmarks.train] mamba_ssm rows skipped: no CUDA device for torch", file=sys.stderr)
+        return None
+    m = config.model
+    if arch == "mamba":
+        ssm_cfg = dict(layer="Mamba1", d_state=m.mamba.d_state, expand=m.mamba.expand, d_conv=m.mamba.d_conv)
+    elif arch == "mamba2":
+        ssm_cfg = dict(layer="Mamba2", d_state=m.mamba2.d_state, headdim=m.mamba2.headdim, expand=m.mamba2.expand,
+                       chunk_size=m.mamba2.chunk_size, d_conv=m.mamba2.d_conv)
+    else:
+        return None
+    cfg = MambaConfig(d_model=m.d_model, n_layer=m.n_layers, vocab_size=m.vocab_size, ssm_cfg=ssm_cfg,
+                      rms_norm=True, residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8,
+                      tie_embeddings=True, d_intermediate=0)
+    model = MambaLMHeadModel(cfg, device="cuda", dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    ids = torch.randint(0, m.vocab_size, (args.batch, args.seq_len + 1), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / args.steps
+    row = dict(impl="mamba_ssm", arch=arch, batch=args.batch, seq_len=args.seq_len, dtype="bf16 autocast",
+               tokens_per_sec=args.batch * args.seq_len / dt, step_ms=1e3 * dt,
+               peak_memory_bytes=int(torch.cuda.max_memory_allocated()))
+    del model, opt
+    torch.cuda.empty_cache()
+    return row
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="benchmarks.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", action="append", help="gpt2_small arch (repeatable; default mamba2, mamba)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq_len", type=int, default=1024)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=10, help="steps before timing (compile included)")
+    p.add_argument("--peak_tflops", type=float, default=989.0)
+    p.add_argument("--no_peer", action="store_true", help="skip mamba_ssm")
+    p.add_argument("--smoke", action="store_true", help="tiny models, a few steps: a CPU check")
+    p.add_argument("--json", default=None, help="write the rows here (JSON lines)")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.batch, a.seq_len, a.steps, a.warmup, a.dtype = 2, 64, 4, 4, "float32"
+    archs = a.arch or ["mamba2", "mamba"]
+    rows = []
+    for arch in archs:
+        row = ours(arch, a)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if not a.no_peer:
+            config = _config(arch, smoke=a.smoke, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype, steps=a.steps,
+                             warmup=a.warmup)
+            peer = mamba_ssm_row(arch, a, config)
+            if peer:
+                row["peer_tokens_per_sec"] = peer["tokens_per_sec"]
+                row["speedup"] = row["tokens_per_sec"] / peer["tokens_per_sec"]
+                rows.append(peer)
+                print(json.dumps(peer), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    print("\n| impl | arch | batch x len | tokens/s | step ms | MFU | compile s | peak mem GB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mem = r.get("peak_memory_bytes")
+        cells = [r["impl"], r["arch"], f"{r['batch']} x {r['seq_len']}", f"{r['tokens_per_sec']:.4g}", f"{r['step_ms']:.3g}",
+                 f"{100 * r['mfu']:.1f}%" if "mfu" in r else "—", f"{r['compile_s']:.1f}" if "compile_s" in r else "—",
+                 f"{mem / 2**30:.1f}" if mem else "—"]
+        print("| " + " | ".join(cells) + " |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
