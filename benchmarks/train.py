@@ -32,28 +32,22 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
+
+from benchmarks.timing import trainer_speed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "lm", "gpt2_small.py")
 
 
-def _config(arch: str, *, smoke: bool, batch: int, seq_len: int, dtype: str, steps: int, warmup: int):
+def _config(arch: str, *, smoke: bool, batch: int, seq_len: int, dtype: str):
     spec = importlib.util.spec_from_file_location("gpt2_small", CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config(f"arch={arch}" + (",smoke" if smoke else ""))
     c.unlock()
-    c.total_steps = warmup + steps
-    c.log_every = warmup  # window 1: compile + warmup; window 2: the timed steps
-    c.eval_every = c.checkpoint_every = 10**9  # neither runs before the last step ...
-    c.eval.splits = ()  # ... and the last step evaluates nothing
-    c.checkpoint.async_save = False
-    c.checkpoint.best_metric = ""
-    c.progress_bar = False
     c.data.batch_size = batch
     c.data.seq_len = seq_len
     c.model.dtype = dtype
@@ -61,35 +55,19 @@ def _config(arch: str, *, smoke: bool, batch: int, seq_len: int, dtype: str, ste
 
 
 def ours(arch: str, args) -> dict:
-    from experiments import tasks, train
-    from experiments.metrics import read_metrics
+    from experiments import tasks
     from ssm_jax.models import counting
 
-    if args.steps < 1 or args.warmup < 1:
-        raise ValueError("benchmarks.train: --steps and --warmup must be >= 1")
-    c = _config(arch, smoke=args.smoke, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
-                steps=args.steps, warmup=args.warmup)
-    with tempfile.TemporaryDirectory() as workdir:
-        t0 = time.perf_counter()
-        train.train_and_evaluate(c, workdir)
-        wall = time.perf_counter() - t0
-        rows = read_metrics(workdir, "train")
-    first, steady = rows[0], rows[-1]
-    step_s = 1.0 / steady["steps_per_sec"]
-    compile_s = args.warmup / first["steps_per_sec"] - args.warmup * step_s
+    c = _config(arch, smoke=args.smoke, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype)
+    speed = trainer_speed(c, warmup=args.warmup, steps=args.steps)
     model_cfg = tasks.model_config("lm", c.model.to_dict())
     fpt = counting.flops_per_token(model_cfg, int(c.data.seq_len))
-    out = dict(
+    return dict(
         impl="ssm_jax", arch=arch, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
-        parameters=counting.param_count(model_cfg), tokens_per_sec=steady["tokens_per_sec"], step_ms=1e3 * step_s,
-        compile_s=compile_s, flops_per_token=fpt, mfu=fpt * steady["tokens_per_sec"] / (args.peak_tflops * 1e12),
-        peak_tflops=args.peak_tflops, final_loss=steady["loss"], wall_s=wall, backend=jax.default_backend(),
-        device=str(jax.devices()[0].device_kind),
+        parameters=counting.param_count(model_cfg), flops_per_token=fpt,
+        mfu=fpt * speed["tokens_per_sec"] / (args.peak_tflops * 1e12), peak_tflops=args.peak_tflops,
+        backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), **speed,
     )
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        out["peak_memory_bytes"] = int(stats["peak_bytes_in_use"])
-    return out
 
 
 def mamba_ssm_row(arch: str, args, config) -> dict | None:
@@ -168,8 +146,7 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
         if not a.no_peer:
-            config = _config(arch, smoke=a.smoke, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype, steps=a.steps,
-                             warmup=a.warmup)
+            config = _config(arch, smoke=a.smoke, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype)
             peer = mamba_ssm_row(arch, a, config)
             if peer:
                 row["peer_tokens_per_sec"] = peer["tokens_per_sec"]

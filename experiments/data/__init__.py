@@ -14,6 +14,7 @@ _MODULES = {
         "lra_pathfinder64", "lra_pathfinder128", "lra_pathfinder256", "lra_pathx",
     ),
     "experiments.data.text": ("text",),
+    "experiments.data.random_tokens": ("random_classification", "random_retrieval"),
 }
 
 for _module, _names in _MODULES.items():

@@ -22,3 +22,28 @@ def test_decode_benchmark_rows():
     (row,) = rows
     assert row["batch"] == 2 and row["new"] == 8 and row["generate_ms"] > 0
     np.testing.assert_allclose(row["tokens_per_sec"], 2 * 8 / (row["generate_ms"] / 1e3))
+
+
+def test_lra_benchmark_epoch_time_follows_the_step_rate():
+    from benchmarks import lra
+
+    (row,) = lra.main(["--smoke", "--task", "listops", "--mixer", "s4d"])
+    assert (row["task"], row["mixer"], row["seq_len"]) == ("listops", "s4d", 256)
+    np.testing.assert_allclose(row["epoch_s"], 96_000 / row["examples_per_sec"])
+    np.testing.assert_allclose(row["vs_s4_repo"], 900.0 / row["epoch_s"])
+    np.testing.assert_allclose(row["examples_per_sec"] * row["step_ms"] / 1e3, row["batch"], rtol=1e-6)
+
+
+def test_random_token_datasets_have_the_task_shapes():
+    import ml_collections
+
+    from experiments.data import registry
+
+    cfg = ml_collections.ConfigDict(dict(name="random_retrieval", seq_len=12, vocab_size=7, num_classes=3, eval_examples=5))
+    assert registry.get("random_retrieval").TASK == "retrieval"
+    b = next(iter(registry.build(cfg, split="train", seed=0, global_batch_size=4)))
+    assert b["inputs1"].shape == b["inputs2"].shape == (4, 12) and b["mask1"].all() and b["inputs1"].max() < 7
+    assert b["label"].shape == (4,) and b["label"].max() < 3 and not np.array_equal(b["inputs1"], b["inputs2"])
+    cfg.name = "random_classification"
+    evals = list(registry.build(cfg, split="validation", seed=0, global_batch_size=4))
+    assert len(evals) == 2 and evals[1]["weights"].tolist() == [1, 0, 0, 0]  # 5 examples, padded

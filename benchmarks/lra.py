@@ -1,0 +1,104 @@
+r"""Long Range Arena training speed: every ``experiments/configs/lra`` config x mixer, the trainer's step.
+
+Each config is built as committed (model, batch, optimizer) with its data swapped for random
+tokens of the task's real shape (``experiments.data.random_tokens``: same length, vocabulary,
+classes, two sequences for Retrieval), then ``benchmarks.timing.trainer_speed`` runs the trainer
+itself for ``--warmup + --steps`` steps. Rows: examples/s, tokens/s, seconds per epoch (the
+published train split over the batch), peak memory, compile time; and the epoch time against the
+state-spaces/s4 repository's reported minutes per epoch where it gives one (S4: ListOps 15 min on
+a T4, CIFAR 2 min and Pathfinder 7 min on an A100; the goal is 5x faster than those).
+
+    PYTHONPATH=$PWD python3 benchmarks/lra.py --json $OUT/lra.json [--task listops --mixer s4d ...]
+    python -m benchmarks.lra --smoke     # a CPU check: 1-layer models at length <= 256
+
+Not yet run on a GPU: no numbers are recorded from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+
+import jax
+
+from benchmarks.timing import trainer_speed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "experiments", "configs", "lra")
+TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+# Published train split sizes (LRA release; Image = CIFAR-10's 45K after a 5K validation split,
+# Pathfinder / Path-X = 80% of 200K).
+TRAIN_EXAMPLES = dict(listops=96_000, text=25_000, retrieval=147_086, image=45_000, pathfinder=160_000, pathx=160_000)
+# state-spaces/s4 models/s4/experiments.md: minutes per epoch of S4 (device).
+S4_EPOCH_MINUTES = dict(listops=(15.0, "T4"), image=(2.0, "A100"), pathfinder=(7.0, "A100"))
+
+
+def _config(task: str, mixer: str, *, smoke: bool, dtype: str):
+    spec = importlib.util.spec_from_file_location(f"lra_{task}", os.path.join(CONFIGS, f"{task}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(f"mixer={mixer}" + (",smoke" if smoke else ""))
+    c.unlock()
+    retrieval = bool(c.model.dual_encoder)
+    c.data = dict(
+        name="random_retrieval" if retrieval else "random_classification", batch_size=int(c.data.batch_size),
+        seq_len=int(c.data.seq_len), vocab_size=int(c.model.vocab_size), num_classes=int(c.model.num_classes),
+        eval_examples=int(c.data.batch_size),
+    )
+    c.model.dtype = dtype
+    return c.lock()
+
+
+def row(task: str, mixer: str, args) -> dict:
+    c = _config(task, mixer, smoke=args.smoke, dtype=args.dtype)
+    speed = trainer_speed(c, warmup=args.warmup, steps=args.steps)
+    epoch_s = TRAIN_EXAMPLES[task] / speed["examples_per_sec"]
+    out = dict(task=task, mixer=mixer, batch=int(c.data.batch_size), seq_len=int(c.data.seq_len), dtype=args.dtype,
+               n_layers=int(c.model.n_layers), d_model=int(c.model.d_model), epoch_s=epoch_s,
+               backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), **speed)
+    if task in S4_EPOCH_MINUTES:
+        minutes, device = S4_EPOCH_MINUTES[task]
+        out["s4_repo_epoch_s"] = 60 * minutes
+        out["s4_repo_device"] = device
+        out["vs_s4_repo"] = 60 * minutes / epoch_s
+    return out
+
+
+def main(argv=None) -> list[dict]:
+    from experiments.configs.lra import base
+
+    p = argparse.ArgumentParser(prog="benchmarks.lra", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", action="append", choices=TASKS, help="repeatable; default all")
+    p.add_argument("--mixer", action="append", choices=base.MIXERS, help="repeatable; default all")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.steps, a.warmup, a.dtype = 2, 2, "float32"
+    rows = []
+    for task in a.task or TASKS:
+        for mixer in a.mixer or base.MIXERS:
+            r = row(task, mixer, a)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            if a.json:
+                with open(a.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    print("\n| task | mixer | batch x len | examples/s | tokens/s | s / epoch | vs s4 repo | peak mem GB | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mem = r.get("peak_memory_bytes")
+        vs = f"{r['vs_s4_repo']:.1f}x ({r['s4_repo_device']})" if "vs_s4_repo" in r else "—"
+        print(f"| {r['task']} | {r['mixer']} | {r['batch']} x {r['seq_len']} | {r['examples_per_sec']:.4g} | "
+              f"{r['tokens_per_sec']:.4g} | {r['epoch_s']:.4g} | {vs} | {f'{mem / 2**30:.1f}' if mem else '—'} | "
+              f"{r['compile_s']:.1f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
