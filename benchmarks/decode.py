@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from benchmarks.peers import add_rows, mamba_lm, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "lm", "gpt2_small.py")
@@ -81,29 +81,12 @@ def ours(arch: str, batch: int, args) -> dict:
 
 def mamba_ssm_row(arch: str, batch: int, args) -> dict | None:
     """mamba_ssm's ``generate(cg=True)`` on the same model shape; None if it cannot run here."""
-    if arch not in ("mamba", "mamba2"):
+    peer = mamba_lm(_model_config(arch, smoke=args.smoke, dtype=args.dtype), dtype=args.dtype, who="benchmarks.decode")
+    if peer is None:
         return None
-    try:
-        import torch
-        from mamba_ssm.models.config_mamba import MambaConfig
-        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
-    except Exception as e:  # noqa: BLE001 -- report whatever stops the import, then go on
-        print(f"[benchmarks.decode] mamba_ssm rows skipped: {type(e).__name__}: {e}", file=sys.stderr)
-        return None
-    if not torch.cuda.is_available():
-        print("[benchmarks.decode] mamba_ssm rows skipped: no CUDA device for torch", file=sys.stderr)
-        return None
-    c = _model_config(arch, smoke=args.smoke, dtype=args.dtype)
-    sub = c.mamba if arch == "mamba" else c.mamba2
-    ssm_cfg = dict(layer="Mamba1" if arch == "mamba" else "Mamba2", d_state=sub.d_state, expand=sub.expand)
-    if arch == "mamba2":
-        ssm_cfg.update(headdim=sub.headdim, chunk_size=sub.chunk_size)
-    cfg = MambaConfig(d_model=c.d_model, n_layer=c.n_layers, vocab_size=c.vocab_size, ssm_cfg=ssm_cfg, rms_norm=True,
-                      residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8, tie_embeddings=True,
-                      d_intermediate=0)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = MambaLMHeadModel(cfg, device="cuda", dtype=dtype).eval()
-    ids = torch.randint(0, c.vocab_size, (batch, args.prompt), device="cuda")
+    torch, model = peer
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch, args.prompt), device="cuda")
     run = lambda: model.generate(ids, max_length=args.prompt + args.new, cg=True, top_k=1)  # noqa: E731
     run()
     torch.cuda.synchronize()
@@ -139,18 +122,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     for arch in archs:
         for batch in a.batch or [1, 16, 64]:
-            row = ours(arch, batch, a)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            peer = None if a.no_peer else mamba_ssm_row(arch, batch, a)
-            if peer:
-                row["speedup"] = row["tokens_per_sec"] / peer["tokens_per_sec"]
-                rows.append(peer)
-                print(json.dumps(peer), flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+            add_rows(rows, ours(arch, batch, a), None if a.no_peer else mamba_ssm_row(arch, batch, a))
+    write_jsonl(a.json, rows)
     print("\n| impl | arch | batch | prefill ms | generate ms | tokens/s | ms/token |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import sys
 import time
 
 import jax
 
+from benchmarks.peers import add_rows, mamba_lm, write_jsonl
 from benchmarks.timing import trainer_speed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,28 +72,13 @@ def ours(arch: str, args) -> dict:
 def mamba_ssm_row(arch: str, args, config) -> dict | None:
     """The same model in mamba_ssm, timed in this process; None (with the reason printed) if it
     cannot run here."""
-    try:
-        import torch
-        from mamba_ssm.models.config_mamba import MambaConfig
-        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
-    except Exception as e:  # noqa: BLE001 -- report whatever stops the import, then go on
-        print(f"[benchmarks.train] mamba_ssm rows skipped: {type(e).__name__}: {e}", file=sys.stderr)
+    from experiments import tasks
+
+    peer = mamba_lm(tasks.model_config("lm", config.model.to_dict()), dtype="float32", who="benchmarks.train")
+    if peer is None:
         return None
-    if not torch.cuda.is_available():
-        print("[benchmarks.train] mamba_ssm rows skipped: no CUDA device for torch", file=sys.stderr)
-        return None
+    torch, model = peer
     m = config.model
-    if arch == "mamba":
-        ssm_cfg = dict(layer="Mamba1", d_state=m.mamba.d_state, expand=m.mamba.expand, d_conv=m.mamba.d_conv)
-    elif arch == "mamba2":
-        ssm_cfg = dict(layer="Mamba2", d_state=m.mamba2.d_state, headdim=m.mamba2.headdim, expand=m.mamba2.expand,
-                       chunk_size=m.mamba2.chunk_size, d_conv=m.mamba2.d_conv)
-    else:
-        return None
-    cfg = MambaConfig(d_model=m.d_model, n_layer=m.n_layers, vocab_size=m.vocab_size, ssm_cfg=ssm_cfg,
-                      rms_norm=True, residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8,
-                      tie_embeddings=True, d_intermediate=0)
-    model = MambaLMHeadModel(cfg, device="cuda", dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     ids = torch.randint(0, m.vocab_size, (args.batch, args.seq_len + 1), device="cuda")
 
@@ -142,21 +126,9 @@ def main(argv=None) -> list[dict]:
     archs = a.arch or ["mamba2", "mamba"]
     rows = []
     for arch in archs:
-        row = ours(arch, a)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if not a.no_peer:
-            config = _config(arch, smoke=a.smoke, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype)
-            peer = mamba_ssm_row(arch, a, config)
-            if peer:
-                row["peer_tokens_per_sec"] = peer["tokens_per_sec"]
-                row["speedup"] = row["tokens_per_sec"] / peer["tokens_per_sec"]
-                rows.append(peer)
-                print(json.dumps(peer), flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        config = _config(arch, smoke=a.smoke, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype)
+        add_rows(rows, ours(arch, a), None if a.no_peer else mamba_ssm_row(arch, a, config))
+    write_jsonl(a.json, rows)
     print("\n| impl | arch | batch x len | tokens/s | step ms | MFU | compile s | peak mem GB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

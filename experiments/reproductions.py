@@ -39,6 +39,16 @@ def _runs(task_dir: str) -> dict[str, list[dict]]:
     return out
 
 
+def _save(fig, ax, out: str, title: str = "") -> str:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
+
+
 def _last(records: list[dict], split: str, key: str = "accuracy"):
     values = [r[key] for r in records if r["split"] == split and key in r]
     return values[-1] if values else None
@@ -66,12 +76,7 @@ def length_curves(task_dir: str, out: str, *, train_length: int | None = None) -
     ax.set_xlabel("test sequence length")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(os.path.basename(os.path.normpath(task_dir)))
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    return out
+    return _save(fig, ax, out, os.path.basename(os.path.normpath(task_dir)))
 
 
 def learning_curves(task_dir: str, out: str, *, key: str = "accuracy") -> str:
@@ -87,12 +92,7 @@ def learning_curves(task_dir: str, out: str, *, key: str = "accuracy") -> str:
                 ax.plot(*zip(*pts), color=color, label=f"{name} ({split})", **style)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{key} (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(os.path.basename(os.path.normpath(task_dir)))
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    return out
+    return _save(fig, ax, out, os.path.basename(os.path.normpath(task_dir)))
 
 
 def mqar_table(task_dir: str, split: str = "L256_kv64") -> dict[str, dict[int, list[float]]]:
@@ -122,11 +122,7 @@ def mqar_width(task_dir: str, out: str, *, split: str = "L256_kv64") -> str:
     ax.set_xlabel("d_model")
     ax.set_ylabel(f"{split} accuracy (%), best lr")
     ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    return out
+    return _save(fig, ax, out)
 
 
 def main(argv=None) -> list[str]:
