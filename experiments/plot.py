@@ -14,7 +14,7 @@ from collections import defaultdict
 # backend alone, e.g. a notebook's inline one.
 from matplotlib.figure import Figure
 
-from experiments.metrics import read_metrics
+from experiments.metrics import METRICS_FILE, read_metrics
 
 __all__ = ["plot"]
 
@@ -24,6 +24,10 @@ _SKIP = ("step", "split")
 
 def plot(workdir: str, out: str | None = None) -> str:
     """Write the curves of ``workdir`` to ``out`` (default ``workdir/curves.png``); return the path."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.isfile(path):
+        why = "does not exist" if not os.path.exists(workdir) else f"has no {METRICS_FILE}"
+        raise FileNotFoundError(f"plot: {workdir} {why}; expected the --workdir of a run (python -m experiments.run)")
     records = read_metrics(workdir)
     if not records:
         raise ValueError(f"plot: {workdir}/metrics.jsonl has no records")
@@ -65,7 +69,10 @@ def main(argv=None) -> None:
     parser.add_argument("workdir")
     parser.add_argument("--out", default=None, help="PNG path (default: WORKDIR/curves.png)")
     args = parser.parse_args(argv)
-    print(plot(args.workdir, args.out))
+    try:
+        print(plot(args.workdir, args.out))
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))  # the message and exit status 2, no traceback
 
 
 if __name__ == "__main__":

@@ -76,6 +76,24 @@ class Dims:
     def __getitem__(self, letter: str) -> int:
         return self.sizes[letter]
 
+    def agree(self, *named: tuple[Any, str]) -> None:
+        """Bind each unbound letter to the size most of ``(array, spec)`` pairs agree on.
+
+        When several arguments share a letter, the one that disagrees with the others is the one
+        :meth:`bind` then names (binding from the first argument alone would blame the others).
+        Arrays whose rank does not match their spec do not vote; ties go to the earliest pair.
+        """
+        votes: dict[str, list[int]] = {}
+        for x, spec in named:
+            letters = spec.split()
+            if x is None or np.ndim(x) != len(letters):
+                continue
+            for c, s in zip(letters, np.shape(x)):
+                votes.setdefault(c, []).append(int(s))
+        for c, sizes in votes.items():
+            if c not in self.sizes:
+                self.sizes[c] = max(sizes, key=sizes.count)  # max keeps the first of equal counts
+
     def expected(self, spec: str) -> str:
         letters = spec.split()
         sizes = ", ".join(str(self.sizes.get(c, "?")) for c in letters)

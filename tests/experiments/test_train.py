@@ -63,6 +63,17 @@ def test_plot_writes_png(tiny_reference, tmp_path):
     assert os.path.getsize(out) > 10_000
 
 
+def test_plot_names_a_missing_run_directory(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"plot: .*nope does not exist; expected the --workdir of a run"):
+        plot.plot(missing)
+    with pytest.raises(FileNotFoundError, match=r"plot: .* has no metrics.jsonl"):
+        plot.plot(str(tmp_path))
+    with pytest.raises(SystemExit) as e:  # the command line: the message, exit status 2, no traceback
+        plot.main([missing])
+    assert e.value.code == 2 and "nope does not exist" in capsys.readouterr().err
+
+
 def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path):
     # A workdir holding only the step-3 checkpoint: the run that stopped there.
     w = str(tmp_path / "resumed")
