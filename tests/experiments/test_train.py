@@ -63,6 +63,21 @@ def test_plot_writes_png(tiny_reference, tmp_path):
     assert os.path.getsize(out) > 10_000
 
 
+def test_plot_gives_each_split_one_colour_in_every_panel(tiny_reference):
+    # train has grad_norm alone; validation and odd_batch only have the evaluated metrics, so a
+    # per-panel colour order would give train another colour in the grad_norm panel.
+    fig = plot.figure(read_metrics(tiny_reference))
+    colours: dict[str, set] = {}
+    panels = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+            panels.setdefault(ax.get_title(), set()).add(line.get_label())
+    assert panels["grad_norm"] == {"train"} and panels["loss"] == {"train", "validation", "odd_batch"}
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({c.pop() for c in colours.values()}) == 3  # and the splits differ from each other
+
+
 def test_plot_names_a_missing_run_directory(tmp_path, capsys):
     missing = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=r"plot: .*nope does not exist; expected the --workdir of a run"):
