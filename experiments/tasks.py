@@ -29,7 +29,7 @@ import optax
 
 from experiments.data import registry
 
-__all__ = ["build_model", "finalize", "forward", "lm_rows", "loss_sums", "model_config", "task_of", "tokens_in"]
+__all__ = ["build_model", "finalize", "forward", "lm_rows", "loss_sums", "metric_names", "model_config", "task_of", "tokens_in"]
 
 
 def task_of(data_config) -> str:
@@ -108,6 +108,13 @@ def finalize(sums: Mapping[str, Any], task: str) -> dict[str, float]:
         out["perplexity"] = math.exp(min(loss, 80.0))
         out["bits_per_token"] = loss / math.log(2.0)
     return out
+
+
+def metric_names(task: str, dataset: str) -> tuple[str, ...]:
+    """The metrics an evaluation of ``task`` on ``dataset`` reports (:func:`finalize`, plus the
+    trainer's ``bits_per_byte`` on the ``text`` dataset)."""
+    names = ("loss", "accuracy") + (("seq_accuracy", "perplexity", "bits_per_token") if task == "lm" else ())
+    return names + (("bits_per_byte",) if dataset == "text" else ())
 
 
 def tokens_in(batch: Mapping[str, np.ndarray], task: str) -> int:

@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import checkpointing, mesh as mesh_lib, optim as optim_lib, tasks
+from experiments import checkpointing, config_checks, mesh as mesh_lib, optim as optim_lib, tasks
 from experiments.data import registry
 from experiments.metrics import MetricWriter, ProgressBar
 from ssm_jax import parallel
@@ -209,8 +209,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config.lock()
     workdir = os.path.abspath(workdir)
     pid, nproc = jax.process_index(), jax.process_count()
-    task = tasks.task_of(config.data)
-    model_cfg = tasks.model_config(task, config.model.to_dict())
+    # Every section is checked now, before anything is built or written: a bad evaluation
+    # setting must not surface only after the last step.
+    task = config_checks.check_experiment(config)
+    try:
+        model_cfg = tasks.model_config(task, config.model.to_dict())
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"config.model: {e}") from None
     num_classes = model_cfg.vocab_size if task == "lm" else model_cfg.num_classes
     total_steps = int(config.total_steps)
     accum = int(config.optim.grad_accum_steps)
@@ -465,8 +470,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for name, extra in config.eval.extra.items():
                 if not (final or extra.every_eval):
                     continue
-                if extra.forward not in ("parallel", "chunked"):
-                    raise ValueError(f"eval.extra.{name}.forward must be 'parallel' or 'chunked'; got {extra.forward!r}")
                 data_config = ml_collections.ConfigDict(config.data.to_dict())
                 data_config.update(extra.data.to_dict())
                 chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
@@ -484,8 +487,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         last_train: dict[str, float] = {}
         preempted = False
         per_call = int(config.steps_per_call)
-        if per_call < 1:
-            raise ValueError(f"train: steps_per_call must be a positive int; got {config.steps_per_call!r}")
         cadences = (int(config.log_every), int(config.eval_every), int(config.checkpoint_every))
         stop = _EarlyStop(workdir, config.early_stop)
         stopped = stop.stopped_at(start)

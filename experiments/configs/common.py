@@ -3,7 +3,9 @@
 A config module (``experiments/configs/<suite>/<name>.py``) defines ``get_config(arg=None)``,
 starts from :func:`base_config`, fills ``model``, ``data``, ``optim`` and ``eval`` for its
 experiment, and returns the config *locked*: assigning a key that does not exist (on the command
-line or in a notebook) is an error that lists the keys that do.
+line or in a notebook) is an error that lists the keys that do. The trainer checks the value of
+every key below before it builds or writes anything (:mod:`experiments.config_checks`; ``model.*``
+by the model config dataclasses): a bad value fails at once, naming the key.
 
 Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
 

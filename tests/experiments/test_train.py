@@ -136,7 +136,7 @@ def test_early_stop_ends_the_run_and_a_rerun_reports_it(tiny, tiny_reference, tm
     again = train.train_and_evaluate(tiny_config(**stop), w)  # no further training
     assert again["step"] == 3 and again["stopped_early"]
     assert sorted(losses(w)) == [1, 2, 3]
-    with pytest.raises(ValueError, match="early_stop.metric 'validation/acc' is not an evaluated metric"):
+    with pytest.raises(ValueError, match=r"config.early_stop.metric must be \"\" or one of \['validation/loss', .*; got 'validation/acc'"):
         train.train_and_evaluate(tiny_config(**{"early_stop.metric": "validation/acc"}), str(tmp_path / "bad"))
 
 
