@@ -217,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except (TypeError, ValueError) as e:
         raise type(e)(f"config.model: {e}") from None
     num_classes = model_cfg.vocab_size if task == "lm" else model_cfg.num_classes
+    vocab_size = model_cfg.vocab_size
     total_steps = int(config.total_steps)
     accum = int(config.optim.grad_accum_steps)
     batch_size = int(config.data.batch_size)
@@ -435,6 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for i, batch in enumerate(it):
                 if 0 <= num_batches <= i:
                     break
+                tasks.check_batch(batch, task, vocab_size, num_classes, f"evaluation {name!r}, batch {i}")
                 if chunk:
                     sums = chunked_sums(batch, sharding, sharded, chunk)
                 else:
@@ -494,6 +496,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # Run up to the next step at which something is logged, evaluated or saved.
             n = min([per_call, total_steps - step] + [c - step % c for c in cadences])
             host_batches = [next(train_iter) for _ in range(n)]
+            for i, b in enumerate(host_batches):
+                tasks.check_batch(b, task, vocab_size, num_classes, f"train batch of step {step + i + 1}")
             window_tokens += sum(tasks.tokens_in(b, task) for b in host_batches) * nproc
             if n == 1:
                 state, metrics = train_step(state, rngs, _put_batch(host_batches[0], batch_sharding))

@@ -154,6 +154,14 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="max_new_tokens"):
         ssm_jax.generate(model, prompt, -1)
     np.testing.assert_array_equal(ssm_jax.generate(model, prompt, 0), prompt)
+    # Ids past the vocabulary (issue 19: generate emitted zeros) and negative ids are named.
+    with pytest.raises(ValueError, match=rf"generate: `prompt_ids` must hold token ids in \[0, {V}\) .*got \[-2, 200\]"):
+        ssm_jax.generate(model, prompt.at[0, 0].set(200).at[1, 2].set(-2), 2)
+    with pytest.raises(ValueError, match=rf"generate: `eos_id` must be None or a token id in \[0, {V}\); got {V}"):
+        ssm_jax.generate(model, prompt, 2, eos_id=V)
+    # The filler after a shorter prompt is never read, so it may be anything.
+    out = ssm_jax.generate(model, prompt.at[0, 2].set(-1), 2, prompt_lengths=[2, 3])
+    assert out.shape == (2, 5) and np.all(np.asarray(out) >= 0)
 
 
 RAGGED = np.array([2, 5, 3])

@@ -180,6 +180,7 @@ def save_hf_checkpoint(
     if bad:
         raise ValueError(f"{fn}: `extra_config` keys {bad} are not allowed; they may only add keys that do not affect "
                          f"the forward pass: {allowed}")
+    hf_config.check_token_id_fields(extra, model.config.vocab_size, fn=f"{fn}: extra_config")
     config.update(extra)
     params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     tensors = to_reference_tensors(model.config, params)

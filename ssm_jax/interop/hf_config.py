@@ -40,6 +40,7 @@ from ssm_jax.nn.config import Mamba2Config, MambaConfig
 __all__ = [
     "LAYOUTS",
     "ReferenceConfig",
+    "check_token_id_fields",
     "detect_layout",
     "from_reference_config",
     "to_transformers_config",
@@ -191,6 +192,22 @@ def _residual(f: _Fields, key: str, dtype: str) -> None:
                "float32); load with dtype='float32', which computes the same forward pass either way")
 
 
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id")
+
+
+def check_token_id_fields(config: Mapping[str, Any], vocab_size: int, *, fn: str) -> None:
+    """The special token ids of ``config`` (null, an id or a list of ids) must lie in
+    ``[0, vocab_size)``: generation would feed them to the embedding (ids past the table embed as
+    NaN), and an ``eos_token_id`` the model cannot emit would never stop it."""
+    for key in TOKEN_ID_KEYS:
+        value = config.get(key)
+        ids = value if isinstance(value, (list, tuple)) else [value]
+        bad = [i for i in ids if i is not None and not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size)]
+        if bad:
+            raise ValueError(f"{fn}: config.json `{key}`={value!r} is not a token id of this model: {bad} outside "
+                             f"[0, vocab_size={vocab_size}) (supported: null, an id, or a list of ids in range)")
+
+
 def detect_layout(config: Mapping[str, Any], *, fn: str = "detect_layout") -> str:
     """The layout (one of ``LAYOUTS``) a ``config.json`` mapping describes."""
     if not isinstance(config, Mapping):
@@ -232,6 +249,7 @@ def from_reference_config(config: Mapping[str, Any], *, dtype: str = "float32",
         if str(e).startswith(f"{fn}:"):
             raise
         raise ValueError(f"{fn}: config.json describes a model ssm_jax cannot build: {e}") from None
+    check_token_id_fields(config, stack["vocab_size"], fn=fn)
     multiple = native_multiple if pad_vocab_size_multiple is None else pad_vocab_size_multiple
     try:
         model_config = LanguageModelConfig(**stack, pad_vocab_size_multiple=multiple, dtype=dtype)

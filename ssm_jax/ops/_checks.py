@@ -14,7 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Dims", "FLOAT_DTYPES", "check_bool", "check_float", "check_int_array", "check_positive_int", "check_real", "to_array"]
+__all__ = [
+    "Dims", "FLOAT_DTYPES", "check_bool", "check_float", "check_int_array", "check_positive_int", "check_real",
+    "check_token_ids", "to_array",
+]
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
 
@@ -47,6 +50,23 @@ def check_real(op: str, name: str, x: jax.Array) -> None:
 def check_int_array(op: str, name: str, x: jax.Array) -> None:
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(f"{op}: `{name}` must have an integer dtype; got {x.dtype}")
+
+
+def check_token_ids(op: str, name: str, ids: Any, vocab_size: int) -> None:
+    """Concrete token ids must lie in ``[0, vocab_size)``; a ValueError names the ones that do not.
+
+    Traced ids pass (their values are unknown here): the embedding then gives NaN for them.
+    """
+    if isinstance(ids, jax.core.Tracer):
+        return
+    a = np.asarray(ids)
+    bad = (a < 0) | (a >= vocab_size)
+    if bad.any():
+        values = sorted({int(v) for v in a[bad]})
+        where = [tuple(int(i) for i in idx) for idx in np.argwhere(bad)[:3]]
+        more = f" and {len(values) - 8} more" if len(values) > 8 else ""
+        raise ValueError(f"{op}: `{name}` must hold token ids in [0, {vocab_size}) (vocab_size={vocab_size}); "
+                         f"got {values[:8]}{more} ({int(bad.sum())} positions, first at index {where})")
 
 
 def check_positive_int(op: str, name: str, v: Any) -> int:

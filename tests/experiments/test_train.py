@@ -140,6 +140,16 @@ def test_early_stop_ends_the_run_and_a_rerun_reports_it(tiny, tiny_reference, tm
         train.train_and_evaluate(tiny_config(**{"early_stop.metric": "validation/acc"}), str(tmp_path / "bad"))
 
 
+def test_token_ids_outside_the_models_vocabulary_are_refused(tiny, tmp_path):
+    """Issue 19: the data's ids (vocabulary 8) past the model's vocab_size 6 are named, at the
+    first train batch, instead of training on NaN (or clamped) embeddings."""
+    c = tiny_config(**{"model.vocab_size": 6})
+    with pytest.raises(ValueError, match=r"train batch of step 1: `inputs` holds token ids outside \[0, 6\) \(the "
+                                         r"model's vocab_size\): \[6, 7\] at \d+ positions"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))
+
+
 def test_steps_per_call_must_be_positive(tiny, tmp_path):
     with pytest.raises(ValueError, match="steps_per_call must be a positive int; got 0"):
         train.train_and_evaluate(tiny_config(steps_per_call=0), str(tmp_path))

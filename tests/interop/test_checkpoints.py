@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -145,6 +146,19 @@ def _copy_with(tmp_path: Path, name: str, edit) -> Path:
     edit(tensors)
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     return tmp_path
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
+    """Issue 19: special token ids a model cannot embed or emit are named on load and save."""
+    shutil.copytree(FIXTURES / "hf_mamba", tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    for key, value, shown in (("eos_token_id", 37, "[37]"), ("pad_token_id", -1, "[-1]"), ("bos_token_id", [0, 40], "[40]")):
+        (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ValueError, match=rf"load_hf_checkpoint: config.json `{key}`={re.escape(repr(value))} is not a "
+                                             rf"token id of this model: {re.escape(shown)} outside \[0, vocab_size=37\)"):
+            load_hf_checkpoint(tmp_path / "c")
+    with pytest.raises(ValueError, match=r"save_hf_checkpoint: extra_config: config.json `eos_token_id`=99 is not a token id"):
+        save_hf_checkpoint(_loaded("hf_mamba"), tmp_path / "s", extra_config={"eos_token_id": 99})
 
 
 def test_sharded_checkpoint(tmp_path):

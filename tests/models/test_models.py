@@ -332,3 +332,24 @@ def test_head_geometry_errors_name_the_layer_and_field():
         nn.Hydra(8, nn.HydraConfig(headdim=5, d_state=4), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"Mamba2: `ngroups`=3 must divide the number of heads 4"):
         nn.Mamba2(8, nn.Mamba2Config(headdim=4, ngroups=3, d_state=4), rngs=nnx.Rngs(0))
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_or_poisoned():
+    """Issue 19: id 200 with vocab_size 64 gave NaN logits silently, and negative ids wrapped
+    around to the last rows. Concrete ids raise, naming them; traced ids give NaN from there."""
+    cfg = LanguageModelConfig(vocab_size=13, d_model=8, n_layers=1, mixer="mamba", **SMALL)
+    model = build(LanguageModel, cfg)
+    ok = jnp.asarray([[1, 2, 3, 4]])
+    for bad, shown in ((200, r"\[200\]"), (-1, r"\[-1\]"), (13, r"\[13\]"), (15, r"\[15\]")):  # 15 < padded 16
+        ids = ok.at[0, 2].set(bad)
+        with pytest.raises(ValueError, match=rf"LanguageModel: `input_ids` must hold token ids in \[0, 13\) .*got {shown} "
+                                             r"\(1 positions, first at index \[\(0, 2\)\]\)"):
+            model(ids)
+        logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, ids))
+        assert np.all(np.isfinite(logits[:, :2])) and np.all(np.isnan(logits[:, 2:])), bad
+    with pytest.raises(ValueError, match=r"LanguageModel.step: `token_ids` must hold token ids in \[0, 13\)"):
+        model.step(jnp.asarray([13]), model.init_cache(1, 4))
+    clf = build(SequenceClassifier, SequenceClassifierConfig(vocab_size=13, d_model=8, n_layers=1, mixer="mamba",
+                                                             num_classes=2, **SMALL))
+    with pytest.raises(ValueError, match=r"SequenceClassifier: `inputs` must hold token ids in \[0, 13\) .*got \[-3\]"):
+        clf(ok.at[0, 0].set(-3))
