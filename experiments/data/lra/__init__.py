@@ -3,7 +3,9 @@
 Importing this package registers the TFDS builders ``lra_listops``, ``lra_text``,
 ``lra_retrieval``, ``lra_image``, ``lra_pathfinder{32,64,128,256}`` and ``lra_pathx`` (so
 ``tfds.data_source("lra_listops/generated", data_dir=...)`` works once prepared) and the datasets
-of the same names in :mod:`experiments.data.registry`.
+of the same names in :mod:`experiments.data.registry`. The builders write array_record unless
+given another ``file_format`` (TFDS's default, tfrecord, would need TensorFlow), so
+``tfds.builder("lra_listops/generated").download_and_prepare()`` works as is.
 
 ``data.*`` keys read by every LRA dataset::
 
