@@ -224,6 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if batch_size % accum:
         raise ValueError(f"train: data.batch_size={batch_size} is not divisible by optim.grad_accum_steps={accum}")
     checkpointing.check_config(workdir, config.to_dict(), write=pid == 0)
+    # config.json keeps "{workdir}" as written; the data sees this run's directory.
+    config = _expand_workdir(config, workdir)
 
     # ------------------------------------------------------------------------------------------
     # Mesh.
@@ -564,6 +566,29 @@ def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml
     nnx.update(model, params["ssm"], params["other"])
     model.eval()
     return model, config, step
+
+
+WORKDIR_TOKEN = "{workdir}"
+
+
+def _expand_workdir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """``config`` with ``"{workdir}"`` in the string values of ``data`` and of the evaluations'
+    ``data`` overrides replaced by ``workdir`` (e.g. LRA smoke runs prepare their data inside
+    the run's directory, not at a fixed shared path)."""
+
+    def expand(node):
+        for k, v in node.items():
+            if isinstance(v, ml_collections.ConfigDict):
+                expand(v)
+            elif isinstance(v, str) and WORKDIR_TOKEN in v:
+                node[k] = v.replace(WORKDIR_TOKEN, workdir)
+
+    out = ml_collections.ConfigDict(config.to_dict())
+    expand(out.data)
+    for extra in out.eval.extra.values():
+        expand(extra.data)
+    out.lock()
+    return out
 
 
 def _with_ssm_lr(optim_config, ssm_lr: float | None):

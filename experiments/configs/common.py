@@ -25,7 +25,9 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
                                  to ``Config.from_dict`` unchanged
     data.name             str    a dataset in experiments.data.registry (it fixes the task)
     data.batch_size       int    global train batch (all processes, all microbatches)
-    data.*                       dataset-specific keys, read by the dataset's builder
+    data.*                       dataset-specific keys, read by the dataset's builder; in their
+                                 string values (and eval.extra data overrides) "{workdir}" is
+                                 replaced by the run's --workdir (config.json keeps "{workdir}")
     optim.lr, warmup_steps, min_lr_ratio, b1, b2, eps, weight_decay, clip_norm
     optim.schedule        str    "cosine" (to lr * min_lr_ratio at total_steps) | "constant";
                                  both after a linear warmup
