@@ -23,8 +23,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -35,79 +33,15 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import checkpointing, config_checks, mesh as mesh_lib, optim as optim_lib, tasks
+from experiments import checkpointing, config_checks, mesh as mesh_lib, optim as optim_lib, stopping, tasks
 from experiments.data import registry
-from experiments.metrics import MetricWriter, ProgressBar
+from experiments.metrics import METRICS_FILE, MetricWriter, ProgressBar, read_metrics
 from ssm_jax import parallel
 from ssm_jax.nn import SSMParam
 
 __all__ = ["load_model", "train_and_evaluate"]
 
 BATCH_AXES = ("data", "fsdp")
-
-
-class _Preemption:
-    """SIGTERM -> finish the current step, save, return. Several processes stop at the same step."""
-
-    def __init__(self, multiprocess: bool):
-        self.multiprocess = multiprocess
-        self.requested = False
-        self._previous = None
-        # With jax.distributed, JAX's preemption notifier owns SIGTERM and syncs the stop step.
-        if not multiprocess and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        if self.multiprocess:
-            from jax.experimental import multihost_utils
-
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-class _EarlyStop:
-    """``config.early_stop``: end training once an evaluated metric reaches a threshold (Zoology
-    stops MQAR runs at validation accuracy 0.99). ``DIR/early_stop.json`` records the stop, so
-    rerunning a stopped run reports it instead of training on."""
-
-    def __init__(self, workdir: str, cfg):
-        self.metric = str(cfg.metric)
-        self.threshold = float(cfg.threshold)
-        if cfg.mode not in ("max", "min"):
-            raise ValueError(f"train: early_stop.mode must be 'max' or 'min'; got {cfg.mode!r}")
-        self.mode = cfg.mode
-        self.path = os.path.join(workdir, "early_stop.json")
-
-    def reached(self, metrics: dict[str, float]) -> bool:
-        if not self.metric:
-            return False
-        if self.metric not in metrics:
-            raise ValueError(
-                f"train: early_stop.metric {self.metric!r} is not an evaluated metric; evaluated: {sorted(metrics)}"
-            )
-        value = metrics[self.metric]
-        return value >= self.threshold if self.mode == "max" else value <= self.threshold
-
-    def record(self, step: int, metrics: dict[str, float]) -> None:
-        if jax.process_index() == 0:
-            with open(self.path, "w") as f:
-                json.dump({"step": step, "metric": self.metric, "value": metrics[self.metric], "threshold": self.threshold}, f)
-        logging.warning("early stop at step %d: %s = %.4g", step, self.metric, metrics[self.metric])
-
-    def stopped_at(self, step: int) -> bool:
-        """Whether the run stopped early at ``step`` (the step it resumes from)."""
-        if not os.path.exists(self.path):
-            return False
-        with open(self.path) as f:
-            return int(json.load(f)["step"]) == step
 
 
 def _reseed(rngs: nnx.State, key: jax.Array) -> nnx.State:
@@ -223,7 +157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batch_size = int(config.data.batch_size)
     if batch_size % accum:
         raise ValueError(f"train: data.batch_size={batch_size} is not divisible by optim.grad_accum_steps={accum}")
-    checkpointing.check_config(workdir, config.to_dict(), write=pid == 0)
+    # Compared with the workdir's config.json now; recorded once the resume step is known (a
+    # changed schedule is refused then, and must not overwrite the record).
+    recorded_config = checkpointing.check_config(workdir, config.to_dict())
+    config_record = config.to_dict()
     # config.json keeps "{workdir}" as written; the data sees this run's directory.
     config = _expand_workdir(config, workdir)
 
@@ -257,6 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     abs_params = {"ssm": abs_ssm, "other": abs_other}
 
     with jax.set_mesh(mesh), contextlib.ExitStack() as cleanup:
+        # SIGTERM / Ctrl-C from here on: save after the current call and return (stopping.py).
+        signals = stopping.StopSignals(multiprocess=nproc > 1)
+        cleanup.callback(signals.restore)
+
         # --------------------------------------------------------------------------------------
         # Data.
         # --------------------------------------------------------------------------------------
@@ -314,11 +255,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         cleanup.callback(ckpt.close)
         start = ckpt.latest_step() or 0
+        if start and recorded_config is not None:
+            _check_schedule(recorded_config, config, start, workdir, say=pid == 0)
+        if pid == 0:
+            checkpointing.write_config(workdir, config_record)
         if start:
             state = ckpt.restore(start, checkpointing.abstract_like(state, state_shardings), train_iter)
             if int(state["step"]) != start:
                 raise RuntimeError(f"checkpoint {start} holds step {int(state['step'])}")
-            logging.info("resumed from step %d", start)
+            if pid == 0:  # printed, not logged: absl hides INFO, and a resume should never go unnoticed
+                what = "it is finished: nothing to train" if start >= total_steps else f"training to step {total_steps}"
+                print(f"Resuming {workdir} from its checkpoint at step {start} ({what})", flush=True)
 
         # --------------------------------------------------------------------------------------
         # Steps.
@@ -462,27 +409,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         cleanup.callback(writer.close)
         bar = ProgressBar(total_steps, start, enabled=pid == 0 and bool(config.progress_bar))
         cleanup.callback(bar.close)
-        preemption = _Preemption(multiprocess=nproc > 1)
-        cleanup.callback(preemption.restore)
 
-        def run_evals(step: int, final: bool, splits: bool = True) -> dict[str, float]:
+        def run_evals(step: int, names) -> dict[str, float]:
+            """Evaluate ``names`` (eval.splits and eval.extra entries) and write their rows."""
             out = {}
-            for split in config.eval.splits if splits else ():
-                m = evaluate(split, split, config.data, int(config.eval.batch_size), int(config.eval.num_batches))
-                writer.write(step, split, m)
-                out.update({f"{split}/{k}": v for k, v in m.items()})
-            for name, extra in config.eval.extra.items():
-                if not (final or extra.every_eval):
-                    continue
-                data_config = ml_collections.ConfigDict(config.data.to_dict())
-                data_config.update(extra.data.to_dict())
-                chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
-                m = evaluate(name, extra.split, data_config, int(extra.batch_size), int(extra.num_batches), chunk)
+            for name in names:
+                if name in config.eval.extra:
+                    extra = config.eval.extra[name]
+                    data_config = ml_collections.ConfigDict(config.data.to_dict())
+                    data_config.update(extra.data.to_dict())
+                    chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
+                    m = evaluate(name, extra.split, data_config, int(extra.batch_size), int(extra.num_batches), chunk)
+                else:
+                    m = evaluate(name, name, config.data, int(config.eval.batch_size), int(config.eval.num_batches))
                 writer.write(step, name, m)
                 out.update({f"{name}/{k}": v for k, v in m.items()})
             if out:
                 bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items() if k.endswith(("loss", "accuracy"))))
             return out
+
+        splits = list(config.eval.splits)
+        every_eval = [n for n, e in config.eval.extra.items() if e.every_eval]
+        at_end = [n for n, e in config.eval.extra.items() if not e.every_eval]  # after the last step only
 
         step = start
         window: list[dict[str, jax.Array]] = []
@@ -492,9 +440,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         preempted = False
         per_call = int(config.steps_per_call)
         cadences = (int(config.log_every), int(config.eval_every), int(config.checkpoint_every))
-        stop = _EarlyStop(workdir, config.early_stop)
+        stop = stopping.EarlyStop(workdir, config.early_stop)
         stopped = stop.stopped_at(start)
         while step < total_steps and not stopped:
+            if nproc == 1 and signals.requested and step == start:
+                preempted = True  # the signal came during setup: nothing trained, nothing to save
+                break
             # Run up to the next step at which something is logged, evaluated or saved.
             n = min([per_call, total_steps - step] + [c - step % c for c in cadences])
             host_batches = [next(train_iter) for _ in range(n)]
@@ -528,29 +479,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, "train", last_train)
                 bar.update(0, loss=last_train["loss"], tok_s=last_train["tokens_per_sec"])
                 window, window_tokens, window_start = [], 0, time.perf_counter()
+            if step == total_steps:
+                # Saved, and written to disk, before the final evaluation: however long it takes
+                # or however it fails, the trained state is kept and a rerun only evaluates.
+                ckpt.save(step, state, train_iter)
+                ckpt.wait()
+                final.update(run_evals(step, splits + every_eval + at_end))
+                break
             eval_metrics = {}
-            if step % int(config.eval_every) == 0 or step == total_steps:
-                eval_metrics = run_evals(step, final=step == total_steps)
-                if step < total_steps and stop.reached(eval_metrics):
-                    # Stopping early ends the run: the end-of-training evaluations run now.
-                    stopped = True
-                    eval_metrics.update(run_evals(step, final=True, splits=False))
+            if step % int(config.eval_every) == 0:
+                eval_metrics = run_evals(step, splits + every_eval)
+                stopped = stop.reached(eval_metrics)
                 final.update(eval_metrics)
-            preempted = preemption.reached(step) and step < total_steps and not stopped
-            if step % int(config.checkpoint_every) == 0 or step == total_steps or preempted or stopped:
+            preempted = signals.reached(step) and not stopped
+            if step % int(config.checkpoint_every) == 0 or preempted or stopped:
                 ckpt.save(step, state, train_iter, metrics=eval_metrics or None)
             if preempted:
                 logging.warning("preempted: saved step %d of %d; rerun the same command to resume", step, total_steps)
                 break
             if stopped:
+                # Stopping early ends the run: saved above, the end-of-training evaluations now.
                 stop.record(step, eval_metrics)
-        if start >= total_steps or (stopped and step == start):  # a finished run: report its evaluation again
-            final.update(run_evals(step, final=True))
+                ckpt.wait()
+                final.update(run_evals(step, at_end))
+        if step == start and not preempted and (start >= total_steps or stopped):
+            # Rerunning a finished (or early-stopped) run: report what it recorded, and evaluate
+            # only what is missing (a final evaluation that failed), so no row is written twice.
+            done, last_train = _recorded_rows(workdir, step, splits + every_eval + at_end, process_count=nproc)
+            missing = [n for n in splits + every_eval + at_end if n not in done]
+            if pid == 0:
+                print(f"{workdir}: the run ended at step {step}; reporting its recorded evaluation"
+                      + (f", evaluating what was not recorded: {missing}" if missing else ""), flush=True)
+            final = {f"{n}/{k}": v for n, row in done.items() for k, v in row.items()}
+            final.update(run_evals(step, missing))
         ckpt.wait()
-        out = {"step": step, "preempted": preempted, "stopped_early": bool(stopped)}
+        out = {"step": step, "preempted": preempted, "stop_signal": signals.requested if preempted else None,
+               "stopped_early": bool(stopped), "checkpoint_step": ckpt.latest_step()}
         out.update({f"train/{k}": v for k, v in last_train.items()})
         out.update(final)
         return out
+
+
+def _recorded_rows(workdir: str, step: int, names, *, process_count: int) -> tuple[dict[str, dict], dict]:
+    """``({evaluation: metrics}, train metrics)`` recorded in ``metrics.jsonl`` at ``step`` (the
+    last row of each name). Process 0's reading decides which evaluations count as recorded, so
+    every process runs the same evaluations."""
+    rows: dict[str, dict] = {}
+    if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, METRICS_FILE)):
+        for r in read_metrics(workdir):
+            if r["step"] == step:
+                rows[r["split"]] = {k: float(v) for k, v in r.items() if k not in ("step", "split")}
+    have = np.array([n in rows for n in names], bool)
+    if process_count > 1:
+        from jax.experimental import multihost_utils
+
+        have = np.asarray(multihost_utils.broadcast_one_to_all(have))
+    done = {n: rows.get(n, {}) for n, h in zip(names, have) if h}
+    return done, rows.get("train", {})
+
+
+def _check_schedule(recorded: dict, config, start: int, workdir: str, *, say: bool) -> None:
+    """Refuse to resume at ``start`` when ``total_steps`` differs from the recorded run's and that
+    changes the learning rate of a remaining step, unless ``config.allow_schedule_change``."""
+    old_total, new_total = int(recorded["total_steps"]), int(config.total_steps)
+    change = optim_lib.schedule_change(config.optim, old_total, new_total, start)
+    if change is None:
+        return
+    what = f"total_steps changed from {old_total} (recorded in {workdir}/config.json) to {new_total}: {change}"
+    if not config.allow_schedule_change:
+        raise checkpointing.IncompatibleConfigError(
+            f"{what}. Resuming at step {start} would continue with a schedule the run did not start with. "
+            f"Rerun with --config.total_steps={old_total}, or pass --config.allow_schedule_change=True to resume "
+            "with the new schedule, or use a new --workdir."
+        )
+    if say:
+        print(f"allow_schedule_change=True: resuming at step {start} with the new schedule; {what}", flush=True)
 
 
 def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:

@@ -49,6 +49,9 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
     checkpoint.best_mode  str    "max" | "min"
     checkpoint.async_save bool
     progress_bar          bool   tqdm bar on process 0
+    allow_schedule_change bool   resume although total_steps changed the lr schedule of the
+                                 remaining steps (cosine decays over total_steps); False: such
+                                 a resume is refused, naming the steps whose lr would change
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.steps_per_call = 1
     c.progress_bar = True
+    c.allow_schedule_change = False
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = DEFAULT_SHARDING_RULES

@@ -89,13 +89,15 @@ def test_plot_names_a_missing_run_directory(tmp_path, capsys):
     assert e.value.code == 2 and "nope does not exist" in capsys.readouterr().err
 
 
-def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path):
+def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path, capsys):
     # A workdir holding only the step-3 checkpoint: the run that stopped there.
     w = str(tmp_path / "resumed")
     os.makedirs(os.path.join(w, "checkpoints"))
     shutil.copy(os.path.join(tiny_reference, "config.json"), w)
     shutil.copytree(os.path.join(tiny_reference, "checkpoints", "3"), os.path.join(w, "checkpoints", "3"))
     metrics = train.train_and_evaluate(tiny_config(), w)
+    # Said on stdout (issue 19: an INFO log that absl hides).
+    assert f"Resuming {w} from its checkpoint at step 3 (training to step 6)" in capsys.readouterr().out
     ref = losses(tiny_reference)
     got = losses(w)
     assert sorted(got) == [4, 5, 6]
@@ -103,6 +105,67 @@ def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path):
         assert got[step] == ref[step], (step, got[step], ref[step])  # bit for bit
     assert losses(w, "validation")[6] == losses(tiny_reference, "validation")[6]
     assert metrics["step"] == 6 and not metrics["preempted"]
+
+
+def test_rerunning_a_finished_run_reports_it_without_writing_rows(tiny, tiny_reference, tmp_path, capsys):
+    """Issue 19: a rerun appended a second copy of the last evaluation to metrics.jsonl."""
+    w = str(tmp_path / "w")
+    shutil.copytree(tiny_reference, w)
+    before = open(os.path.join(w, "metrics.jsonl")).read()
+    m = train.train_and_evaluate(tiny_config(), w)
+    assert open(os.path.join(w, "metrics.jsonl")).read() == before  # not a row more
+    out = capsys.readouterr().out
+    assert f"Resuming {w} from its checkpoint at step 6 (it is finished: nothing to train)" in out
+    assert f"{w}: the run ended at step 6; reporting its recorded evaluation\n" in out
+    for split in ("validation", "odd_batch", "train"):
+        row = read_metrics(tiny_reference, split)[-1]
+        for k in ("loss", "accuracy"):
+            assert m[f"{split}/{k}"] == row[k], (split, k)
+    assert m["step"] == 6 and not m["preempted"]
+
+
+def test_the_final_checkpoint_is_saved_before_the_final_evaluation(tiny, tiny_reference, tmp_path):
+    """Issue 19: the final save came after the final evaluation, so a failing evaluation lost the
+    trained state and every rerun trained and failed again."""
+    w = str(tmp_path)
+    bad = tiny_config()
+    bad.eval.extra.odd_batch.data.eval_examples = 0  # only the dataset can tell: fails when evaluated
+    with pytest.raises(ValueError, match="num_examples must be positive; got 0"):
+        train.train_and_evaluate(bad, w)
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3", "6"]
+    assert [r["step"] for r in read_metrics(w, "validation")] == [3, 6] and not read_metrics(w, "odd_batch")
+    # Fixed, the rerun trains nothing and evaluates only what the failed run did not record.
+    m = train.train_and_evaluate(tiny_config(), w)
+    assert [r["step"] for r in read_metrics(w, "train")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(w, "validation")] == [3, 6]
+    assert [r["step"] for r in read_metrics(w, "odd_batch")] == [6]
+    assert m["odd_batch/loss"] == losses(tiny_reference, "odd_batch")[6]
+    assert m["validation/loss"] == losses(tiny_reference, "validation")[6]
+
+
+def test_a_changed_schedule_is_refused_unless_allowed(tiny, tmp_path, capsys):
+    """Issue 19: a larger total_steps silently changed the cosine schedule mid-run."""
+    from experiments import checkpointing, optim
+
+    cosine = {"optim.min_lr_ratio": 0.0, "optim.warmup_steps": 2}
+    w = str(tmp_path)
+    train.train_and_evaluate(tiny_config(**cosine), w)
+    recorded = open(os.path.join(w, "config.json")).read()
+    with pytest.raises(checkpointing.IncompatibleConfigError,
+                       match=r"total_steps changed from 6 \(recorded in .*config.json\) to 12: optim.schedule='cosine' "
+                             r"decays over total_steps, so 6 of the 6 remaining steps change learning rate \(step 7: 0 -> "
+                             r".*--config.total_steps=6, or pass --config.allow_schedule_change=True"):
+        train.train_and_evaluate(tiny_config(total_steps=12, **cosine), w)
+    assert open(os.path.join(w, "config.json")).read() == recorded  # the refusal changed nothing
+    assert [r["step"] for r in read_metrics(w, "train")] == [1, 2, 3, 4, 5, 6]
+    capsys.readouterr()
+    m = train.train_and_evaluate(tiny_config(total_steps=12, allow_schedule_change=True, **cosine), w)
+    assert m["step"] == 12
+    assert "allow_schedule_change=True: resuming at step 6 with the new schedule; total_steps changed from 6" in capsys.readouterr().out
+    c = tiny_config(total_steps=12, **cosine)
+    lr = {r["step"]: r["lr"] for r in read_metrics(w, "train")}
+    np.testing.assert_allclose(lr[7], float(optim.make_schedule(c.optim, 12, c.optim.lr)(6)), rtol=1e-6)
+    assert json.load(open(os.path.join(w, "config.json")))["total_steps"] == 12
 
 
 def test_gradient_accumulation_matches_full_batch(tiny, tiny_reference, tmp_path):
