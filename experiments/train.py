@@ -19,6 +19,7 @@ The model's RNG streams are not trained or saved: every step re-derives them fro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -206,6 +207,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 config.data, split="train", seed=config.seed, global_batch_size=batch_size, process_index=pid, process_count=nproc
             )
         )
+        evaluations = _evaluations(config)
+
+        def build_eval(e: _Evaluation):
+            _, sharded = _eval_batch_sharding(mesh, e.batch_size)
+            return registry.build(e.data, split=e.split, seed=config.seed, global_batch_size=e.batch_size,
+                                  process_index=pid if sharded else 0, process_count=nproc if sharded else 1)
+
+        # Every evaluation's dataset is built once now (not iterated): its data settings are the
+        # dataset's to check, and a bad one must fail here, not after the last step.
+        for e in evaluations.values():
+            build_eval(e)
 
         # --------------------------------------------------------------------------------------
         # Shardings: parameters from their logical axis names through the config's rules table;
@@ -369,18 +381,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             total["seq_count"] = jnp.sum(rows_scored.astype(jnp.float32))
             return total
 
-        def evaluate(name: str, split: str, data_config, batch_size: int, num_batches: int, chunk: int = 0) -> dict[str, float]:
+        def evaluate(name: str) -> dict[str, float]:
+            e = evaluations[name]
+            data_config, batch_size, num_batches, chunk = e.data, e.batch_size, e.num_batches, e.chunk
             sharding, sharded = _eval_batch_sharding(mesh, batch_size)
-            it = iter(
-                registry.build(
-                    data_config,
-                    split=split,
-                    seed=config.seed,
-                    global_batch_size=batch_size,
-                    process_index=pid if sharded else 0,
-                    process_count=nproc if sharded else 1,
-                )
-            )
+            it = iter(build_eval(e))
             total = None
             for i, batch in enumerate(it):
                 if 0 <= num_batches <= i:
@@ -392,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     sums = eval_step(state["params"], state["rest"], rngs, _put_batch(batch, sharding))
                 total = sums if total is None else jax.tree.map(jnp.add, total, sums)
             if total is None:
-                raise ValueError(f"evaluation {name!r}: split {split!r} of {data_config.name!r} gave no batches")
+                raise ValueError(f"evaluation {name!r}: split {e.split!r} of {data_config.name!r} gave no batches")
             metrics = tasks.finalize(jax.device_get(total), task)
             if data_config.name == "text":
                 # Bits per UTF-8 byte: comparable across tokenizers (exact when the evaluation covers
@@ -414,14 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             """Evaluate ``names`` (eval.splits and eval.extra entries) and write their rows."""
             out = {}
             for name in names:
-                if name in config.eval.extra:
-                    extra = config.eval.extra[name]
-                    data_config = ml_collections.ConfigDict(config.data.to_dict())
-                    data_config.update(extra.data.to_dict())
-                    chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
-                    m = evaluate(name, extra.split, data_config, int(extra.batch_size), int(extra.num_batches), chunk)
-                else:
-                    m = evaluate(name, name, config.data, int(config.eval.batch_size), int(config.eval.num_batches))
+                m = evaluate(name)
                 writer.write(step, name, m)
                 out.update({f"{name}/{k}": v for k, v in m.items()})
             if out:
@@ -518,6 +516,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         out.update({f"train/{k}": v for k, v in last_train.items()})
         out.update(final)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """One evaluation: ``split`` of ``data`` (config.data with the entry's overrides)."""
+
+    split: str
+    data: ml_collections.ConfigDict
+    batch_size: int
+    num_batches: int
+    chunk: int  # tokens per chunk of a chunked (recurrent-cache) evaluation; 0: the parallel forward
+
+
+def _evaluations(config) -> dict[str, _Evaluation]:
+    """``config.eval.splits`` and ``config.eval.extra`` by name."""
+    out = {s: _Evaluation(s, config.data, int(config.eval.batch_size), int(config.eval.num_batches), 0)
+           for s in config.eval.splits}
+    for name, extra in config.eval.extra.items():
+        data = ml_collections.ConfigDict(config.data.to_dict())
+        data.update(extra.data.to_dict())
+        chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
+        out[name] = _Evaluation(extra.split, data, int(extra.batch_size), int(extra.num_batches), chunk)
+    return out
 
 
 def _recorded_rows(workdir: str, step: int, names, *, process_count: int) -> tuple[dict[str, dict], dict]:

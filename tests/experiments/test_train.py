@@ -124,14 +124,37 @@ def test_rerunning_a_finished_run_reports_it_without_writing_rows(tiny, tiny_ref
     assert m["step"] == 6 and not m["preempted"]
 
 
-def test_the_final_checkpoint_is_saved_before_the_final_evaluation(tiny, tiny_reference, tmp_path):
+def test_evaluation_data_settings_fail_at_setup(tiny, tmp_path):
+    """Only the dataset can tell that eval_examples=0 is wrong: every evaluation's dataset is
+    built at setup, so it fails before training instead of after the last step (issue 19)."""
+    bad = tiny_config()
+    bad.eval.extra.odd_batch.data.eval_examples = 0
+    with pytest.raises(ValueError, match="num_examples must be positive; got 0"):
+        train.train_and_evaluate(bad, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1")) and not read_metrics_or_none(str(tmp_path))
+
+
+def read_metrics_or_none(w):
+    return read_metrics(w) if os.path.exists(os.path.join(w, "metrics.jsonl")) else None
+
+
+def test_the_final_checkpoint_is_saved_before_the_final_evaluation(tiny, tiny_reference, tmp_path, monkeypatch):
     """Issue 19: the final save came after the final evaluation, so a failing evaluation lost the
     trained state and every rerun trained and failed again."""
+    from experiments import metrics
+
     w = str(tmp_path)
-    bad = tiny_config()
-    bad.eval.extra.odd_batch.data.eval_examples = 0  # only the dataset can tell: fails when evaluated
-    with pytest.raises(ValueError, match="num_examples must be positive; got 0"):
-        train.train_and_evaluate(bad, w)
+    write = metrics.MetricWriter.write
+
+    def failing(self, step, split, m):  # the final odd_batch evaluation fails (say, out of memory)
+        if split == "odd_batch":
+            raise RuntimeError("odd_batch evaluation failed")
+        return write(self, step, split, m)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(metrics.MetricWriter, "write", failing)
+        with pytest.raises(RuntimeError, match="odd_batch evaluation failed"):
+            train.train_and_evaluate(tiny_config(), w)
     assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3", "6"]
     assert [r["step"] for r in read_metrics(w, "validation")] == [3, 6] and not read_metrics(w, "odd_batch")
     # Fixed, the rerun trains nothing and evaluates only what the failed run did not record.
