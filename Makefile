@@ -10,7 +10,7 @@ DEMO_DIR ?= runs/demo
 .PHONY: help venv test test-slow test-all demo bench lock clean
 
 help:
-	@echo "make demo       set up and train the default experiment on built-in data (CPU, < 5 min)"
+	@echo "make demo       set up and train the default experiment on built-in data (CPU; ~1-2 min on 2 free cores)"
 	@echo "make test       set up and run the test suite (no slow tests)"
 	@echo "make test-slow  only the tests marked slow"
 	@echo "make test-all   every test"

@@ -154,7 +154,7 @@ def s4_layer(u, log_dt, Lambda, P, B, C, D, *, impl):
 
 
 _SSD_SMALL = dict(b=1, l=256, h=4, p=16, n=16, g=1, q=64)
-_SSD_PAPER = dict(b=4, l=4096, h=64, p=64, n=128, g=1, q=256)  # ANCHORS.md's Mamba-2 shape
+_SSD_PAPER = dict(b=4, l=4096, h=64, p=64, n=128, g=1, q=256)  # the Mamba-2 shape of the kernel benchmarks
 _S4_SMALL = dict(b=2, l=256, h=32, n=16)
 _S4_PAPER = dict(b=16, l=4096, h=256, n=32)  # LRA-scale S4/S4D layer (N = 64 real states)
 

@@ -6,11 +6,12 @@ fp32 A and per-head D; no z gate unless ``--z``):
 * ``pallas_gpu`` -- ``ssm_jax.ops.ssd(impl="pallas_gpu")`` (pallas_kernels/ssd);
 * ``xla`` -- ``ssm_jax.ops.ssd(impl="xla", chunk_size=256)``, the chunked einsum reference;
 * ``mamba_ssm`` -- ``mamba_chunk_scan_combined`` when mamba_ssm imports (it does not on the lent
-  H100s: no network); otherwise its ANCHORS.md numbers are quoted, not re-measured.
+  H100s: no network); otherwise its numbers measured separately on the same kind of H100
+  (``MAMBA_SSM_MS``) are quoted, not re-measured.
 
 Forward, and forward+backward (``jax.value_and_grad`` of ``sum(y * w)`` with respect to every float
 input). Prints ms, achieved TB/s (the forward's compulsory HBM bytes over the time) and TFLOP/s
-(the chunked algorithm's matmul FLOPs at q = 256, the count ANCHORS.md uses), the percentage of the
+(the chunked algorithm's matmul FLOPs at q = 256, whatever the kernel's own chunk), the percentage of the
 roofline (the larger of the HBM and tensor-core floors), the ratio to each baseline, and the
 relative error against ``xla``; writes JSON::
 
@@ -45,12 +46,13 @@ SHAPES = (
     (4, 4096, 32, 128, 256, 1),
 )
 TARGET = SHAPES[0]
-# mamba_ssm mamba_chunk_scan_combined on an H100 (ANCHORS.md): (fwd ms, fwd+bwd ms).
+# mamba_ssm mamba_chunk_scan_combined, measured separately on one H100 80GB HBM3 (torch 2.11,
+# Triton 3.6, CUDA 13; medians after warm-up): (fwd ms, fwd+bwd ms).
 MAMBA_SSM_MS = {TARGET: (1.18, 3.61)}
 # Issue 6: required and goal (fwd ms, fwd+bwd ms) at the target shape.
 REQUIRED_MS = {TARGET: (1.0, 3.0)}
 GOAL_MS = {TARGET: (0.45, 1.5)}
-# H100 ceilings (ANCHORS.md): measured device-to-device copy; measured dense bf16 matmul rate.
+# H100 ceilings measured on that machine: device-to-device copy through JAX; dense bf16 matmul rate.
 HBM_BYTES_PER_S = 2.76e12
 MATMUL_FLOP_PER_S = 8.0e14
 ANCHOR_Q = 256
@@ -241,7 +243,7 @@ def print_table(rows):
               f"{r.get('rel_err_vs_xla', nan):8.1e}" + (f"  ERROR {r['error'][:100]}" if "error" in r else ""))
     measured = any(r["impl"] == "mamba_ssm" for r in rows)
     print("(x xla / x mamba: times faster than that baseline; mamba_ssm "
-          + ("measured in this run" if measured else "from ANCHORS.md, not re-measured")
+          + ("measured in this run" if measured else "measured separately, not in this run")
           + "; err: relative error of y against xla)")
 
 

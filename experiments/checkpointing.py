@@ -9,7 +9,8 @@ asynchronous; the newest ``keep`` checkpoints are kept, plus the best one by
 ``DIR/config.json`` records the config of the run. Resuming with a config that differs in a key
 that changes the computation (model, data, optimizer, seed) raises :class:`IncompatibleConfigError`
 naming the keys; keys that only change logging, evaluation, checkpointing or the mesh may
-differ.
+differ. ``total_steps`` may differ too, but the trainer refuses a change that moves the learning
+rate schedule of the remaining steps unless ``allow_schedule_change=True``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-__all__ = ["Checkpointer", "IncompatibleConfigError", "abstract_like", "check_config", "config_diff", "restore_params"]
+__all__ = [
+    "Checkpointer", "IncompatibleConfigError", "abstract_like", "check_config", "config_diff", "restore_params",
+    "write_config",
+]
 
 # Keys (dotted prefixes) that may change between a run and its resumption.
 RESUMABLE_KEYS = (
@@ -34,7 +38,8 @@ RESUMABLE_KEYS = (
     "steps_per_call",
     "early_stop",
     "progress_bar",
-    "total_steps",
+    "total_steps",  # a change that moves the lr schedule is refused in train.py (allow_schedule_change)
+    "allow_schedule_change",
     "mesh",
     "sharding_rules",
     "eval",
@@ -72,25 +77,32 @@ def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     return out
 
 
-def check_config(workdir: str, config_dict: dict, *, write: bool) -> None:
-    """Compare with ``workdir/config.json`` if present (raise if incompatible); then record ``config_dict``."""
+def check_config(workdir: str, config_dict: dict) -> dict | None:
+    """Compare with ``workdir/config.json`` if present (raise if incompatible); return the recorded
+    config (None for a new workdir). :func:`write_config` records the new one."""
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        diff = config_diff(old, config_dict)
-        if diff:
-            lines = "\n".join(f"  {k}: {o!r} (workdir) != {n!r} (now)" for k, n_o in diff.items() for o, n in [n_o])
-            raise IncompatibleConfigError(
-                f"{workdir} holds a run with a different config; resuming would mix two experiments. "
-                f"Differing keys:\n{lines}\nUse a new --workdir, or the original config."
-            )
-    if write:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(_jsonable(config_dict), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        old = json.load(f)
+    diff = config_diff(old, config_dict)
+    if diff:
+        lines = "\n".join(f"  {k}: {o!r} (workdir) != {n!r} (now)" for k, n_o in diff.items() for o, n in [n_o])
+        raise IncompatibleConfigError(
+            f"{workdir} holds a run with a different config; resuming would mix two experiments. "
+            f"Differing keys:\n{lines}\nUse a new --workdir, or the original config."
+        )
+    return old
+
+
+def write_config(workdir: str, config_dict: dict) -> None:
+    """Record ``config_dict`` as ``workdir/config.json`` (atomically)."""
+    path = os.path.join(workdir, "config.json")
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(config_dict), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 class Checkpointer:

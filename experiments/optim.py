@@ -12,9 +12,10 @@ applies only to matrices (ndim >= 2); biases, norm scales and other vectors are 
 from __future__ import annotations
 
 import jax
+import numpy as np
 import optax
 
-__all__ = ["SCHEDULES", "make_optimizer", "make_schedule"]
+__all__ = ["SCHEDULES", "make_optimizer", "make_schedule", "schedule_change"]
 
 
 SCHEDULES = ("cosine", "constant")
@@ -73,3 +74,26 @@ def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformatio
     if optim.clip_norm and float(optim.clip_norm) > 0:
         parts.insert(0, optax.clip_by_global_norm(float(optim.clip_norm)))
     return optax.chain(*parts), schedules
+
+
+def schedule_change(optim, old_total: int, new_total: int, start: int) -> str | None:
+    """What changing ``total_steps`` from ``old_total`` to ``new_total`` does to the learning rate
+    of the steps a run resumed at ``start`` still has to train, or None if nothing.
+
+    ``"cosine"`` decays over ``total_steps``, so a longer or shorter run changes every remaining
+    step's rate (and continuing a finished cosine run restarts the decay from mid-curve);
+    ``"constant"`` after its warmup does not depend on it.
+    """
+    if old_total == new_total or start >= new_total:
+        return None
+    peak = float(optim.lr)
+    counts = np.arange(start, new_total)  # the schedule count of steps start+1 .. new_total
+    old = np.asarray(make_schedule(optim, old_total, peak)(counts))
+    new = np.asarray(make_schedule(optim, new_total, peak)(counts))
+    moved = np.flatnonzero(~np.isclose(old, new, rtol=1e-6, atol=0.0))
+    if not len(moved):
+        return None
+    shown = [int(i) for i in moved[:1]] + ([int(moved[len(moved) // 2]), int(moved[-1])] if len(moved) > 2 else [])
+    lrs = ", ".join(f"step {start + i + 1}: {old[i]:.4g} -> {new[i]:.4g}" for i in shown)
+    return (f"optim.schedule={optim.get('schedule', 'cosine')!r} decays over total_steps, so {len(moved)} of the "
+            f"{new_total - start} remaining steps change learning rate ({lrs})")

@@ -3,7 +3,13 @@ r"""Train an experiment config: the command-line entry point.
     python -m experiments.run --config=experiments/configs/<suite>/<name>.py[:arg] \
         --workdir=DIR [--config.key=value ...]
 
-Rerunning the same command on the same ``--workdir`` resumes from its latest checkpoint.
+Rerunning the same command on the same ``--workdir`` resumes from its latest checkpoint (and says
+so); rerunning a finished run reports its recorded evaluation.
+
+Stopping: SIGTERM (a preemption) or Ctrl-C (SIGINT) saves a checkpoint at the end of the current
+step (or call of ``steps_per_call`` steps) and exits cleanly: status 0 after SIGTERM, 130 after
+Ctrl-C (the shell's 128 + SIGINT, so ``&&`` chains stop). A second Ctrl-C stops at once without
+saving.
 Several processes (one per host) train together when given ``--coordinator_address``,
 ``--num_processes`` and ``--process_id`` (or ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES``
 / ``JAX_PROCESS_ID``); ``--distributed_auto`` lets JAX detect a TPU pod / Slurm / Open MPI job.
@@ -21,6 +27,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import mesh as mesh_lib, train
+
+EXIT_INTERRUPTED = 130  # after Ctrl-C, once the checkpoint is saved (128 + SIGINT, as shells report it)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config module (experiments/configs/<suite>/<name>.py[:arg]).", lock_config=True
@@ -80,7 +88,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> str:
     lines = []
     if metrics.get("preempted"):
-        lines.append(f"Stopped by SIGTERM at step {metrics['step']} of {total_steps}; checkpoint saved. "
+        by = {"SIGINT": "Ctrl-C (SIGINT)"}.get(metrics.get("stop_signal"), metrics.get("stop_signal") or "a stop signal")
+        saved = "checkpoint saved" if metrics.get("checkpoint_step") == metrics["step"] else "nothing new to save"
+        lines.append(f"Stopped by {by} at step {metrics['step']} of {total_steps}; {saved}. "
                      "Rerun the same command to resume.")
     elif metrics.get("stopped_early"):
         lines.append(f"Stopped early at step {metrics['step']} of {total_steps} (config.early_stop reached) "
@@ -116,8 +126,11 @@ def main(argv):
     if jax.process_index() == 0:
         print(_summary(metrics, _WORKDIR.value, time.perf_counter() - start, config.total_steps), flush=True)
     else:
-        print(f"process {jax.process_index()} of {jax.process_count()}: finished step {metrics['step']}, "
+        how = "stopped by a stop signal (checkpoint saved) at" if metrics.get("preempted") else "finished"
+        print(f"process {jax.process_index()} of {jax.process_count()}: {how} step {metrics['step']}, "
               f"train loss {metrics.get('train/loss', float('nan')):.6f}", flush=True)
+    if metrics.get("stop_signal") == "SIGINT":
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ import optax
 
 from experiments.data import registry
 
-__all__ = ["build_model", "finalize", "forward", "lm_rows", "loss_sums", "model_config", "task_of", "tokens_in"]
+__all__ = [
+    "build_model", "check_batch", "finalize", "forward", "lm_rows", "loss_sums", "metric_names", "model_config", "task_of",
+    "tokens_in",
+]
 
 
 def task_of(data_config) -> str:
@@ -108,6 +111,35 @@ def finalize(sums: Mapping[str, Any], task: str) -> dict[str, float]:
         out["perplexity"] = math.exp(min(loss, 80.0))
         out["bits_per_token"] = loss / math.log(2.0)
     return out
+
+
+def metric_names(task: str, dataset: str) -> tuple[str, ...]:
+    """The metrics an evaluation of ``task`` on ``dataset`` reports (:func:`finalize`, plus the
+    trainer's ``bits_per_byte`` on the ``text`` dataset)."""
+    names = ("loss", "accuracy") + (("seq_accuracy", "perplexity", "bits_per_token") if task == "lm" else ())
+    return names + (("bits_per_byte",) if dataset == "text" else ())
+
+
+# Batch keys holding token ids (checked against the vocabulary) and class labels, per task.
+_ID_KEYS = {"lm": ("inputs", "targets"), "classification": ("inputs",), "retrieval": ("inputs1", "inputs2")}
+_LABEL_KEYS = {"lm": (), "classification": ("label",), "retrieval": ("label",)}
+
+
+def check_batch(batch: Mapping[str, np.ndarray], task: str, vocab_size: int, num_classes: int, where: str) -> None:
+    """A host batch's ids must lie in ``[0, vocab_size)`` and labels in ``[0, num_classes)``: an
+    id past the embedding table gives NaN (or, before that was refused, a clamped row) on device.
+
+    ``where`` names the batch in the error (e.g. "train batch at step 3")."""
+    for keys, n, what in ((_ID_KEYS[task], vocab_size, "token ids"), (_LABEL_KEYS[task], num_classes, "labels")):
+        for k in keys:
+            a = np.asarray(batch[k])
+            bad = (a < 0) | (a >= n)
+            if bad.any():
+                values = sorted({int(v) for v in a[bad]})
+                raise ValueError(f"{where}: `{k}` holds {what} outside [0, {n}) (the model's "
+                                 f"{'vocab_size' if what == 'token ids' else 'num_classes'}): {values[:8]}"
+                                 f"{' ...' if len(values) > 8 else ''} at {int(bad.sum())} positions; check the "
+                                 "dataset's vocabulary against config.model")
 
 
 def tokens_in(batch: Mapping[str, np.ndarray], task: str) -> int:

@@ -19,12 +19,11 @@ The model's RNG streams are not trained or saved: every step re-derives them fro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -35,79 +34,15 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import checkpointing, mesh as mesh_lib, optim as optim_lib, tasks
+from experiments import checkpointing, config_checks, mesh as mesh_lib, optim as optim_lib, stopping, tasks
 from experiments.data import registry
-from experiments.metrics import MetricWriter, ProgressBar
+from experiments.metrics import METRICS_FILE, MetricWriter, ProgressBar, read_metrics
 from ssm_jax import parallel
 from ssm_jax.nn import SSMParam
 
 __all__ = ["load_model", "train_and_evaluate"]
 
 BATCH_AXES = ("data", "fsdp")
-
-
-class _Preemption:
-    """SIGTERM -> finish the current step, save, return. Several processes stop at the same step."""
-
-    def __init__(self, multiprocess: bool):
-        self.multiprocess = multiprocess
-        self.requested = False
-        self._previous = None
-        # With jax.distributed, JAX's preemption notifier owns SIGTERM and syncs the stop step.
-        if not multiprocess and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        if self.multiprocess:
-            from jax.experimental import multihost_utils
-
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-class _EarlyStop:
-    """``config.early_stop``: end training once an evaluated metric reaches a threshold (Zoology
-    stops MQAR runs at validation accuracy 0.99). ``DIR/early_stop.json`` records the stop, so
-    rerunning a stopped run reports it instead of training on."""
-
-    def __init__(self, workdir: str, cfg):
-        self.metric = str(cfg.metric)
-        self.threshold = float(cfg.threshold)
-        if cfg.mode not in ("max", "min"):
-            raise ValueError(f"train: early_stop.mode must be 'max' or 'min'; got {cfg.mode!r}")
-        self.mode = cfg.mode
-        self.path = os.path.join(workdir, "early_stop.json")
-
-    def reached(self, metrics: dict[str, float]) -> bool:
-        if not self.metric:
-            return False
-        if self.metric not in metrics:
-            raise ValueError(
-                f"train: early_stop.metric {self.metric!r} is not an evaluated metric; evaluated: {sorted(metrics)}"
-            )
-        value = metrics[self.metric]
-        return value >= self.threshold if self.mode == "max" else value <= self.threshold
-
-    def record(self, step: int, metrics: dict[str, float]) -> None:
-        if jax.process_index() == 0:
-            with open(self.path, "w") as f:
-                json.dump({"step": step, "metric": self.metric, "value": metrics[self.metric], "threshold": self.threshold}, f)
-        logging.warning("early stop at step %d: %s = %.4g", step, self.metric, metrics[self.metric])
-
-    def stopped_at(self, step: int) -> bool:
-        """Whether the run stopped early at ``step`` (the step it resumes from)."""
-        if not os.path.exists(self.path):
-            return False
-        with open(self.path) as f:
-            return int(json.load(f)["step"]) == step
 
 
 def _reseed(rngs: nnx.State, key: jax.Array) -> nnx.State:
@@ -209,15 +144,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config.lock()
     workdir = os.path.abspath(workdir)
     pid, nproc = jax.process_index(), jax.process_count()
-    task = tasks.task_of(config.data)
-    model_cfg = tasks.model_config(task, config.model.to_dict())
+    # Every section is checked now, before anything is built or written: a bad evaluation
+    # setting must not surface only after the last step.
+    task = config_checks.check_experiment(config)
+    try:
+        model_cfg = tasks.model_config(task, config.model.to_dict())
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"config.model: {e}") from None
     num_classes = model_cfg.vocab_size if task == "lm" else model_cfg.num_classes
+    vocab_size = model_cfg.vocab_size
     total_steps = int(config.total_steps)
     accum = int(config.optim.grad_accum_steps)
     batch_size = int(config.data.batch_size)
     if batch_size % accum:
         raise ValueError(f"train: data.batch_size={batch_size} is not divisible by optim.grad_accum_steps={accum}")
-    checkpointing.check_config(workdir, config.to_dict(), write=pid == 0)
+    # Compared with the workdir's config.json now; recorded once the resume step is known (a
+    # changed schedule is refused then, and must not overwrite the record).
+    recorded_config = checkpointing.check_config(workdir, config.to_dict())
+    config_record = config.to_dict()
+    # config.json keeps "{workdir}" as written; the data sees this run's directory.
+    config = _expand_workdir(config, workdir)
 
     # ------------------------------------------------------------------------------------------
     # Mesh.
@@ -249,6 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     abs_params = {"ssm": abs_ssm, "other": abs_other}
 
     with jax.set_mesh(mesh), contextlib.ExitStack() as cleanup:
+        # SIGTERM / Ctrl-C from here on: save after the current call and return (stopping.py).
+        signals = stopping.StopSignals(multiprocess=nproc > 1)
+        cleanup.callback(signals.restore)
+
         # --------------------------------------------------------------------------------------
         # Data.
         # --------------------------------------------------------------------------------------
@@ -257,6 +207,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 config.data, split="train", seed=config.seed, global_batch_size=batch_size, process_index=pid, process_count=nproc
             )
         )
+        evaluations = _evaluations(config)
+
+        def build_eval(e: _Evaluation):
+            _, sharded = _eval_batch_sharding(mesh, e.batch_size)
+            return registry.build(e.data, split=e.split, seed=config.seed, global_batch_size=e.batch_size,
+                                  process_index=pid if sharded else 0, process_count=nproc if sharded else 1)
+
+        # Every evaluation's dataset is built once now (not iterated): its data settings are the
+        # dataset's to check, and a bad one must fail here, not after the last step.
+        for e in evaluations.values():
+            build_eval(e)
 
         # --------------------------------------------------------------------------------------
         # Shardings: parameters from their logical axis names through the config's rules table;
@@ -306,11 +267,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         cleanup.callback(ckpt.close)
         start = ckpt.latest_step() or 0
+        if start and recorded_config is not None:
+            _check_schedule(recorded_config, config, start, workdir, say=pid == 0)
+        if pid == 0:
+            checkpointing.write_config(workdir, config_record)
         if start:
             state = ckpt.restore(start, checkpointing.abstract_like(state, state_shardings), train_iter)
             if int(state["step"]) != start:
                 raise RuntimeError(f"checkpoint {start} holds step {int(state['step'])}")
-            logging.info("resumed from step %d", start)
+            if pid == 0:  # printed, not logged: absl hides INFO, and a resume should never go unnoticed
+                what = "it is finished: nothing to train" if start >= total_steps else f"training to step {total_steps}"
+                print(f"Resuming {workdir} from its checkpoint at step {start} ({what})", flush=True)
 
         # --------------------------------------------------------------------------------------
         # Steps.
@@ -414,29 +381,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             total["seq_count"] = jnp.sum(rows_scored.astype(jnp.float32))
             return total
 
-        def evaluate(name: str, split: str, data_config, batch_size: int, num_batches: int, chunk: int = 0) -> dict[str, float]:
+        def evaluate(name: str) -> dict[str, float]:
+            e = evaluations[name]
+            data_config, batch_size, num_batches, chunk = e.data, e.batch_size, e.num_batches, e.chunk
             sharding, sharded = _eval_batch_sharding(mesh, batch_size)
-            it = iter(
-                registry.build(
-                    data_config,
-                    split=split,
-                    seed=config.seed,
-                    global_batch_size=batch_size,
-                    process_index=pid if sharded else 0,
-                    process_count=nproc if sharded else 1,
-                )
-            )
+            it = iter(build_eval(e))
             total = None
             for i, batch in enumerate(it):
                 if 0 <= num_batches <= i:
                     break
+                tasks.check_batch(batch, task, vocab_size, num_classes, f"evaluation {name!r}, batch {i}")
                 if chunk:
                     sums = chunked_sums(batch, sharding, sharded, chunk)
                 else:
                     sums = eval_step(state["params"], state["rest"], rngs, _put_batch(batch, sharding))
                 total = sums if total is None else jax.tree.map(jnp.add, total, sums)
             if total is None:
-                raise ValueError(f"evaluation {name!r}: split {split!r} of {data_config.name!r} gave no batches")
+                raise ValueError(f"evaluation {name!r}: split {e.split!r} of {data_config.name!r} gave no batches")
             metrics = tasks.finalize(jax.device_get(total), task)
             if data_config.name == "text":
                 # Bits per UTF-8 byte: comparable across tokenizers (exact when the evaluation covers
@@ -453,29 +414,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         cleanup.callback(writer.close)
         bar = ProgressBar(total_steps, start, enabled=pid == 0 and bool(config.progress_bar))
         cleanup.callback(bar.close)
-        preemption = _Preemption(multiprocess=nproc > 1)
-        cleanup.callback(preemption.restore)
 
-        def run_evals(step: int, final: bool, splits: bool = True) -> dict[str, float]:
+        def run_evals(step: int, names) -> dict[str, float]:
+            """Evaluate ``names`` (eval.splits and eval.extra entries) and write their rows."""
             out = {}
-            for split in config.eval.splits if splits else ():
-                m = evaluate(split, split, config.data, int(config.eval.batch_size), int(config.eval.num_batches))
-                writer.write(step, split, m)
-                out.update({f"{split}/{k}": v for k, v in m.items()})
-            for name, extra in config.eval.extra.items():
-                if not (final or extra.every_eval):
-                    continue
-                if extra.forward not in ("parallel", "chunked"):
-                    raise ValueError(f"eval.extra.{name}.forward must be 'parallel' or 'chunked'; got {extra.forward!r}")
-                data_config = ml_collections.ConfigDict(config.data.to_dict())
-                data_config.update(extra.data.to_dict())
-                chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
-                m = evaluate(name, extra.split, data_config, int(extra.batch_size), int(extra.num_batches), chunk)
+            for name in names:
+                m = evaluate(name)
                 writer.write(step, name, m)
                 out.update({f"{name}/{k}": v for k, v in m.items()})
             if out:
                 bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items() if k.endswith(("loss", "accuracy"))))
             return out
+
+        splits = list(config.eval.splits)
+        every_eval = [n for n, e in config.eval.extra.items() if e.every_eval]
+        at_end = [n for n, e in config.eval.extra.items() if not e.every_eval]  # after the last step only
 
         step = start
         window: list[dict[str, jax.Array]] = []
@@ -484,15 +437,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         last_train: dict[str, float] = {}
         preempted = False
         per_call = int(config.steps_per_call)
-        if per_call < 1:
-            raise ValueError(f"train: steps_per_call must be a positive int; got {config.steps_per_call!r}")
         cadences = (int(config.log_every), int(config.eval_every), int(config.checkpoint_every))
-        stop = _EarlyStop(workdir, config.early_stop)
+        stop = stopping.EarlyStop(workdir, config.early_stop)
         stopped = stop.stopped_at(start)
         while step < total_steps and not stopped:
+            if nproc == 1 and signals.requested and step == start:
+                preempted = True  # the signal came during setup: nothing trained, nothing to save
+                break
             # Run up to the next step at which something is logged, evaluated or saved.
             n = min([per_call, total_steps - step] + [c - step % c for c in cadences])
             host_batches = [next(train_iter) for _ in range(n)]
+            for i, b in enumerate(host_batches):
+                tasks.check_batch(b, task, vocab_size, num_classes, f"train batch of step {step + i + 1}")
             window_tokens += sum(tasks.tokens_in(b, task) for b in host_batches) * nproc
             if n == 1:
                 state, metrics = train_step(state, rngs, _put_batch(host_batches[0], batch_sharding))
@@ -521,29 +477,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, "train", last_train)
                 bar.update(0, loss=last_train["loss"], tok_s=last_train["tokens_per_sec"])
                 window, window_tokens, window_start = [], 0, time.perf_counter()
+            if step == total_steps:
+                # Saved, and written to disk, before the final evaluation: however long it takes
+                # or however it fails, the trained state is kept and a rerun only evaluates.
+                ckpt.save(step, state, train_iter)
+                ckpt.wait()
+                final.update(run_evals(step, splits + every_eval + at_end))
+                break
             eval_metrics = {}
-            if step % int(config.eval_every) == 0 or step == total_steps:
-                eval_metrics = run_evals(step, final=step == total_steps)
-                if step < total_steps and stop.reached(eval_metrics):
-                    # Stopping early ends the run: the end-of-training evaluations run now.
-                    stopped = True
-                    eval_metrics.update(run_evals(step, final=True, splits=False))
+            if step % int(config.eval_every) == 0:
+                eval_metrics = run_evals(step, splits + every_eval)
+                stopped = stop.reached(eval_metrics)
                 final.update(eval_metrics)
-            preempted = preemption.reached(step) and step < total_steps and not stopped
-            if step % int(config.checkpoint_every) == 0 or step == total_steps or preempted or stopped:
+            preempted = signals.reached(step) and not stopped
+            if step % int(config.checkpoint_every) == 0 or preempted or stopped:
                 ckpt.save(step, state, train_iter, metrics=eval_metrics or None)
             if preempted:
                 logging.warning("preempted: saved step %d of %d; rerun the same command to resume", step, total_steps)
                 break
             if stopped:
+                # Stopping early ends the run: saved above, the end-of-training evaluations now.
                 stop.record(step, eval_metrics)
-        if start >= total_steps or (stopped and step == start):  # a finished run: report its evaluation again
-            final.update(run_evals(step, final=True))
+                ckpt.wait()
+                final.update(run_evals(step, at_end))
+        if step == start and not preempted and (start >= total_steps or stopped):
+            # Rerunning a finished (or early-stopped) run: report what it recorded, and evaluate
+            # only what is missing (a final evaluation that failed), so no row is written twice.
+            done, last_train = _recorded_rows(workdir, step, splits + every_eval + at_end, process_count=nproc)
+            missing = [n for n in splits + every_eval + at_end if n not in done]
+            if pid == 0:
+                print(f"{workdir}: the run ended at step {step}; reporting its recorded evaluation"
+                      + (f", evaluating what was not recorded: {missing}" if missing else ""), flush=True)
+            final = {f"{n}/{k}": v for n, row in done.items() for k, v in row.items()}
+            final.update(run_evals(step, missing))
         ckpt.wait()
-        out = {"step": step, "preempted": preempted, "stopped_early": bool(stopped)}
+        out = {"step": step, "preempted": preempted, "stop_signal": signals.requested if preempted else None,
+               "stopped_early": bool(stopped), "checkpoint_step": ckpt.latest_step()}
         out.update({f"train/{k}": v for k, v in last_train.items()})
         out.update(final)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """One evaluation: ``split`` of ``data`` (config.data with the entry's overrides)."""
+
+    split: str
+    data: ml_collections.ConfigDict
+    batch_size: int
+    num_batches: int
+    chunk: int  # tokens per chunk of a chunked (recurrent-cache) evaluation; 0: the parallel forward
+
+
+def _evaluations(config) -> dict[str, _Evaluation]:
+    """``config.eval.splits`` and ``config.eval.extra`` by name."""
+    out = {s: _Evaluation(s, config.data, int(config.eval.batch_size), int(config.eval.num_batches), 0)
+           for s in config.eval.splits}
+    for name, extra in config.eval.extra.items():
+        data = ml_collections.ConfigDict(config.data.to_dict())
+        data.update(extra.data.to_dict())
+        chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
+        out[name] = _Evaluation(extra.split, data, int(extra.batch_size), int(extra.num_batches), chunk)
+    return out
+
+
+def _recorded_rows(workdir: str, step: int, names, *, process_count: int) -> tuple[dict[str, dict], dict]:
+    """``({evaluation: metrics}, train metrics)`` recorded in ``metrics.jsonl`` at ``step`` (the
+    last row of each name). Process 0's reading decides which evaluations count as recorded, so
+    every process runs the same evaluations."""
+    rows: dict[str, dict] = {}
+    if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, METRICS_FILE)):
+        for r in read_metrics(workdir):
+            if r["step"] == step:
+                rows[r["split"]] = {k: float(v) for k, v in r.items() if k not in ("step", "split")}
+    have = np.array([n in rows for n in names], bool)
+    if process_count > 1:
+        from jax.experimental import multihost_utils
+
+        have = np.asarray(multihost_utils.broadcast_one_to_all(have))
+    done = {n: rows.get(n, {}) for n, h in zip(names, have) if h}
+    return done, rows.get("train", {})
+
+
+def _check_schedule(recorded: dict, config, start: int, workdir: str, *, say: bool) -> None:
+    """Refuse to resume at ``start`` when ``total_steps`` differs from the recorded run's and that
+    changes the learning rate of a remaining step, unless ``config.allow_schedule_change``."""
+    old_total, new_total = int(recorded["total_steps"]), int(config.total_steps)
+    change = optim_lib.schedule_change(config.optim, old_total, new_total, start)
+    if change is None:
+        return
+    what = f"total_steps changed from {old_total} (recorded in {workdir}/config.json) to {new_total}: {change}"
+    if not config.allow_schedule_change:
+        raise checkpointing.IncompatibleConfigError(
+            f"{what}. Resuming at step {start} would continue with a schedule the run did not start with. "
+            f"Rerun with --config.total_steps={old_total}, or pass --config.allow_schedule_change=True to resume "
+            "with the new schedule, or use a new --workdir."
+        )
+    if say:
+        print(f"allow_schedule_change=True: resuming at step {start} with the new schedule; {what}", flush=True)
 
 
 def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
@@ -559,6 +590,29 @@ def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml
     nnx.update(model, params["ssm"], params["other"])
     model.eval()
     return model, config, step
+
+
+WORKDIR_TOKEN = "{workdir}"
+
+
+def _expand_workdir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """``config`` with ``"{workdir}"`` in the string values of ``data`` and of the evaluations'
+    ``data`` overrides replaced by ``workdir`` (e.g. LRA smoke runs prepare their data inside
+    the run's directory, not at a fixed shared path)."""
+
+    def expand(node):
+        for k, v in node.items():
+            if isinstance(v, ml_collections.ConfigDict):
+                expand(v)
+            elif isinstance(v, str) and WORKDIR_TOKEN in v:
+                node[k] = v.replace(WORKDIR_TOKEN, workdir)
+
+    out = ml_collections.ConfigDict(config.to_dict())
+    expand(out.data)
+    for extra in out.eval.extra.values():
+        expand(extra.data)
+    out.lock()
+    return out
 
 
 def _with_ssm_lr(optim_config, ssm_lr: float | None):

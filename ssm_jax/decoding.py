@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssm_jax.ops._checks import Dims, check_int_array, to_array
+from ssm_jax.ops._checks import Dims, check_int_array, check_token_ids, to_array
 
 __all__ = ["generate", "sample_logits"]
 
@@ -122,8 +122,9 @@ def generate(
     ============== ==============================================================================
     model          a :class:`ssm_jax.models.LanguageModel` (anything with ``init_cache``,
                    ``prefill`` and ``step``); run in eval mode (dropout off) on a copy
-    prompt_ids     ``(b, l)`` int, ``l >= 1``; prompts of different lengths are right-padded
-                   (any filler) and their lengths given in ``prompt_lengths``
+    prompt_ids     ``(b, l)`` int, ``l >= 1``, ids in ``[0, vocab_size)`` (others raise,
+                   named); prompts of different lengths are right-padded (any filler) and
+                   their lengths given in ``prompt_lengths``
     temperature    0 (default): greedy; > 0: sample from ``softmax(logits / temperature)``
     top_k, top_p   restrict sampling to the ``top_k`` most likely tokens / the nucleus ``top_p``
     rng            a ``jax.random.key``; required when ``temperature > 0``. Step ``i`` uses
@@ -162,6 +163,8 @@ def generate(
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"{op}: `top_k` must be None or a positive int; got {top_k!r}")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and eos_id is not None and not (isinstance(eos_id, (int, np.integer)) and 0 <= eos_id < vocab):
+        raise ValueError(f"{op}: `eos_id` must be None or a token id in [0, {vocab}); got {eos_id!r}")
     if top_k is not None and vocab is not None and top_k > vocab:
         raise ValueError(f"{op}: `top_k`={top_k} exceeds the vocabulary size {vocab}")
     if top_p is not None:
@@ -176,6 +179,10 @@ def generate(
         pad_id = eos_id if eos_id is not None else 0
     b, l = prompt_ids.shape
     lengths = _check_lengths(op, prompt_lengths, b, l)
+    if vocab is not None and not isinstance(prompt_ids, jax.core.Tracer):
+        # An id past the vocabulary used to embed as NaN and decode to a row of zeros. Only the
+        # prompt tokens are read; the filler after a shorter prompt may be anything.
+        check_token_ids(op, "prompt_ids", np.where(np.arange(l)[None, :] < lengths[:, None], np.asarray(prompt_ids), 0), vocab)
     if max_new_tokens == 0:
         cols = np.arange(l)[None, :]
         return jnp.where(cols < lengths[:, None], prompt_ids.astype(jnp.int32), jnp.int32(pad_id))

@@ -154,6 +154,14 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="max_new_tokens"):
         ssm_jax.generate(model, prompt, -1)
     np.testing.assert_array_equal(ssm_jax.generate(model, prompt, 0), prompt)
+    # Ids past the vocabulary (issue 19: generate emitted zeros) and negative ids are named.
+    with pytest.raises(ValueError, match=rf"generate: `prompt_ids` must hold token ids in \[0, {V}\) .*got \[-2, 200\]"):
+        ssm_jax.generate(model, prompt.at[0, 0].set(200).at[1, 2].set(-2), 2)
+    with pytest.raises(ValueError, match=rf"generate: `eos_id` must be None or a token id in \[0, {V}\); got {V}"):
+        ssm_jax.generate(model, prompt, 2, eos_id=V)
+    # The filler after a shorter prompt is never read, so it may be anything.
+    out = ssm_jax.generate(model, prompt.at[0, 2].set(-1), 2, prompt_lengths=[2, 3])
+    assert out.shape == (2, 5) and np.all(np.asarray(out) >= 0)
 
 
 RAGGED = np.array([2, 5, 3])
@@ -214,3 +222,19 @@ def test_ragged_prompt_lengths_are_checked():
         jax.jit(lambda n: ssm_jax.generate(model, prompt, 2, prompt_lengths=n))(jnp.array([1, 2]))
     np.testing.assert_array_equal(ssm_jax.generate(model, prompt, 0, prompt_lengths=[1, 4], pad_id=9),
                                   np.where(np.arange(4)[None, :] < np.array([[1], [4]]), prompt, 9))
+
+
+def test_hybrid_model_refuses_to_step_past_its_attention_cache():
+    """Issue 19: LanguageModel.step on a hybrid past the KV cache was silently off by ~0.12."""
+    model = lm("hybrid")
+    ids = _prompt(b=1, l=6)
+    logits = call(model, ids)
+    cache = model.init_cache(1, 4)
+    for t in range(4):
+        out, cache = model.step(ids[:, t], cache)
+        np.testing.assert_allclose(out, logits[:, t], rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="the KV cache holds max_length=4 positions"):
+        model.step(ids[:, 4], cache)
+    step = nnx.jit(lambda m, t, c: m.step(t, c))
+    out, _ = step(model, ids[:, 4], cache)
+    assert np.all(np.isnan(np.asarray(out)))  # under jit: poisoned, not wrong

@@ -3,7 +3,9 @@
 A config module (``experiments/configs/<suite>/<name>.py``) defines ``get_config(arg=None)``,
 starts from :func:`base_config`, fills ``model``, ``data``, ``optim`` and ``eval`` for its
 experiment, and returns the config *locked*: assigning a key that does not exist (on the command
-line or in a notebook) is an error that lists the keys that do.
+line or in a notebook) is an error that lists the keys that do. The trainer checks the value of
+every key below before it builds or writes anything (:mod:`experiments.config_checks`; ``model.*``
+by the model config dataclasses): a bad value fails at once, naming the key.
 
 Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
 
@@ -23,7 +25,9 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
                                  to ``Config.from_dict`` unchanged
     data.name             str    a dataset in experiments.data.registry (it fixes the task)
     data.batch_size       int    global train batch (all processes, all microbatches)
-    data.*                       dataset-specific keys, read by the dataset's builder
+    data.*                       dataset-specific keys, read by the dataset's builder; in their
+                                 string values (and eval.extra data overrides) "{workdir}" is
+                                 replaced by the run's --workdir (config.json keeps "{workdir}")
     optim.lr, warmup_steps, min_lr_ratio, b1, b2, eps, weight_decay, clip_norm
     optim.schedule        str    "cosine" (to lr * min_lr_ratio at total_steps) | "constant";
                                  both after a linear warmup
@@ -45,6 +49,9 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
     checkpoint.best_mode  str    "max" | "min"
     checkpoint.async_save bool
     progress_bar          bool   tqdm bar on process 0
+    allow_schedule_change bool   resume although total_steps changed the lr schedule of the
+                                 remaining steps (cosine decays over total_steps); False: such
+                                 a resume is refused, naming the steps whose lr would change
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.steps_per_call = 1
     c.progress_bar = True
+    c.allow_schedule_change = False
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = DEFAULT_SHARDING_RULES

@@ -117,9 +117,9 @@ def read_state_dict(directory: str | os.PathLike, *, fn: str = "read_state_dict"
 def load_hf_checkpoint(
     path: str | os.PathLike,
     *,
-    dtype: str = "float32",
+    dtype: str | None = None,
     pad_vocab_size_multiple: int | None = None,
-    impl: str = "auto",
+    impl: str | None = None,
 ) -> LanguageModel:
     """A :class:`LanguageModel` with the weights of a PyTorch reference checkpoint directory.
 
@@ -130,6 +130,12 @@ def load_hf_checkpoint(
     config's ``vocab_size``; ``pad_vocab_size_multiple`` pads the embedding table (default: as
     the checkpoint). ``impl`` selects the scan implementation of the mixers.
 
+    A directory written by :func:`save_hf_checkpoint` also holds, under ``config.json``'s
+    ``"ssm_jax"`` key, the config fields transformers has no key for; they are restored, so the
+    round trip gives an equal config. ``dtype`` (default: as saved, else ``"float32"``),
+    ``impl`` (default: as saved, else ``"auto"``) and ``pad_vocab_size_multiple``, when given,
+    override them.
+
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the field or tensor
     for anything ssm_jax would not compute exactly as the reference does.
     """
@@ -138,9 +144,17 @@ def load_hf_checkpoint(
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{fn}: no config.json in {directory!r}")
+    file_config = _read_json(fn, config_path)
+    saved_fields = None
+    if isinstance(file_config, Mapping) and hf_config.SSM_JAX_KEY in file_config and "model_type" in file_config:
+        file_config = dict(file_config)
+        saved_fields = file_config.pop(hf_config.SSM_JAX_KEY)
     ref = hf_config.from_reference_config(
-        _read_json(fn, config_path), dtype=dtype, pad_vocab_size_multiple=pad_vocab_size_multiple, impl=impl, fn=fn
+        file_config, dtype=dtype or "float32", pad_vocab_size_multiple=pad_vocab_size_multiple, impl=impl or "auto", fn=fn
     )
+    if saved_fields is not None:
+        ref = hf_config.apply_ssm_jax_fields(ref, saved_fields, dtype=dtype, impl=impl,
+                                             pad_vocab_size_multiple=pad_vocab_size_multiple, fn=fn)
     tensors = read_state_dict(directory, fn=fn)
 
     try:
@@ -168,7 +182,9 @@ def save_hf_checkpoint(
     (``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads them); anything else raises
     a ``ValueError`` naming the config field transformers cannot express. The vocabulary is cut to
     ``vocab_size`` rows; tied models store no ``lm_head.weight``. ``extra_config`` adds keys that
-    do not affect the forward pass, e.g. ``{"eos_token_id": 0}``.
+    do not affect the forward pass, e.g. ``{"eos_token_id": 0}``. The config fields transformers
+    cannot express go under ``config.json``'s ``"ssm_jax"`` key (which transformers keeps as an
+    attribute), so :func:`load_hf_checkpoint` returns a model with an equal config.
     """
     fn = "save_hf_checkpoint"
     if not isinstance(model, LanguageModel):
@@ -180,7 +196,13 @@ def save_hf_checkpoint(
     if bad:
         raise ValueError(f"{fn}: `extra_config` keys {bad} are not allowed; they may only add keys that do not affect "
                          f"the forward pass: {allowed}")
+    hf_config.check_token_id_fields(extra, model.config.vocab_size, fn=f"{fn}: extra_config")
     config.update(extra)
+    # What transformers has no key for (pad_vocab_size_multiple, dt_rank="auto", impl, ...), so
+    # that load_hf_checkpoint rebuilds an equal config; absent when there is nothing to keep.
+    fields = hf_config.ssm_jax_fields(model.config, config, fn=fn)
+    if fields:
+        config[hf_config.SSM_JAX_KEY] = fields
     params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     tensors = to_reference_tensors(model.config, params)
     directory = os.fspath(path)

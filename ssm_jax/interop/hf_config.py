@@ -40,8 +40,12 @@ from ssm_jax.nn.config import Mamba2Config, MambaConfig
 __all__ = [
     "LAYOUTS",
     "ReferenceConfig",
+    "SSM_JAX_KEY",
+    "apply_ssm_jax_fields",
+    "check_token_id_fields",
     "detect_layout",
     "from_reference_config",
+    "ssm_jax_fields",
     "to_transformers_config",
 ]
 
@@ -191,6 +195,22 @@ def _residual(f: _Fields, key: str, dtype: str) -> None:
                "float32); load with dtype='float32', which computes the same forward pass either way")
 
 
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id")
+
+
+def check_token_id_fields(config: Mapping[str, Any], vocab_size: int, *, fn: str) -> None:
+    """The special token ids of ``config`` (null, an id or a list of ids) must lie in
+    ``[0, vocab_size)``: generation would feed them to the embedding (ids past the table embed as
+    NaN), and an ``eos_token_id`` the model cannot emit would never stop it."""
+    for key in TOKEN_ID_KEYS:
+        value = config.get(key)
+        ids = value if isinstance(value, (list, tuple)) else [value]
+        bad = [i for i in ids if i is not None and not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size)]
+        if bad:
+            raise ValueError(f"{fn}: config.json `{key}`={value!r} is not a token id of this model: {bad} outside "
+                             f"[0, vocab_size={vocab_size}) (supported: null, an id, or a list of ids in range)")
+
+
 def detect_layout(config: Mapping[str, Any], *, fn: str = "detect_layout") -> str:
     """The layout (one of ``LAYOUTS``) a ``config.json`` mapping describes."""
     if not isinstance(config, Mapping):
@@ -232,6 +252,7 @@ def from_reference_config(config: Mapping[str, Any], *, dtype: str = "float32",
         if str(e).startswith(f"{fn}:"):
             raise
         raise ValueError(f"{fn}: config.json describes a model ssm_jax cannot build: {e}") from None
+    check_token_id_fields(config, stack["vocab_size"], fn=fn)
     multiple = native_multiple if pad_vocab_size_multiple is None else pad_vocab_size_multiple
     try:
         model_config = LanguageModelConfig(**stack, pad_vocab_size_multiple=multiple, dtype=dtype)
@@ -400,3 +421,78 @@ def to_transformers_config(config: LanguageModelConfig, *, fn: str = "to_transfo
         "use_bias": m.bias, "use_conv_bias": m.conv_bias, "time_step_min": m.dt_min,
         "time_step_max": m.dt_max, "time_step_floor": m.dt_init_floor,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Fields transformers cannot express, kept beside its keys so save -> load gives an equal config
+# ----------------------------------------------------------------------------------------------
+
+# The key of a saved config.json holding them (transformers keeps unknown keys as attributes).
+SSM_JAX_KEY = "ssm_jax"
+
+
+def _plain(value: Any) -> Any:
+    """A config dict as JSON writes and reads it (tuples as lists)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _diff(derived: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in wanted.items():
+        if isinstance(v, Mapping) and isinstance(derived.get(k), Mapping):
+            sub = _diff(derived[k], v)
+            if sub:
+                out[k] = sub
+        elif derived.get(k) != v:
+            out[k] = v
+    return out
+
+
+def ssm_jax_fields(config: LanguageModelConfig, transformers_config: Mapping[str, Any], *, fn: str) -> dict[str, Any]:
+    """The fields of ``config`` that reading ``transformers_config`` back would not give (e.g.
+    ``pad_vocab_size_multiple``, ``dt_rank="auto"``, ``impl``, the compute ``dtype``, the
+    initialization of the unused mixers), as a nested dict; empty when there are none."""
+    derived = from_reference_config(transformers_config, fn=fn).model_config
+    return _diff(_plain(derived.to_dict()), _plain(config.to_dict()))
+
+
+def _merge(base: dict[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in fields.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def apply_ssm_jax_fields(ref: ReferenceConfig, fields: Any, *, dtype: str | None, impl: str | None,
+                         pad_vocab_size_multiple: int | None, fn: str) -> ReferenceConfig:
+    """``ref`` with the saved ``fields`` (``config.json[SSM_JAX_KEY]``) applied; the loader's own
+    arguments, when given, still win. The result must write the same transformers keys as the
+    file holds: a file edited after saving (say ``hidden_size``) contradicts its fields, and is
+    refused naming the keys rather than loaded as a mixture."""
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"{fn}: config.json `{SSM_JAX_KEY}` must be an object of LanguageModelConfig fields; got {fields!r}")
+    merged = _merge(_plain(ref.model_config.to_dict()), fields)
+    if dtype is not None:
+        merged["dtype"] = dtype
+    if pad_vocab_size_multiple is not None:
+        merged["pad_vocab_size_multiple"] = pad_vocab_size_multiple
+    if impl is not None:
+        for mixer in set(ref.model_config.mixers):
+            merged[mixer] = {**merged[mixer], "impl": impl}
+    try:
+        config = LanguageModelConfig.from_dict(merged)
+        written = to_transformers_config(config, fn=fn)
+    except ValueError as e:
+        raise ValueError(f"{fn}: config.json `{SSM_JAX_KEY}` describes a model ssm_jax cannot build or save: {e}") from None
+    expected = to_transformers_config(ref.model_config, fn=fn)
+    differ = sorted(k for k in set(written) | set(expected) if written.get(k) != expected.get(k))
+    if differ:
+        raise ValueError(f"{fn}: config.json `{SSM_JAX_KEY}` contradicts the file's transformers fields {differ} "
+                         f"(e.g. {differ[0]}: {expected.get(differ[0])!r} in the file, {written.get(differ[0])!r} from "
+                         f"`{SSM_JAX_KEY}`); was config.json edited after save_hf_checkpoint? Remove `{SSM_JAX_KEY}` "
+                         "to load what the transformers fields say")
+    return dataclasses.replace(ref, model_config=config)

@@ -37,11 +37,7 @@ def make_mixer(kind: str, d_model: int, stack_config, *, dtype, rngs: nnx.Rngs) 
     if kind == "s4d":
         return S4D(d_model, stack_config.s4d, dtype=dtype, rngs=rngs)
     if kind == "attention":
-        a = stack_config.attention
-        return MultiHeadAttention(
-            d_model, num_heads=a.num_heads, head_dim=a.head_dim, rope_theta=a.rope_theta, causal=a.causal,
-            dtype=dtype, rngs=rngs,
-        )
+        return MultiHeadAttention(d_model, stack_config.attention, dtype=dtype, rngs=rngs)
     raise ValueError(f"make_mixer: `kind` must be one of {MIXERS}; got {kind!r}")
 
 

@@ -11,7 +11,7 @@ from ssm_jax.models.config import SequenceClassifierConfig
 from ssm_jax.nn.linear import Dense, Embed
 from ssm_jax.nn.norms import RMSNorm
 from ssm_jax.nn.params import canonical_dtype
-from ssm_jax.ops._checks import Dims, check_int_array, to_array
+from ssm_jax.ops._checks import Dims, check_int_array, check_token_ids, to_array
 
 __all__ = ["SequenceClassifier", "pool"]
 
@@ -49,6 +49,9 @@ class SequenceClassifier(nnx.Module):
 
     With ``dual_encoder=True`` (LRA Retrieval) both documents go through the same encoder and
     the head sees ``[u, v, u * v, u - v]``: ``head_hidden (4e -> e)``, GELU, ``head (e -> classes)``.
+
+    Token ids must lie in ``[0, vocab_size)``: concrete ids outside it raise a ``ValueError``
+    naming them; traced ones (under ``jit``) embed as NaN (as :class:`LanguageModel`).
     """
 
     def __init__(self, config: SequenceClassifierConfig, *, rngs: nnx.Rngs):
@@ -73,6 +76,7 @@ class SequenceClassifier(nnx.Module):
         dims = Dims(op)
         dims.bind(name, inputs, "b l")
         check_int_array(op, name, inputs)
+        check_token_ids(op, name, inputs, self.config.vocab_size)
         if mask is not None:
             mask = to_array(op, f"mask of {name}", mask)
             dims.bind(f"mask of {name}", mask, "b l")
@@ -82,7 +86,7 @@ class SequenceClassifier(nnx.Module):
         """Pooled features ``(b, e)`` in the compute dtype."""
         inputs, mask = self._check("inputs", inputs, mask)
         mask = None if mask is None else mask.astype(bool)
-        h = self.embedding(inputs).astype(jnp.float32)
+        h = self.embedding(inputs, num_valid=self.config.vocab_size).astype(jnp.float32)
         for block in self.layers:
             h = block(h, mask=mask)
         return pool(self.norm_f(h), mask, self.config.pooling)

@@ -17,8 +17,11 @@ from ssm_jax.nn.config import (
     MambaConfig,
     S4Config,
     S4DConfig,
+    _bool,
     _check_choice,
     _fail,
+    _positive_float,
+    check_dropout,
 )
 
 __all__ = [
@@ -66,10 +69,13 @@ class _StackConfig(Config):
             _fail(cls, f"`d_intermediate` must be an int >= 0; got {self.d_intermediate!r}")
         _check_choice(cls, "mixer", self.mixer, MIXERS)
         if self.layer_mixers is not None:
+            if not isinstance(self.layer_mixers, tuple):
+                _fail(cls, f"`layer_mixers` must be None or a tuple of mixer names (one per layer); got {self.layer_mixers!r}")
             if len(self.layer_mixers) != self.n_layers:
                 _fail(cls, f"`layer_mixers` must have n_layers={self.n_layers} entries; got {len(self.layer_mixers)}")
             for m in self.layer_mixers:
                 _check_choice(cls, "layer_mixers[...]", m, MIXERS)
+        _positive_float(cls, self, "norm_eps")
         _check_choice(cls, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         for name, sub in (("mamba", MambaConfig), ("mamba2", Mamba2Config), ("hydra", HydraConfig),
                           ("s4", S4Config), ("s4d", S4DConfig), ("attention", AttentionConfig)):
@@ -98,6 +104,7 @@ class LanguageModelConfig(_StackConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        _bool(type(self), self, "tie_embeddings")
         for m in set(self.mixers):
             if m == "hydra":
                 _fail(type(self), "mixer 'hydra' is bidirectional; a language model needs causal mixers")
@@ -121,5 +128,5 @@ class SequenceClassifierConfig(_StackConfig):
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             _fail(type(self), f"`num_classes` must be a positive int; got {self.num_classes!r}")
         _check_choice(type(self), "pooling", self.pooling, ("mean", "last", "first"))
-        if not 0.0 <= self.dropout < 1.0:
-            _fail(type(self), f"`dropout` must be in [0, 1); got {self.dropout}")
+        _bool(type(self), self, "dual_encoder")
+        check_dropout(type(self), self.dropout)

@@ -11,7 +11,7 @@ from ssm_jax.models.config import LanguageModelConfig
 from ssm_jax.nn.linear import Dense, Embed
 from ssm_jax.nn.norms import RMSNorm
 from ssm_jax.nn.params import canonical_dtype
-from ssm_jax.ops._checks import Dims, check_int_array, to_array
+from ssm_jax.ops._checks import Dims, check_int_array, check_token_ids, to_array
 
 __all__ = ["LanguageModel"]
 
@@ -31,6 +31,11 @@ class LanguageModel(nnx.Module):
     norm_f         (e,)                      final RMSNorm
     lm_head        (e, v_pad)                only when ``tie_embeddings=False``
     ============== ========================= =====================================
+
+    Token ids must lie in ``[0, vocab_size)``. Concrete ids outside it (eager calls) raise a
+    ``ValueError`` naming them; traced ids (under ``jit``, where their values are unknown) embed
+    as NaN, so the logits are NaN from that position on — never a silently clamped or
+    wrapped-around row (negative ids included).
 
     Decoding: :meth:`init_cache`, :meth:`prefill`, :meth:`step`; see :func:`ssm_jax.generate`.
     """
@@ -56,7 +61,11 @@ class LanguageModel(nnx.Module):
         ids = to_array(op, name, ids)
         Dims(op).bind(name, ids, spec)
         check_int_array(op, name, ids)
+        check_token_ids(op, name, ids, self.config.vocab_size)
         return ids
+
+    def _embed(self, ids: jax.Array) -> jax.Array:
+        return self.embedding(ids, num_valid=self.config.vocab_size).astype(jnp.float32)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         x = self.norm_f(x)
@@ -71,7 +80,7 @@ class LanguageModel(nnx.Module):
         ``segment_ids (b, l)``: packed documents; no information crosses a change of id.
         """
         input_ids = self._check_ids("LanguageModel", input_ids, "b l")
-        h = self.embedding(input_ids).astype(jnp.float32)
+        h = self._embed(input_ids)
         for block in self.layers:
             h = block(h, segment_ids=segment_ids)
         return self._logits(h)
@@ -86,7 +95,7 @@ class LanguageModel(nnx.Module):
     def prefill(self, input_ids: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         """Parallel forward of ``input_ids (b, l)`` continuing ``cache``: ``(logits (b, l, v), cache)``."""
         input_ids = self._check_ids("LanguageModel.prefill", input_ids, "b l")
-        h = self.embedding(input_ids).astype(jnp.float32)
+        h = self._embed(input_ids)
         new = []
         for block, c in zip(self.layers, cache, strict=True):
             h, c = block.prefill(h, c)
@@ -96,7 +105,7 @@ class LanguageModel(nnx.Module):
     def step(self, token_ids: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         """One token per row, ``token_ids (b,)`` -> ``(logits (b, v), cache)``."""
         token_ids = self._check_ids("LanguageModel.step", token_ids, "b", "token_ids")
-        h = self.embedding(token_ids).astype(jnp.float32)
+        h = self._embed(token_ids)
         new = []
         for block, c in zip(self.layers, cache, strict=True):
             h, c = block.step(h, c)

@@ -1,13 +1,16 @@
 """Flax NNX layers over :mod:`ssm_jax.ops`: the five mixers, attention, norms and the MLP.
 
-Every layer is called as ``layer(x (b, l, e), *, segment_ids=None) -> (b, l, e)``. Causal layers
-(``Mamba``, ``Mamba2``, ``MultiHeadAttention(causal=True)``, ``S4``/``S4D`` unless bidirectional)
-also have ``init_cache(batch_size, dtype)``, ``prefill(x, cache) -> (y, cache)`` and
-``step(x_t (b, e), cache) -> (y_t, cache)``. Parameters are fp32 with logical axis names;
-SSM-specific ones are :class:`SSMParam`.
+Every mixer is built as ``Layer(d_model, LayerConfig(...), *, dtype="float32", rngs)`` (``Mamba`` /
+``MambaConfig``, ``Mamba2``, ``Hydra``, ``S4``, ``S4D``, ``MultiHeadAttention`` / ``AttentionConfig``)
+and called as ``layer(x (b, l, e), *, segment_ids=None) -> (b, l, e)``. Causal layers (``Mamba``,
+``Mamba2``, ``MultiHeadAttention`` with ``causal=True``, ``S4``/``S4D`` unless bidirectional) also
+have ``init_cache(batch_size, dtype=None, *, max_length=None)``, ``prefill(x, cache) -> (y, cache)``
+and ``step(x_t (b, e), cache) -> (y_t, cache)``; ``max_length`` sizes attention's KV cache (SSM
+states do not grow; attention defaults to ``DEFAULT_CACHE_LENGTH`` positions and refuses to decode
+past them). Parameters are fp32 with logical axis names; SSM-specific ones are :class:`SSMParam`.
 """
 
-from ssm_jax.nn.attention import AttentionCache, MultiHeadAttention, apply_rope
+from ssm_jax.nn.attention import DEFAULT_CACHE_LENGTH, AttentionCache, MultiHeadAttention, apply_rope
 from ssm_jax.nn.config import AttentionConfig, Config, HydraConfig, Mamba2Config, MambaConfig, S4Config, S4DConfig
 from ssm_jax.nn.conv import ShortConv
 from ssm_jax.nn.hydra import Hydra
@@ -20,6 +23,7 @@ from ssm_jax.nn.params import LOGICAL_AXES, SSMParam, param
 from ssm_jax.nn.s4 import S4, S4D, S4Cache, SSMKernelParam
 
 __all__ = [
+    "DEFAULT_CACHE_LENGTH",
     "LOGICAL_AXES",
     "AttentionCache",
     "AttentionConfig",

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssm_jax.ops._checks import Dims, check_float, check_int_array, to_array
 
-__all__ = ["check_sequence", "check_step", "segment_positions"]
+__all__ = ["check_layer_args", "check_sequence", "check_step", "segment_positions"]
+
+
+def check_layer_args(layer: str, d_model, config, config_cls: type) -> int:
+    """A layer's ``d_model`` (a positive int) and ``config`` (a ``config_cls``), checked at construction."""
+    if isinstance(d_model, (bool, np.bool_)) or not isinstance(d_model, (int, np.integer)) or d_model < 1:
+        raise ValueError(f"{layer}: `d_model` must be a positive int; got {d_model!r}")
+    if not isinstance(config, config_cls):
+        hint = f" (from a dict: {config_cls.__name__}.from_dict(...))" if isinstance(config, Mapping) else ""
+        raise TypeError(f"{layer}: `config` must be a {config_cls.__name__}{hint}; got {type(config).__name__}")
+    return int(d_model)
 
 
 def check_sequence(op: str, x, d_model: int, segment_ids=None) -> tuple[jax.Array, jax.Array | None]:

@@ -12,11 +12,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_jax.nn._common import check_sequence, check_step, segment_positions
+from ssm_jax.nn._common import check_layer_args, check_sequence, check_step, segment_positions
+from ssm_jax.nn.config import AttentionConfig
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.params import canonical_dtype
+from ssm_jax.ops._checks import check_positive_int
 
-__all__ = ["AttentionCache", "MultiHeadAttention", "apply_rope"]
+__all__ = ["DEFAULT_CACHE_LENGTH", "AttentionCache", "MultiHeadAttention", "apply_rope"]
+
+# Positions of a KV cache made without max_length: the layer then shares the other mixers'
+# init_cache(batch_size, dtype) signature; sequences longer than this need max_length.
+DEFAULT_CACHE_LENGTH = 2048
 
 
 class AttentionCache(NamedTuple):
@@ -61,33 +67,33 @@ class MultiHeadAttention(nnx.Module):
     y                       ``(b, l, e)`` in ``dtype``
     ======================= =====================================================
 
+    Built like every mixer: ``MultiHeadAttention(d_model, AttentionConfig(...), dtype=, rngs=)``.
     With ``segment_ids`` a token attends only within its segment, and RoPE positions restart at
     each segment, so a packed row equals running each segment alone.
+
+    Decoding keeps every key and value: the cache holds ``max_length`` positions
+    (:data:`DEFAULT_CACHE_LENGTH` unless given to :meth:`init_cache`), and writing past its end is
+    refused — a ``ValueError`` when the cache position is concrete (eager calls), NaN outputs for
+    the positions past the end under ``jit``, where the position is traced — because a clamped
+    write would silently attend to the wrong keys.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        *,
-        num_heads: int = 8,
-        head_dim: int | None = None,
-        rope_theta: float = 10000.0,
-        causal: bool = True,
-        use_bias: bool = False,
-        dtype="float32",
-        rngs: nnx.Rngs,
-    ):
-        head_dim = d_model // num_heads if head_dim is None else head_dim
+    def __init__(self, d_model: int, config: AttentionConfig = AttentionConfig(), *, dtype="float32", rngs: nnx.Rngs):
+        d_model = check_layer_args("MultiHeadAttention", d_model, config, AttentionConfig)
+        c = config
+        head_dim = d_model // c.num_heads if c.head_dim is None else c.head_dim
         if head_dim < 2 or head_dim % 2:
-            raise ValueError(f"MultiHeadAttention: `head_dim` must be even and >= 2 (RoPE); got {head_dim} (d_model={d_model}, num_heads={num_heads})")
+            raise ValueError(f"MultiHeadAttention: `head_dim` = d_model // num_heads must be even and >= 2 (RoPE); "
+                             f"got {head_dim} (d_model={d_model}, num_heads={c.num_heads}); set AttentionConfig.head_dim")
+        self.config = c
         self.d_model = d_model
-        self.num_heads = num_heads
+        self.num_heads = c.num_heads
         self.head_dim = head_dim
-        self.rope_theta = float(rope_theta)
-        self.causal = causal
+        self.rope_theta = float(c.rope_theta)
+        self.causal = c.causal
         self.dtype = canonical_dtype("MultiHeadAttention", dtype)
-        inner = num_heads * head_dim
-        kw = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
+        inner = c.num_heads * head_dim
+        kw = dict(use_bias=False, dtype=dtype, rngs=rngs)
         self.q_proj = Dense(d_model, inner, names=("embed", "heads"), **kw)
         self.k_proj = Dense(d_model, inner, names=("embed", "heads"), **kw)
         self.v_proj = Dense(d_model, inner, names=("embed", "heads"), **kw)
@@ -120,39 +126,53 @@ class MultiHeadAttention(nnx.Module):
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def init_cache(self, batch_size: int, dtype=None, *, max_length: int) -> AttentionCache:
-        """An empty KV cache holding up to ``max_length`` positions."""
+    def init_cache(self, batch_size: int, dtype=None, *, max_length: int | None = None) -> AttentionCache:
+        """An empty KV cache holding ``max_length`` positions (default :data:`DEFAULT_CACHE_LENGTH`).
+
+        Size it for the whole sequence (prompt + generated tokens; ``generate`` does): decoding
+        past ``max_length`` is refused (see the class docstring)."""
+        op = "MultiHeadAttention.init_cache"
         if not self.causal:
-            raise ValueError("MultiHeadAttention.init_cache: a bidirectional (causal=False) layer cannot decode step by step")
-        dtype = self.dtype if dtype is None else canonical_dtype("MultiHeadAttention.init_cache", dtype)
+            raise ValueError(f"{op}: a bidirectional (causal=False) layer cannot decode step by step")
+        batch_size = check_positive_int(op, "batch_size", batch_size)
+        max_length = DEFAULT_CACHE_LENGTH if max_length is None else check_positive_int(op, "max_length", max_length)
+        dtype = self.dtype if dtype is None else canonical_dtype(op, dtype)
         shape = (batch_size, max_length, self.num_heads, self.head_dim)
         return AttentionCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
     def prefill(self, x: jax.Array, cache: AttentionCache) -> tuple[jax.Array, AttentionCache]:
         """Causal forward of ``x (b, l, e)`` continuing ``cache``; returns ``(y, cache)``.
 
-        Attends over the whole cache buffer, masked to positions ``<= `` each query's, so it also
-        serves chunked prefill. ``index + l`` must not exceed the cache's ``max_length``.
+        Attends over the whole cache buffer, masked to positions ``<=`` each query's, so it also
+        serves chunked prefill. Positions ``index .. index + l - 1`` must fit in the cache.
         """
-        x, _ = check_sequence("MultiHeadAttention.prefill", x, self.d_model)
+        op = "MultiHeadAttention.prefill"
+        x, _ = check_sequence(op, x, self.d_model)
         b, l, _ = x.shape
         max_length = cache.k.shape[1]
         if l > max_length:
-            raise ValueError(f"MultiHeadAttention.prefill: `x` has length {l} > the cache's max_length {max_length}")
+            raise ValueError(f"{op}: `x` has length {l} > the cache's max_length {max_length}; size the cache with "
+                             "init_cache(batch_size, max_length=...)")
+        if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + l > max_length:
+            i = int(cache.index)
+            raise ValueError(f"{op}: the KV cache holds max_length={max_length} positions and {i} are written; "
+                             f"{l} more (positions {i}..{i + l - 1}) do not fit. Size the cache for the whole "
+                             "sequence: init_cache(batch_size, max_length=...)")
         positions = cache.index + jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
         q, k, v = self._qkv(x, positions)
         k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
         v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.index, 0, 0))
         mask = jnp.arange(max_length)[None, :] <= positions[0][:, None]  # (l, max_length)
-        y = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None])
-        return self._out(y), AttentionCache(k_all, v_all, cache.index + l)
+        y = self._out(jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None]))
+        # Under jit the index is traced and the check above cannot run: dynamic_update_slice would
+        # clamp the write onto the last slots. Poison those positions' outputs instead.
+        past_end = positions[0] >= max_length  # (l,)
+        y = jnp.where(past_end[None, :, None], jnp.asarray(jnp.nan, y.dtype), y)
+        return y, AttentionCache(k_all, v_all, cache.index + l)
 
     def step(self, x: jax.Array, cache: AttentionCache) -> tuple[jax.Array, AttentionCache]:
-        """One token ``x (b, e)`` -> ``(y (b, e), cache)``; writes position ``cache.index``.
-
-        Past ``max_length`` the write would be clamped by ``dynamic_update_slice``: size the cache
-        for the whole generation (``generate`` does).
-        """
+        """One token ``x (b, e)`` -> ``(y (b, e), cache)``; writes position ``cache.index``, which
+        must be below the cache's ``max_length``."""
         x = check_step("MultiHeadAttention.step", x, self.d_model)
         y, cache = self.prefill(x[:, None, :], cache)
         return y[:, 0], cache

@@ -2,6 +2,9 @@
 
 ``Config.from_dict(mapping)`` builds a config from a plain dict: nested dicts become nested
 configs, lists become tuples, and an unknown key raises a ``ValueError`` listing the valid ones.
+Every field is checked when a config is constructed (directly, by ``from_dict`` or by
+``replace``): a bad value raises a ``ValueError`` naming the class, the field, the value and what
+is allowed, e.g. ``MambaConfig: `d_state` must be a positive int; got -4``.
 """
 
 from __future__ import annotations
@@ -80,9 +83,53 @@ def _to_tuples(value):
     return value
 
 
+# Field checks. Each names the config class, the field, the value given and what is allowed, and
+# runs in ``__post_init__``: a config that exists is one the layers can build (a negative
+# d_state used to surface as an MLIRError or a broadcasting error at the first call).
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(cls, c, *names: str) -> None:
+    for name in names:
+        v = getattr(c, name)
+        if not (_is_int(v) and v >= 1):
+            _fail(cls, f"`{name}` must be a positive int; got {v!r}")
+
+
+def _positive_float(cls, c, *names: str) -> None:
+    for name in names:
+        v = getattr(c, name)
+        if not (_is_number(v) and v > 0):
+            _fail(cls, f"`{name}` must be a positive float; got {v!r}")
+
+
+def _bool(cls, c, *names: str) -> None:
+    for name in names:
+        v = getattr(c, name)
+        if not isinstance(v, bool):
+            _fail(cls, f"`{name}` must be a bool (True or False); got {v!r}")
+
+
+def _impl(cls, c, op: str) -> None:
+    """``impl`` must be a name the op's registry knows (on any backend: configs travel)."""
+    from ssm_jax import ops  # the op modules register their implementations on import
+
+    names = ops.available_impls(op)
+    if c.impl not in names:
+        _fail(cls, f"`impl` must be one of {names} (the implementations of ops.{op}); got {c.impl!r}")
+
+
 def _check_A_init_range(cls, c) -> None:
-    if len(c.A_init_range) != 2 or not 0 < c.A_init_range[0] <= c.A_init_range[1]:
-        _fail(cls, f"`A_init_range` must be (lo, hi) with 0 < lo <= hi; got {c.A_init_range}")
+    r = c.A_init_range
+    if not (isinstance(r, tuple) and len(r) == 2 and all(_is_number(x) for x in r) and 0 < r[0] <= r[1]):
+        _fail(cls, f"`A_init_range` must be (lo, hi) with 0 < lo <= hi; got {r!r}")
 
 
 def head_geometry(layer: str, d_model: int, c) -> tuple[int, int]:
@@ -97,13 +144,21 @@ def head_geometry(layer: str, d_model: int, c) -> tuple[int, int]:
 
 
 def _check_dt(cls, c) -> None:
-    if not 0 < c.dt_min <= c.dt_max:
+    _positive_float(cls, c, "dt_min", "dt_max")
+    if not c.dt_min <= c.dt_max:
         _fail(cls, f"need 0 < dt_min <= dt_max; got dt_min={c.dt_min}, dt_max={c.dt_max}")
+    if hasattr(c, "dt_init_floor"):
+        _positive_float(cls, c, "dt_init_floor")
 
 
 def _check_choice(cls, name: str, value, choices) -> None:
     if value not in choices:
         _fail(cls, f"`{name}` must be one of {choices}; got {value!r}")
+
+
+def check_dropout(cls, value, name: str = "dropout") -> None:
+    if not (_is_number(value) and 0.0 <= value < 1.0):
+        _fail(cls, f"`{name}` must be a float in [0, 1); got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,9 +177,13 @@ class MambaConfig(Config):
     impl: str = "auto"
 
     def __post_init__(self):
-        _check_dt(type(self), self)
-        if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
-            _fail(type(self), f"`dt_rank` must be 'auto' or a positive int; got {self.dt_rank!r}")
+        cls = type(self)
+        _positive_int(cls, self, "d_state", "d_conv", "expand")
+        _check_dt(cls, self)
+        if self.dt_rank != "auto" and not (_is_int(self.dt_rank) and self.dt_rank > 0):
+            _fail(cls, f"`dt_rank` must be 'auto' or a positive int; got {self.dt_rank!r}")
+        _bool(cls, self, "conv_bias", "bias")
+        _impl(cls, self, "selective_scan")
 
     def resolved_dt_rank(self, d_model: int) -> int:
         return math.ceil(d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
@@ -152,10 +211,13 @@ class Mamba2Config(Config):
     impl: str = "auto"
 
     def __post_init__(self):
-        _check_dt(type(self), self)
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            _fail(type(self), f"`norm_eps` must be a positive float; got {self.norm_eps!r}")
-        _check_A_init_range(type(self), self)
+        cls = type(self)
+        _positive_int(cls, self, "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
+        _check_dt(cls, self)
+        _positive_float(cls, self, "norm_eps")
+        _check_A_init_range(cls, self)
+        _bool(cls, self, "conv_bias", "bias", "norm_before_gate", "D_has_hdim")
+        _impl(cls, self, "ssd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +243,14 @@ class HydraConfig(Config):
     impl: str = "auto"
 
     def __post_init__(self):
-        _check_dt(type(self), self)
+        cls = type(self)
+        _positive_int(cls, self, "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
+        _check_dt(cls, self)
         if self.d_conv % 2 != 1:
-            _fail(type(self), f"`d_conv` must be odd (a centred non-causal convolution); got {self.d_conv}")
-        _check_A_init_range(type(self), self)
+            _fail(cls, f"`d_conv` must be odd (a centred non-causal convolution); got {self.d_conv}")
+        _check_A_init_range(cls, self)
+        _bool(cls, self, "conv_bias", "bias")
+        _impl(cls, self, "hydra")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,13 +271,16 @@ class S4Config(Config):
     lr: float | None = None
 
     def __post_init__(self):
-        _check_dt(type(self), self)
-        if self.d_state < 2 or self.d_state % 2:
-            _fail(type(self), f"`d_state` must be even and >= 2 (conjugate pairs); got {self.d_state}")
-        _check_choice(type(self), "activation", self.activation, ("gelu", "silu", "relu", "tanh", "identity"))
-        _check_choice(type(self), "postact", self.postact, ("glu", None))
-        if not 0.0 <= self.dropout < 1.0:
-            _fail(type(self), f"`dropout` must be in [0, 1); got {self.dropout}")
+        cls = type(self)
+        if not (_is_int(self.d_state) and self.d_state >= 2 and self.d_state % 2 == 0):
+            _fail(cls, f"`d_state` must be an even int >= 2 (conjugate pairs); got {self.d_state!r}")
+        _check_dt(cls, self)
+        _bool(cls, self, "bidirectional")
+        _check_choice(cls, "activation", self.activation, ("gelu", "silu", "relu", "tanh", "identity"))
+        _check_choice(cls, "postact", self.postact, ("glu", None))
+        check_dropout(cls, self.dropout)
+        if self.lr is not None and not (_is_number(self.lr) and self.lr > 0):
+            _fail(cls, f"`lr` must be None (the optimizer's) or a positive float; got {self.lr!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,3 +304,12 @@ class AttentionConfig(Config):
     head_dim: int | None = None
     rope_theta: float = 10000.0
     causal: bool = True
+
+    def __post_init__(self):
+        cls = type(self)
+        _positive_int(cls, self, "num_heads")
+        h = self.head_dim
+        if h is not None and not (_is_int(h) and h >= 2 and h % 2 == 0):
+            _fail(cls, f"`head_dim` must be None (d_model // num_heads) or an even int >= 2 (RoPE rotates pairs); got {h!r}")
+        _positive_float(cls, self, "rope_theta")
+        _bool(cls, self, "causal")

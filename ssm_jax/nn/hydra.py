@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_jax.nn._common import check_sequence
+from ssm_jax.nn._common import check_layer_args, check_sequence
 from ssm_jax.nn.config import HydraConfig, head_geometry
 from ssm_jax.nn.conv import ShortConv
 from ssm_jax.nn.linear import Dense
@@ -45,6 +45,7 @@ class Hydra(nnx.Module):
     """
 
     def __init__(self, d_model: int, config: HydraConfig = HydraConfig(), *, dtype="float32", rngs: nnx.Rngs):
+        d_model = check_layer_args("Hydra", d_model, config, HydraConfig)
         c = config
         self.config = c
         self.d_model = d_model

@@ -70,8 +70,12 @@ class Embed(nnx.Module):
         table = init_std * jax.random.normal(rngs.params(), (num_embeddings, features), jnp.float32)
         self.embedding = param(table, ("vocab", "embed"))
 
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+    def __call__(self, ids: jax.Array, *, num_valid: int | None = None) -> jax.Array:
+        """Rows of ``ids``; an id outside ``[0, num_valid)`` (default: the table's rows), negative
+        ones included, gives a NaN row rather than a clamped or wrapped-around one."""
+        n = self.num_embeddings if num_valid is None else num_valid
+        ids = jnp.where((ids >= 0) & (ids < n), ids, self.num_embeddings)  # past the table: filled
+        return jnp.take(self.embedding[...], ids, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
 
     def attend(self, x: jax.Array, *, preferred_element_type=None) -> jax.Array:
         """``x (..., e) @ embedding.T -> (..., v)``, the tied output head."""

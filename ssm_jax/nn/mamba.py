@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssm_jax.nn.config import MambaConfig
-from ssm_jax.nn._common import check_sequence, check_step
+from ssm_jax.nn._common import check_layer_args, check_sequence, check_step
 from ssm_jax.nn.conv import ShortConv
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.params import A_log_init_real, canonical_dtype, dt_bias_init, param
@@ -53,6 +53,7 @@ class Mamba(nnx.Module):
     """
 
     def __init__(self, d_model: int, config: MambaConfig = MambaConfig(), *, dtype="float32", rngs: nnx.Rngs):
+        d_model = check_layer_args("Mamba", d_model, config, MambaConfig)
         c = config
         self.config = c
         self.d_model = d_model

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_jax.nn._common import check_sequence, check_step
+from ssm_jax.nn._common import check_layer_args, check_sequence, check_step
 from ssm_jax.nn.config import Mamba2Config, head_geometry
 from ssm_jax.nn.conv import ShortConv
 from ssm_jax.nn.linear import Dense
@@ -53,6 +53,7 @@ class Mamba2(nnx.Module):
     """
 
     def __init__(self, d_model: int, config: Mamba2Config = Mamba2Config(), *, dtype="float32", rngs: nnx.Rngs):
+        d_model = check_layer_args("Mamba2", d_model, config, Mamba2Config)
         c = config
         self.config = c
         self.d_model = d_model

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_jax.nn._common import check_sequence, check_step
+from ssm_jax.nn._common import check_layer_args, check_sequence, check_step
 from ssm_jax.nn.config import S4Config, S4DConfig
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.params import SSMParam, canonical_dtype, param
@@ -83,6 +83,7 @@ class _LTILayer(nnx.Module):
     name = "S4"
 
     def _init_common(self, d_model: int, config: S4Config, dtype, rngs: nnx.Rngs):
+        d_model = check_layer_args(self.name, d_model, config, S4DConfig if self.name == "S4D" else S4Config)
         c = config
         self.config = c
         self.d_model = h = d_model

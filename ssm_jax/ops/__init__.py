@@ -1,7 +1,10 @@
 """The mixers as pure, jit-able, differentiable, vmap-able functions (channels-last).
 
-Every op takes ``impl=`` ("auto", a named implementation, or an alias such as "pallas"),
-resolved by :mod:`ssm_jax.ops.registry`. ``available_impls(op)`` lists what an op accepts.
+The ops with several implementations (``selective_scan``, ``ssd``, ``hydra``, ``s4_kernel``,
+``s4d_kernel``, ``fft_conv``, ``causal_conv1d``, ``conv1d``) take ``impl=`` ("auto", a named
+implementation, or an alias such as "pallas"), resolved by :mod:`ssm_jax.ops.registry`;
+``available_impls(op)`` lists what an op accepts. The step forms, the ``s4_scan`` / ``s4d_scan``
+recurrences and the helpers have one implementation and no ``impl``.
 """
 
 from ssm_jax.ops.registry import ImplementationUnavailableError, available_impls

@@ -14,7 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Dims", "FLOAT_DTYPES", "check_bool", "check_float", "check_int_array", "check_positive_int", "check_real", "to_array"]
+__all__ = [
+    "Dims", "FLOAT_DTYPES", "check_bool", "check_float", "check_int_array", "check_positive_int", "check_real",
+    "check_token_ids", "to_array",
+]
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
 
@@ -49,6 +52,23 @@ def check_int_array(op: str, name: str, x: jax.Array) -> None:
         raise TypeError(f"{op}: `{name}` must have an integer dtype; got {x.dtype}")
 
 
+def check_token_ids(op: str, name: str, ids: Any, vocab_size: int) -> None:
+    """Concrete token ids must lie in ``[0, vocab_size)``; a ValueError names the ones that do not.
+
+    Traced ids pass (their values are unknown here): the embedding then gives NaN for them.
+    """
+    if isinstance(ids, jax.core.Tracer):
+        return
+    a = np.asarray(ids)
+    bad = (a < 0) | (a >= vocab_size)
+    if bad.any():
+        values = sorted({int(v) for v in a[bad]})
+        where = [tuple(int(i) for i in idx) for idx in np.argwhere(bad)[:3]]
+        more = f" and {len(values) - 8} more" if len(values) > 8 else ""
+        raise ValueError(f"{op}: `{name}` must hold token ids in [0, {vocab_size}) (vocab_size={vocab_size}); "
+                         f"got {values[:8]}{more} ({int(bad.sum())} positions, first at index {where})")
+
+
 def check_positive_int(op: str, name: str, v: Any) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{op}: `{name}` must be a positive int; got {v!r}")
@@ -75,6 +95,24 @@ class Dims:
 
     def __getitem__(self, letter: str) -> int:
         return self.sizes[letter]
+
+    def agree(self, *named: tuple[Any, str]) -> None:
+        """Bind each unbound letter to the size most of ``(array, spec)`` pairs agree on.
+
+        When several arguments share a letter, the one that disagrees with the others is the one
+        :meth:`bind` then names (binding from the first argument alone would blame the others).
+        Arrays whose rank does not match their spec do not vote; ties go to the earliest pair.
+        """
+        votes: dict[str, list[int]] = {}
+        for x, spec in named:
+            letters = spec.split()
+            if x is None or np.ndim(x) != len(letters):
+                continue
+            for c, s in zip(letters, np.shape(x)):
+                votes.setdefault(c, []).append(int(s))
+        for c, sizes in votes.items():
+            if c not in self.sizes:
+                self.sizes[c] = max(sizes, key=sizes.count)  # max keeps the first of equal counts
 
     def expected(self, spec: str) -> str:
         letters = spec.split()

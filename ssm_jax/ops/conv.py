@@ -23,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ssm_jax.ops._checks import Dims, check_bool, check_int_array, check_positive_int, check_real, to_array
@@ -86,6 +87,7 @@ def fft_conv(u, K, *, D=None, bidirectional: bool = False, impl: str = "auto") -
     check_real(op, "K", K)
     bidirectional = check_bool(op, "bidirectional", bidirectional)
     dims = Dims(op)
+    _check_transposed(op, u, K, D, 3 if bidirectional else 2)
     dims.bind("u", u, "b l h")
     if not bidirectional:
         dims.bind("K", K, "h l")
@@ -100,6 +102,27 @@ def fft_conv(u, K, *, D=None, bidirectional: bool = False, impl: str = "auto") -
         dims.bind("D", D, "h")
     _, fn = FFT_CONV.resolve(impl, {"u": u, "K": K, "D": D, "bidirectional": bidirectional})
     return fn(u=u, K=K, D=D, bidirectional=bidirectional)
+
+
+def _check_transposed(op: str, u: Array, K: Array, D, kernel_rank: int) -> None:
+    """``u (b, X, Y)`` with ``K (..., X, Y)``: one of them has (l, h) swapped. Binding ``u`` first
+    would blame ``K``; name the swap instead, and which argument has it when ``D (h,)`` tells."""
+    if not (u.ndim == 3 and K.ndim == kernel_rank and u.shape[1] != u.shape[2] and u.shape[1:] == K.shape[-2:]):
+        return
+    x, y = u.shape[1:]
+    b = u.shape[0]
+    d = None if D is None else np.shape(D)
+    if d == (x,):  # D says h = x: `u` is (b, h, l)
+        raise ValueError(f"{op}: `u` must have shape (b, l, h) = ({b}, {y}, {x}) (channels last; `K` and `D` give "
+                         f"h={x}, l={y}); got {tuple(u.shape)}, which is (b, h, l)")
+    if d == (y,):  # D says h = y: `K` is (l, h)
+        raise ValueError(f"{op}: `K` must have shape (h, l) = ({y}, {x}) (`u` and `D` give l={x}, h={y}); "
+                         f"got {tuple(K.shape)}, which is (l, h)")
+    raise ValueError(
+        f"{op}: `u` {tuple(u.shape)} and `K` {tuple(K.shape)} disagree: `u` read as (b, l, h) has l={x}, h={y}, "
+        f"`K` read as (h, l) has h={x}, l={y}. Either `u` is (b, h, l) (the ops are channels last: transpose it "
+        f"to ({b}, {y}, {x})) or `K` is (l, h)"
+    )
 
 
 def _bidirectional_kernel(K: Array, l: int) -> Array:

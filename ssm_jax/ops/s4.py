@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssm_jax.ops._checks import Dims, check_positive_int
+from ssm_jax.ops._checks import Dims, check_positive_int, to_array
 from ssm_jax.ops.registry import Registry
 from ssm_jax.ops._lti_chunked import chunked_scan, last_chunk_length
 from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype, run_scan, scan_with_resets
@@ -96,6 +96,9 @@ def s4_init(h: int, n: int, *, dtype=jnp.complex64) -> tuple[Array, Array, Array
 
 def _canonical(op, log_dt, Lambda, P, B, C=None, Q=None):
     dims = Dims(op)
+    named = (("log_dt", log_dt), ("Lambda", Lambda), ("P", P), ("B", B), ("C", C), ("Q", Q))
+    log_dt, Lambda, P, B, C, Q = (None if x is None else to_array(op, name, x) for name, x in named)
+    dims.agree((Lambda, "h n"), (log_dt, "h"), (P, "h n"), (B, "h n"), (C, "h n"), (Q, "h n"))
     log_dt = check_log_dt(op, dims, log_dt)
     Lambda = as_param(op, dims, "Lambda", Lambda)
     P = as_param(op, dims, "P", P)

@@ -144,6 +144,9 @@ def _discretize(log_dt: Array, A: Array, B: Array, discretization: str) -> tuple
 
 def _canonical(op, log_dt, A, B, C=None):
     dims = Dims(op)
+    named = (("log_dt", log_dt), ("A", A), ("B", B), ("C", C))
+    log_dt, A, B, C = (None if x is None else to_array(op, name, x) for name, x in named)
+    dims.agree((A, "h n"), (log_dt, "h"), (B, "h n"), (C, "h n"))
     log_dt = check_log_dt(op, dims, log_dt)
     A = as_param(op, dims, "A", A)
     if B is not None:

@@ -171,7 +171,7 @@ def selective_scan_step(
     return _step_impl(**canonical)
 
 
-# The sequential reference, spelled as DESIGN.md asks for every op.
+# The sequential reference under the `*_ref` name every op's reference has.
 selective_scan_ref = functools.partial(selective_scan, impl="scan")
 
 

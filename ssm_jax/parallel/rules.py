@@ -35,7 +35,7 @@ __all__ = [
 MeshAxes = str | tuple[str, ...] | None
 Rules = Sequence[tuple[str, MeshAxes]]
 
-# Mesh axes of DESIGN.md: data (pure data parallel), fsdp (data parallel with sharded weights),
+# The mesh axes ssm_jax uses: data (pure data parallel), fsdp (data parallel with sharded weights),
 # tensor (Megatron-style model parallel), context (sequence parallel).
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("batch", ("data", "fsdp")),

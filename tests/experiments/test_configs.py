@@ -97,6 +97,90 @@ def test_parse_arg_and_model_config_errors():
         common.model_config("lm", mixer="hydra", vocab_size=8, d_model=8, n_layers=1)
 
 
+def _every_config():
+    """(name, config) for every config module, every mixer / arch, full and smoke."""
+    from experiments.configs.lra import base as lra_base
+    from experiments.configs.lm import gpt2_small
+
+    for path in SYNTHETIC:
+        module, _ = _load(path)
+        args = [""] if os.path.basename(path) == "demo.py" else [f"mixer={m}" for m in mixers.CAUSAL]
+        for arg in args:
+            for smoke in ("", "smoke"):
+                spec = ",".join(a for a in (arg, smoke) if a)
+                yield f"{os.path.basename(path)}:{spec}", module.get_config(spec or None)
+    for task in ("listops", "text", "retrieval", "image", "pathfinder", "pathx"):
+        module, _ = _load(os.path.join(REPO, f"experiments/configs/lra/{task}.py"))
+        for mixer in lra_base.MIXERS:
+            for smoke in ("", ",smoke"):
+                yield f"lra/{task}:mixer={mixer}{smoke}", module.get_config(f"mixer={mixer}{smoke}")
+    for arch in gpt2_small.ARCHS:
+        for smoke in ("", ",smoke"):
+            yield f"lm/gpt2_small:arch={arch}{smoke}", gpt2_small.get_config(f"arch={arch}{smoke}")
+
+
+def test_every_config_passes_the_trainers_checks():
+    from experiments import config_checks
+
+    names = []
+    for name, c in _every_config():
+        task = config_checks.check_experiment(c)
+        tasks.model_config(task, c.model.to_dict())
+        names.append(name)
+    assert len(names) > 50, names
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("eval.extra.odd_batch.forward", "bogus", r"config.eval.extra.odd_batch.forward must be one of \('parallel', 'chunked'\); got 'bogus'"),
+    ("eval.extra.odd_batch.chunk_size", 0, r"config.eval.extra.odd_batch.chunk_size must be a positive int; got 0"),
+    ("eval.extra.odd_batch.num_batches", 0, r"num_batches must be -1 \(the whole split\) or a positive int; got 0"),
+    ("eval.batch_size", 0, r"config.eval.batch_size must be a positive int; got 0"),
+    ("log_every", 0, r"config.log_every must be a positive int; got 0"),
+    ("optim.lr", -1.0, r"config.optim.lr must be a float in \(0.0, inf\); got -1.0"),
+    ("optim.schedule", "linear", r"config.optim.schedule must be one of \('cosine', 'constant'\); got 'linear'"),
+    ("optim.b2", 1.0, r"config.optim.b2 must be a float in \[0.0, 1.0\); got 1.0"),
+    ("early_stop.mode", "up", r"config.early_stop.mode must be one of \('max', 'min'\); got 'up'"),
+    ("checkpoint.best_metric", "test/accuracy", r"config.checkpoint.best_metric must be \"\" or one of \['validation/loss'.*got 'test/accuracy'"),
+    ("checkpoint.keep", 0, r"config.checkpoint.keep must be a positive int; got 0"),
+    ("data.batch_size", -8, r"config.data.batch_size must be a positive int; got -8"),
+])
+def test_bad_experiment_settings_fail_at_setup_naming_the_key(key, value, match, tmp_path):
+    """Checked before anything is built or written (issue 19): an eval.extra entry is otherwise
+    first read after the last step."""
+    from tests.experiments.conftest import tiny_config
+
+    c = tiny_config()
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    with c.ignore_type():
+        node[leaf] = value
+    w = tmp_path / "w"
+    with pytest.raises(ValueError, match=match):
+        train.train_and_evaluate(c, str(w))
+    assert not w.exists()  # nothing written: no config.json, no checkpoints
+
+
+def test_extra_eval_data_overrides_must_name_data_keys(tmp_path):
+    from tests.experiments.conftest import tiny_config
+
+    c = tiny_config()
+    c.eval.extra.odd_batch.data = ml_collections.ConfigDict(dict(seq_length=64))  # data has seq_len
+    with pytest.raises(ValueError, match=r"config.eval.extra.odd_batch.data must be overrides of existing config.data keys .*\['seq_length'\] are not keys"):
+        train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_bad_model_fields_fail_at_setup_naming_the_field(tmp_path):
+    _, c = _load(os.path.join(REPO, "experiments/configs/synthetic/induction_heads.py"), "mixer=mamba,smoke")
+    c.model.mamba.d_state = -4  # --config.model.mamba.d_state=-4 (was a broadcasting error)
+    with pytest.raises(ValueError, match=r"config.model: MambaConfig: `d_state` must be a positive int; got -4"):
+        train.train_and_evaluate(c, str(tmp_path / "a"))
+    c.model.mamba.d_state, c.model.mamba.d_conv = 4, 0  # was "index can't contain negative values"
+    with pytest.raises(ValueError, match=r"MambaConfig: `d_conv` must be a positive int; got 0"):
+        train.train_and_evaluate(c, str(tmp_path / "b"))
+
+
 def test_real_model_trains_and_chunked_eval_equals_parallel(tmp_path):
     """A real ssm_jax Mamba LM through the trainer; the chunked (recurrent-cache) evaluation of
     long sequences gives the same metrics as the parallel forward on the same data."""

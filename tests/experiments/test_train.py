@@ -63,13 +63,41 @@ def test_plot_writes_png(tiny_reference, tmp_path):
     assert os.path.getsize(out) > 10_000
 
 
-def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path):
+def test_plot_gives_each_split_one_colour_in_every_panel(tiny_reference):
+    # train has grad_norm alone; validation and odd_batch only have the evaluated metrics, so a
+    # per-panel colour order would give train another colour in the grad_norm panel.
+    fig = plot.figure(read_metrics(tiny_reference))
+    colours: dict[str, set] = {}
+    panels = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+            panels.setdefault(ax.get_title(), set()).add(line.get_label())
+    assert panels["grad_norm"] == {"train"} and panels["loss"] == {"train", "validation", "odd_batch"}
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({c.pop() for c in colours.values()}) == 3  # and the splits differ from each other
+
+
+def test_plot_names_a_missing_run_directory(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"plot: .*nope does not exist; expected the --workdir of a run"):
+        plot.plot(missing)
+    with pytest.raises(FileNotFoundError, match=r"plot: .* has no metrics.jsonl"):
+        plot.plot(str(tmp_path))
+    with pytest.raises(SystemExit) as e:  # the command line: the message, exit status 2, no traceback
+        plot.main([missing])
+    assert e.value.code == 2 and "nope does not exist" in capsys.readouterr().err
+
+
+def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path, capsys):
     # A workdir holding only the step-3 checkpoint: the run that stopped there.
     w = str(tmp_path / "resumed")
     os.makedirs(os.path.join(w, "checkpoints"))
     shutil.copy(os.path.join(tiny_reference, "config.json"), w)
     shutil.copytree(os.path.join(tiny_reference, "checkpoints", "3"), os.path.join(w, "checkpoints", "3"))
     metrics = train.train_and_evaluate(tiny_config(), w)
+    # Said on stdout (issue 19: an INFO log that absl hides).
+    assert f"Resuming {w} from its checkpoint at step 3 (training to step 6)" in capsys.readouterr().out
     ref = losses(tiny_reference)
     got = losses(w)
     assert sorted(got) == [4, 5, 6]
@@ -77,6 +105,90 @@ def test_resume_equals_uninterrupted_run(tiny, tiny_reference, tmp_path):
         assert got[step] == ref[step], (step, got[step], ref[step])  # bit for bit
     assert losses(w, "validation")[6] == losses(tiny_reference, "validation")[6]
     assert metrics["step"] == 6 and not metrics["preempted"]
+
+
+def test_rerunning_a_finished_run_reports_it_without_writing_rows(tiny, tiny_reference, tmp_path, capsys):
+    """Issue 19: a rerun appended a second copy of the last evaluation to metrics.jsonl."""
+    w = str(tmp_path / "w")
+    shutil.copytree(tiny_reference, w)
+    before = open(os.path.join(w, "metrics.jsonl")).read()
+    m = train.train_and_evaluate(tiny_config(), w)
+    assert open(os.path.join(w, "metrics.jsonl")).read() == before  # not a row more
+    out = capsys.readouterr().out
+    assert f"Resuming {w} from its checkpoint at step 6 (it is finished: nothing to train)" in out
+    assert f"{w}: the run ended at step 6; reporting its recorded evaluation\n" in out
+    for split in ("validation", "odd_batch", "train"):
+        row = read_metrics(tiny_reference, split)[-1]
+        for k in ("loss", "accuracy"):
+            assert m[f"{split}/{k}"] == row[k], (split, k)
+    assert m["step"] == 6 and not m["preempted"]
+
+
+def test_evaluation_data_settings_fail_at_setup(tiny, tmp_path):
+    """Only the dataset can tell that eval_examples=0 is wrong: every evaluation's dataset is
+    built at setup, so it fails before training instead of after the last step (issue 19)."""
+    bad = tiny_config()
+    bad.eval.extra.odd_batch.data.eval_examples = 0
+    with pytest.raises(ValueError, match="num_examples must be positive; got 0"):
+        train.train_and_evaluate(bad, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1")) and not read_metrics_or_none(str(tmp_path))
+
+
+def read_metrics_or_none(w):
+    return read_metrics(w) if os.path.exists(os.path.join(w, "metrics.jsonl")) else None
+
+
+def test_the_final_checkpoint_is_saved_before_the_final_evaluation(tiny, tiny_reference, tmp_path, monkeypatch):
+    """Issue 19: the final save came after the final evaluation, so a failing evaluation lost the
+    trained state and every rerun trained and failed again."""
+    from experiments import metrics
+
+    w = str(tmp_path)
+    write = metrics.MetricWriter.write
+
+    def failing(self, step, split, m):  # the final odd_batch evaluation fails (say, out of memory)
+        if split == "odd_batch":
+            raise RuntimeError("odd_batch evaluation failed")
+        return write(self, step, split, m)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(metrics.MetricWriter, "write", failing)
+        with pytest.raises(RuntimeError, match="odd_batch evaluation failed"):
+            train.train_and_evaluate(tiny_config(), w)
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3", "6"]
+    assert [r["step"] for r in read_metrics(w, "validation")] == [3, 6] and not read_metrics(w, "odd_batch")
+    # Fixed, the rerun trains nothing and evaluates only what the failed run did not record.
+    m = train.train_and_evaluate(tiny_config(), w)
+    assert [r["step"] for r in read_metrics(w, "train")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(w, "validation")] == [3, 6]
+    assert [r["step"] for r in read_metrics(w, "odd_batch")] == [6]
+    assert m["odd_batch/loss"] == losses(tiny_reference, "odd_batch")[6]
+    assert m["validation/loss"] == losses(tiny_reference, "validation")[6]
+
+
+def test_a_changed_schedule_is_refused_unless_allowed(tiny, tmp_path, capsys):
+    """Issue 19: a larger total_steps silently changed the cosine schedule mid-run."""
+    from experiments import checkpointing, optim
+
+    cosine = {"optim.min_lr_ratio": 0.0, "optim.warmup_steps": 2}
+    w = str(tmp_path)
+    train.train_and_evaluate(tiny_config(**cosine), w)
+    recorded = open(os.path.join(w, "config.json")).read()
+    with pytest.raises(checkpointing.IncompatibleConfigError,
+                       match=r"total_steps changed from 6 \(recorded in .*config.json\) to 12: optim.schedule='cosine' "
+                             r"decays over total_steps, so 6 of the 6 remaining steps change learning rate \(step 7: 0 -> "
+                             r".*--config.total_steps=6, or pass --config.allow_schedule_change=True"):
+        train.train_and_evaluate(tiny_config(total_steps=12, **cosine), w)
+    assert open(os.path.join(w, "config.json")).read() == recorded  # the refusal changed nothing
+    assert [r["step"] for r in read_metrics(w, "train")] == [1, 2, 3, 4, 5, 6]
+    capsys.readouterr()
+    m = train.train_and_evaluate(tiny_config(total_steps=12, allow_schedule_change=True, **cosine), w)
+    assert m["step"] == 12
+    assert "allow_schedule_change=True: resuming at step 6 with the new schedule; total_steps changed from 6" in capsys.readouterr().out
+    c = tiny_config(total_steps=12, **cosine)
+    lr = {r["step"]: r["lr"] for r in read_metrics(w, "train")}
+    np.testing.assert_allclose(lr[7], float(optim.make_schedule(c.optim, 12, c.optim.lr)(6)), rtol=1e-6)
+    assert json.load(open(os.path.join(w, "config.json")))["total_steps"] == 12
 
 
 def test_gradient_accumulation_matches_full_batch(tiny, tiny_reference, tmp_path):
@@ -110,8 +222,18 @@ def test_early_stop_ends_the_run_and_a_rerun_reports_it(tiny, tiny_reference, tm
     again = train.train_and_evaluate(tiny_config(**stop), w)  # no further training
     assert again["step"] == 3 and again["stopped_early"]
     assert sorted(losses(w)) == [1, 2, 3]
-    with pytest.raises(ValueError, match="early_stop.metric 'validation/acc' is not an evaluated metric"):
+    with pytest.raises(ValueError, match=r"config.early_stop.metric must be \"\" or one of \['validation/loss', .*; got 'validation/acc'"):
         train.train_and_evaluate(tiny_config(**{"early_stop.metric": "validation/acc"}), str(tmp_path / "bad"))
+
+
+def test_token_ids_outside_the_models_vocabulary_are_refused(tiny, tmp_path):
+    """Issue 19: the data's ids (vocabulary 8) past the model's vocab_size 6 are named, at the
+    first train batch, instead of training on NaN (or clamped) embeddings."""
+    c = tiny_config(**{"model.vocab_size": 6})
+    with pytest.raises(ValueError, match=r"train batch of step 1: `inputs` holds token ids outside \[0, 6\) \(the "
+                                         r"model's vocab_size\): \[6, 7\] at \d+ positions"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))
 
 
 def test_steps_per_call_must_be_positive(tiny, tmp_path):

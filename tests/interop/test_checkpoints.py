@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from ssm_jax.interop import load_hf_checkpoint, read_state_dict, save_hf_checkpoint
-from ssm_jax.models import LanguageModel, LanguageModelConfig, Mamba2Config
+from ssm_jax.models import LanguageModel, LanguageModelConfig, Mamba2Config, MambaConfig
 from tests.numerics import assert_close
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -129,6 +130,34 @@ def test_round_trip_of_a_native_model(tmp_path):
     np.testing.assert_array_equal(np.asarray(back(ids)), np.asarray(model(ids)))
 
 
+def test_save_then_load_gives_an_equal_config(tmp_path):
+    """Issue 19: the round trip turned pad_vocab_size_multiple 8 into 1 and dt_rank 'auto' into 2.
+    The fields transformers has no key for travel under config.json's "ssm_jax"."""
+    mamba = LanguageModelConfig(vocab_size=50, d_model=32, n_layers=2, mixer="mamba", mamba=MambaConfig(d_state=4))
+    mamba2 = LanguageModelConfig(vocab_size=50, d_model=16, n_layers=2, mixer="mamba2", dtype="bfloat16",
+                                 mamba2=Mamba2Config(d_state=8, headdim=8, ngroups=2, chunk_size=4, impl="xla",
+                                                     A_init_range=(2.0, 4.0)))
+    for i, config in enumerate((mamba, mamba2)):
+        model = LanguageModel(config, rngs=nnx.Rngs(0))
+        save_hf_checkpoint(model, tmp_path / str(i))
+        back = load_hf_checkpoint(tmp_path / str(i))
+        assert back.config == config, (back.config, config)
+        ids = jnp.asarray(np.random.default_rng(0).integers(0, 50, (1, 5)))
+        np.testing.assert_array_equal(np.asarray(back(ids)), np.asarray(model(ids)))
+    saved = json.loads((tmp_path / "0" / "config.json").read_text())
+    assert saved["ssm_jax"] == {"pad_vocab_size_multiple": 8, "mamba": {"dt_rank": "auto"}}
+    assert saved["time_step_rank"] == 2  # transformers still reads the resolved number
+    # The loader's own arguments still win.
+    assert load_hf_checkpoint(tmp_path / "1", dtype="float32", impl="scan").config == mamba2.replace(
+        dtype="float32", mamba2=mamba2.mamba2.replace(impl="scan"))
+    # A file edited after saving contradicts its "ssm_jax" fields: refused, naming the keys.
+    (tmp_path / "0" / "config.json").write_text(json.dumps({**saved, "hidden_size": 48}))
+    with pytest.raises(ValueError, match=r"`ssm_jax` contradicts the file's transformers fields \['time_step_rank'\]"):
+        load_hf_checkpoint(tmp_path / "0")
+    # A fixture from transformers itself has no "ssm_jax": loaded as before.
+    assert "ssm_jax" not in json.loads((FIXTURES / "saved" / "hf_mamba" / "config.json").read_text())
+
+
 def test_save_refuses_what_transformers_cannot_express(tmp_path):
     with pytest.raises(ValueError, match=r"save_hf_checkpoint: `d_intermediate`=128 is not supported"):
         save_hf_checkpoint(_loaded("mamba_ssm_mamba2_mlp"), tmp_path)
@@ -145,6 +174,19 @@ def _copy_with(tmp_path: Path, name: str, edit) -> Path:
     edit(tensors)
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     return tmp_path
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
+    """Issue 19: special token ids a model cannot embed or emit are named on load and save."""
+    shutil.copytree(FIXTURES / "hf_mamba", tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    for key, value, shown in (("eos_token_id", 37, "[37]"), ("pad_token_id", -1, "[-1]"), ("bos_token_id", [0, 40], "[40]")):
+        (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ValueError, match=rf"load_hf_checkpoint: config.json `{key}`={re.escape(repr(value))} is not a "
+                                             rf"token id of this model: {re.escape(shown)} outside \[0, vocab_size=37\)"):
+            load_hf_checkpoint(tmp_path / "c")
+    with pytest.raises(ValueError, match=r"save_hf_checkpoint: extra_config: config.json `eos_token_id`=99 is not a token id"):
+        save_hf_checkpoint(_loaded("hf_mamba"), tmp_path / "s", extra_config={"eos_token_id": 99})
 
 
 def test_sharded_checkpoint(tmp_path):

@@ -271,6 +271,60 @@ def test_mamba2_config_bad_values_name_the_field(kwargs, match):
         Mamba2Config(**kwargs)
 
 
+@pytest.mark.parametrize("make, match", [
+    # The cases of issue 19: each used to fail late (MLIRError, broadcasting, reshape, index
+    # errors, ZeroDivisionError) or not at all until the first call.
+    (lambda nn: nn.MambaConfig(d_state=-4), r"MambaConfig: `d_state` must be a positive int; got -4"),
+    (lambda nn: nn.MambaConfig(d_state=0), r"MambaConfig: `d_state` must be a positive int; got 0"),
+    (lambda nn: nn.MambaConfig(d_conv=0), r"MambaConfig: `d_conv` must be a positive int; got 0"),
+    (lambda nn: nn.MambaConfig(expand=0), r"MambaConfig: `expand` must be a positive int; got 0"),
+    (lambda nn: nn.MambaConfig(impl="nope"), r"MambaConfig: `impl` must be one of \['auto', 'scan', 'xla', .*\] .*; got 'nope'"),
+    (lambda nn: nn.MambaConfig(dt_rank=0), r"MambaConfig: `dt_rank` must be 'auto' or a positive int; got 0"),
+    (lambda nn: nn.MambaConfig(bias=1), r"MambaConfig: `bias` must be a bool \(True or False\); got 1"),
+    (lambda nn: nn.MambaConfig(dt_init_floor=0.0), r"MambaConfig: `dt_init_floor` must be a positive float; got 0.0"),
+    (lambda nn: nn.Mamba2Config(d_state=-1), r"Mamba2Config: `d_state` must be a positive int; got -1"),
+    (lambda nn: nn.Mamba2Config(chunk_size=0), r"Mamba2Config: `chunk_size` must be a positive int; got 0"),
+    (lambda nn: nn.Mamba2Config(impl="cuda"), r"Mamba2Config: `impl` must be one of .*'quadratic'.*; got 'cuda'"),
+    (lambda nn: nn.HydraConfig(headdim=0), r"HydraConfig: `headdim` must be a positive int; got 0"),
+    (lambda nn: nn.HydraConfig(impl="scan"), r"HydraConfig: `impl` must be one of .*'matrix'.*; got 'scan'"),
+    (lambda nn: nn.S4Config(d_state=3), r"S4Config: `d_state` must be an even int >= 2 \(conjugate pairs\); got 3"),
+    (lambda nn: nn.S4Config(lr=0.0), r"S4Config: `lr` must be None \(the optimizer's\) or a positive float; got 0.0"),
+    (lambda nn: nn.S4DConfig(dropout=1.0), r"S4DConfig: `dropout` must be a float in \[0, 1\); got 1.0"),
+    (lambda nn: nn.S4DConfig(bidirectional="yes"), r"S4DConfig: `bidirectional` must be a bool \(True or False\); got 'yes'"),
+    (lambda nn: nn.AttentionConfig(num_heads=0), r"AttentionConfig: `num_heads` must be a positive int; got 0"),
+    (lambda nn: nn.AttentionConfig(head_dim=3), r"AttentionConfig: `head_dim` must be None .* or an even int >= 2 .*; got 3"),
+    (lambda nn: nn.AttentionConfig(rope_theta=-1.0), r"AttentionConfig: `rope_theta` must be a positive float; got -1.0"),
+    (lambda nn: LanguageModelConfig(vocab_size=8, d_model=8, n_layers=1, norm_eps=0.0),
+     r"LanguageModelConfig: `norm_eps` must be a positive float; got 0.0"),
+    (lambda nn: LanguageModelConfig(vocab_size=8, d_model=8, n_layers=1, tie_embeddings=None),
+     r"LanguageModelConfig: `tie_embeddings` must be a bool \(True or False\); got None"),
+    (lambda nn: LanguageModelConfig(vocab_size=8, d_model=8, n_layers=2, layer_mixers="ma"),
+     r"LanguageModelConfig: `layer_mixers` must be None or a tuple of mixer names .*; got 'ma'"),
+    (lambda nn: SequenceClassifierConfig(vocab_size=8, d_model=8, n_layers=1, num_classes=2, dual_encoder=0),
+     r"SequenceClassifierConfig: `dual_encoder` must be a bool \(True or False\); got 0"),
+    (lambda nn: nn.Mamba(0, nn.MambaConfig(), rngs=nnx.Rngs(0)), r"Mamba: `d_model` must be a positive int; got 0"),
+    (lambda nn: nn.Mamba2(-8, nn.Mamba2Config(), rngs=nnx.Rngs(0)), r"Mamba2: `d_model` must be a positive int; got -8"),
+    (lambda nn: nn.S4D(2.5, nn.S4DConfig(), rngs=nnx.Rngs(0)), r"S4D: `d_model` must be a positive int; got 2.5"),
+])
+def test_every_config_field_is_checked_at_construction(make, match):
+    from ssm_jax import nn
+
+    with pytest.raises(ValueError, match=match):
+        make(nn)
+
+
+def test_layers_refuse_a_config_of_another_type():
+    from ssm_jax import nn
+
+    with pytest.raises(TypeError, match=r"Mamba: `config` must be a MambaConfig \(from a dict: MambaConfig.from_dict\(...\)\); got dict"):
+        nn.Mamba(8, {"d_state": 4}, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"S4D: `config` must be a S4DConfig; got S4Config"):
+        nn.S4D(8, nn.S4Config(), rngs=nnx.Rngs(0))
+    # replace() re-checks: a frozen config cannot be made invalid after construction either.
+    with pytest.raises(ValueError, match=r"MambaConfig: `d_state` must be a positive int; got 0"):
+        nn.MambaConfig().replace(d_state=0)
+
+
 def test_head_geometry_errors_name_the_layer_and_field():
     from ssm_jax import nn
 
@@ -278,3 +332,24 @@ def test_head_geometry_errors_name_the_layer_and_field():
         nn.Hydra(8, nn.HydraConfig(headdim=5, d_state=4), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"Mamba2: `ngroups`=3 must divide the number of heads 4"):
         nn.Mamba2(8, nn.Mamba2Config(headdim=4, ngroups=3, d_state=4), rngs=nnx.Rngs(0))
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_or_poisoned():
+    """Issue 19: id 200 with vocab_size 64 gave NaN logits silently, and negative ids wrapped
+    around to the last rows. Concrete ids raise, naming them; traced ids give NaN from there."""
+    cfg = LanguageModelConfig(vocab_size=13, d_model=8, n_layers=1, mixer="mamba", **SMALL)
+    model = build(LanguageModel, cfg)
+    ok = jnp.asarray([[1, 2, 3, 4]])
+    for bad, shown in ((200, r"\[200\]"), (-1, r"\[-1\]"), (13, r"\[13\]"), (15, r"\[15\]")):  # 15 < padded 16
+        ids = ok.at[0, 2].set(bad)
+        with pytest.raises(ValueError, match=rf"LanguageModel: `input_ids` must hold token ids in \[0, 13\) .*got {shown} "
+                                             r"\(1 positions, first at index \[\(0, 2\)\]\)"):
+            model(ids)
+        logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, ids))
+        assert np.all(np.isfinite(logits[:, :2])) and np.all(np.isnan(logits[:, 2:])), bad
+    with pytest.raises(ValueError, match=r"LanguageModel.step: `token_ids` must hold token ids in \[0, 13\)"):
+        model.step(jnp.asarray([13]), model.init_cache(1, 4))
+    clf = build(SequenceClassifier, SequenceClassifierConfig(vocab_size=13, d_model=8, n_layers=1, mixer="mamba",
+                                                             num_classes=2, **SMALL))
+    with pytest.raises(ValueError, match=r"SequenceClassifier: `inputs` must hold token ids in \[0, 13\) .*got \[-3\]"):
+        clf(ok.at[0, 0].set(-3))

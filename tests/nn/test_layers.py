@@ -36,7 +36,7 @@ def make(kind: str, *, dtype="float32", seed=0, **overrides):
     if kind == "s4d":
         return nn.S4D(E, nn.S4DConfig(d_state=6, **overrides), dtype=dtype, rngs=rngs)
     if kind == "attention":
-        return nn.MultiHeadAttention(E, num_heads=2, dtype=dtype, rngs=rngs, **overrides)
+        return nn.MultiHeadAttention(E, nn.AttentionConfig(num_heads=2, **overrides), dtype=dtype, rngs=rngs)
     raise ValueError(kind)
 
 
@@ -131,6 +131,54 @@ def test_step_and_prefill_match_parallel(kind, rng):
             assert_close(a, b, tol=1e-5, name=f"{kind} cache")
         else:
             np.testing.assert_array_equal(a, b)
+
+
+def test_every_mixer_has_one_constructor_and_cache_api(rng):
+    """Issue 19: MultiHeadAttention took keywords where the others take a config, and its
+    init_cache required max_length. Every mixer: Layer(d_model, config, *, dtype, rngs), and
+    every causal one init_cache(batch_size, dtype=None, *, max_length=None)."""
+    import inspect
+
+    for cls in (nn.Mamba, nn.Mamba2, nn.Hydra, nn.S4, nn.S4D, nn.MultiHeadAttention):
+        params = inspect.signature(cls.__init__).parameters
+        assert list(params) == ["self", "d_model", "config", "dtype", "rngs"], (cls.__name__, list(params))
+        assert params["dtype"].kind is inspect.Parameter.KEYWORD_ONLY and params["rngs"].kind is inspect.Parameter.KEYWORD_ONLY
+    attn = nn.MultiHeadAttention(32, nn.AttentionConfig(num_heads=4, rope_theta=500.0), rngs=nnx.Rngs(0))
+    assert (attn.num_heads, attn.head_dim, attn.rope_theta, attn.config.num_heads) == (4, 8, 500.0, 4)
+    for kind in CAUSAL:
+        layer = make(kind)
+        params = inspect.signature(layer.init_cache).parameters
+        assert list(params) == ["batch_size", "dtype", "max_length"] and params["max_length"].default is None, kind
+        cache = layer.init_cache(2, "float32")  # positionally, as notebook 03 calls it
+        y, _ = layer.step(jnp.asarray(_x(rng, l=1))[:, 0], cache)
+        assert y.shape == (2, E) and bool(jnp.all(jnp.isfinite(y))), kind
+    k = make("attention").init_cache(1).k
+    assert k.shape == (1, nn.DEFAULT_CACHE_LENGTH, 2, E // 2)
+
+
+def test_attention_refuses_to_decode_past_its_cache(rng):
+    """Issue 19: 8 steps into a 4-position cache used to give outputs 0.19-0.28 off the
+    parallel forward, silently (dynamic_update_slice clamps the write)."""
+    layer = make("attention")
+    x = jnp.asarray(_x(rng, b=1, l=8))
+    y = call(layer, x)
+    cache = layer.init_cache(1, max_length=4)
+    for t in range(4):
+        yt, cache = layer.step(x[:, t], cache)
+        assert_close(yt, y[:, t], name=f"step {t}")
+    with pytest.raises(ValueError, match=r"MultiHeadAttention.prefill: the KV cache holds max_length=4 positions and 4 "
+                                         r"are written; 1 more \(positions 4..4\) do not fit"):
+        layer.step(x[:, 4], cache)
+    with pytest.raises(ValueError, match=r"positions 2..5\) do not fit"):
+        layer.prefill(x[:, :4], layer.prefill(x[:, :2], layer.init_cache(1, max_length=4))[1])
+    # Under jit the position is traced: the steps past the end come out NaN, not wrong.
+    step = nnx.jit(lambda m, xt, c: m.step(xt, c))
+    cache, ys = layer.init_cache(1, max_length=4), []
+    for t in range(8):
+        yt, cache = step(layer, x[:, t], cache)
+        ys.append(np.asarray(yt))
+    assert_close(np.stack(ys[:4], 1), y[:, :4], name="steps inside the cache")
+    assert np.all(np.isnan(np.stack(ys[4:]))), "steps past the cache must be NaN"
 
 
 def test_bidirectional_layers_refuse_to_decode():
@@ -338,7 +386,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="ngroups"):
         nn.Mamba2(8, nn.Mamba2Config(headdim=4, ngroups=3), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="head_dim"):
-        nn.MultiHeadAttention(6, num_heads=2, rngs=nnx.Rngs(0))
+        nn.MultiHeadAttention(6, nn.AttentionConfig(num_heads=2), rngs=nnx.Rngs(0))
     attn = make("attention")
     with pytest.raises(ValueError, match="max_length"):
         attn.prefill(jnp.zeros((1, 5, E)), attn.init_cache(1, max_length=4))

@@ -163,6 +163,13 @@ def test_fft_conv_bad_input(rng):
         fft_conv(u, K, bidirectional=True)
     with pytest.raises(ValueError, match=r"fft_conv: `u` must have shape \(b, l, h\)"):
         fft_conv(u[0], K)
+    # A transposed `u` (b, h, l): named as such, not blamed on `K` (issue 19).
+    with pytest.raises(ValueError, match=r"fft_conv: `u` must have shape \(b, l, h\) = \(2, 11, 3\) .*got \(2, 3, 11\), which is \(b, h, l\)"):
+        fft_conv(np.swapaxes(u, 1, 2), K, D=D)
+    with pytest.raises(ValueError, match=r"fft_conv: `K` must have shape \(h, l\) = \(3, 11\) .*got \(11, 3\), which is \(l, h\)"):
+        fft_conv(u, K.T, D=D)
+    with pytest.raises(ValueError, match=r"fft_conv: `u` \(2, 3, 11\) and `K` \(3, 11\) disagree.*Either `u` is \(b, h, l\)"):
+        fft_conv(np.swapaxes(u, 1, 2), K)
     with pytest.raises(ValueError, match=r"fft_conv: `D` must have shape \(h\) = \(3\)"):
         fft_conv(u, K, D=np.ones(4))
     with pytest.raises(TypeError, match="fft_conv: `u` must be real"):

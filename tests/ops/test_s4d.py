@@ -336,8 +336,13 @@ def test_extreme_step_sizes_and_A_near_zero(rng, discretization):
 
 def test_bad_input(rng):
     log_dt, A, B, C = make_params(rng)
-    with pytest.raises(ValueError, match=r"s4d_kernel: `A` must have shape \(h, n\) = \(3, \?\); got \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"s4d_kernel: `A` must have shape \(h, n\) = \(3, 4\); got \(2, 4\)"):
         s4d_kernel(log_dt, A[:2], C, 8)
+    # The argument that disagrees with the others is the one named (issue 19).
+    with pytest.raises(ValueError, match=r"s4d_kernel: `log_dt` must have shape \(h\) = \(3\); got \(4,\)"):
+        s4d_kernel(np.zeros(4), A, C, 8)
+    with pytest.raises(ValueError, match=r"s4d_discretize: `log_dt` must have shape \(h\) = \(3\); got \(4,\)"):
+        s4d_discretize(np.zeros(4), A, B)
     with pytest.raises(ValueError, match=r"s4d_kernel: `C` must have shape \(h, n\) = \(3, 4\); got \(3, 5\)"):
         s4d_kernel(log_dt, A, np.ones((3, 5), np.complex64), 8)
     with pytest.raises(ValueError, match=r"s4d_kernel: `log_dt` must have shape \(h\)"):

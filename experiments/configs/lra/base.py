@@ -24,9 +24,6 @@ and Pathfinder as real numbers through a linear encoder instead.)
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from experiments.configs import common
 
 MIXERS = ("s4", "s4d", "mamba", "mamba2", "hydra")
@@ -77,10 +74,12 @@ DATASETS = {
     "pathx": "lra_pathx",
 }
 
-# Our data that stands in for the release in smoke runs: generators where the task is generated,
-# random examples in the right format elsewhere.
+# Our data that stands in for the release in smoke runs unless `data=` names another builder
+# config: generators where the task is generated, random examples in the right format elsewhere.
 _SMOKE_DATA = {"listops": "generated", "pathfinder": "generated", "pathx": "generated"}
-SMOKE_DATA_DIR = os.path.join(tempfile.gettempdir(), "ssm_jax_lra_smoke")
+# Smoke runs prepare their (small) datasets inside the run's workdir: the trainer replaces
+# "{workdir}" in data.* strings, so nothing is written to a shared fixed path.
+SMOKE_DATA_DIR = "{workdir}/lra_data"
 
 
 def mixer_fields(mixer: str, p: dict, *, smoke: bool = False) -> dict:
@@ -106,14 +105,23 @@ def docstring_results(task: str) -> str:
 
 
 def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extra_args):
-    """The config of LRA ``task`` for the ``mixer=`` in ``arg`` (plus ``smoke``, ``data=``)."""
-    a = common.parse_arg(arg, mixer="s4", smoke=False, data="release", **extra_args)
+    """The config of LRA ``task`` for the ``mixer=`` in ``arg`` (plus ``smoke``, ``data=``).
+
+    ``data=`` is the TFDS builder config (default ``release``; with ``smoke``, our generated or
+    placeholder data); a name the builder does not have is refused here.
+    """
+    a = common.parse_arg(arg, mixer="s4", smoke=False, data="", **extra_args)
     if a.mixer not in MIXERS:
         raise ValueError(f"lra/{task}: mixer must be one of {MIXERS}; got {a.mixer!r}")
-    from experiments.data.lra import TASK_INFO  # the vocabulary / classes / length of the dataset
+    from experiments.data.lra import BUILDERS, TASK_INFO  # the vocabulary / classes / length of the dataset
 
     dataset = dataset or DATASETS[task]
     info = TASK_INFO[dataset]
+    builder_configs = {b.name: b for b in BUILDERS[dataset].BUILDER_CONFIGS}
+    data = a.data or (_SMOKE_DATA.get(task, "placeholder") if a.smoke else "release")
+    if data not in builder_configs:
+        raise ValueError(f"lra/{task}: data must be one of {sorted(builder_configs)} (the configs of the {dataset} "
+                         f"TFDS builder); got {a.data!r}")
     p = S4_PUBLISHED[task]
 
     c = common.base_config()
@@ -127,7 +135,7 @@ def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extr
     c.data = dict(
         name=dataset,
         batch_size=p["batch_size"],
-        tfds_config=a.data,
+        tfds_config=data,
         data_dir="",
         manual_dir="",
         seq_len=info["seq_len"],
@@ -160,8 +168,8 @@ def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extr
 
     if a.smoke:
         c.data.update(
-            dict(batch_size=4, seq_len=min(info["seq_len"], 256), tfds_config=_SMOKE_DATA.get(task, "placeholder"),
-                 data_dir=SMOKE_DATA_DIR, num_examples=(8, 4, 4) if task in _SMOKE_DATA else (), num_threads=1)
+            dict(batch_size=4, seq_len=min(info["seq_len"], 256), tfds_config=data, data_dir=SMOKE_DATA_DIR,
+                 num_examples=(8, 4, 4) if getattr(builder_configs[data], "generated", False) else (), num_threads=1)
         )
         c.eval.batch_size = 4
         small = dict(p, d_model=16, n_layers=1)

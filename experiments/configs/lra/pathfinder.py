@@ -11,14 +11,14 @@ levels; ``data=generated`` builds 160k/20k/20k images with our generator.
       --workdir=runs/lra/pathfinder/s4 --config.data.manual_dir=/path/to/lra
 
 arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``size=`` 32 | 64 | 128 | 256;
-``data=``; ``smoke`` runs 4 steps of a 1-layer model on generated data in seconds.
+``data=``; ``smoke`` runs 4 steps of a 1-layer model in seconds, on generated data unless ``data=``
+says otherwise, prepared in ``<workdir>/lra_data``.
 
 Hyperparameters: the updated S4 recipe (state-spaces/s4 ``s4-pathfinder.yaml``) for every size;
 the same backbone and schedule for the other mixers (see ``base.py``).
 
 Expected test accuracy at 32x32 (%, published): S4 94.20, S4D-LegS 93.06, S5 95.33.
-No published LRA numbers exist for
-Mamba, Mamba-2 or Hydra in our anchors.
+Mamba, Mamba-2 and Hydra: no published LRA numbers to compare with.
 """
 
 from experiments.configs.lra import base

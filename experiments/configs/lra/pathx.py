@@ -8,14 +8,14 @@ Data: ``data=release`` reads ``lra_release/pathfinder128/curv_contour_length_14`
       --workdir=runs/lra/pathx/s4 --config.data.manual_dir=/path/to/lra
 
 arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``data=`` the builder config;
-``smoke`` runs 4 steps of a 1-layer model on our generated / placeholder data in seconds.
+``smoke`` runs 4 steps of a 1-layer model in seconds, on our generated / placeholder data unless
+``data=`` names another builder config, prepared in ``<workdir>/lra_data``.
 
 Hyperparameters: the updated S4 recipe (state-spaces/s4 ``s4-*.yaml``, :data:`base.S4_PUBLISHED`)
 for S4 and S4D; the same backbone and schedule for the other mixers (see ``base.py``).
 
 Expected test accuracy (%, published): S4 96.35, S4D-LegS 91.95, S5 98.58.
-No published LRA numbers exist for
-Mamba, Mamba-2 or Hydra in our anchors.
+Mamba, Mamba-2 and Hydra: no published LRA numbers to compare with.
 """
 
 from experiments.configs.lra import base

@@ -3,7 +3,9 @@
 Importing this package registers the TFDS builders ``lra_listops``, ``lra_text``,
 ``lra_retrieval``, ``lra_image``, ``lra_pathfinder{32,64,128,256}`` and ``lra_pathx`` (so
 ``tfds.data_source("lra_listops/generated", data_dir=...)`` works once prepared) and the datasets
-of the same names in :mod:`experiments.data.registry`.
+of the same names in :mod:`experiments.data.registry`. The builders write array_record unless
+given another ``file_format`` (TFDS's default, tfrecord, would need TensorFlow), so
+``tfds.builder("lra_listops/generated").download_and_prepare()`` works as is.
 
 ``data.*`` keys read by every LRA dataset::
 
@@ -96,6 +98,11 @@ def load_builder(name: str, data_config, *, prepare_if_missing: bool = True) -> 
     cls = BUILDERS[name]
     config = _builder_config(cls, cfg_get(data_config, "tfds_config", "release"), cfg_get(data_config, "num_examples", ()))
     data_dir = cfg_get(data_config, "data_dir", "") or None
+    for key in ("data_dir", "manual_dir"):
+        if "{workdir}" in str(cfg_get(data_config, key, "")):
+            # Only the trainer knows the run's directory; a literal "{workdir}" folder is never meant.
+            raise ValueError(f"{name}: data.{key}={cfg_get(data_config, key, '')!r} holds '{{workdir}}', which "
+                             "experiments.train replaces with the run's workdir; outside the trainer set a path")
     builder = cls(config=config, data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
         if not prepare_if_missing:

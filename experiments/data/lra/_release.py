@@ -53,6 +53,15 @@ def find_release_dir(root: Path | None, subdir: str, files: Sequence[str], *, da
     )
 
 
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """The LRA builders' base: files default to array_record. TFDS's own default, tfrecord, needs
+    TensorFlow to write (``tfds.builder("lra_listops").download_and_prepare()`` failed without
+    it) and cannot be read by random access, which grain needs; ``file_format=`` still chooses."""
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+
 def info(builder, features: dict, description: str, citation: str = "") -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=builder,

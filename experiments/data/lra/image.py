@@ -53,7 +53,7 @@ class CifarConfig(tfds.core.BuilderConfig):
     tfds_data_dir: str | None = None
 
 
-class LraImage(tfds.core.GeneratorBasedBuilder):
+class LraImage(_release.ArrayRecordBuilder):
     """CIFAR-10 grayscale: ``image (32, 32) uint8``, ``label`` in 0..9."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -35,7 +35,7 @@ class ImdbConfig(tfds.core.BuilderConfig):
     tfds_data_dir: str | None = None  # where TFDS keeps imdb_reviews (None: TFDS's default)
 
 
-class LraText(tfds.core.GeneratorBasedBuilder):
+class LraText(_release.ArrayRecordBuilder):
     """IMDB for LRA: ``inputs (n,) uint8`` review bytes, ``label`` (1 = positive)."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -171,7 +171,7 @@ class ListOpsConfig(tfds.core.BuilderConfig):
     max_length: int = 2000
 
 
-class LraListops(tfds.core.GeneratorBasedBuilder):
+class LraListops(_release.ArrayRecordBuilder):
     """LRA ListOps: ``inputs (n,) uint8`` token ids (:data:`VOCAB`), ``label`` in 0..9."""
 
     VERSION = tfds.core.Version("1.0.0")

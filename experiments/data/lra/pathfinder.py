@@ -93,7 +93,7 @@ def _generate_one(args):
     return index, sample.image, sample.label
 
 
-class _PathfinderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _PathfinderBase(_release.ArrayRecordBuilder, skip_registration=True):
     """Pathfinder at ``SIZE`` pixels: ``image (SIZE, SIZE) uint8``, ``label`` (1 = connected)."""
 
     SIZE = 32

@@ -36,7 +36,7 @@ def read_release_tsv(path):
             yield label, fields[1].decode(), fields[2].decode(), fields[3], fields[4]
 
 
-class LraRetrieval(tfds.core.GeneratorBasedBuilder):
+class LraRetrieval(_release.ArrayRecordBuilder):
     """AAN pairs: ``inputs1``, ``inputs2 (n,) uint8`` document bytes, ``label`` (1 = linked)."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -182,3 +182,20 @@ def test_missing_release_files_error_names_them(tmp_path):
 def test_bad_config_name():
     with pytest.raises(ValueError, match="tfds_config must be one of"):
         lra.load_builder("lra_listops", dict(tfds_config="nope"))
+
+
+def test_builders_default_to_array_record_the_plain_tfds_way(tmp_path):
+    """Issue 19: tfds.builder(...).download_and_prepare() with no file_format wrote tfrecord,
+    which needs TensorFlow (not a dependency). Every LRA builder now defaults to array_record."""
+    for name, cls in lra.BUILDERS.items():
+        assert issubclass(cls, lra._release.ArrayRecordBuilder), name
+    config = lra._builder_config(listops.LraListops, "generated", (8, 4, 4))
+    builder = tfds.builder("lra_listops", config=config, data_dir=str(tmp_path))
+    assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    builder.download_and_prepare()
+    files = sorted(p.name for p in tmp_path.rglob("*-train.*"))
+    assert files and all(".array_record" in f for f in files), files
+    source = tfds.data_source("lra_listops/" + config.name, data_dir=str(tmp_path), split="train")
+    assert len(source) == 8 and 0 <= int(source[0]["label"]) < 10
+    explicit = tfds.builder("lra_listops", config=config, data_dir=str(tmp_path / "other"), file_format="tfrecord")
+    assert explicit.info.file_format == tfds.core.FileFormat.TFRECORD  # an explicit format still chooses

@@ -81,3 +81,31 @@ def test_lm_configs(arch):
         logits = model(batch["inputs"][:, :16], segment_ids=batch["segment_ids"][:, :16])
         assert logits.shape[:2] == (4, 16) and logits.shape[2] >= cfg.vocab_size
         assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_lra_smoke_honours_data_and_keeps_its_data_in_the_workdir(tmp_path):
+    """Issue 19: `listops.py:mixer=s4,data=bogus,smoke` trained on generated data (exit 0), and
+    smoke data went to a fixed /tmp/ssm_jax_lra_smoke outside the workdir."""
+    import json
+    import os
+
+    from experiments import train
+
+    module = importlib.import_module("experiments.configs.lra.listops")
+    with pytest.raises(ValueError, match=r"lra/listops: data must be one of \['generated', 'release'\] .*; got 'bogus'"):
+        module.get_config("mixer=s4,data=bogus,smoke")
+    assert module.get_config("mixer=s4,data=release,smoke").data.tfds_config == "release"
+    assert module.get_config("mixer=s4,smoke").data.tfds_config == "generated"
+    assert module.get_config("mixer=s4").data.tfds_config == "release"
+    c = module.get_config("mixer=s4d,smoke")
+    assert c.data.data_dir == "{workdir}/lra_data"
+    with pytest.raises(ValueError, match=r"data.data_dir='\{workdir\}/lra_data' holds '\{workdir\}'"):
+        registry.build(c.data, split="train", seed=0, global_batch_size=4)  # outside the trainer: no literal folder
+    c = c.unlock()
+    c.total_steps = 1
+    c.progress_bar = False
+    w = str(tmp_path / "run")
+    m = train.train_and_evaluate(c.lock(), w)
+    assert m["step"] == 1 and np.isfinite(m["validation/loss"])
+    assert os.path.isdir(os.path.join(w, "lra_data", "lra_listops", "generated_n8_4_4"))
+    assert json.load(open(os.path.join(w, "config.json")))["data"]["data_dir"] == "{workdir}/lra_data"
