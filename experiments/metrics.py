@@ -16,7 +16,7 @@ from typing import Any
 import tqdm
 from tensorboardX import SummaryWriter
 
-__all__ = ["MetricWriter", "ProgressBar", "read_metrics"]
+__all__ = ["MetricWriter", "ProgressBar", "device_memory", "device_peak_flops", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -50,6 +50,34 @@ class MetricWriter:
             self._file.close()
             self._tb.close()
             self.enabled = False
+
+
+# Dense bf16 peak FLOP/s per chip by device kind (vendor datasheets): the denominator of the
+# trainer's MFU, whatever the compute dtype (the usual convention). Unknown kinds log no MFU.
+PEAK_BF16_FLOPS = {
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def device_peak_flops(device) -> float | None:
+    """The dense bf16 peak of ``device`` (a ``jax.Device``) from :data:`PEAK_BF16_FLOPS`, matched by
+    the longest table key that starts its ``device_kind``; None when unknown (CPU)."""
+    kind = str(getattr(device, "device_kind", ""))
+    matches = [k for k in PEAK_BF16_FLOPS if kind.startswith(k)]
+    return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
+
+
+def device_memory(devices) -> int | None:
+    """The largest ``peak_bytes_in_use`` over ``devices`` (None where a backend keeps no stats)."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
+    peaks = [int(p) for p in peaks if p is not None]
+    return max(peaks) if peaks else None
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]:

@@ -34,7 +34,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import checkpointing, config_checks, mesh as mesh_lib, optim as optim_lib, stopping, tasks
+from experiments import checkpointing, config_checks, mesh as mesh_lib, metrics as metrics_lib, optim as optim_lib
+from experiments import stopping, tasks
 from experiments.data import registry
 from experiments.metrics import METRICS_FILE, MetricWriter, ProgressBar, read_metrics
 from ssm_jax import parallel
@@ -57,6 +58,17 @@ def _reseed(rngs: nnx.State, key: jax.Array) -> nnx.State:
         else:
             out.append(v)
     return jax.tree.unflatten(treedef, out)
+
+
+def _flops_per_token(model_cfg, batch: dict[str, np.ndarray], task: str) -> float:
+    """Training FLOPs per input token of the model at this batch's sequence length; 0 for a model
+    ``ssm_jax.models.counting`` does not know (a test model), which then logs no MFU."""
+    from ssm_jax import models
+    from ssm_jax.models import counting
+
+    if not isinstance(model_cfg, (models.LanguageModelConfig, models.SequenceClassifierConfig)):
+        return 0.0
+    return counting.flops_per_token(model_cfg, int(batch["inputs1" if task == "retrieval" else "inputs"].shape[1]))
 
 
 def _put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -438,6 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         preempted = False
         per_call = int(config.steps_per_call)
         cadences = (int(config.log_every), int(config.eval_every), int(config.checkpoint_every))
+        flops_per_token = None  # from the first batch's length
         stop = stopping.EarlyStop(workdir, config.early_stop)
         stopped = stop.stopped_at(start)
         while step < total_steps and not stopped:
@@ -472,10 +485,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     steps_per_sec=len(per_step["lr"]) / elapsed,
                     tokens_per_sec=window_tokens / elapsed,
                 )
+                if flops_per_token is None:
+                    flops_per_token = _flops_per_token(model_cfg, host_batches[0], task)
+                peak = metrics_lib.device_peak_flops(jax.devices()[0])
+                if peak and flops_per_token:
+                    # Model FLOPs (ssm_jax.models.counting) over every device's bf16 peak.
+                    last_train["mfu"] = flops_per_token * last_train["tokens_per_sec"] / (peak * jax.device_count())
+                memory = metrics_lib.device_memory(jax.local_devices())
+                if memory is not None:
+                    last_train["peak_memory_bytes"] = memory
                 if not all(math.isfinite(v) for v in last_train.values()):
                     logging.error("non-finite train metrics at step %d: %s", step, last_train)
                 writer.write(step, "train", last_train)
-                bar.update(0, loss=last_train["loss"], tok_s=last_train["tokens_per_sec"])
+                bar.update(0, loss=last_train["loss"], tok_s=last_train["tokens_per_sec"],
+                           **({"mfu_pct": 100 * last_train["mfu"]} if "mfu" in last_train else {}))
                 window, window_tokens, window_start = [], 0, time.perf_counter()
             if step == total_steps:
                 # Saved, and written to disk, before the final evaluation: however long it takes

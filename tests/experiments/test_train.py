@@ -290,3 +290,36 @@ def test_keeps_the_latest_and_the_best_checkpoint(tiny, tmp_path):
     best = max(val, key=val.get)
     assert best != 6, val
     assert sorted(int(s) for s in os.listdir(os.path.join(w, "checkpoints"))) == [best, 6]
+
+
+def test_mfu_uses_the_chips_bf16_peak_and_the_models_flops():
+    from types import SimpleNamespace
+
+    from experiments import metrics
+
+    assert metrics.device_peak_flops(SimpleNamespace(device_kind="NVIDIA H200")) == 989e12
+    assert metrics.device_peak_flops(SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3")) == 989e12
+    assert metrics.device_peak_flops(SimpleNamespace(device_kind="TPU v5 lite")) == 197e12
+    assert metrics.device_peak_flops(SimpleNamespace(device_kind="TPU v5p")) == 459e12
+    assert metrics.device_peak_flops(SimpleNamespace(device_kind="cpu")) is None
+    stats = [SimpleNamespace(memory_stats=lambda: {"peak_bytes_in_use": 5}), SimpleNamespace(memory_stats=lambda: {"peak_bytes_in_use": 9})]
+    assert metrics.device_memory(stats) == 9 and metrics.device_memory([SimpleNamespace(memory_stats=lambda: None)]) is None
+
+
+def test_train_rows_carry_mfu_where_the_chip_peak_is_known(tmp_path, monkeypatch):
+    import importlib.util
+
+    from experiments import metrics, tasks
+    from ssm_jax.models import counting
+    from tests.experiments.conftest import REPO
+
+    monkeypatch.setattr(metrics, "device_peak_flops", lambda device: 1e12)
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "experiments/configs/synthetic/demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    c = demo.get_config("smoke")
+    train.train_and_evaluate(c, str(tmp_path))
+    rows = read_metrics(str(tmp_path), "train")
+    fpt = counting.flops_per_token(tasks.model_config("lm", c.model.to_dict()), int(c.data.seq_len))
+    for r in rows:
+        np.testing.assert_allclose(r["mfu"], fpt * r["tokens_per_sec"] / 1e12, rtol=1e-9)
