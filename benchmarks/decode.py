@@ -8,7 +8,7 @@ tokens. Timed after a compiling call, median of ``--reps``:
 * ``generate_ms`` -- the whole ``ssm_jax.generate`` call (prefill + the compiled step loop);
 * ``tokens_per_sec`` -- ``batch * new / generate``; ``step_ms`` -- ``(generate - prefill) / new``.
 
-When ``mamba_ssm`` imports (``../shared/peers``), the same model in PyTorch generates with
+When ``mamba_ssm`` imports (built with its CUDA extensions), the same model in PyTorch generates with
 ``cg=True`` (CUDA graphs) in the same process, for ``mamba`` and ``mamba2``.
 
     PYTHONPATH=$PWD python3 benchmarks/decode.py --json $OUT/decode.json

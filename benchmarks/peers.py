@@ -1,7 +1,7 @@
 """The same models in mamba_ssm (PyTorch), for the end-to-end benchmarks' same-run baselines.
 
-mamba_ssm is not a dependency: ``../shared/peers`` says how to carry and build it on a GPU
-machine. :func:`mamba_lm` returns ``None`` and prints the reason when it cannot run here.
+mamba_ssm is not a dependency: build it (and causal_conv1d) from source with their CUDA extensions on
+the GPU machine and put it on ``PYTHONPATH``. :func:`mamba_lm` returns ``None`` and prints the reason when it cannot run here.
 """
 
 from __future__ import annotations

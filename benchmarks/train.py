@@ -14,7 +14,7 @@ Rows (JSON lines, and a table at the end):
   datasheet rate; 784 is what a bf16 8192^3 matmul reaches on the lent H200);
 * ``peak_memory_bytes`` -- the device's ``peak_bytes_in_use`` (GPU/TPU; absent on CPU).
 
-When ``mamba_ssm`` imports (``../shared/peers``: build its CUDA extensions first), the same model
+When ``mamba_ssm`` imports (built from source with its CUDA extensions), the same model
 in PyTorch (``MambaLMHeadModel``, random tokens, bf16 autocast, fused AdamW) is timed in the same
 process for ``mamba`` and ``mamba2``: ``peer_tokens_per_sec`` and ``speedup``.
 

@@ -7,7 +7,7 @@
   context is part of jax's jit key, so a cached trace is never reused across modes).
 * :func:`over_mesh` -- Mosaic custom calls cannot be partitioned by XLA's SPMD partitioner: under
   ``jax.set_mesh(mesh)`` the kernel call is wrapped in ``jax.shard_map`` over the mesh axes that
-  shard the batch and the channel/head axes (DESIGN.md's ``data``/``fsdp`` and ``tensor``), so each
+  shard the batch and the channel/head axes (the mesh axes ``data``/``fsdp`` and ``tensor``), so each
   device runs the kernel on its own shard. The sequence axis is never split (a sequence-sharded
   scan needs the carry passed between shards; ``context`` shards are gathered by ``shard_map``).
 * :func:`dtype_reason` -- the dtype rule of both families.
@@ -36,7 +36,7 @@ __all__ = [
     "vmem_limit_bytes",
 ]
 
-# Mesh axis names of DESIGN.md (and ssm_jax.parallel.DEFAULT_RULES): the batch is split over
+# Mesh axis names of ssm_jax.parallel.DEFAULT_RULES: the batch is split over
 # `data` and `fsdp`, channels (Mamba d_inner) and heads over `tensor`.
 BATCH_AXES = ("data", "fsdp")
 CHANNEL_AXES = ("tensor",)

@@ -175,7 +175,7 @@ def test_tiling_rules():
     assert blocks_tpu.choose_heads_per_block(h=4, g=2, p=64) == 2  # a group holds only two heads
     assert blocks_tpu.choose_heads_per_block(h=4, g=2, p=3) == 4  # no 128-lane multiple: all heads
     assert blocks_tpu.choose_heads_per_block(h=8, g=4, p=64, requested=4) is None  # spans groups
-    # ANCHORS.md's shape fits the budget at the default tiling, with room on every chip.
+    # The Mamba-2 benchmark shape fits the budget at the default tiling, with room on every chip.
     need = blocks_tpu.backward_vmem_bytes(128, 4, 64, 128, 1)
     assert need < tpu_common.MAX_VMEM_LIMIT
     for chip in (pltpu.ChipVersion.TPU_V5E, pltpu.ChipVersion.TPU_V5P, pltpu.ChipVersion.TPU_V6E):
