@@ -1,4 +1,5 @@
-"""Sharding helpers: logical axis rules -> ``PartitionSpec`` / ``NamedSharding`` for model states."""
+"""Sharding helpers: logical axis rules -> ``PartitionSpec`` / ``NamedSharding`` for model states,
+and context (sequence) parallelism (:mod:`ssm_jax.parallel.context`)."""
 
 from ssm_jax.parallel.rules import (
     DEFAULT_RULES,
@@ -10,14 +11,19 @@ from ssm_jax.parallel.rules import (
     logical_to_sharding,
     make_mesh,
 )
+from ssm_jax.parallel import context
+from ssm_jax.parallel.context import context_axis, use_rules
 
 __all__ = [
     "DEFAULT_RULES",
     "Rules",
     "abstract_state",
+    "context",
+    "context_axis",
     "init_sharded",
     "logical_spec",
     "logical_to_mesh",
     "logical_to_sharding",
     "make_mesh",
+    "use_rules",
 ]
