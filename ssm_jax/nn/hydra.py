@@ -15,8 +15,7 @@ from ssm_jax.nn.conv import ShortConv
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.norms import GatedRMSNorm
 from ssm_jax.nn.params import A_log_init_uniform, canonical_dtype, dt_bias_init, param
-from ssm_jax.ops.conv import conv1d
-from ssm_jax.ops.hydra import hydra
+from ssm_jax.parallel import context  # the ops with `length` split over a mesh axis, when one is set
 
 __all__ = ["Hydra"]
 
@@ -71,13 +70,13 @@ class Hydra(nnx.Module):
         b, l, _ = x.shape
         d, h, p, g, n = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
         z, xbc, dt = jnp.split(self.in_proj(x), [d, d + self.conv_dim], axis=-1)
-        xbc = conv1d(xbc, self.conv1d.weight[...], self.conv1d.bias_value(), segment_ids=segment_ids, activation="silu")
+        xbc = context.conv1d(xbc, self.conv1d.weight[...], self.conv1d.bias_value(), segment_ids=segment_ids, activation="silu")
         xs, bc = jnp.split(xbc, [d], axis=-1)
         # [B_f C_f | B_b C_b] -> B, C (b, l, 2, g, n) with axis 2 = [forward, backward].
         bc = bc.reshape(b, l, 2, 2, g, n)
         B, C = bc[:, :, :, 0], bc[:, :, :, 1]
         xh = xs.reshape(b, l, h, p)
-        y = hydra(
+        y = context.hydra(
             xh, dt.reshape(b, l, 2, h), -jnp.exp(self.A_log[...]), B, C, chunk_size=self.config.chunk_size,
             dt_bias=self.dt_bias[...], dt_softplus=True, segment_ids=segment_ids, impl=self.config.impl,
         )

@@ -15,6 +15,7 @@ from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.params import A_log_init_real, canonical_dtype, dt_bias_init, param
 from ssm_jax.ops.conv import causal_conv1d, causal_conv1d_init_state, causal_conv1d_step
 from ssm_jax.ops.selective_scan import selective_scan, selective_scan_step
+from ssm_jax.parallel import context  # the ops with `length` split over a mesh axis, when one is set
 
 __all__ = ["Mamba", "MambaCache"]
 
@@ -89,9 +90,9 @@ class Mamba(nnx.Module):
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         x, segment_ids = check_sequence("Mamba", x, self.d_model, segment_ids)
         xs, z = jnp.split(self.in_proj(x), 2, axis=-1)
-        xs = causal_conv1d(xs, self.conv1d.weight[...], self.conv1d.bias_value(), segment_ids=segment_ids, activation="silu")
+        xs = context.causal_conv1d(xs, self.conv1d.weight[...], self.conv1d.bias_value(), segment_ids=segment_ids, activation="silu")
         dt, B, C = self._ssm_inputs(xs)
-        y = selective_scan(
+        y = context.selective_scan(
             xs, dt, self._A(), B, C, D=self.D[...], z=z, dt_bias=self.dt_proj.bias[...], dt_softplus=True,
             segment_ids=segment_ids, impl=self.config.impl,
         )

@@ -16,6 +16,7 @@ from ssm_jax.nn.norms import GatedRMSNorm
 from ssm_jax.nn.params import A_log_init_uniform, canonical_dtype, dt_bias_init, param
 from ssm_jax.ops.conv import causal_conv1d, causal_conv1d_init_state, causal_conv1d_step
 from ssm_jax.ops.ssd import ssd, ssd_step
+from ssm_jax.parallel import context  # the ops with `length` split over a mesh axis, when one is set
 
 __all__ = ["Mamba2", "Mamba2Cache"]
 
@@ -98,9 +99,9 @@ class Mamba2(nnx.Module):
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         x, segment_ids = check_sequence("Mamba2", x, self.d_model, segment_ids)
         z, xbc, dt = self._split_in(self.in_proj(x))
-        xbc = causal_conv1d(xbc, self.conv1d.weight[...], self.conv1d.bias_value(), segment_ids=segment_ids, activation="silu")
+        xbc = context.causal_conv1d(xbc, self.conv1d.weight[...], self.conv1d.bias_value(), segment_ids=segment_ids, activation="silu")
         xs, B, C = self._split_xbc(xbc)
-        y = ssd(
+        y = context.ssd(
             xs, dt, -jnp.exp(self.A_log[...]), B, C, chunk_size=self.config.chunk_size, D=self._D(),
             dt_bias=self.dt_bias[...], dt_softplus=True, segment_ids=segment_ids, impl=self.config.impl,
         )
