@@ -1,4 +1,10 @@
-"""Multi-process start-up and the device mesh (axes ``data``, ``fsdp``, ``tensor``)."""
+"""Multi-process start-up and the device mesh (axes ``data``, ``fsdp``, ``tensor``, ``context``).
+
+The mesh is built by the one :func:`ssm_jax.parallel.make_mesh` (``Auto`` axes) from the
+config's ``mesh`` section; the batch is split over the mesh axes of the first ``batch`` rule of
+:data:`ssm_jax.parallel.DEFAULT_RULES` (:data:`BATCH_AXES`), and ``length`` goes to ``context``
+(context parallelism, :mod:`ssm_jax.parallel.context`) by the same table.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,17 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh
+from jax.sharding import Mesh
 
-__all__ = ["AXES", "describe", "initialize_distributed", "make_mesh", "resolve_mesh_shape"]
+from ssm_jax import parallel
 
-AXES = ("data", "fsdp", "tensor")
+__all__ = ["AXES", "BATCH_AXES", "describe", "initialize_distributed", "mesh_from_config", "resolve_mesh_shape"]
+
+AXES = ("data", "fsdp", "tensor", "context")
+
+# The mesh axes of the batch: those of the rules table's first `batch` rule (its later rules are
+# fallbacks for dimensions the product does not divide, which the trainer refuses instead).
+BATCH_AXES = next(tuple(a) if isinstance(a, tuple) else (a,) for name, a in parallel.DEFAULT_RULES if name == "batch")
 
 # Environment variables read when the flags are not given (JAX's own names where it has them).
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -59,9 +71,12 @@ def initialize_distributed(
     return False
 
 
-def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
-    """``(data, fsdp, tensor)`` with at most one ``-1`` filled by the devices left over."""
-    sizes = [int(mesh_config[a]) for a in AXES]
+def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int, int]:
+    """``(data, fsdp, tensor, context)`` with at most one ``-1`` filled by the devices left over.
+
+    A ``mesh`` section without ``context`` (configs written before it existed) means ``context=1``.
+    """
+    sizes = [int(mesh_config[a]) if a in mesh_config else 1 for a in AXES]
     fill = [i for i, s in enumerate(sizes) if s == -1]
     if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ValueError(f"mesh: sizes must be positive with at most one -1; got {dict(zip(AXES, sizes))}")
@@ -75,15 +90,15 @@ def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def make_mesh(mesh_config, devices=None) -> Mesh:
-    """The ``(data, fsdp, tensor)`` mesh over all devices (of all processes).
+def mesh_from_config(mesh_config, devices=None) -> Mesh:
+    """The ``(data, fsdp, tensor, context)`` mesh of ``config.mesh`` over all devices (of all processes).
 
-    Axes are ``Auto``: the compiler propagates shardings from the parameters' and the batch's, so
-    model code needs no sharding annotations.
+    Built by :func:`ssm_jax.parallel.make_mesh`: ``Auto`` axes, so the compiler propagates
+    shardings from the parameters' and the batch's and model code needs no annotations.
     """
     devices = jax.devices() if devices is None else devices
     shape = resolve_mesh_shape(mesh_config, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return parallel.make_mesh(shape, AXES, devices=devices)
 
 
 def describe(mesh: Mesh) -> str:

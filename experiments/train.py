@@ -43,7 +43,7 @@ from ssm_jax.nn import SSMParam
 
 __all__ = ["load_model", "train_and_evaluate"]
 
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = mesh_lib.BATCH_AXES
 
 
 def _reseed(rngs: nnx.State, key: jax.Array) -> nnx.State:
@@ -180,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # ------------------------------------------------------------------------------------------
     # Mesh.
     # ------------------------------------------------------------------------------------------
-    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh = mesh_lib.mesh_from_config(config.mesh)
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if (batch_size // accum) % n_batch_shards:
         raise ValueError(
@@ -206,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     graphdef, abs_ssm, abs_other, abs_rngs, abs_rest = nnx.split(abstract_model, SSMParam, nnx.Param, nnx.RngState, ...)
     abs_params = {"ssm": abs_ssm, "other": abs_other}
 
-    with jax.set_mesh(mesh), contextlib.ExitStack() as cleanup:
+    with jax.set_mesh(mesh), parallel.use_rules(rules), contextlib.ExitStack() as cleanup:
         # SIGTERM / Ctrl-C from here on: save after the current call and return (stopping.py).
         signals = stopping.StopSignals(multiprocess=nproc > 1)
         cleanup.callback(signals.restore)

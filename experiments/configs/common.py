@@ -17,9 +17,12 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
     steps_per_call        int    optimizer steps per compiled call (a lax.scan over stacked
                                  batches); >1 removes per-step dispatch for small models.
                                  Calls end at every log/eval/checkpoint step: results equal 1's
-    mesh.data|fsdp|tensor int    device mesh; batch is split over (data, fsdp), parameters by
-                                 sharding_rules
-    sharding_rules        tuple  ((logical axis name, mesh axis | tuple of axes | None), ...)
+    mesh.data|fsdp|tensor|context int  device mesh; batch is split over (data, fsdp), parameters
+                                 by sharding_rules; mesh.context > 1 splits every sequence
+                                 over that many devices (context parallelism: the rules map
+                                 `length` to `context`; the length must divide)
+    sharding_rules        tuple  ((logical axis name, mesh axis | tuple of axes | None), ...);
+                                 default ssm_jax.parallel.DEFAULT_RULES
     model.*                      fields of ssm_jax.models.LanguageModelConfig (task "lm") or
                                  SequenceClassifierConfig ("classification", "retrieval"); passed
                                  to ``Config.from_dict`` unchanged
@@ -61,25 +64,15 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from ssm_jax import parallel
+
 __all__ = ["DEFAULT_SHARDING_RULES", "base_config", "extra_eval", "model_config", "parse_arg", "smoke_schedule"]
 
-# Logical axis names (on parameters, from ssm_jax.nn, and `batch`/`length` on activations) to
-# mesh axes. FSDP shards the model width; tensor parallelism shards the expanded inner width,
-# heads, MLP hidden and vocabulary. Dims that do not divide their mesh axes stay replicated.
-DEFAULT_SHARDING_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("inner", "tensor"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("head_dim", None),
-    ("state", None),
-    ("conv", None),
-    ("kv", None),
-    ("layers", None),
-)
+# The one rules table (logical axis names on parameters, from ssm_jax.nn, and `batch`/`length`
+# on activations -> mesh axes): FSDP shards the model width; tensor parallelism the expanded inner
+# width, heads, MLP hidden and vocabulary; `length` goes to `context`. Dims that do not divide
+# their mesh axes stay replicated.
+DEFAULT_SHARDING_RULES = parallel.DEFAULT_RULES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -94,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.allow_schedule_change = False
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
     c.sharding_rules = DEFAULT_SHARDING_RULES
 
     c.model = ml_collections.ConfigDict()

@@ -93,7 +93,7 @@ def test_8_devices_data_fsdp_tensor_sharded_equals_one_device(tiny_reference, tm
     shutil.copytree(os.path.join(tiny_reference, "checkpoints", "3"), os.path.join(w, "checkpoints", "3"))
     run_tiny_cli(w, "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
     info = json.load(open(os.path.join(w, "run_info.json")))
-    assert info["devices"] == 8 and info["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert info["devices"] == 8 and info["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "context": 1}
     specs = info["partition_specs"]
     assert specs["['other']['embed'].value"] == ["tensor", "fsdp"]  # (vocab, embed)
     assert specs["['other']['w_in'].value"] == ["fsdp", "tensor"]  # (embed, inner)

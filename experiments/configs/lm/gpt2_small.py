@@ -9,8 +9,15 @@ r"""Language models at GPT-2-small scale (~125M parameters): Mamba, Mamba-2, S4D
       --config.data.corpus='/data/text/**/*.txt' --workdir=runs/lm/hybrid
 
 arg: ``arch=`` mamba | mamba2 | s4d | transformer | hybrid (default mamba2); ``tokenizer=``
-"byte" (default) or a SentencePiece ``.model`` path (sets the vocabulary); ``smoke`` runs 4 steps
-of a 2-layer, width-32 model on 20 stdlib files in seconds.
+"byte" (default) or a SentencePiece ``.model`` path (sets the vocabulary); ``context=N`` splits
+every sequence over ``N`` devices (``mesh.context``, default 1; the rest of the devices go to
+``mesh.data``); ``smoke`` runs 4 steps of a 2-layer, width-32 model on 20 stdlib files in seconds.
+
+Context parallelism (long sequences): ``arch=mamba2,context=4`` (or ``--config.mesh.context=4``)
+splits the ``data.seq_len`` positions of each sequence into 4 contiguous shards, one per device;
+the Mamba/Mamba-2 layers then scan their shard and exchange only states
+(:mod:`ssm_jax.parallel.context`). ``seq_len`` must divide by it; attention layers (``hybrid``,
+``transformer``) and S4D's FFT convolution run as GSPMD partitions them, gathering the sequence.
 
 Architectures (sizes as in the Mamba / Mamba-2 papers' 125M rows, d_model 768):
 
@@ -65,7 +72,7 @@ def _arch(arch: str, *, smoke: bool) -> dict:
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, arch="mamba2", tokenizer="byte", smoke=False)
+    a = common.parse_arg(arg, arch="mamba2", tokenizer="byte", context=1, smoke=False)
     if a.arch not in ARCHS:
         raise ValueError(f"lm/gpt2_small: arch must be one of {ARCHS}; got {a.arch!r}")
     from experiments.data.tokenizers import get_tokenizer
@@ -75,6 +82,7 @@ def get_config(arg=None):
 
     c = common.base_config()
     c.seed = 0
+    c.mesh.context = a.context
     c.total_steps = 20_000
     c.log_every = 50
     c.eval_every = 1_000
