@@ -126,6 +126,21 @@ def _resolve_axis(op: str, axis: str | None, l: int, *, min_shard: int = 1) -> s
     return axis
 
 
+def _check_args(fn, *args, **kwargs) -> None:
+    """Run ``fn``'s argument checks (errors naming the argument) on the whole arrays' shapes, with
+    no sharding: under an Explicit mesh the op itself cannot trace a length-sharded type.
+    ``fn`` may be a ``functools.partial``; its keyword arrays are stripped too."""
+    if isinstance(fn, functools.partial):
+        fn, args, kwargs = fn.func, fn.args + args, {**fn.keywords, **kwargs}
+
+    def strip(v):
+        return jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) if hasattr(v, "shape") else v
+
+    arrays = {k: strip(v) for k, v in kwargs.items() if hasattr(v, "shape")}
+    static = {k: v for k, v in kwargs.items() if not hasattr(v, "shape")}
+    jax.eval_shape(lambda a, kw: fn(*a, **kw, **static), tuple(map(strip, args)), arrays)
+
+
 def _to_axis(v, dim: int, axis: str):
     """Under an Explicit ``axis``, reshard ``v`` so dimension ``dim`` is split over it (Auto axes
     need nothing: ``shard_map`` reshards its inputs)."""
@@ -226,8 +241,17 @@ def _gate(z, f):
 
 
 def _stacked_out(final):
-    """A replicated value returned as one row per shard (the caller keeps the last)."""
+    """A replicated value returned as one row per shard (the caller keeps the last, :func:`_last`)."""
     return final[None]
+
+
+def _last(stacked, axis: str):
+    """The last shard's row of ``(S, ...)`` rows split over ``axis`` (Explicit axes: replicated
+    first, an ``S``-row state gather, since a typed slice of a split axis is not defined)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if dict(zip(mesh.axis_names, mesh.axis_types))[axis] == jax.sharding.AxisType.Explicit:
+        stacked = jax.sharding.reshard(stacked, P())
+    return stacked[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +267,7 @@ def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
         return ops.selective_scan(x, dt, A, B, C, initial_state=initial_state, segment_ids=segment_ids,
                                   return_final_state=return_final_state, **kw)
     # Argument checks (and errors naming the argument) happen on the whole arrays first.
-    jax.eval_shape(functools.partial(ops.selective_scan, **kw), x, dt, A, B, C, initial_state=initial_state,
+    _check_args(functools.partial(ops.selective_scan, **kw), x, dt, A, B, C, initial_state=initial_state,
                    segment_ids=segment_ids)
 
     def body(x, dt, A, B, C, D, z, dt_bias, h0, seg):
@@ -276,7 +300,7 @@ def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
     args = (x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids)
     dims = (1, 1, None, 1, 1, None, 1, None, None, 1)
     y, final = _shard_map(body, axis, args, dims, (P(None, axis), P(axis)))
-    return (y, final[-1]) if return_final_state else y
+    return (y, _last(final, axis)) if return_final_state else y
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,7 +340,7 @@ def ssd(x, dt, A, B, C, *, chunk_size=256, D=None, z=None, dt_bias=None, dt_soft
     if axis is None:
         return ops.ssd(x, dt, A, B, C, initial_state=initial_state, segment_ids=segment_ids,
                        return_final_state=return_final_state, **kw)
-    jax.eval_shape(functools.partial(ops.ssd, **kw), x, dt, A, B, C, initial_state=initial_state, segment_ids=segment_ids)
+    _check_args(functools.partial(ops.ssd, **kw), x, dt, A, B, C, initial_state=initial_state, segment_ids=segment_ids)
 
     def body(x, dt, A, B, C, D, z, dt_bias, h0, seg):
         y, final = _ssd_shard(x, dt, A, B, C, dt_bias, dt_softplus, h0, seg, _alive(seg, axis), chunk_size, impl,
@@ -326,7 +350,7 @@ def ssd(x, dt, A, B, C, *, chunk_size=256, D=None, z=None, dt_bias=None, dt_soft
     args = (x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids)
     dims = (1, 1, None, 1, 1, None, 1, None, None, 1)
     y, final = _shard_map(body, axis, args, dims, (P(None, axis), P(axis)))
-    return (y, final[-1]) if return_final_state else y
+    return (y, _last(final, axis)) if return_final_state else y
 
 
 # Hydra's implementations -> the SSD implementation its passes run on.
@@ -401,7 +425,7 @@ def _lti_scan(op_name, op, u, dA, dB, C, D, initial_state, segment_ids, chunk_si
     kw = dict(D=D, chunk_size=chunk_size)
     if axis is None:
         return op(u, dA, dB, C, initial_state=initial_state, segment_ids=segment_ids, **kw)
-    jax.eval_shape(functools.partial(op, **kw), u, dA, dB, C, initial_state=initial_state, segment_ids=segment_ids)
+    _check_args(functools.partial(op, **kw), u, dA, dB, C, initial_state=initial_state, segment_ids=segment_ids)
 
     def body(u, dA, dB, C, D, h0, seg):
         l = u.shape[1]
@@ -432,7 +456,7 @@ def _lti_scan(op_name, op, u, dA, dB, C, D, initial_state, segment_ids, chunk_si
 
     args = (u, dA, dB, C, D, initial_state, segment_ids)
     y, final = _shard_map(body, axis, args, (1, None, None, None, None, None, 1), (P(None, axis), P(axis)))
-    return y, final[-1]
+    return y, _last(final, axis)
 
 
 def s4d_scan(u, dA, dB, C, *, D=None, initial_state=None, segment_ids=None, chunk_size=None, axis=None):
@@ -458,7 +482,7 @@ def _halo_conv(op_name, op, left: int, x, weight, bias, segment_ids, activation,
     kw = dict(activation=activation, impl=impl)
     if axis is None:
         return op(x, weight, bias, segment_ids=segment_ids, **kw)
-    jax.eval_shape(functools.partial(op, **kw), x, weight, bias, segment_ids=segment_ids)
+    _check_args(functools.partial(op, **kw), x, weight, bias, segment_ids=segment_ids)
 
     def body(x, weight, bias, seg):
         l = x.shape[1]

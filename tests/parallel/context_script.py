@@ -213,6 +213,12 @@ def case_kernels(mesh, spec):
     case_ssd(mesh, spec, impl="pallas_tpu", ref_impl="xla")
 
 
+def case_gpu_kernels(mesh, spec):
+    # The Mosaic GPU kernels in Mosaic GPU interpret mode, inside the context shard_map.
+    case_selective_scan(mesh, spec, impl="pallas_gpu", ref_impl="xla")
+    case_ssd(mesh, spec, impl="pallas_gpu", ref_impl="xla")
+
+
 def case_models(mesh, spec):
     """The layers pick the context-parallel ops by themselves under a mesh with `context`."""
     from flax import nnx
@@ -250,6 +256,13 @@ def case_models(mesh, spec):
         assert err <= TOL * scale(ref), f"{name}: max abs error {err:.3e}"
         assert gerr <= TOL * scale(ref_g), f"{name}: grad max abs error {gerr:.3e}"
         print(f"PASS {name} err={err:.2e} grad_err={gerr:.2e}", flush=True)
+
+
+def case_explicit(mesh, spec):
+    """The same checks on a mesh whose axes are Explicit (sharding in types)."""
+    explicit = jax.make_mesh(tuple(mesh.shape.values()), tuple(mesh.shape), axis_types=(jax.sharding.AxisType.Explicit,) * len(mesh.shape))
+    case_ssd(explicit, spec)
+    case_conv(explicit, spec)
 
 
 def case_errors(mesh, spec):

@@ -52,3 +52,16 @@ def test_kernels_in_interpret_mode():
     # The Mosaic TPU kernels (TPU interpret mode on CPU) as the per-shard op.
     out = run(4, "context=4", "kernels")
     assert "selective_scan[pallas_tpu]" in out and "ssd[pallas_tpu]" in out, out
+
+
+def test_explicit_mesh_axes():
+    # Sharding in types (jax.make_mesh's default axis type): inputs are resharded onto `context`
+    # before the shard_map and the final state is gathered before its last row is taken.
+    run(4, "context=4", "explicit")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="jax 0.11.2's Mosaic GPU interpreter fails under any multi-device "
+                   "shard_map on CPU ('Barrier remains allocated'), a plain batch shard_map too")
+def test_mosaic_gpu_kernels_in_interpret_mode():
+    run(4, "context=4", "gpu_kernels")
