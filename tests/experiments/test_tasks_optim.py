@@ -31,7 +31,7 @@ def test_lm_sums_and_metrics_match_numpy(rng):
     # Make row 0 entirely right on its scored positions.
     logits[0, np.arange(l), targets[0]] = 40.0
     batch = {"inputs": targets, "targets": targets, "weights": weights}
-    sums = jax.device_get(tasks.loss_sums(jnp.asarray(logits), batch, "lm", v))
+    sums = jax.device_get(tasks.LanguageModeling().sums_of_logits(jnp.asarray(logits), batch, v))
 
     ce = _np_ce(logits[..., :v].astype(np.float64), targets)
     correct = logits[..., :v].argmax(-1) == targets
@@ -43,7 +43,7 @@ def test_lm_sums_and_metrics_match_numpy(rng):
     assert rows_right[0]
     assert sums["seq_count"] == 2 and sums["seq_correct_sum"] == sum(rows_right)
 
-    m = tasks.finalize(sums, "lm")
+    m = tasks.LanguageModeling().finalize(sums)
     assert np.isclose(m["loss"], np.sum(ce * weights) / weights.sum(), rtol=1e-6)
     assert np.isclose(m["perplexity"], np.exp(m["loss"])) and np.isclose(m["bits_per_token"], m["loss"] / np.log(2))
     assert m["seq_accuracy"] == sum(rows_right) / 2
@@ -54,10 +54,10 @@ def test_classification_sums_match_numpy(rng):
     label = rng.integers(0, 4, size=6).astype(np.int32)
     weights = np.array([1, 1, 1, 1, 0, 0], np.float32)  # two padding rows
     batch = {"label": label, "weights": weights}
-    sums = jax.device_get(tasks.loss_sums(jnp.asarray(logits), batch, "classification", 4))
+    sums = jax.device_get(tasks.Classification().sums_of_logits(jnp.asarray(logits), batch, 4))
     assert_close(sums["loss_sum"], np.sum(_np_ce(logits.astype(np.float64), label) * weights), name="loss_sum")
     assert sums["correct_sum"] == np.sum((logits.argmax(-1) == label) * weights)
-    assert set(tasks.finalize(sums, "classification")) == {"loss", "accuracy"}
+    assert set(tasks.Classification().finalize(sums)) == {"loss", "accuracy"}
 
 
 class _Toy(nnx.Module):
