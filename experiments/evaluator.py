@@ -137,9 +137,8 @@ class Evaluator:
                  seed: int):
         self.evaluations = evals
         self.graphdef, self.num_classes, self.vocab_size, self.mesh, self.seed = graphdef, num_classes, vocab_size, mesh, seed
-        replicated = NamedSharding(mesh, P())
-        self._sums: dict[tasks_lib.Task, object] = {}
-        self._replicated = replicated
+        self._sums: dict[tasks_lib.Task, object] = {}  # the jitted parallel forward of each distinct task
+        self._replicated = NamedSharding(mesh, P())
         self.cache_init = jax.jit(functools.partial(_cache_init, graphdef=graphdef), static_argnums=(3, 4))
         # The chunked kind needs the dense task (prefill gives every position's logits).
         self.chunk_sums = jax.jit(functools.partial(_chunk_sums, graphdef=graphdef, task=tasks_lib.LanguageModeling(),

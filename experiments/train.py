@@ -98,7 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Model shapes (no memory). Outside the mesh context: nnx.eval_shape would read the logical
     # names as mesh axes (flax 0.12.10).
     # ------------------------------------------------------------------------------------------
-    make_model = lambda: task.build_model(model_cfg, nnx.Rngs(config.seed))  # noqa: E731 (fresh Rngs per build)
+    # A fresh Rngs per build: eval_shape and the jitted init must draw the same initial values.
+    make_model = lambda: task.build_model(model_cfg, nnx.Rngs(config.seed))  # noqa: E731
     abstract_model = nnx.eval_shape(make_model)
     abstract_model.eval()
     graphdef_eval = nnx.graphdef(abstract_model)

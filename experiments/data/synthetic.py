@@ -2,7 +2,9 @@
 
 All three are task ``"lm"``: ``inputs``, ``targets``, ``weights`` of shape ``(l,)`` per example
 (batched to ``(b, l)``); ``targets[t]`` is what a causal model should output after reading
-``inputs[: t + 1]``, and ``weights`` is 1 exactly at the positions the task scores.
+``inputs[: t + 1]``, and ``weights`` is 1 exactly at the positions the task scores. Each
+registers how many positions a row scores at most (``scored_positions``), so the loss runs the LM
+head only there (:class:`experiments.tasks.LanguageModeling`).
 
 * ``selective_copying`` (Mamba paper, Sec. 4.1.1 / App. E.1): ``num_tokens`` data tokens at random
   positions among noise, then ``num_tokens`` marker tokens; at the i-th marker the model must

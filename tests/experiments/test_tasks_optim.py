@@ -118,3 +118,24 @@ def test_schedule_warmup_then_constant():
     np.testing.assert_allclose([s(0), s(99)], [3e-4, 3e-4], rtol=1e-6)
     with pytest.raises(ValueError, match=r"optim.schedule must be one of \('cosine', 'constant'\); got 'linear'"):
         optim.make_schedule(ml_collections.ConfigDict(dict(warmup_steps=0, schedule="linear")), 10, 1.0)
+
+
+def test_adam_moments_take_their_parameters_sharding():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    params = {"ssm": {"A_log": jnp.ones((3,))}, "other": {"w": jnp.ones((4, 3)), "b": jnp.ones((3,))}}
+    shardings = {"ssm": {"A_log": NamedSharding(mesh, P("data"))},
+                 "other": {"w": NamedSharding(mesh, P(None, "data")), "b": NamedSharding(mesh, P())}}
+    c = common.base_config()
+    c.optim.clip_norm = 1.0
+    tx, _ = optim.make_optimizer(c.optim, 10)
+    default = NamedSharding(mesh, P())
+    out = optim.opt_state_shardings(jax.eval_shape(tx.init, params), params, shardings, default)
+    specs = {jax.tree_util.keystr(k): s.spec for k, s in jax.tree_util.tree_leaves_with_path(
+        out, is_leaf=lambda x: isinstance(x, NamedSharding))}
+    mu_w = [s for k, s in specs.items() if k.endswith("mu['other']['w']")]
+    nu_a = [s for k, s in specs.items() if k.endswith("nu['ssm']['A_log']")]
+    assert mu_w == [P(None, "data")] and nu_a == [P("data")], specs
+    counts = [s for k, s in specs.items() if "count" in k]
+    assert counts and all(s == P() for s in counts)
