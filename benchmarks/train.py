@@ -59,7 +59,7 @@ def ours(arch: str, args) -> dict:
 
     c = _config(arch, smoke=args.smoke, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype)
     speed = trainer_speed(c, warmup=args.warmup, steps=args.steps)
-    model_cfg = tasks.model_config("lm", c.model.to_dict())
+    model_cfg = tasks.LanguageModeling().model_config(c.model.to_dict())
     fpt = counting.flops_per_token(model_cfg, int(c.data.seq_len))
     return dict(
         impl="ssm_jax", arch=arch, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
@@ -74,7 +74,7 @@ def mamba_ssm_row(arch: str, args, config) -> dict | None:
     cannot run here."""
     from experiments import tasks
 
-    peer = mamba_lm(tasks.model_config("lm", config.model.to_dict()), dtype="float32", who="benchmarks.train")
+    peer = mamba_lm(tasks.LanguageModeling().model_config(config.model.to_dict()), dtype="float32", who="benchmarks.train")
     if peer is None:
         return None
     torch, model = peer

@@ -4,7 +4,7 @@ Every key the trainer reads (the schema of :mod:`experiments.configs.common`) is
 a bad value fails at setup with a ``ValueError`` naming the key, the value and what is allowed,
 instead of hours later at the evaluation that reads it (an ``eval.extra`` entry is only used
 after the last step). ``model.*`` is checked by the model config dataclasses
-(``tasks.model_config``), the dataset's own keys by the dataset, ``mesh`` by
+(``Task.model_config``), the dataset's own keys by the dataset, ``mesh`` by
 :mod:`experiments.mesh`.
 """
 
@@ -57,8 +57,8 @@ def _metric(key: str, value: Any, evaluated: dict[str, tuple[str, ...]]) -> None
         _fail(key, value, f'"" or one of {options}')
 
 
-def check_experiment(config) -> str:
-    """Check the trainer's keys of ``config`` (a ConfigDict); return the task. Raises ValueError."""
+def check_experiment(config) -> tasks.Task:
+    """Check the trainer's keys of ``config`` (a ConfigDict); return the train split's task. Raises ValueError."""
     for key in ("seed",):
         _int(key, config[key], minimum=0)
     for key in ("total_steps", "log_every", "eval_every", "checkpoint_every", "steps_per_call"):
@@ -69,7 +69,7 @@ def check_experiment(config) -> str:
     data = config.data
     if not isinstance(data.get("name"), str) or not data.name:
         _fail("data.name", data.get("name"), "the name of a registered dataset (experiments.data.registry.names())")
-    task = tasks.task_of(data)  # unknown names raise, listing the registered ones
+    task = tasks.of(data, "train")  # unknown names raise, listing the registered ones
     _int("data.batch_size", data.batch_size, minimum=1, allowed="a positive int")
 
     o = config.optim
@@ -93,7 +93,7 @@ def check_experiment(config) -> str:
     _int("eval.batch_size", e.batch_size, minimum=1, allowed="a positive int")
     if isinstance(e.num_batches, bool) or not isinstance(e.num_batches, int) or not (e.num_batches == -1 or e.num_batches >= 1):
         _fail("eval.num_batches", e.num_batches, "-1 (the whole split) or a positive int")
-    metrics = tasks.metric_names(task, data.name)
+    metrics = task.metric_names(data.name)
     every_eval = {s: metrics for s in splits}
     for name, extra in e.extra.items():
         k = f"eval.extra.{name}"
@@ -115,12 +115,12 @@ def check_experiment(config) -> str:
                 extra.num_batches == -1 or extra.num_batches >= 1):
             _fail(f"{k}.num_batches", extra.num_batches, "-1 (the whole split) or a positive int")
         _choice(f"{k}.forward", extra.forward, ("parallel", "chunked"))
-        if extra.forward == "chunked" and task != "lm":
-            _fail(f"{k}.forward", extra.forward, f"'parallel' for task {task!r} (chunked evaluation runs a language model's cache)")
+        if extra.forward == "chunked" and not task.chunked_evaluation:
+            _fail(f"{k}.forward", extra.forward, f"'parallel' for task {task.name!r} (chunked evaluation runs a language model's cache)")
         _int(f"{k}.chunk_size", extra.chunk_size, minimum=1, allowed="a positive int")
         _bool(f"{k}.every_eval", extra.every_eval)
         if extra.every_eval:
-            every_eval[name] = tasks.metric_names(task, extra.data.get("name", data.name))
+            every_eval[name] = task.metric_names(extra.data.get("name", data.name))
 
     s = config.early_stop
     _metric("early_stop.metric", s.metric, every_eval)

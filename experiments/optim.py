@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-__all__ = ["SCHEDULES", "make_optimizer", "make_schedule", "schedule_change"]
+__all__ = ["SCHEDULES", "make_optimizer", "make_schedule", "opt_state_shardings", "schedule_change"]
 
 
 SCHEDULES = ("cosine", "constant")
@@ -97,3 +97,29 @@ def schedule_change(optim, old_total: int, new_total: int, start: int) -> str | 
     lrs = ", ".join(f"step {start + i + 1}: {old[i]:.4g} -> {new[i]:.4g}" for i in shown)
     return (f"optim.schedule={optim.get('schedule', 'cosine')!r} decays over total_steps, so {len(moved)} of the "
             f"{new_total - start} remaining steps change learning rate ({lrs})")
+
+
+def opt_state_shardings(opt_state, params, param_shardings, default):
+    """Shardings for ``opt_state`` (abstract): a leaf whose key path ends with a parameter's path
+    and has its shape (Adam's ``mu`` / ``nu`` of that parameter) gets that parameter's sharding;
+    every other leaf (counts, the masked-out group's placeholders) gets ``default``.
+
+    Matched by path, not with ``optax.tree_utils.tree_map_params``: that initializes the
+    transform on a placeholder instead of the parameters, and ``multi_transform``'s labels and
+    AdamW's weight-decay mask (functions of the parameter tree) cannot read one (optax 0.2.8); and
+    each group's moments have the parameters' structure with the other group masked out, which it
+    would not recognize as a copy of the parameters either.
+    """
+    keystr = jax.tree_util.keystr
+    flat_s = jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    by_path = {keystr(path): (tuple(leaf.shape), s)
+               for (path, leaf), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], flat_s, strict=True)}
+
+    def pick(path, leaf):
+        for i in range(len(path)):  # the longest suffix first, as a parameter path is
+            hit = by_path.get(keystr(path[i:]))
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state)

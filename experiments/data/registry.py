@@ -37,15 +37,24 @@ _BUILDERS: dict[str, Callable[..., Any]] = {}
 _LAZY: dict[str, str] = {}
 
 
-def register(name: str, *, task: str):
-    """Decorator registering a dataset builder under ``name`` for ``task``."""
+def register(name: str, *, task: str, scored_positions: Callable[[Any, str], int] | None = None):
+    """Decorator registering a dataset builder under ``name`` for ``task``.
+
+    ``scored_positions(data_config, split)``: the most weighted positions a row of that split
+    has (task "lm" with sparse targets), so the loss computes logits only there
+    (:class:`experiments.tasks.LanguageModeling`); None: every position may be weighted.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}; got {task!r}")
+    if scored_positions is not None and (task != "lm" or not callable(scored_positions)):
+        raise ValueError(f"scored_positions must be a function (data_config, split) -> int of a task 'lm' dataset; "
+                         f"got {scored_positions!r} for task {task!r}")
 
     def add(fn):
         if name in _BUILDERS and _BUILDERS[name] is not fn:
             raise ValueError(f"dataset {name!r} is already registered by {_BUILDERS[name].__module__}")
         fn.TASK = task
+        fn.SCORED_POSITIONS = scored_positions
         _BUILDERS[name] = fn
         return fn
 

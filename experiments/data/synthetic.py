@@ -2,7 +2,9 @@
 
 All three are task ``"lm"``: ``inputs``, ``targets``, ``weights`` of shape ``(l,)`` per example
 (batched to ``(b, l)``); ``targets[t]`` is what a causal model should output after reading
-``inputs[: t + 1]``, and ``weights`` is 1 exactly at the positions the task scores.
+``inputs[: t + 1]``, and ``weights`` is 1 exactly at the positions the task scores. Each
+registers how many positions a row scores at most (``scored_positions``), so the loss runs the LM
+head only there (:class:`experiments.tasks.LanguageModeling`).
 
 * ``selective_copying`` (Mamba paper, Sec. 4.1.1 / App. E.1): ``num_tokens`` data tokens at random
   positions among noise, then ``num_tokens`` marker tokens; at the i-th marker the model must
@@ -60,7 +62,8 @@ def selective_copying_example(rng: np.random.Generator, *, seq_len: int, vocab_s
     return {"inputs": inputs, "targets": targets, "weights": weights}
 
 
-@registry.register("selective_copying", task="lm")
+# Scored: the num_tokens markers at the end of every row.
+@registry.register("selective_copying", task="lm", scored_positions=lambda c, split: int(c.num_tokens))
 def selective_copying(data_config, *, split, seed, global_batch_size, process_index, process_count):
     require_keys("selective_copying", data_config, ("seq_len", "vocab_size", "num_tokens", "eval_examples"))
     kw = dict(seq_len=int(data_config.seq_len), vocab_size=int(data_config.vocab_size), num_tokens=int(data_config.num_tokens))
@@ -95,7 +98,8 @@ def induction_heads_example(rng: np.random.Generator, *, seq_len: int, vocab_siz
     return {"inputs": inputs, "targets": targets, "weights": weights}
 
 
-@registry.register("induction_heads", task="lm")
+# Scored: the last token of every row.
+@registry.register("induction_heads", task="lm", scored_positions=lambda c, split: 1)
 def induction_heads(data_config, *, split, seed, global_batch_size, process_index, process_count):
     require_keys("induction_heads", data_config, ("seq_len", "vocab_size", "eval_examples"))
     kw = dict(seq_len=int(data_config.seq_len), vocab_size=int(data_config.vocab_size))
@@ -181,7 +185,13 @@ def _mix(weights, settings) -> np.ndarray | None:
     return w / w.sum()
 
 
-@registry.register("mqar", task="lm")
+def _mqar_scored(data_config, split: str) -> int:
+    """The most queries of a row of ``split``: the largest num_pairs among its settings."""
+    name = "train_settings" if split == "train" else "eval_settings"
+    return max(n for _, n in _settings(data_config[name], name))
+
+
+@registry.register("mqar", task="lm", scored_positions=_mqar_scored)
 def mqar(data_config, *, split, seed, global_batch_size, process_index, process_count):
     require_keys("mqar", data_config, ("vocab_size", "train_settings", "eval_settings", "eval_examples", "power_a"))
     name = "train_settings" if split == "train" else "eval_settings"

@@ -67,23 +67,35 @@ class LanguageModel(nnx.Module):
     def _embed(self, ids: jax.Array) -> jax.Array:
         return self.embedding(ids, num_valid=self.config.vocab_size).astype(jnp.float32)
 
-    def _logits(self, x: jax.Array) -> jax.Array:
-        x = self.norm_f(x)
+    def head(self, h: jax.Array) -> jax.Array:
+        """Final norm and LM head: hidden states ``(..., e)`` -> ``logits (..., vocab_size)`` float32.
+
+        With :meth:`features`, ``head(features(ids))`` is ``self(ids)``; apart, a loss on a few
+        positions gathers their hidden states and pays for the vocabulary projection only there.
+        """
+        x = self.norm_f(h)
         # Logits accumulate and come back in float32 even when the compute dtype is bf16.
         f32 = jnp.float32
         logits = self.embedding.attend(x, preferred_element_type=f32) if self.lm_head is None else self.lm_head(x, preferred_element_type=f32)
         return logits[..., : self.config.vocab_size].astype(f32)
+
+    _logits = head  # the name prefill and step call it by
 
     def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """``input_ids (b, l)`` int -> ``logits (b, l, vocab_size)`` float32.
 
         ``segment_ids (b, l)``: packed documents; no information crosses a change of id.
         """
+        return self.head(self.features(input_ids, segment_ids=segment_ids))
+
+    def features(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        """``input_ids (b, l)`` int -> the last block's output ``(b, l, e)`` float32, before the
+        final norm (:meth:`head` applies it)."""
         input_ids = self._check_ids("LanguageModel", input_ids, "b l")
         h = self._embed(input_ids)
         for block in self.layers:
             h = block(h, segment_ids=segment_ids)
-        return self._logits(h)
+        return h
 
     # -- decoding ---------------------------------------------------------------------------
 

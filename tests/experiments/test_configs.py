@@ -40,7 +40,7 @@ def test_synthetic_configs_build_for_every_causal_mixer(path):
         for smoke in (False, True):
             c = module.get_config(",".join(a for a in (arg, "smoke" if smoke else "") if a) or None)
             assert c.is_locked
-            cfg = tasks.model_config(tasks.task_of(c.data), c.model.to_dict())
+            cfg = tasks.of(c.data).model_config(c.model.to_dict())
             assert isinstance(cfg, LanguageModelConfig) and cfg.vocab_size == c.data.vocab_size
             if smoke:
                 assert c.total_steps <= 10
@@ -125,7 +125,7 @@ def test_every_config_passes_the_trainers_checks():
     names = []
     for name, c in _every_config():
         task = config_checks.check_experiment(c)
-        tasks.model_config(task, c.model.to_dict())
+        task.model_config(c.model.to_dict())
         names.append(name)
     assert len(names) > 50, names
 

@@ -31,7 +31,7 @@ def test_lm_sums_and_metrics_match_numpy(rng):
     # Make row 0 entirely right on its scored positions.
     logits[0, np.arange(l), targets[0]] = 40.0
     batch = {"inputs": targets, "targets": targets, "weights": weights}
-    sums = jax.device_get(tasks.loss_sums(jnp.asarray(logits), batch, "lm", v))
+    sums = jax.device_get(tasks.LanguageModeling().sums_of_logits(jnp.asarray(logits), batch, v))
 
     ce = _np_ce(logits[..., :v].astype(np.float64), targets)
     correct = logits[..., :v].argmax(-1) == targets
@@ -43,7 +43,7 @@ def test_lm_sums_and_metrics_match_numpy(rng):
     assert rows_right[0]
     assert sums["seq_count"] == 2 and sums["seq_correct_sum"] == sum(rows_right)
 
-    m = tasks.finalize(sums, "lm")
+    m = tasks.LanguageModeling().finalize(sums)
     assert np.isclose(m["loss"], np.sum(ce * weights) / weights.sum(), rtol=1e-6)
     assert np.isclose(m["perplexity"], np.exp(m["loss"])) and np.isclose(m["bits_per_token"], m["loss"] / np.log(2))
     assert m["seq_accuracy"] == sum(rows_right) / 2
@@ -54,10 +54,10 @@ def test_classification_sums_match_numpy(rng):
     label = rng.integers(0, 4, size=6).astype(np.int32)
     weights = np.array([1, 1, 1, 1, 0, 0], np.float32)  # two padding rows
     batch = {"label": label, "weights": weights}
-    sums = jax.device_get(tasks.loss_sums(jnp.asarray(logits), batch, "classification", 4))
+    sums = jax.device_get(tasks.Classification().sums_of_logits(jnp.asarray(logits), batch, 4))
     assert_close(sums["loss_sum"], np.sum(_np_ce(logits.astype(np.float64), label) * weights), name="loss_sum")
     assert sums["correct_sum"] == np.sum((logits.argmax(-1) == label) * weights)
-    assert set(tasks.finalize(sums, "classification")) == {"loss", "accuracy"}
+    assert set(tasks.Classification().finalize(sums)) == {"loss", "accuracy"}
 
 
 class _Toy(nnx.Module):
@@ -118,3 +118,24 @@ def test_schedule_warmup_then_constant():
     np.testing.assert_allclose([s(0), s(99)], [3e-4, 3e-4], rtol=1e-6)
     with pytest.raises(ValueError, match=r"optim.schedule must be one of \('cosine', 'constant'\); got 'linear'"):
         optim.make_schedule(ml_collections.ConfigDict(dict(warmup_steps=0, schedule="linear")), 10, 1.0)
+
+
+def test_adam_moments_take_their_parameters_sharding():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    params = {"ssm": {"A_log": jnp.ones((3,))}, "other": {"w": jnp.ones((4, 3)), "b": jnp.ones((3,))}}
+    shardings = {"ssm": {"A_log": NamedSharding(mesh, P("data"))},
+                 "other": {"w": NamedSharding(mesh, P(None, "data")), "b": NamedSharding(mesh, P())}}
+    c = common.base_config()
+    c.optim.clip_norm = 1.0
+    tx, _ = optim.make_optimizer(c.optim, 10)
+    default = NamedSharding(mesh, P())
+    out = optim.opt_state_shardings(jax.eval_shape(tx.init, params), params, shardings, default)
+    specs = {jax.tree_util.keystr(k): s.spec for k, s in jax.tree_util.tree_leaves_with_path(
+        out, is_leaf=lambda x: isinstance(x, NamedSharding))}
+    mu_w = [s for k, s in specs.items() if k.endswith("mu['other']['w']")]
+    nu_a = [s for k, s in specs.items() if k.endswith("nu['ssm']['A_log']")]
+    assert mu_w == [P(None, "data")] and nu_a == [P("data")], specs
+    counts = [s for k, s in specs.items() if "count" in k]
+    assert counts and all(s == P() for s in counts)

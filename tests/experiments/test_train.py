@@ -270,9 +270,9 @@ def test_load_model_reproduces_the_trainers_evaluation(tiny, tiny_reference):
     assert step == 6 and config.model.d_model == 16
     total = None
     for batch in registry.build(config.data, split="validation", seed=config.seed, global_batch_size=config.eval.batch_size):
-        sums = tasks.loss_sums(model(jnp.asarray(batch["inputs"])), batch, "lm", config.model.vocab_size)
+        sums = tasks.LanguageModeling().sums_of_logits(model(jnp.asarray(batch["inputs"])), batch, config.model.vocab_size)
         total = sums if total is None else {k: total[k] + sums[k] for k in sums}
-    got = tasks.finalize(total, "lm")
+    got = tasks.LanguageModeling().finalize(total)
     ref = read_metrics(tiny_reference, "validation")[-1]
     np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5)
     assert got["accuracy"] == ref["accuracy"]
@@ -320,6 +320,6 @@ def test_train_rows_carry_mfu_where_the_chip_peak_is_known(tmp_path, monkeypatch
     c = demo.get_config("smoke")
     train.train_and_evaluate(c, str(tmp_path))
     rows = read_metrics(str(tmp_path), "train")
-    fpt = counting.flops_per_token(tasks.model_config("lm", c.model.to_dict()), int(c.data.seq_len))
+    fpt = counting.flops_per_token(tasks.LanguageModeling().model_config(c.model.to_dict()), int(c.data.seq_len))
     for r in rows:
         np.testing.assert_allclose(r["mfu"], fpt * r["tokens_per_sec"] / 1e12, rtol=1e-9)

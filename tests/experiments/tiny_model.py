@@ -39,6 +39,9 @@ class TinyLM(nnx.Module):
         self.drop = nnx.Dropout(config.dropout, rngs=rngs)
 
     def __call__(self, inputs, *, segment_ids=None):
+        return self.head(self.features(inputs, segment_ids=segment_ids))
+
+    def features(self, inputs, *, segment_ids=None):
         x = jnp.take(self.embed[...], inputs, axis=0) @ self.w_in[...]
         a = jax.nn.sigmoid(self.a_logit[...])
 
@@ -47,16 +50,18 @@ class TinyLM(nnx.Module):
             return h, h
 
         _, hs = jax.lax.scan(step, jnp.zeros_like(x[:, 0]), jnp.swapaxes(x, 0, 1))
-        h = self.drop(jnp.swapaxes(hs, 0, 1))
+        return self.drop(jnp.swapaxes(hs, 0, 1))
+
+    def head(self, h):
         return jnp.tanh(h) @ self.w_out[...]
 
 
 def install(monkeypatch=None):
     """Make the trainer build TinyLM for task "lm" (with pytest's monkeypatch, or for good in a subprocess)."""
-    cfg = lambda task, model: TinyConfig.from_dict(dict(model))
-    build = lambda task, cfg, rngs: TinyLM(cfg, rngs=rngs)
+    cfg = lambda self, model: TinyConfig.from_dict(dict(model))
+    build = lambda self, cfg, rngs: TinyLM(cfg, rngs=rngs)
     if monkeypatch is None:
-        tasks.model_config, tasks.build_model = cfg, build
+        tasks.LanguageModeling.model_config, tasks.LanguageModeling.build_model = cfg, build
     else:
-        monkeypatch.setattr(tasks, "model_config", cfg)
-        monkeypatch.setattr(tasks, "build_model", build)
+        monkeypatch.setattr(tasks.LanguageModeling, "model_config", cfg)
+        monkeypatch.setattr(tasks.LanguageModeling, "build_model", build)

@@ -108,8 +108,14 @@ def test_ssm_cfg_null_is_empty():
 
 
 def test_time_step_limit_spellings():
-    for limit in ([0.0, math.inf], [0, {"__float__": "Infinity"}], [0.0, "Infinity"]):
-        from_reference_config({**MAMBA2_HF_444, "time_step_limit": limit})
+    # JSON has no infinity: writers spell it "Infinity" or {"__float__": "Infinity"}; each must
+    # read as (0, inf) and give the model of the canonical spelling, and a finite bound stays refused.
+    want = from_reference_config({**MAMBA2_HF_444, "time_step_limit": [0.0, math.inf]}).model_config
+    for limit in ([0, {"__float__": "Infinity"}], [0.0, "Infinity"], (0, math.inf)):
+        got = from_reference_config({**MAMBA2_HF_444, "time_step_limit": limit}).model_config
+        assert got == want, limit
+    with pytest.raises(ValueError, match=r"`time_step_limit`=\[0.0, \{'__float__': '1e3'\}\] is not supported"):
+        from_reference_config({**MAMBA2_HF_444, "time_step_limit": [0.0, {"__float__": "1e3"}]})
 
 
 def test_residual_in_fp32_false_is_exact_in_float32_only():

@@ -12,9 +12,15 @@ from flax import nnx
 from experiments.configs.lra import base as lra_base
 from experiments.data import registry
 from ssm_jax.models import LanguageModel, LanguageModelConfig, SequenceClassifier, SequenceClassifierConfig
+from ssm_jax.models.counting import param_count
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 LM_ARCHS = ("mamba", "mamba2", "s4d", "transformer", "hybrid")
+LM_MILLIONS = {"mamba": 129.2, "mamba2": 129.0, "s4d": 123.3, "transformer": 123.6, "hybrid": 123.4}  # the docstring's
+
+
+def _n_params(model) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 @pytest.mark.parametrize("task", LRA_TASKS)
@@ -57,7 +63,8 @@ def test_lra_smoke_builds_model_and_batch(task, tmp_path):
         # Every model is built abstractly (shapes only); one per task, rotating the mixer so each
         # mixer runs once, is initialized for real and run forward (CPU budget).
         if mixer != lra_base.MIXERS[LRA_TASKS.index(task) % len(lra_base.MIXERS)]:
-            nnx.eval_shape(lambda: SequenceClassifier(cfg, rngs=nnx.Rngs(0)))
+            abstract = nnx.eval_shape(lambda: SequenceClassifier(cfg, rngs=nnx.Rngs(0)))
+            assert _n_params(abstract) == param_count(cfg), (task, mixer)
         else:
             model = SequenceClassifier(cfg, rngs=nnx.Rngs(0))
             logits = _forward(model, jax.tree.map(np.asarray, batch), task)
@@ -69,13 +76,19 @@ def test_lra_smoke_builds_model_and_batch(task, tmp_path):
 def test_lm_configs(arch):
     module = importlib.import_module("experiments.configs.lm.gpt2_small")
     full = LanguageModelConfig.from_dict(module.get_config(f"arch={arch}").model.to_dict())
-    assert full.d_model == 768
+    assert full.d_model == 768 and full.vocab_size == 258  # the byte tokenizer
+    # The module docstring's sizes are at a 50,304 vocabulary; the byte tokenizer saves ~38.4M.
+    at_50k = LanguageModelConfig.from_dict({**module.get_config(f"arch={arch}").model.to_dict(), "vocab_size": 50304})
+    assert round(param_count(at_50k) / 1e6, 1) == LM_MILLIONS[arch], param_count(at_50k)
+    assert f"{LM_MILLIONS[arch]}M" in module.__doc__
+    assert round((param_count(at_50k) - param_count(full)) / 1e6, 1) == pytest.approx(38.4, abs=0.1)
     c = module.get_config(f"arch={arch},smoke")
     cfg = LanguageModelConfig.from_dict(c.model.to_dict())
     batch = next(iter(registry.build(c.data, split="validation", seed=0, global_batch_size=c.data.batch_size)))
     assert batch["inputs"].shape == (4, 64) and batch["inputs"].max() < cfg.vocab_size
     if arch not in ("hybrid", "s4d"):  # the LRA test runs the other mixers forward
-        nnx.eval_shape(lambda: LanguageModel(cfg, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: LanguageModel(cfg, rngs=nnx.Rngs(0)))
+        assert _n_params(abstract) == param_count(cfg) and cfg.n_layers == 2
     else:  # mamba2 + attention, and S4D + MLP
         model = LanguageModel(cfg, rngs=nnx.Rngs(0))
         logits = model(batch["inputs"][:, :16], segment_ids=batch["segment_ids"][:, :16])
