@@ -238,3 +238,29 @@ def test_hybrid_model_refuses_to_step_past_its_attention_cache():
     step = nnx.jit(lambda m, t, c: m.step(t, c))
     out, _ = step(model, ids[:, 4], cache)
     assert np.all(np.isnan(np.asarray(out)))  # under jit: poisoned, not wrong
+
+
+@pytest.mark.parametrize("name", ["mamba", "s4", "attention", "hybrid"])
+def test_scanned_model_decodes_as_the_loop(name):
+    """``scan_layers=True``: caches are stacked on a leading ``layers`` axis (one per entry of
+    ``model.layers``); prefill, step and generate give what the unscanned model gives."""
+    loop = lm(name)
+    scan = ssm_jax.models.with_scan_layers(loop)
+    p = scan.config.layer_period
+    r = scan.config.n_layers // p
+    cache = scan.init_cache(2, 8)
+    assert len(cache) == p
+    loop_cache = loop.init_cache(2, 8)
+    for j in range(p):
+        for got, want in zip(jax.tree.leaves(cache[j]), jax.tree.leaves(loop_cache[j])):
+            assert got.shape == (r, *want.shape) and got.dtype == want.dtype
+    prompt = _prompt(l=4, seed=3)
+    prefill = nnx.jit(lambda m, ids, c: m.prefill(ids, c))
+    step = nnx.jit(lambda m, ids, c: m.step(ids, c))
+    (a, ca), (b, cb) = prefill(loop, prompt, loop_cache), prefill(scan, prompt, cache)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    (a, _), (b, _) = step(loop, prompt[:, 0], ca), step(scan, prompt[:, 0], cb)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    lengths = np.array([4, 2])
+    np.testing.assert_array_equal(ssm_jax.generate(scan, prompt, 4, prompt_lengths=lengths),
+                                  ssm_jax.generate(loop, prompt, 4, prompt_lengths=lengths))

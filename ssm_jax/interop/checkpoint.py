@@ -9,6 +9,7 @@ restricted unpickler of :mod:`.torch_zip`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from ssm_jax.interop import hf_config
 from ssm_jax.interop.torch_zip import read_torch_state_dict
 from ssm_jax.interop.weights import to_model_params, to_reference_tensors
 from ssm_jax.models.language_model import LanguageModel
+from ssm_jax.models.stack import stack_layers, unstack_layers
 
 __all__ = ["load_hf_checkpoint", "read_state_dict", "save_hf_checkpoint"]
 
@@ -120,6 +122,8 @@ def load_hf_checkpoint(
     dtype: str | None = None,
     pad_vocab_size_multiple: int | None = None,
     impl: str | None = None,
+    scan_layers: bool | None = None,
+    remat: str | None = None,
 ) -> LanguageModel:
     """A :class:`LanguageModel` with the weights of a PyTorch reference checkpoint directory.
 
@@ -128,7 +132,9 @@ def load_hf_checkpoint(
     ``config.json``; see :mod:`ssm_jax.interop.hf_config` for every field). Parameters are
     float32 whatever the stored dtype; ``dtype`` is the compute dtype. The logits cover the
     config's ``vocab_size``; ``pad_vocab_size_multiple`` pads the embedding table (default: as
-    the checkpoint). ``impl`` selects the scan implementation of the mixers.
+    the checkpoint). ``impl`` selects the scan implementation of the mixers. ``scan_layers`` and
+    ``remat`` (default: as saved, else off) set those config fields: a scanned model gets the
+    per-layer tensors stacked (:mod:`ssm_jax.models.stack`).
 
     A directory written by :func:`save_hf_checkpoint` also holds, under ``config.json``'s
     ``"ssm_jax"`` key, the config fields transformers has no key for; they are restored, so the
@@ -155,21 +161,30 @@ def load_hf_checkpoint(
     if saved_fields is not None:
         ref = hf_config.apply_ssm_jax_fields(ref, saved_fields, dtype=dtype, impl=impl,
                                              pad_vocab_size_multiple=pad_vocab_size_multiple, fn=fn)
+    layout = {k: v for k, v in (("scan_layers", scan_layers), ("remat", remat)) if v is not None}
+    if layout:
+        try:
+            ref = dataclasses.replace(ref, model_config=dataclasses.replace(ref.model_config, **layout))
+        except ValueError as e:
+            raise ValueError(f"{fn}: {e}") from None
+    config = ref.model_config
     tensors = read_state_dict(directory, fn=fn)
 
     try:
-        abstract = nnx.eval_shape(lambda: LanguageModel(ref.model_config, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0)))
     except ValueError as e:  # the layers' own checks, e.g. ngroups must divide the heads
         raise ValueError(f"{fn}: config.json describes a model ssm_jax cannot build: {e}") from None
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if len(nnx.to_flat_state(rest)):
         raise RuntimeError(f"{fn}: LanguageModel has state other than parameters; the loader does not know how to fill it")
-    flat = list(nnx.to_flat_state(params))
+    # The reference tensors are per layer: convert in the unscanned layout, then stack.
+    flat = list(nnx.to_flat_state(unstack_layers(params, config) if config.scan_layers else params))
     values = to_model_params(
-        ref.model_config, tensors, {p: v.shape for p, v in flat},
-        embedding_key=ref.embedding_key, vocab_rows=ref.vocab_rows, fn=fn,
+        config, tensors, {p: v.shape for p, v in flat}, embedding_key=ref.embedding_key, vocab_rows=ref.vocab_rows, fn=fn,
     )
     filled = nnx.from_flat_state([(p, v.replace(jnp.asarray(values[p]))) for p, v in flat])
+    if config.scan_layers:
+        filled = stack_layers(filled, config)
     return nnx.merge(graphdef, filled, rest)
 
 
@@ -204,6 +219,8 @@ def save_hf_checkpoint(
     if fields:
         config[hf_config.SSM_JAX_KEY] = fields
     params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    if model.config.scan_layers:
+        params = unstack_layers(params, model.config)
     tensors = to_reference_tensors(model.config, params)
     directory = os.fspath(path)
     os.makedirs(directory, exist_ok=True)

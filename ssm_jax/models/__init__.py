@@ -4,6 +4,7 @@ from ssm_jax.models.blocks import Block, make_mixer
 from ssm_jax.models.classifier import SequenceClassifier, pool
 from ssm_jax.models.config import (
     MIXERS,
+    REMAT_POLICIES,
     AttentionConfig,
     HydraConfig,
     LanguageModelConfig,
@@ -15,9 +16,11 @@ from ssm_jax.models.config import (
 )
 from ssm_jax.models.counting import flops_per_token, param_count
 from ssm_jax.models.language_model import LanguageModel
+from ssm_jax.models.stack import stack_layers, unstack_layers, with_scan_layers
 
 __all__ = [
     "MIXERS",
+    "REMAT_POLICIES",
     "AttentionConfig",
     "Block",
     "HydraConfig",
@@ -33,4 +36,7 @@ __all__ = [
     "make_mixer",
     "param_count",
     "pool",
+    "stack_layers",
+    "unstack_layers",
+    "with_scan_layers",
 ]

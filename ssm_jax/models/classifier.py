@@ -8,6 +8,7 @@ from flax import nnx
 
 from ssm_jax.models.blocks import Block
 from ssm_jax.models.config import SequenceClassifierConfig
+from ssm_jax.models.stack import make_layers, run_layers
 from ssm_jax.nn.linear import Dense, Embed
 from ssm_jax.nn.norms import RMSNorm
 from ssm_jax.nn.params import canonical_dtype
@@ -62,7 +63,7 @@ class SequenceClassifier(nnx.Module):
         e = c.d_model
         self.dtype = canonical_dtype("SequenceClassifier", c.dtype)
         self.embedding = Embed(c.padded_vocab_size, e, dtype=c.dtype, rngs=rngs)
-        self.layers = nnx.List([Block(kind, c, dropout=c.dropout, dtype=c.dtype, rngs=rngs) for kind in c.mixers])
+        self.layers = make_layers(c, lambda kind: Block(kind, c, dropout=c.dropout, dtype=c.dtype, rngs=rngs))
         self.norm_f = RMSNorm(e, eps=c.norm_eps, dtype=c.dtype)
         if c.dual_encoder:
             self.head_hidden = Dense(4 * e, e, names=(None, "embed"), dtype=c.dtype, rngs=rngs)
@@ -87,8 +88,7 @@ class SequenceClassifier(nnx.Module):
         inputs, mask = self._check("inputs", inputs, mask)
         mask = None if mask is None else mask.astype(bool)
         h = self.embedding(inputs, num_valid=self.config.vocab_size).astype(jnp.float32)
-        for block in self.layers:
-            h = block(h, mask=mask)
+        h, _ = run_layers(self.layers, self.config, h, lambda block, h, _: (block(h, mask=mask), None), remat=self.config.remat)
         return pool(self.norm_f(h), mask, self.config.pooling)
 
     def __call__(

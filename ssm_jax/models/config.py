@@ -38,10 +38,24 @@ __all__ = [
 
 MIXERS = ("mamba", "mamba2", "hydra", "s4", "s4d", "attention")
 
+# ``remat`` choices -> what the backward may keep from the forward of a block (the rest is
+# recomputed): "full" keeps only the block's input, "dots" every matmul output,
+# "dots_no_batch" matmul outputs without batch dimensions (jax.checkpoint_policies).
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
 
 @dataclasses.dataclass(frozen=True)
 class _StackConfig(Config):
-    """Embedding + ``n_layers`` pre-norm residual blocks + final RMSNorm."""
+    """Embedding + ``n_layers`` pre-norm residual blocks + final RMSNorm.
+
+    ``scan_layers=True`` runs the blocks as one ``jax.lax.scan`` over parameters stacked along a
+    leading ``layers`` axis, so one block is compiled whatever the depth. A hybrid stack scans
+    ``n_layers // layer_period`` times over a group of ``layer_period`` different blocks
+    (attention every 6th layer: 4 repeats of 6); a stack that does not repeat is still scanned,
+    once, and gains nothing (the model logs that). ``remat`` recomputes each block's activations
+    in the backward pass instead of keeping them (``REMAT_POLICIES``), scanned or not. Neither
+    changes the values computed; see :mod:`ssm_jax.models.stack`.
+    """
 
     vocab_size: int
     d_model: int
@@ -58,6 +72,8 @@ class _StackConfig(Config):
     norm_eps: float = 1e-5
     pad_vocab_size_multiple: int = 8
     dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
 
     def __post_init__(self):
         cls = type(self)
@@ -77,6 +93,8 @@ class _StackConfig(Config):
                 _check_choice(cls, "layer_mixers[...]", m, MIXERS)
         _positive_float(cls, self, "norm_eps")
         _check_choice(cls, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _bool(cls, self, "scan_layers")
+        _check_choice(cls, "remat", self.remat, REMAT_POLICIES)
         for name, sub in (("mamba", MambaConfig), ("mamba2", Mamba2Config), ("hydra", HydraConfig),
                           ("s4", S4Config), ("s4d", S4DConfig), ("attention", AttentionConfig)):
             if not isinstance(getattr(self, name), sub):
@@ -86,6 +104,15 @@ class _StackConfig(Config):
     def mixers(self) -> tuple[str, ...]:
         """The mixer of each layer."""
         return tuple(self.layer_mixers) if self.layer_mixers is not None else (self.mixer,) * self.n_layers
+
+    @property
+    def layer_period(self) -> int:
+        """The shortest ``p`` dividing ``n_layers`` with ``mixers[i] == mixers[i % p]``: 1 for a
+        homogeneous stack, 6 for attention every 6th layer, ``n_layers`` when nothing repeats.
+
+        With ``scan_layers`` the model scans ``n_layers // p`` times over a group of ``p`` blocks."""
+        kinds, n = self.mixers, self.n_layers
+        return next(p for p in range(1, n + 1) if n % p == 0 and all(kinds[i] == kinds[i % p] for i in range(n)))
 
     @property
     def padded_vocab_size(self) -> int:

@@ -8,6 +8,7 @@ from flax import nnx
 
 from ssm_jax.models.blocks import Block
 from ssm_jax.models.config import LanguageModelConfig
+from ssm_jax.models.stack import make_layers, run_layers, stacked_init_cache
 from ssm_jax.nn.linear import Dense, Embed
 from ssm_jax.nn.norms import RMSNorm
 from ssm_jax.nn.params import canonical_dtype
@@ -27,7 +28,10 @@ class LanguageModel(nnx.Module):
     parameter      shape                     notes
     ============== ========================= =====================================
     embedding      (v_pad, e)                N(0, 0.02)
-    layers[i]      :class:`Block`            ``norm``, ``mixer``, [``norm2``, ``mlp``]
+    layers[i]      :class:`Block`            ``norm``, ``mixer``, [``norm2``, ``mlp``];
+                                             with ``scan_layers``, ``layer_period`` blocks
+                                             stacked on a leading ``layers`` axis
+                                             (:mod:`ssm_jax.models.stack`)
     norm_f         (e,)                      final RMSNorm
     lm_head        (e, v_pad)                only when ``tie_embeddings=False``
     ============== ========================= =====================================
@@ -47,7 +51,7 @@ class LanguageModel(nnx.Module):
         self.config = c
         self.dtype = canonical_dtype("LanguageModel", c.dtype)
         self.embedding = Embed(c.padded_vocab_size, c.d_model, dtype=c.dtype, rngs=rngs)
-        self.layers = nnx.List([Block(kind, c, dtype=c.dtype, rngs=rngs) for kind in c.mixers])
+        self.layers = make_layers(c, lambda kind: Block(kind, c, dtype=c.dtype, rngs=rngs))
         self.norm_f = RMSNorm(c.d_model, eps=c.norm_eps, dtype=c.dtype)
         if c.tie_embeddings:
             self.lm_head = None
@@ -93,33 +97,28 @@ class LanguageModel(nnx.Module):
         final norm (:meth:`head` applies it)."""
         input_ids = self._check_ids("LanguageModel", input_ids, "b l")
         h = self._embed(input_ids)
-        for block in self.layers:
-            h = block(h, segment_ids=segment_ids)
+        h, _ = run_layers(self.layers, self.config, h, lambda block, h, _: (block(h, segment_ids=segment_ids), None),
+                          remat=self.config.remat)
         return h
 
     # -- decoding ---------------------------------------------------------------------------
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> tuple:
-        """One cache per layer (a tuple pytree). ``max_length`` sizes attention KV caches only;
-        SSM caches are constant-size. ``dtype``: cache dtype (default: the compute dtype)."""
-        return tuple(block.init_cache(batch_size, max_length, dtype) for block in self.layers)
+        """One cache per entry of ``layers`` (a tuple pytree; stacked on a leading ``layers`` axis
+        with ``scan_layers``). ``max_length`` sizes attention KV caches only; SSM caches are
+        constant-size. ``dtype``: cache dtype (default: the compute dtype)."""
+        return stacked_init_cache(self.layers, self.config, lambda block: block.init_cache(batch_size, max_length, dtype))
 
     def prefill(self, input_ids: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         """Parallel forward of ``input_ids (b, l)`` continuing ``cache``: ``(logits (b, l, v), cache)``."""
         input_ids = self._check_ids("LanguageModel.prefill", input_ids, "b l")
         h = self._embed(input_ids)
-        new = []
-        for block, c in zip(self.layers, cache, strict=True):
-            h, c = block.prefill(h, c)
-            new.append(c)
-        return self._logits(h), tuple(new)
+        h, cache = run_layers(self.layers, self.config, h, lambda block, h, c: block.prefill(h, c), cache)
+        return self._logits(h), cache
 
     def step(self, token_ids: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         """One token per row, ``token_ids (b,)`` -> ``(logits (b, v), cache)``."""
         token_ids = self._check_ids("LanguageModel.step", token_ids, "b", "token_ids")
         h = self._embed(token_ids)
-        new = []
-        for block, c in zip(self.layers, cache, strict=True):
-            h, c = block.step(h, c)
-            new.append(c)
-        return self._logits(h), tuple(new)
+        h, cache = run_layers(self.layers, self.config, h, lambda block, h, c: block.step(h, c), cache)
+        return self._logits(h), cache

@@ -280,3 +280,34 @@ def test_missing_files(tmp_path):
     (tmp_path / "config.json").write_text("{nope")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_hf_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["hf_mamba", "mamba_ssm_mamba2_mlp"])
+def test_scanned_model_loads_and_saves_the_per_layer_tensors(name, tmp_path):
+    """``scan_layers=True``: the per-layer reference tensors are stacked on load (same logits as
+    PyTorch) and unstacked on save (the same files as the unscanned model writes); the saved
+    config keeps ``scan_layers``, so loading it back gives the scanned model again."""
+    model = _loaded(name)
+    scanned = load_hf_checkpoint(FIXTURES / name, scan_layers=True, remat="full")
+    assert scanned.config == model.config.replace(scan_layers=True, remat="full")
+    assert scanned.layers[0].mixer.in_proj.kernel.shape[0] == model.config.n_layers
+    ids, want = _expected(name)
+    assert_close(scanned(jnp.asarray(ids)), want, name=f"{name} logits, scanned")
+    if name not in RESAVED:
+        return  # an MLP block has no transformers layout
+    save_hf_checkpoint(model, tmp_path / "loop")
+    save_hf_checkpoint(scanned, tmp_path / "scan")
+    got, want = load_file(tmp_path / "scan" / "model.safetensors"), load_file(tmp_path / "loop" / "model.safetensors")
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    saved = json.loads((tmp_path / "scan" / "config.json").read_text())
+    assert saved["ssm_jax"]["scan_layers"] is True and saved["ssm_jax"]["remat"] == "full"
+    back = load_hf_checkpoint(tmp_path / "scan", pad_vocab_size_multiple=model.config.pad_vocab_size_multiple)
+    assert _resolved(back.config) == _resolved(scanned.config)
+    p0, p1 = _params(scanned), _params(back)
+    assert p0.keys() == p1.keys()
+    for path in p0:
+        if path[0] == "layers":
+            np.testing.assert_array_equal(p1[path], p0[path], err_msg=str(path))
+    assert not load_hf_checkpoint(tmp_path / "scan", scan_layers=False).config.scan_layers
