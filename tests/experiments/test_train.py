@@ -34,7 +34,7 @@ def test_outputs_of_a_run(tiny_reference):
     assert np.isclose(scalars[("validation/accuracy", 6)], read_metrics(w, "validation")[-1]["accuracy"])
     assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3", "6"]
     info = json.load(open(os.path.join(w, "run_info.json")))
-    assert info["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and info["parameters"] == 8 * 16 + 16 + 16 * 16 + 16 * 8
+    assert info["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1, "context": 1} and info["parameters"] == 8 * 16 + 16 + 16 * 16 + 16 * 8
     with open(os.path.join(w, "config.json")) as f:
         assert json.load(f)["total_steps"] == 6
 
