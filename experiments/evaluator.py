@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from experiments import tasks as tasks_lib
 from experiments.data import registry
-from experiments.steps import BATCH_AXES
+from experiments.mesh import BATCH_AXES
 
 __all__ = ["Evaluation", "Evaluator", "batch_sharding", "chunked_sums", "evaluations", "parallel_sums", "put_batch"]
 

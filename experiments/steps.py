@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from experiments import tasks as tasks_lib
 from experiments.mesh import BATCH_AXES  # the batch axes of the one rules table
 
-__all__ = ["BATCH_AXES", "StepSpec", "make_train_steps", "reseed", "train_step"]
+__all__ = ["StepSpec", "make_train_steps", "reseed", "train_step"]
 
 
 

@@ -45,7 +45,7 @@ from ssm_jax.nn import SSMParam
 
 __all__ = ["load_model", "train_and_evaluate"]
 
-BATCH_AXES = steps_lib.BATCH_AXES
+BATCH_AXES = mesh_lib.BATCH_AXES
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

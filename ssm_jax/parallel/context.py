@@ -45,7 +45,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ssm_jax import ops
-from ssm_jax.parallel.rules import DEFAULT_RULES, Rules
+from ssm_jax.parallel.rules import DEFAULT_RULES, Rules, _check_rules
 
 __all__ = [
     "active_rules",
@@ -67,7 +67,7 @@ _HI = lax.Precision.HIGHEST
 @contextlib.contextmanager
 def use_rules(rules: Rules) -> Iterator[None]:
     """Make ``rules`` the table :func:`context_axis` reads (the trainer enters it with its mesh)."""
-    _RULES.append(tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in rules))
+    _RULES.append(_check_rules(rules))  # the same validation and list -> tuple as logical_to_mesh
     try:
         yield
     finally:
