@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssm_jax.ops._checks import Dims, check_float, check_int_array, to_array
+from ssm_jax.ops._checks import Dims, check_float, check_segment_ids, to_array
+from ssm_jax.ops._prepare import segment_starts
 
 __all__ = ["check_layer_args", "check_sequence", "check_step", "segment_positions"]
 
@@ -24,16 +25,12 @@ def check_layer_args(layer: str, d_model, config, config_cls: type) -> int:
 
 
 def check_sequence(op: str, x, d_model: int, segment_ids=None) -> tuple[jax.Array, jax.Array | None]:
-    """``x (b, l, e)`` floating with ``e == d_model``; ``segment_ids (b, l)`` integer or None."""
+    """``x (b, l, e)`` floating with ``e == d_model``; ``segment_ids (b, l)`` int32 or None."""
     x = to_array(op, "x", x)
     dims = Dims(op, e=d_model)
     dims.bind("x", x, "b l e")
     check_float(op, "x", x)
-    if segment_ids is not None:
-        segment_ids = to_array(op, "segment_ids", segment_ids)
-        dims.bind("segment_ids", segment_ids, "b l")
-        check_int_array(op, "segment_ids", segment_ids)
-    return x, segment_ids
+    return x, check_segment_ids(op, dims, segment_ids)
 
 
 def check_step(op: str, x, d_model: int) -> jax.Array:
@@ -51,5 +48,5 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     """
     b, l = segment_ids.shape
     idx = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    starts = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    starts = segment_starts(segment_ids, first=True)
     return idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssm_jax.nn.params import canonical_dtype, fan_in_uniform, param
+from ssm_jax.ops._explicit import gather_rows
 
 __all__ = ["Dense", "Embed"]
 
@@ -75,7 +76,7 @@ class Embed(nnx.Module):
         ones included, gives a NaN row rather than a clamped or wrapped-around one."""
         n = self.num_embeddings if num_valid is None else num_valid
         ids = jnp.where((ids >= 0) & (ids < n), ids, self.num_embeddings)  # past the table: filled
-        return jnp.take(self.embedding[...], ids, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
+        return gather_rows(self.embedding[...], ids, fill_value=jnp.nan).astype(self.dtype)
 
     def attend(self, x: jax.Array, *, preferred_element_type=None) -> jax.Array:
         """``x (..., e) @ embedding.T -> (..., v)``, the tied output head."""

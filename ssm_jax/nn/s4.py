@@ -29,6 +29,7 @@ from ssm_jax.nn._common import check_layer_args, check_sequence, check_step
 from ssm_jax.nn.config import S4Config, S4DConfig
 from ssm_jax.nn.linear import Dense
 from ssm_jax.nn.params import SSMParam, canonical_dtype, param
+from ssm_jax.ops._prepare import segment_starts
 from ssm_jax.ops.conv import fft_conv
 from ssm_jax.ops.s4 import s4_discretize, s4_init, s4_kernel, s4_scan, s4_step
 from ssm_jax.ops.s4d import s4d_discretize, s4d_init, s4d_kernel, s4d_scan, s4d_step
@@ -61,11 +62,6 @@ def _c2r(z: jax.Array) -> jax.Array:
 
 def _r2c(x: jax.Array) -> jax.Array:
     return jax.lax.complex(x[..., 0], x[..., 1])
-
-
-def _segment_starts(segment_ids: jax.Array) -> jax.Array:
-    b = segment_ids.shape[0]
-    return jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
 
 
 _ACTIVATIONS = {
@@ -147,8 +143,7 @@ class _LTILayer(nnx.Module):
         if self.bidirectional:
             # z[t] = sum_j K1[j] u[t+j] within the segment (a causal pass over the reversed
             # sequence); the backward term sum_j K1[j] u[t+1+j] is z[t+1] when t+1 is in t's segment.
-            b = u.shape[0]
-            ends = jnp.concatenate([_segment_starts(segment_ids)[:, 1:], jnp.ones((b, 1), bool)], axis=1)
+            ends = segment_starts(segment_ids[:, ::-1], first=True)[:, ::-1]  # last position of a segment
             z = run(uf[:, ::-1], segment_ids[:, ::-1], Cs[1])[:, ::-1]
             z_next = jnp.concatenate([z[:, 1:], jnp.zeros_like(z[:, :1])], axis=1)
             y = y + jnp.where(ends[..., None], 0.0, z_next)

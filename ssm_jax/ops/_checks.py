@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "Dims", "FLOAT_DTYPES", "check_bool", "check_float", "check_int_array", "check_positive_int", "check_real",
-    "check_token_ids", "to_array",
+    "check_segment_ids", "check_token_ids", "to_array",
 ]
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
@@ -50,6 +50,16 @@ def check_real(op: str, name: str, x: jax.Array) -> None:
 def check_int_array(op: str, name: str, x: jax.Array) -> None:
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(f"{op}: `{name}` must have an integer dtype; got {x.dtype}")
+
+
+def check_segment_ids(op: str, dims: "Dims", segment_ids: Any) -> jax.Array | None:
+    """``segment_ids`` as a ``(b, l)`` int32 array bound to ``dims`` (None stays None)."""
+    if segment_ids is None:
+        return None
+    segment_ids = to_array(op, "segment_ids", segment_ids)
+    check_int_array(op, "segment_ids", segment_ids)
+    dims.bind("segment_ids", segment_ids, "b l")
+    return segment_ids.astype(jnp.int32)
 
 
 def check_token_ids(op: str, name: str, ids: Any, vocab_size: int) -> None:

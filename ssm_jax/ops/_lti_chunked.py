@@ -18,6 +18,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jax import lax
 
+from ssm_jax.ops._explicit import scan
+
 _HI = lax.Precision.HIGHEST
 
 
@@ -74,7 +76,7 @@ def chunked_scan(u, starts, x0, D, *, q: int, c, impulse, rows, advance: Callabl
         return nxt, x
 
     first = jnp.zeros(own.shape[:1] + own.shape[2:], ctype) if x0 is None else x0.astype(ctype)
-    _, entering = lax.scan(carry, first, (jnp.moveaxis(own, 1, 0), jnp.moveaxis(closed, 1, 0)))
+    _, entering = scan(carry, first, (jnp.moveaxis(own, 1, 0), jnp.moveaxis(closed, 1, 0)))
     entering = jnp.moveaxis(entering, 0, 1)  # (b, c, h, N): the state before each chunk
     inter = scale * jnp.real(jnp.einsum("hNt,bchN->bcth", rows, entering, precision=_HI))
     y = (y + jnp.where((cnt == 0)[..., None], inter, 0.0)).reshape(b, nc * q, h)[:, :l]

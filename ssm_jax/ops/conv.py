@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssm_jax.ops._checks import Dims, check_bool, check_int_array, check_positive_int, check_real, to_array
+from ssm_jax.ops._checks import Dims, check_bool, check_int_array, check_positive_int, check_real, check_segment_ids, to_array
+from ssm_jax.ops._prepare import segment_runs
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array
 
@@ -180,8 +181,8 @@ def _fft_conv_direct(*, u, K, D, bidirectional):
     return y.astype(u.dtype)
 
 
-FFT_CONV.register("xla", _fft_conv_xla, priority=10, doc="real FFTs of length 2l")
-FFT_CONV.register("direct", _fft_conv_direct, auto_backends=(), doc="O(l^2) lax.conv reference")
+FFT_CONV.register("xla", _fft_conv_xla, priority=10)  # real FFTs of length 2l
+FFT_CONV.register("direct", _fft_conv_direct, auto_backends=())  # O(l^2) lax.conv reference
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,11 +208,7 @@ def _check_short_conv(op: str, x, weight, bias, segment_ids, activation):
         bias = to_array(op, "bias", bias)
         check_real(op, "bias", bias)
         dims.bind("bias", bias, "d")
-    if segment_ids is not None:
-        segment_ids = to_array(op, "segment_ids", segment_ids)
-        check_int_array(op, "segment_ids", segment_ids)
-        dims.bind("segment_ids", segment_ids, "b l")
-    return x, weight, bias, segment_ids
+    return x, weight, bias, check_segment_ids(op, dims, segment_ids)
 
 
 def _shifted_taps(x, weight, bias, segment_ids, left: int):
@@ -228,8 +225,7 @@ def _shifted_taps(x, weight, bias, segment_ids, left: int):
         # A segment is a run of equal ids (an id that comes back later starts a new segment, as
         # in the scans): number the runs and compare run numbers. Padding reads zeros from xp,
         # so its run number does not matter.
-        changes = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
-        run = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), jnp.cumsum(changes, axis=1)], axis=1)
+        run = segment_runs(segment_ids)
         sp = jnp.pad(run, ((0, 0), (left, right)))
     w = weight.astype(acc)
     y = jnp.zeros((b, l, d), acc) if bias is None else jnp.broadcast_to(bias.astype(acc), (b, l, d))
@@ -269,7 +265,7 @@ def _causal_conv1d_xla(*, x, weight, bias, segment_ids, activation):
     return _activate(y, activation).astype(x.dtype)
 
 
-CAUSAL_CONV1D.register("xla", _causal_conv1d_xla, priority=10, doc="k fused shifted multiply-adds")
+CAUSAL_CONV1D.register("xla", _causal_conv1d_xla, priority=10)  # k fused shifted multiply-adds
 
 
 def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str = "auto") -> Array:
@@ -299,7 +295,7 @@ def _conv1d_xla(*, x, weight, bias, segment_ids, activation):
     return _activate(y, activation).astype(x.dtype)
 
 
-CONV1D.register("xla", _conv1d_xla, priority=10, doc="k fused shifted multiply-adds")
+CONV1D.register("xla", _conv1d_xla, priority=10)  # k fused shifted multiply-adds
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,10 +21,13 @@ sequence of its own. The forward pass resets its state at each segment start, th
 shift zero-fills the first step of every segment in its direction; no entry of the matrix couples
 two segments.
 
-Implementations: ``"xla"`` -- :func:`hydra_two_pass`, both directions in one batched
-:func:`~ssm_jax.ops.ssd.ssd` call; ``"matrix"`` -- :func:`hydra_matrix_ref`, the (l x l) matrix.
-A kernel author runs the two passes on their SSD kernel with
-``REGISTRY.register("pallas_gpu", two_pass(ssd_impl="pallas_gpu"), ...)``.
+Implementations (``impl=``): ``"xla"`` -- :func:`hydra_two_pass`, both directions in one batched
+:func:`~ssm_jax.ops.ssd.ssd` call; ``"matrix"`` -- :func:`hydra_matrix_ref`, the (l x l) matrix;
+``"pallas_gpu"`` / ``"pallas_tpu"`` (``"pallas"``) -- the same two passes on the SSD kernels
+(``two_pass(ssd_impl)``), checked by the SSD kernel's own check on the doubled batch.
+
+Hydra is built on :mod:`ssm_jax.ops.ssd`'s public surface only: its ``canonicalize`` checks each
+direction, ``ssd`` runs the passes and ``ssd_matrix`` gives the two triangles of the matrix.
 """
 
 from __future__ import annotations
@@ -35,46 +38,57 @@ import jax
 import jax.numpy as jnp
 
 from ssm_jax.ops import _checks
-# Names, not the module: `ssm_jax.ops.ssd` is the function once the package exports it.
-from ssm_jax.ops.ssd import (
-    _array,
-    _canonical_core,
-    _canonical_D,
-    _compute_dtype,
-    _discretize_dt,
-    _exact_einsum,
-    _finish,
-    _param,
-    _run_index,
-    _ssd_matrix,
-    ssd,
-)
-from ssm_jax.ops.ssd import REGISTRY as SSD_REGISTRY
+from ssm_jax.ops._explicit import batch_only, like
+from ssm_jax.ops._prepare import segment_starts
 from ssm_jax.ops.registry import Registry
+
+# Names, not the module: `ssm_jax.ops.ssd` is the function once the package exports it.
+from ssm_jax.ops.ssd import REGISTRY as SSD_REGISTRY
+from ssm_jax.ops.ssd import canonicalize as ssd_canonicalize
+from ssm_jax.ops.ssd import ssd, ssd_matrix
 
 __all__ = ["REGISTRY", "canonicalize", "hydra", "hydra_matrix", "hydra_matrix_ref", "hydra_two_pass", "two_pass"]
 
+# The arguments with a leading batch axis (the only axis the references keep split under an
+# Explicit mesh: see ssm_jax.ops._explicit).
+BATCHED = ("x", "dt", "z", "B", "C", "initial_state", "segment_ids")
+
 REGISTRY = Registry("hydra")
+
+
+def _directions(op: str, dims: _checks.Dims, dt, B, C) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``dt (b, l, 2, h)``, ``B, C (b, l, 2, g, n)``: [forward, backward] stacked on axis 2."""
+    out = []
+    for name, v, spec in (("dt", dt, "b l 2 h"), ("B", B, "b l 2 g n"), ("C", C, "b l 2 g n")):
+        v = _checks.to_array(op, name, v)
+        _checks.check_real(op, name, v)
+        dims.bind(name, v, spec)
+        out.append(v)
+    return tuple(out)
 
 
 def canonicalize(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_softplus=False,
                  segment_ids=None, op: str = "hydra") -> dict:
     """Validate :func:`hydra`'s arguments. Canonical: ``B, C (b, l, 2, g, n)``, ``D (h, p)`` fp32
-    or None, ``A``/``dt_bias`` fp32, ``segment_ids`` int32; the rest as given."""
+    or None, ``A``/``dt_bias`` fp32, ``segment_ids`` int32; the rest as given.
+
+    The direction axis is checked here; everything else is :func:`ssd.canonicalize`'s check of one
+    direction (each direction is an SSD call with the same ``A``, groups, ``dt_bias``, ids).
+    """
     dims = _checks.Dims(op, **{"2": 2})
-    x, _ = _array(op, "x", x, dims, "b l h p")
-    if dims["l"] < 1:
-        raise ValueError(f"{op}: `x` must have at least one time step; got shape {tuple(x.shape)}")
-    dt, _ = _array(op, "dt", dt, dims, "b l 2 h")
-    B, _ = _array(op, "B", B, dims, "b l 2 g n")
-    C, _ = _array(op, "C", C, dims, "b l 2 g n")
-    # The per-direction checks (A, groups, dt_bias, segment_ids) are SSD's.
-    args = _canonical_core(op, dims, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], dt_bias, dt_softplus, segment_ids)
-    return dict(
-        x=x, dt=dt, A=args["A"], B=B, C=C, D=_canonical_D(op, dims, D), dt_bias=args["dt_bias"],
-        dt_softplus=args["dt_softplus"], segment_ids=args["segment_ids"],
-        chunk_size=_checks.check_positive_int(op, "chunk_size", chunk_size),
-    )
+    x = _checks.to_array(op, "x", x)
+    _checks.check_real(op, "x", x)
+    dims.bind("x", x, "b l h p")
+    dt, B, C = _directions(op, dims, dt, B, C)
+    args = ssd_canonicalize(x, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], chunk_size=chunk_size, D=D, dt_bias=dt_bias,
+                            dt_softplus=dt_softplus, segment_ids=segment_ids, op=op)
+    keys = ("x", "A", "D", "dt_bias", "dt_softplus", "segment_ids", "chunk_size")
+    return dict(dt=dt, B=B, C=C, **{k: args[k] for k in keys})
+
+
+def _continues(segment_ids):
+    """(b, l) bool: position i continues the segment of i - 1 (False at 0 and at boundaries)."""
+    return None if segment_ids is None else ~segment_starts(segment_ids, first=True)
 
 
 def _shift(y, keep):
@@ -85,32 +99,31 @@ def _shift(y, keep):
     return jnp.where(keep[:, :, None, None], y, jnp.zeros_like(y))
 
 
-def _keep(segment_ids):
-    """(b, l) bool: position i continues the segment of i - 1 (False at 0 and at boundaries)."""
-    if segment_ids is None:
-        return None
-    same = segment_ids[:, 1:] == segment_ids[:, :-1]
-    return jnp.concatenate([jnp.zeros_like(same[:, :1]), same], axis=1)
+def _ssd_arguments(*, x, dt, A, B, C, dt_bias, dt_softplus, segment_ids, chunk_size) -> dict:
+    """The arguments of the one :func:`ssd` call that runs both directions: the batch doubled to
+    [forward; time-flipped backward] (a flipped row runs each of its segments reversed)."""
+    flip = lambda t: jnp.flip(t, axis=1)  # noqa: E731
+    both = lambda fw, bw: jnp.concatenate([fw, flip(bw)], axis=0)  # noqa: E731
+    return dict(
+        x=both(x, x), dt=both(dt[:, :, 0], dt[:, :, 1]), A=A, B=both(B[:, :, 0], B[:, :, 1]),
+        C=both(C[:, :, 0], C[:, :, 1]), chunk_size=chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus,
+        segment_ids=None if segment_ids is None else both(segment_ids, segment_ids),
+    )
 
 
 def hydra_two_pass(*, x, dt, A, B, C, D, dt_bias, dt_softplus, segment_ids, chunk_size, ssd_impl="xla"):
     """Both SSD directions as one SSD call over a doubled batch [forward; time-flipped backward]."""
     b = x.shape[0]
-    flip = lambda t: jnp.flip(t, axis=1)
-    seg = None if segment_ids is None else jnp.concatenate([segment_ids, flip(segment_ids)], axis=0)
-    y = ssd(
-        jnp.concatenate([x, flip(x)], axis=0),
-        jnp.concatenate([dt[:, :, 0], flip(dt[:, :, 1])], axis=0),
-        A,
-        jnp.concatenate([B[:, :, 0], flip(B[:, :, 1])], axis=0),
-        jnp.concatenate([C[:, :, 0], flip(C[:, :, 1])], axis=0),
-        chunk_size=chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus, segment_ids=seg, impl=ssd_impl,
-    )
-    # In the flipped half, _keep of the flipped ids zero-fills each segment's last position.
-    y = _shift(y, _keep(seg))
-    f = _compute_dtype(x.dtype)
-    out = y[:b].astype(f) + flip(y[b:]).astype(f)
-    return _finish(out, x, D, None)
+    args = _ssd_arguments(x=x, dt=dt, A=A, B=B, C=C, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                          segment_ids=segment_ids, chunk_size=chunk_size)
+    y = ssd(**args, impl=ssd_impl)
+    # In the flipped half, the flipped ids' continuation mask zero-fills each segment's last position.
+    y = _shift(y, _continues(args["segment_ids"]))
+    f = jnp.promote_types(x.dtype, jnp.float32)
+    out = y[:b].astype(f) + jnp.flip(y[b:], axis=1).astype(f)
+    if D is not None:
+        out = out + D.astype(f) * x.astype(f)
+    return out.astype(x.dtype)
 
 
 def two_pass(ssd_impl: str):
@@ -119,62 +132,63 @@ def two_pass(ssd_impl: str):
     return jax.jit(fn, static_argnames=("dt_softplus", "chunk_size"))
 
 
-@jax.jit
-def _hydra_matrix(dt, A, B, C, segment_ids):
-    """(b, h, l, l) from discretized dt (b, l, 2, h); the diagonal is left zero."""
-    flip = lambda t: jnp.flip(t, axis=1)
-    run = None if segment_ids is None else _run_index(segment_ids)
-    fw = _ssd_matrix(dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], run)
-    bw = _ssd_matrix(flip(dt[:, :, 1]), A, flip(B[:, :, 1]), flip(C[:, :, 1]), None if run is None else flip(run))
+def _matrix(dt, A, B, C, *, dt_bias, dt_softplus, segment_ids, op="hydra_matrix"):
+    """(b, h, l, l) from raw dt (b, l, 2, h), as two :func:`ssd_matrix` calls; the diagonal is zero."""
+    flip = lambda t: jnp.flip(t, axis=1)  # noqa: E731
+    kw = dict(dt_bias=dt_bias, dt_softplus=dt_softplus, op=op)
+    fw = ssd_matrix(dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], segment_ids=segment_ids, **kw)
+    flipped_ids = None if segment_ids is None else flip(segment_ids)
+    bw = ssd_matrix(flip(dt[:, :, 1]), A, flip(B[:, :, 1]), flip(C[:, :, 1]), segment_ids=flipped_ids, **kw)
 
     def shift_rows(M, keep):  # (b, h, l, l): row i <- row i - 1
         M = jnp.concatenate([jnp.zeros_like(M[:, :, :1]), M[:, :, :-1]], axis=2)
         return M if keep is None else jnp.where(keep[:, None, :, None], M, 0.0)
 
-    bw = shift_rows(bw, None if segment_ids is None else _keep(flip(segment_ids)))
-    return shift_rows(fw, _keep(segment_ids)) + jnp.flip(bw, axis=(2, 3))
+    bw = shift_rows(bw, _continues(flipped_ids))
+    return shift_rows(fw, _continues(segment_ids)) + jnp.flip(bw, axis=(2, 3))
 
 
 @functools.partial(jax.jit, static_argnames=("dt_softplus", "chunk_size"))
-def hydra_matrix_ref(*, x, dt, A, B, C, D, dt_bias, dt_softplus, segment_ids, chunk_size):
+def _matrix_impl(*, x, dt, A, B, C, D, dt_bias, dt_softplus, segment_ids, chunk_size):
     """``y = M x + D x`` with the quasiseparable matrix materialized (quadratic memory)."""
     del chunk_size
-    f = _compute_dtype(x.dtype)
-    dt = _discretize_dt(dt, dt_bias, dt_softplus, f)
-    M = _hydra_matrix(dt, A, B, C, segment_ids)
-    y = _exact_einsum("bhij,bjhp->bihp", M, x.astype(f))
-    return _finish(y, x, D, None)
+    f = jnp.promote_types(x.dtype, jnp.float32)
+    M = _matrix(dt, A, B, C, dt_bias=dt_bias, dt_softplus=dt_softplus, segment_ids=segment_ids, op="hydra")
+    y = jnp.einsum("bhij,bjhp->bihp", M, x.astype(f), precision=jax.lax.Precision.HIGHEST)
+    if D is not None:
+        y = y + D.astype(f) * x.astype(f)
+    return y.astype(x.dtype)
 
 
-REGISTRY.register("xla", two_pass("xla"), doc="two SSD passes (chunked XLA SSD), batched")
-REGISTRY.register("matrix", hydra_matrix_ref, auto_backends=(), doc="materialized (l x l) quasiseparable matrix")
+REGISTRY.register("xla", two_pass("xla"))
+REGISTRY.register("matrix", _matrix_impl, auto_backends=())
 
 
 def _ssd_kernel_check(ssd_impl: str):
-    """Hydra's check for ``two_pass(ssd_impl)``: the SSD kernel's own check on the doubled batch."""
+    """Hydra's check for ``two_pass(ssd_impl)``: the SSD kernel's own check, on the canonical form
+    (shapes only, by :func:`jax.eval_shape`) of the SSD call that :func:`hydra_two_pass` makes."""
 
     def check(ctx) -> str | None:
-        b, l, h, p = ctx["x"].shape
-        g, n = ctx["B"].shape[-2:]
-        sds = jax.ShapeDtypeStruct
-        seg = ctx.get("segment_ids")
-        ssd_ctx = {
-            "x": sds((2 * b, l, h, p), ctx["x"].dtype), "dt": sds((2 * b, l, h), ctx["dt"].dtype),
-            "A": ctx["A"], "B": sds((2 * b, l, g, n), ctx["B"].dtype), "C": sds((2 * b, l, g, n), ctx["C"].dtype),
-            "D": None, "z": None, "dt_bias": ctx.get("dt_bias"), "dt_softplus": ctx["dt_softplus"],
-            "initial_state": None, "segment_ids": None if seg is None else sds((2 * b, l), seg.dtype),
-            "chunk_size": ctx["chunk_size"], "return_final_state": False, "backend": ctx["backend"],
-        }
-        return SSD_REGISTRY[ssd_impl].why_not(ssd_ctx)
+        arrays = {k: ctx[k] for k in ("x", "dt", "A", "B", "C", "dt_bias", "segment_ids")}
+        static = {k: ctx[k] for k in ("dt_softplus", "chunk_size")}
+        plain = {}
+
+        def canonical(arrays):
+            args = ssd_canonicalize(**_ssd_arguments(**arrays, **static))
+            plain.update({k: v for k, v in args.items() if not isinstance(v, jax.Array)})
+            return {k: v for k, v in args.items() if isinstance(v, jax.Array)}
+
+        shapes = jax.eval_shape(canonical, arrays)
+        return SSD_REGISTRY[ssd_impl].why_not({**shapes, **plain, "backend": ctx["backend"]})
 
     return check
 
 
 # The fused kernels run Hydra as one SSD kernel call over [forward; flipped backward].
 REGISTRY.register("pallas_gpu", two_pass("pallas_gpu"), check=_ssd_kernel_check("pallas_gpu"),
-                  auto_backends=("gpu",), priority=10, doc="two SSD passes on the Mosaic GPU SSD kernel")
+                  auto_backends=("gpu",), priority=10)
 REGISTRY.register("pallas_tpu", two_pass("pallas_tpu"), check=_ssd_kernel_check("pallas_tpu"),
-                  auto_backends=("tpu",), priority=10, doc="two SSD passes on the Mosaic TPU SSD kernel")
+                  auto_backends=("tpu",), priority=10)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})
 
 
@@ -201,8 +215,11 @@ def hydra(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_softplus=F
     """
     args = canonicalize(x, dt, A, B, C, D=D, chunk_size=chunk_size, dt_bias=dt_bias,
                         dt_softplus=dt_softplus, segment_ids=segment_ids)
-    _, fn = REGISTRY.resolve(impl, args)
-    return fn(**args)
+    given = args
+    name, fn = REGISTRY.resolve(impl, args)
+    if not name.startswith("pallas"):  # the kernels split heads/channels under shard_map themselves
+        args = batch_only(args, BATCHED)
+    return like(fn(**args), given["x"])
 
 
 def hydra_matrix(dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=False, segment_ids=None):
@@ -222,14 +239,18 @@ def hydra_matrix(dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=False, segmen
     """
     op = "hydra_matrix"
     dims = _checks.Dims(op, **{"2": 2})
-    dt, _ = _array(op, "dt", dt, dims, "b l 2 h")
-    B, _ = _array(op, "B", B, dims, "b l 2 g n")
-    C, _ = _array(op, "C", C, dims, "b l 2 g n")
-    args = _canonical_core(op, dims, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], dt_bias, dt_softplus, segment_ids)
-    f = _compute_dtype(dt.dtype)
-    dt = _discretize_dt(dt, args["dt_bias"], args["dt_softplus"], f)
-    M = _hydra_matrix(dt, args["A"], B, C, args["segment_ids"])
+    dt, B, C = _directions(op, dims, dt, B, C)
+    M = _matrix(dt, A, B, C, dt_bias=dt_bias, dt_softplus=dt_softplus, segment_ids=segment_ids, op=op)
     if D is not None:
-        D, _ = _param(op, "D", D, dims, "h")
-        M = M + D[:, None, None] * jnp.eye(M.shape[-1], dtype=M.dtype)
+        D = _checks.to_array(op, "D", D)
+        _checks.check_real(op, "D", D)
+        dims.bind("D", D, "h")
+        M = M + D.astype(M.dtype)[:, None, None] * jnp.eye(M.shape[-1], dtype=M.dtype)
     return M
+
+
+def hydra_matrix_ref(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_softplus=False, segment_ids=None):
+    """:func:`hydra` with ``impl="matrix"``: ``y = M x + D x`` with :func:`hydra_matrix`'s ``M``
+    materialized (quadratic memory; ``chunk_size`` is validated and ignored)."""
+    return hydra(x, dt, A, B, C, D=D, chunk_size=chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                 segment_ids=segment_ids, impl="matrix")

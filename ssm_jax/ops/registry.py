@@ -59,7 +59,6 @@ class Implementation:
     # Explicit requests are governed by `check` alone (interpret modes run anywhere).
     auto_backends: tuple[str, ...] | None = None
     priority: int = 0
-    doc: str = ""
 
     def fn(self) -> Callable:
         return _load(self.target)
@@ -91,7 +90,6 @@ class Registry:
         check: Check | str | None = None,
         auto_backends: tuple[str, ...] | None = None,
         priority: int = 0,
-        doc: str = "",
     ):
         """Register ``target`` under ``name``; usable as a decorator when ``target`` is None.
 
@@ -101,7 +99,7 @@ class Registry:
             raise ValueError(f"{self.op}: implementation name {name!r} is reserved")
 
         def add(t):
-            self._impls[name] = Implementation(name, t, check, auto_backends, priority, doc)
+            self._impls[name] = Implementation(name, t, check, auto_backends, priority)
             return t
 
         if target is None:

@@ -233,8 +233,8 @@ def _s4_kernel_dense(*, log_dt, Lambda, P, Q, B, C, length):
     return K.T.astype(log_dt.dtype)
 
 
-S4_KERNEL.register("xla", _s4_kernel_cauchy, priority=10, doc="Cauchy + Woodbury at roots of unity, iFFT")
-S4_KERNEL.register("dense", _s4_kernel_dense, auto_backends=(), doc="dense matrix powers, O(l n^2) reference")
+S4_KERNEL.register("xla", _s4_kernel_cauchy, priority=10)  # Cauchy + Woodbury at roots of unity, iFFT
+S4_KERNEL.register("dense", _s4_kernel_dense, auto_backends=())  # dense matrix powers, O(l n^2) reference
 
 
 # --------------------------------------------------------------------------------------------

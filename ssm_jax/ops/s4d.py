@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssm_jax.ops._checks import Dims, check_positive_int, check_real, to_array
+from ssm_jax.ops._checks import Dims, check_positive_int, check_real, check_segment_ids, to_array
+from ssm_jax.ops._prepare import segment_starts
 from ssm_jax.ops._lti_chunked import chunked_scan
+from ssm_jax.ops._explicit import scan
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array
 
@@ -206,18 +208,33 @@ def s4d_kernel(log_dt, A, C, length: int, *, B=None, discretization: str = "zoh"
     return fn(**args)
 
 
+# Above this many (h, n, l) Vandermonde entries the kernel is computed KERNEL_CHUNK entries at a
+# time (a rematerialized loop over pieces of l): autodiff of the one-shot sum stores the whole
+# (h, n, l) matrix for the backward pass -- 480 GB at h 768, n 32, l 2^20.
+KERNEL_CHUNK = 1 << 26
+
+
+def _vandermonde(coef, log_dA, ell):
+    # Σ_n coef·exp(ℓ·log dA): elementwise + reduce, which XLA fuses without materializing the
+    # (h, n, l) Vandermonde matrix in the forward pass. exp(ℓ·log dA) = dA^ℓ for any branch of the log.
+    return 2 * jnp.real(jnp.sum(coef[:, :, None] * jnp.exp(log_dA[:, :, None] * ell), axis=1))
+
+
 @functools.partial(jax.jit, static_argnames=("length", "discretization"))
 def _s4d_kernel_vandermonde(*, log_dt, A, B, C, length, discretization):
     _, dB, log_dA = _discretize(log_dt, A, B, discretization)
     coef = C * dB  # (h, n)
-    ell = jnp.arange(length, dtype=log_dt.dtype)
-    # Σ_n coef·exp(ℓ·log dA): elementwise + reduce, which XLA fuses without materializing the
-    # (h, n, l) Vandermonde matrix. exp(ℓ·log dA) = dA^ℓ for any branch of the log.
-    V = jnp.exp(log_dA[:, :, None] * ell)
-    return 2 * jnp.real(jnp.sum(coef[:, :, None] * V, axis=1))
+    h, n = coef.shape
+    q = max(1, KERNEL_CHUNK // (h * n))
+    if length <= q:
+        return _vandermonde(coef, log_dA, jnp.arange(length, dtype=log_dt.dtype))
+    c = -(-length // q)
+    ells = jnp.arange(c * q, dtype=log_dt.dtype).reshape(c, q)
+    K = lax.map(jax.checkpoint(lambda ell: _vandermonde(coef, log_dA, ell)), ells)  # (c, h, q)
+    return jnp.moveaxis(K, 0, 1).reshape(h, c * q)[:, :length]
 
 
-S4D_KERNEL.register("xla", _s4d_kernel_vandermonde, priority=10, doc="Vandermonde sum, fused by XLA")
+S4D_KERNEL.register("xla", _s4d_kernel_vandermonde, priority=10)  # Vandermonde sum, fused by XLA
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,18 +276,6 @@ def check_step_args(op, u, state, dA, dB, C, D, *, step: bool, dense_dA: bool = 
         dims.bind("D", D, "h")
     ctype = complex_dtype(dA, dB, C)
     return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
-
-
-def segment_starts(op: str, segment_ids, b: int, l: int):
-    """``(b, l)`` bool, True where the id changes (a segment starts; never at 0), or None."""
-    if segment_ids is None:
-        return None
-    segment_ids = to_array(op, "segment_ids", segment_ids)
-    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-        raise TypeError(f"{op}: `segment_ids` must be an integer array; got dtype {segment_ids.dtype}")
-    if segment_ids.shape != (b, l):
-        raise ValueError(f"{op}: `segment_ids` must have shape (b, l) = ({b}, {l}); got {tuple(segment_ids.shape)}")
-    return jnp.concatenate([jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
 
 
 @jax.jit
@@ -332,9 +337,8 @@ def run_scan(op, impls, u, x0, dA, dB, C, D, ctype, segment_ids, chunk_size):
     ``impls = (sequential scan, chunked form)`` of the family, both taking segment starts."""
     scan, chunked = impls
     b, l, h = u.shape
-    starts = segment_starts(op, segment_ids, b, l)
-    if starts is None:
-        starts = jnp.zeros((b, l), bool)
+    segment_ids = check_segment_ids(op, Dims(op, b=b, l=l), segment_ids)
+    starts = jnp.zeros((b, l), bool) if segment_ids is None else segment_starts(segment_ids)
     if chunk_size is not None:
         check_positive_int(op, "chunk_size", chunk_size)
         y, x = chunked(u, starts, None if x0 is None else x0.astype(ctype), dA, dB, C, D, q=int(chunk_size))
@@ -352,7 +356,7 @@ def scan_with_resets(step, u, starts, x0, dA, dB, C, D):
         y, x = step(u_t, jnp.where(r_t[:, None, None], 0, x), dA, dB, C, D)
         return x, y
 
-    x, y = lax.scan(body, x0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(starts, 0, 1)))
+    x, y = scan(body, x0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(starts, 0, 1)))
     return jnp.swapaxes(y, 0, 1), x
 
 

@@ -15,13 +15,17 @@ paper's reference kernels use. With ``g > 1`` groups the ``d`` channels are spli
 
 Implementations (``impl=``), registered in :data:`REGISTRY`:
 
-* ``"scan"`` — sequential :func:`jax.lax.scan`, one step per position; the ground truth. Never
-  chosen by ``"auto"``.
+* ``"scan"`` — sequential :func:`jax.lax.scan`, one step per position; the ground truth
+  (:func:`selective_scan_ref`). Never chosen by ``"auto"``.
 * ``"xla"`` — :func:`jax.lax.associative_scan` over the ``(decay, input)`` pairs of eq. 2a, inside
   chunks of :data:`XLA_CHUNK_SIZE` positions, with a ``lax.scan`` carrying the state from chunk to
   chunk. Its backward pass is the adjoint recurrence (a reverse associative scan per chunk, the
   forward chunk recomputed from the saved chunk-entry states) under :func:`jax.custom_vjp`, so
   memory stays ``O(b * chunk * d * n + l * (d + n))`` for any length, forward and backward.
+* ``"pallas_gpu"`` — the Mosaic GPU kernels of ``pallas_kernels/selective_scan`` (Hopper), forward
+  and backward; auto on GPUs, Mosaic GPU interpret mode when named on CPU.
+* ``"pallas_tpu"`` — the Mosaic TPU kernels (``pallas_kernels/selective_scan/api_tpu.py``); auto
+  on TPUs, TPU interpret mode when named on CPU. ``"pallas"`` is the one of the backend.
 
 Numerics: the state, the discretization and every reduction run in float32 (float64 if an input
 is float64, under ``jax.enable_x64``); ``x, dt, B, C, z`` may be float32, bfloat16 or float16; ``y``
@@ -36,17 +40,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ssm_jax.ops._checks import Dims, check_bool, check_float, check_int_array, check_real, to_array
+from ssm_jax.ops._checks import Dims, check_bool, check_float, check_real, check_segment_ids, to_array
+from ssm_jax.ops._prepare import effective_dt, segment_starts
+from ssm_jax.ops._explicit import batch_only, batch_zeros, like, scan
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array, Float, Int
 
 __all__ = [
     "REGISTRY",
     "XLA_CHUNK_SIZE",
+    "canonicalize",
     "selective_scan",
     "selective_scan_ref",
     "selective_scan_step",
 ]
+
+# The arguments with a leading batch axis (the only axis the references keep split under an
+# Explicit mesh: see ssm_jax.ops._explicit).
+BATCHED = ("x", "dt", "z", "B", "C", "initial_state", "segment_ids")
 
 REGISTRY = Registry("selective_scan")
 
@@ -113,17 +124,17 @@ def selective_scan(
     :class:`~ssm_jax.ops.registry.ImplementationUnavailableError` when ``impl`` names an
     implementation that cannot run here.
     """
-    op = "selective_scan"
-    canonical = _canonicalize(
-        op,
-        x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, state=initial_state,
-        state_name="initial_state", segment_ids=segment_ids, step=False,
+    canonical = canonicalize(
+        x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
+        segment_ids=segment_ids, return_final_state=return_final_state,
     )
-    canonical["dt_softplus"] = check_bool(op, "dt_softplus", dt_softplus)
-    canonical["return_final_state"] = check_bool(op, "return_final_state", return_final_state)
-    _, fn = REGISTRY.resolve(impl, canonical)
+    given = canonical
+    name, fn = REGISTRY.resolve(impl, canonical)
+    if not name.startswith("pallas"):  # the kernels split heads/channels under shard_map themselves
+        canonical = batch_only(canonical, BATCHED)
     y, final_state = fn(**canonical)
-    return (y, final_state) if return_final_state else y
+    y, final_state = like(y, given["x"]), like(final_state, given["initial_state"])
+    return (y, final_state) if canonical["return_final_state"] else y
 
 
 def selective_scan_step(
@@ -171,13 +182,35 @@ def selective_scan_step(
     return _step_impl(**canonical)
 
 
-# The sequential reference under the `*_ref` name every op's reference has.
-selective_scan_ref = functools.partial(selective_scan, impl="scan")
+def selective_scan_ref(
+    x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None, segment_ids=None,
+    return_final_state=False,
+):
+    """:func:`selective_scan` with ``impl="scan"``: the sequential ``lax.scan`` ground truth."""
+    return selective_scan(
+        x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
+        segment_ids=segment_ids, return_final_state=return_final_state, impl="scan",
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Validation and canonical form (docs/architecture.md, "Canonical arguments")
 # --------------------------------------------------------------------------------------------
+
+
+def canonicalize(
+    x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None, segment_ids=None,
+    return_final_state=False, op: str = "selective_scan",
+) -> dict[str, Any]:
+    """Validate the arguments of :func:`selective_scan`; return the keyword arguments every
+    implementation takes (see :func:`_canonicalize` for the canonical form)."""
+    canonical = _canonicalize(
+        op, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, state=initial_state,
+        state_name="initial_state", segment_ids=segment_ids, step=False,
+    )
+    canonical["dt_softplus"] = check_bool(op, "dt_softplus", dt_softplus)
+    canonical["return_final_state"] = check_bool(op, "return_final_state", return_final_state)
+    return canonical
 
 
 def _canonicalize(
@@ -234,11 +267,7 @@ def _canonicalize(
         state = to_array(op, state_name, state)
         check_float(op, state_name, state)
         dims.bind(state_name, state, "b d n")
-    if segment_ids is not None:
-        segment_ids = to_array(op, "segment_ids", segment_ids)
-        check_int_array(op, "segment_ids", segment_ids)
-        dims.bind("segment_ids", segment_ids, "b l")
-        segment_ids = segment_ids.astype(jnp.int32)
+    segment_ids = check_segment_ids(op, dims, segment_ids)
 
     present = [v for v in (x, dt, A, B, C, D, z, dt_bias, state) if v is not None]
     f = jnp.promote_types(jnp.float32, jnp.result_type(*present))
@@ -258,16 +287,6 @@ def _canonicalize(
 def _split_groups(v: jax.Array, g: int) -> jax.Array:
     """``(..., d) -> (..., g, d // g)``: contiguous channel groups."""
     return v.reshape(*v.shape[:-1], g, v.shape[-1] // g)
-
-
-def _effective_dt(dt, dt_bias, dt_softplus: bool, f) -> jax.Array:
-    """Alg. 2 line 3: ``dt <- tau_dt(dt + dt_bias)``, ``tau_dt`` = softplus or the identity."""
-    dt = dt.astype(f)
-    if dt_bias is not None:
-        dt = dt + dt_bias
-    if dt_softplus:
-        dt = jax.nn.softplus(dt)  # logaddexp(dt, 0): no overflow for large dt
-    return dt
 
 
 def _discretize(x, dt, B, A):
@@ -298,14 +317,6 @@ def _finish(y, x, D, z, out_dtype):
     return y.astype(out_dtype)
 
 
-def _resets(segment_ids):
-    """``(b, l)`` bool: True where the state restarts from zero (id differs from previous)."""
-    if segment_ids is None:
-        return None
-    changed = segment_ids[:, 1:] != segment_ids[:, :-1]
-    return jnp.pad(changed, ((0, 0), (1, 0)), constant_values=False)
-
-
 # --------------------------------------------------------------------------------------------
 # Implementations. Each takes the canonical arguments and returns (y, final_state or None).
 # --------------------------------------------------------------------------------------------
@@ -316,7 +327,7 @@ def _step_impl(x, dt, A, B, C, D, z, dt_bias, dt_softplus, state):
     f = A.dtype
     g = B.shape[-2]
     r = x.shape[-1] // g
-    dt = _effective_dt(dt, dt_bias, dt_softplus, f)
+    dt = effective_dt(dt, dt_bias, dt_softplus, f)
     h = state.reshape(*state.shape[:-2], g, r, state.shape[-1])
     x_g, dt_g = _split_groups(x.astype(f), g), _split_groups(dt, g)
     decay, inp = _discretize(x_g, dt_g, B.astype(f), A.reshape(g, r, -1))
@@ -331,10 +342,10 @@ def _scan_impl(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segmen
     b, l, d = x.shape
     g, n = B.shape[-2:]
     f = A.dtype
-    dt = _effective_dt(dt, dt_bias, dt_softplus, f)
+    dt = effective_dt(dt, dt_bias, dt_softplus, f)
     A_g = A.reshape(g, d // g, n)
     h0 = jnp.zeros((b, g, d // g, n), f) if initial_state is None else initial_state.reshape(b, g, d // g, n)
-    reset = _resets(segment_ids)
+    reset = None if segment_ids is None else segment_starts(segment_ids)  # the state restarts from zero
 
     def body(h, inputs):
         x_t, dt_t, B_t, C_t, reset_t = inputs
@@ -345,7 +356,7 @@ def _scan_impl(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segmen
         return h, _readout(h, C_t.astype(f))
 
     time_major = lambda v: None if v is None else jnp.swapaxes(v, 0, 1)  # noqa: E731
-    h, y = jax.lax.scan(body, h0, tuple(map(time_major, (x, dt, B, C, reset))))
+    h, y = scan(body, h0, tuple(map(time_major, (x, dt, B, C, reset))))
     y = jnp.swapaxes(y, 0, 1).reshape(b, l, d)
     return _finish(y, x, D, z, x.dtype), (h.reshape(b, d, n) if return_final_state else None)
 
@@ -393,7 +404,7 @@ def _chunked_scan_fwd(A_g, x, dt, B, C, keep, h0):
         h, _ = _chunk_states(h_start, x, dt, B, keep, A_g)
         return h[:, -1], (_readout(h, C), h_start)
 
-    h_last, (y, h_starts) = jax.lax.scan(body, h0, (x, dt, B, C, keep))
+    h_last, (y, h_starts) = scan(body, h0, (x, dt, B, C, keep))
     # Saved: the inputs and the state entering each chunk, (c, b, g, r, n) -- l/q times smaller
     # than the states at every position, which the backward pass recomputes chunk by chunk.
     return (y, h_last), (A_g, x, dt, B, C, keep, h_starts)
@@ -432,7 +443,7 @@ def _chunked_scan_bwd(res, cotangents):
         grads = (dx.astype(x_.dtype), ddt.astype(dt_.dtype), dB.astype(B_.dtype), dC.astype(C_.dtype))
         return (mu, dA + dA_chunk), grads
 
-    (dh0, dA), (dx, ddt, dB, dC) = jax.lax.scan(
+    (dh0, dA), (dx, ddt, dB, dC) = scan(
         body, (dh_last.astype(f), jnp.zeros_like(A_g)), (x, dt, B, C, keep, h_starts, dy), reverse=True
     )
     dkeep = None if keep is None else jnp.zeros_like(keep)  # keep is data (segment starts)
@@ -458,9 +469,8 @@ def _xla_impl(
 
     # Padding sits after position l-1 with dt = 0, i.e. decay 1 and input 0: the state passes
     # through unchanged, so the last chunk's final state is the state at position l-1.
-    dt = _effective_dt(dt, dt_bias, dt_softplus, f)
-    reset = _resets(segment_ids)
-    keep = None if reset is None else jnp.where(reset, 0.0, 1.0).astype(f)
+    dt = effective_dt(dt, dt_bias, dt_softplus, f)
+    keep = None if segment_ids is None else (~segment_starts(segment_ids)).astype(f)
 
     def chunked(v, grouped: bool = False, fill=0):
         if v is None:
@@ -471,7 +481,7 @@ def _xla_impl(
         v = v.reshape(b, num_chunks, q, *v.shape[2:])
         return jnp.moveaxis(v, 1, 0)  # (num_chunks, b, q, ...)
 
-    h0 = jnp.zeros((b, g, r, n), f) if initial_state is None else initial_state.reshape(b, g, r, n)
+    h0 = batch_zeros((b, g, r, n), f, x) if initial_state is None else initial_state.reshape(b, g, r, n)
     y, h = _chunked_scan(
         A.reshape(g, r, n), chunked(x, True), chunked(dt, True), chunked(B), chunked(C), chunked(keep, fill=1), h0
     )
@@ -479,36 +489,11 @@ def _xla_impl(
     return _finish(y, x, D, z, x.dtype), (h.reshape(b, d, n) if return_final_state else None)
 
 
-REGISTRY.register(
-    "scan", _scan_impl, auto_backends=(), doc="sequential lax.scan; the ground truth (never auto)"
-)
-REGISTRY.register(
-    "xla", _xla_impl, priority=0, doc=f"chunked lax.associative_scan, chunks of {XLA_CHUNK_SIZE}"
-)
-
-# ---- Pallas kernels ---------------------------------------------------------------------------
-# Kernel implementations register HERE, with lazy "module:attr" targets so that importing
-# ssm_jax.ops never imports a kernel module. When pallas_kernels/selective_scan/ provides them:
-#
-#   REGISTRY.register("pallas_gpu", "pallas_kernels.selective_scan.api:selective_scan",
-#                     check="pallas_kernels.selective_scan.api:why_not",
-#                     auto_backends=("gpu",), priority=10)
-#   REGISTRY.register("pallas_tpu", ..., auto_backends=("tpu",), priority=10)
-#   REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})  # once both exist
-#
-# Targets take the canonical arguments (see _canonicalize) and return (y, final_state | None).
-
-REGISTRY.register(
-    "pallas_gpu", "pallas_kernels.selective_scan.api:selective_scan",
-    check="pallas_kernels.selective_scan.api:why_not", auto_backends=("gpu",), priority=10,
-    doc="Mosaic GPU kernels (Hopper), forward and backward; Mosaic GPU interpret mode on CPU",
-)
-
-# Mosaic TPU kernels (pallas_kernels/selective_scan/api_tpu.py): auto on TPUs; explicit on CPU runs
-# TPU interpret mode.
-REGISTRY.register(
-    "pallas_tpu", "pallas_kernels.selective_scan.api_tpu:selective_scan",
-    check="pallas_kernels.selective_scan.api_tpu:why_not", auto_backends=("tpu",), priority=10,
-    doc="Mosaic TPU kernels, forward and backward; TPU interpret mode on CPU",
-)
+REGISTRY.register("scan", _scan_impl, auto_backends=())
+REGISTRY.register("xla", _xla_impl)
+# The kernels: lazy "module:attr" targets, so that importing ssm_jax.ops imports no kernel module.
+REGISTRY.register("pallas_gpu", "pallas_kernels.selective_scan.api:selective_scan",
+                  check="pallas_kernels.selective_scan.api:why_not", auto_backends=("gpu",), priority=10)
+REGISTRY.register("pallas_tpu", "pallas_kernels.selective_scan.api_tpu:selective_scan",
+                  check="pallas_kernels.selective_scan.api_tpu:why_not", auto_backends=("tpu",), priority=10)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})

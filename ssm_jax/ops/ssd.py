@@ -19,6 +19,12 @@ Implementations (``impl=``):
   in fp32.
 * ``"scan"`` -- :func:`ssd_scan_ref`, the recurrence with ``lax.scan``: the ground truth.
 * ``"quadratic"`` -- :func:`ssd_quadratic_ref`, ``y = M x`` with ``M`` materialized.
+* ``"pallas_gpu"`` -- the fused chunked kernels of ``pallas_kernels/ssd`` (Mosaic GPU, Hopper);
+  ``"pallas_tpu"`` -- the Mosaic TPU kernels (``pallas_kernels/ssd/api_tpu.py``); ``"pallas"`` is
+  the one of the backend. Auto on their chip; named on CPU they run in interpret mode.
+
+The references take :func:`ssd`'s own arguments; the registered implementations take the
+canonical keyword arguments of :func:`canonicalize`.
 
 ``segment_ids`` packs several sequences into one row: the state restarts from zero wherever the
 id changes between neighbouring positions (a segment is a maximal run of equal ids).
@@ -33,6 +39,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ssm_jax.ops import _checks
+from ssm_jax.ops._prepare import effective_dt, segment_runs, segment_starts
+from ssm_jax.ops._explicit import batch_only, like, reshape, scan
 from ssm_jax.ops.registry import Registry
 
 __all__ = [
@@ -46,6 +54,10 @@ __all__ = [
     "ssd_scan_ref",
     "ssd_step",
 ]
+
+# The arguments with a leading batch axis (the only axis the references keep split under an
+# Explicit mesh: see ssm_jax.ops._explicit).
+BATCHED = ("x", "dt", "z", "B", "C", "initial_state", "segment_ids")
 
 REGISTRY = Registry("ssd")
 
@@ -100,11 +112,7 @@ def _canonical_core(op, dims, dt, A, B, C, dt_bias, dt_softplus, segment_ids, *,
         )
     if dt_bias is not None:
         dt_bias, _ = _param(op, "dt_bias", dt_bias, dims, "h")
-    if segment_ids is not None:
-        segment_ids = _checks.to_array(op, "segment_ids", segment_ids)
-        _checks.check_int_array(op, "segment_ids", segment_ids)
-        dims.bind("segment_ids", segment_ids, "b l")
-        segment_ids = segment_ids.astype(jnp.int32)
+    segment_ids = _checks.check_segment_ids(op, dims, segment_ids)
     return dict(
         dt=dt, A=A, B=BC["B"], C=BC["C"], dt_bias=dt_bias,
         dt_softplus=_checks.check_bool(op, "dt_softplus", dt_softplus), segment_ids=segment_ids,
@@ -146,19 +154,6 @@ def canonicalize(
 
 # --------------------------------------------------------------------------------------------
 # Shared numerics
-
-
-def _discretize_dt(dt, dt_bias, dt_softplus, dtype):
-    dt = dt.astype(dtype)
-    if dt_bias is not None:
-        dt = dt + dt_bias.astype(dtype)
-    return jax.nn.softplus(dt) if dt_softplus else dt
-
-
-def _run_index(segment_ids):
-    """(b, l) -> index of the maximal run of equal ids each position belongs to (0, 1, ...)."""
-    change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
-    return jnp.concatenate([jnp.zeros_like(segment_ids[:, :1]), jnp.cumsum(change, axis=1)], axis=1)
 
 
 def _masked_exp(s, mask):
@@ -205,7 +200,7 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
                 chunk_size, return_final_state):
     """Chunked SSD (Mamba-2 paper Sec. 6, Listing 1) on canonical arguments.
 
-    Segments: with run indices ``r`` (see :func:`_run_index`), a contribution from position ``j``
+    Segments: with run indices ``r`` (:func:`~ssm_jax.ops._prepare.segment_runs`), a contribution from position ``j``
     to position ``i`` survives only if ``r_i == r_j``. Inside a chunk that masks the decay matrix;
     the chunk-end state keeps the positions of the chunk's last run; the state entering a chunk
     reaches position ``i`` only while ``r_i`` equals the run of the position before the chunk.
@@ -220,8 +215,8 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     precision = lax.Precision.HIGHEST if mm == f else None
     ein = functools.partial(jnp.einsum, preferred_element_type=f, precision=precision)
 
-    dt = _discretize_dt(dt, dt_bias, dt_softplus, f)
-    run = None if segment_ids is None else _run_index(segment_ids)
+    dt = effective_dt(dt, dt_bias, dt_softplus, f)
+    run = None if segment_ids is None else segment_runs(segment_ids)
     q = min(chunk_size, l)
     c = -(-l // q)
     pad = c * q - l
@@ -233,10 +228,10 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
         if run is not None:
             run = jnp.pad(run, [(0, 0), (0, pad)], mode="edge")
 
-    xc = x.reshape(b, c, q, g, k, p).astype(mm)
-    Bc = B.reshape(b, c, q, g, n).astype(mm)
-    Cc = C.reshape(b, c, q, g, n).astype(mm)
-    dtc = jnp.moveaxis(dt.reshape(b, c, q, g, k), 2, -1)  # (b, c, g, k, q)
+    xc = reshape(x, (b, c, q, g, k, p)).astype(mm)
+    Bc = reshape(B, (b, c, q, g, n)).astype(mm)
+    Cc = reshape(C, (b, c, q, g, n)).astype(mm)
+    dtc = jnp.moveaxis(reshape(dt, (b, c, q, g, k)), 2, -1)  # (b, c, g, k, q)
     a = dtc * A.reshape(g, k)[:, :, None].astype(f)  # log-decay per step
 
     # 1. Intra-chunk outputs: the quadratic form Y = (L o C B^T) (dt x) on each chunk.
@@ -247,7 +242,7 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
         last_same = jnp.ones((q,), dtype=bool)
         into = jnp.ones((q,), dtype=bool)
     else:
-        rc = run.reshape(b, c, q)
+        rc = reshape(run, (b, c, q))
         same = (rc[:, :, :, None] == rc[:, :, None, :]) & causal  # (b, c, q, q)
         last_same = same[:, :, -1, :][:, :, None, None, :]  # j is in the chunk's last run
         prev = jnp.concatenate([rc[:, :1, 0], rc[:, :-1, -1]], axis=1)  # run before each chunk
@@ -270,20 +265,20 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     if initial_state is None:
         h0 = jnp.zeros((b, g, k, p, n), f)
     else:
-        h0 = initial_state.reshape(b, g, k, p, n).astype(f)
+        h0 = reshape(initial_state, (b, g, k, p, n)).astype(f)
 
     def pass_state(carry, inp):
         dec, st = inp
         return dec[..., None, None] * carry + st, carry
 
-    final, h_in = lax.scan(pass_state, h0, (jnp.moveaxis(decay_chunk, 1, 0), jnp.moveaxis(states.astype(f), 1, 0)))
+    final, h_in = scan(pass_state, h0, (jnp.moveaxis(decay_chunk, 1, 0), jnp.moveaxis(states.astype(f), 1, 0)))
 
     # 4. Outputs from the state entering each chunk.
     y_off = ein("bcign,cbgkpn->bcigkp", Cc, h_in.astype(mm))
     y = y + y_off * jnp.moveaxis(decay_in, -1, 2)[..., None]
 
-    y = _finish(y.reshape(b, c * q, h, p)[:, :l], x[:, :l], D, z)
-    return y, (final.reshape(b, h, p, n) if return_final_state else None)
+    y = _finish(reshape(y, (b, c * q, h, p))[:, :l], x[:, :l], D, z)
+    return y, (reshape(final, (b, h, p, n)) if return_final_state else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,20 +295,20 @@ def _recurrence_step(state, x_t, dt_t, A, B_t, C_t, keep_t=None):
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def ssd_scan_ref(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids,
-                 chunk_size, return_final_state):
+def _scan_impl(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids,
+               chunk_size, return_final_state):
     """Sequential ``lax.scan`` over time: the ground truth (``chunk_size`` is ignored)."""
     del chunk_size
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     f = _compute_dtype(x.dtype)
-    dt = _discretize_dt(dt, dt_bias, dt_softplus, f)
+    dt = effective_dt(dt, dt_bias, dt_softplus, f)
     Bh = jnp.repeat(B.astype(f), h // g, axis=2)
     Ch = jnp.repeat(C.astype(f), h // g, axis=2)
     if segment_ids is None:
         keep = jnp.ones((b, l), dtype=bool)
     else:
-        keep = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] == segment_ids[:, :-1]], axis=1)
+        keep = ~segment_starts(segment_ids)
     h0 = jnp.zeros((b, h, p, n), f) if initial_state is None else initial_state.astype(f)
 
     def step(state, inp):
@@ -321,7 +316,7 @@ def ssd_scan_ref(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, s
         return _recurrence_step(state, x_t.astype(f), dt_t, A.astype(f), B_t, C_t, keep_t)
 
     time_major = lambda t: jnp.moveaxis(t, 1, 0)
-    final, y = lax.scan(step, h0, tuple(map(time_major, (x, dt, Bh, Ch, keep))))
+    final, y = scan(step, h0, tuple(map(time_major, (x, dt, Bh, Ch, keep))))
     y = _finish(jnp.moveaxis(y, 0, 1), x, D, z)
     return y, (final if return_final_state else None)
 
@@ -347,15 +342,15 @@ def _ssd_matrix(dt, A, B, C, run):
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def ssd_quadratic_ref(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids,
-                      chunk_size, return_final_state):
+def _quadratic_impl(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids,
+                    chunk_size, return_final_state):
     """``y = M x`` with the (l x l) semiseparable matrix materialized (quadratic memory)."""
     del chunk_size
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     f = _compute_dtype(x.dtype)
-    dt = _discretize_dt(dt, dt_bias, dt_softplus, f)
-    run = None if segment_ids is None else _run_index(segment_ids)
+    dt = effective_dt(dt, dt_bias, dt_softplus, f)
+    run = None if segment_ids is None else segment_runs(segment_ids)
     M = _ssd_matrix(dt, A, B, C, run)
     y = _exact_einsum("bhij,bjhp->bihp", M, x.astype(f))
     a = dt * A.astype(f)  # (b, l, h)
@@ -379,15 +374,15 @@ def ssd_quadratic_ref(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_sta
     return _finish(y, x, D, z), final
 
 
-REGISTRY.register("xla", ssd_chunked, doc="chunked SSD algorithm (Mamba-2 Listing 1) in XLA einsums")
-REGISTRY.register("scan", ssd_scan_ref, auto_backends=(), doc="sequential lax.scan reference")
-REGISTRY.register("quadratic", ssd_quadratic_ref, auto_backends=(), doc="materialized (l x l) matrix")
-# Fused Mosaic GPU kernels (pallas_kernels/ssd): auto on Hopper; explicit on CPU runs interpret mode.
+REGISTRY.register("xla", ssd_chunked)
+REGISTRY.register("scan", _scan_impl, auto_backends=())
+REGISTRY.register("quadratic", _quadratic_impl, auto_backends=())
+# The kernels (pallas_kernels/ssd): lazy "module:attr" targets, so that importing ssm_jax.ops imports
+# no kernel module. Auto on their chip; named explicitly on CPU they run in interpret mode.
 REGISTRY.register("pallas_gpu", "pallas_kernels.ssd.api:ssd", check="pallas_kernels.ssd.api:why_not",
-                  auto_backends=("gpu",), priority=10, doc="fused chunked SSD, Mosaic GPU (Hopper)")
-# Mosaic TPU kernels (pallas_kernels/ssd/api_tpu.py): auto on TPUs; explicit on CPU runs TPU interpret mode.
+                  auto_backends=("gpu",), priority=10)
 REGISTRY.register("pallas_tpu", "pallas_kernels.ssd.api_tpu:ssd", check="pallas_kernels.ssd.api_tpu:why_not",
-                  auto_backends=("tpu",), priority=10, doc="chunked SSD, Mosaic TPU")
+                  auto_backends=("tpu",), priority=10)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})
 
 
@@ -426,12 +421,34 @@ def ssd(x, dt, A, B, C, *, chunk_size=256, D=None, z=None, dt_bias=None, dt_soft
         x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
         initial_state=initial_state, segment_ids=segment_ids, return_final_state=return_final_state,
     )
-    _, fn = REGISTRY.resolve(impl, args)
+    given = args
+    name, fn = REGISTRY.resolve(impl, args)
+    if not name.startswith("pallas"):  # the kernels split heads/channels under shard_map themselves
+        args = batch_only(args, BATCHED)
     y, final_state = fn(**args)
+    y, final_state = like(y, given["x"]), like(final_state, given["initial_state"])
     return (y, final_state) if args["return_final_state"] else y
 
 
-def ssd_matrix(dt, A, B, C, *, dt_bias=None, dt_softplus=False, segment_ids=None):
+def ssd_scan_ref(x, dt, A, B, C, *, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+                 initial_state=None, segment_ids=None, return_final_state=False):
+    """:func:`ssd` with ``impl="scan"``: the recurrence, one ``lax.scan`` step per position (the
+    ground truth; ``chunk_size`` is validated and ignored)."""
+    return ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+               initial_state=initial_state, segment_ids=segment_ids, return_final_state=return_final_state,
+               impl="scan")
+
+
+def ssd_quadratic_ref(x, dt, A, B, C, *, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+                      initial_state=None, segment_ids=None, return_final_state=False):
+    """:func:`ssd` with ``impl="quadratic"``: ``y = M x`` with the ``(l x l)`` matrix of
+    :func:`ssd_matrix` materialized, and closed forms for the states (``chunk_size`` is ignored)."""
+    return ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+               initial_state=initial_state, segment_ids=segment_ids, return_final_state=return_final_state,
+               impl="quadratic")
+
+
+def ssd_matrix(dt, A, B, C, *, dt_bias=None, dt_softplus=False, segment_ids=None, op: str = "ssd_matrix"):
     """The semiseparable matrix ``M`` of SSD (Mamba-2 paper eq. (3)), so that ``y = M x`` (no D/z).
 
     ===========  ============  ==========================================================
@@ -444,10 +461,12 @@ def ssd_matrix(dt, A, B, C, *, dt_bias=None, dt_softplus=False, segment_ids=None
     returns      (b, h, l, l)  ``M[b, h, i, j] = C_i . B_j dt_j exp(sum_{k=j+1..i} dt_k A)``,
                                j <= i; fp32
     ===========  ============  ==========================================================
+
+    ``op`` names the caller in error messages (:func:`~ssm_jax.ops.hydra.hydra_matrix` builds on this).
     """
-    args = _canonical_core("ssd_matrix", _checks.Dims("ssd_matrix"), dt, A, B, C, dt_bias, dt_softplus, segment_ids)
-    dt = _discretize_dt(args["dt"], args["dt_bias"], args["dt_softplus"], _compute_dtype(args["dt"].dtype))
-    run = None if args["segment_ids"] is None else _run_index(args["segment_ids"])
+    args = _canonical_core(op, _checks.Dims(op), dt, A, B, C, dt_bias, dt_softplus, segment_ids)
+    dt = effective_dt(args["dt"], args["dt_bias"], args["dt_softplus"], _compute_dtype(args["dt"].dtype))
+    run = None if args["segment_ids"] is None else segment_runs(args["segment_ids"])
     return _ssd_matrix(dt, args["A"], args["B"], args["C"], run)
 
 
@@ -483,7 +502,7 @@ def ssd_step(x_t, dt_t, A, B_t, C_t, state, *, D=None, z_t=None, dt_bias=None, d
 def _step(x, dt, A, B, C, D, z, dt_bias, dt_softplus, state):
     h = x.shape[1]
     f = _compute_dtype(x.dtype)
-    dt = _discretize_dt(dt, dt_bias, dt_softplus, f)
+    dt = effective_dt(dt, dt_bias, dt_softplus, f)
     Bh = jnp.repeat(B.astype(f), h // B.shape[1], axis=1)
     Ch = jnp.repeat(C.astype(f), h // C.shape[1], axis=1)
     state, y = _recurrence_step(state.astype(_compute_dtype(state.dtype)), x.astype(f), dt, A.astype(f), Bh, Ch)

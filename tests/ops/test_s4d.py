@@ -265,7 +265,7 @@ def test_scan_bad_segments_and_chunk_size(rng):
     dA, dB = s4d_discretize(np.float32(log_dt), np.complex64(A), np.complex64(B))
     with pytest.raises(ValueError, match=r"s4d_scan: `segment_ids` must have shape \(b, l\) = \(2, 6\); got \(2, 5\)"):
         s4d_scan(u, dA, dB, C, segment_ids=seg[:, :5])
-    with pytest.raises(TypeError, match="s4d_scan: `segment_ids` must be an integer array"):
+    with pytest.raises(TypeError, match="s4d_scan: `segment_ids` must have an integer dtype"):
         s4d_scan(u, dA, dB, C, segment_ids=seg.astype(np.float32))
     with pytest.raises(ValueError, match="s4d_scan: `chunk_size` must be a positive int; got 0"):
         s4d_scan(u, dA, dB, C, chunk_size=0)
@@ -364,3 +364,27 @@ def test_bad_input(rng):
         s4d_step(np.ones((2, 3)), np.zeros((2, 3, 5), np.complex64), dA, dB, C)
     with pytest.raises(ValueError, match=r"s4d_scan: `u` must have shape \(b, l, h\)"):
         s4d_scan(np.ones((2, 3)), dA, dB, C)
+
+
+def test_long_kernel_is_computed_in_pieces_with_the_same_values_and_gradients(rng, monkeypatch):
+    """Past KERNEL_CHUNK Vandermonde entries the kernel is a rematerialized loop over pieces of
+    l (autodiff of the one-shot sum would store the (h, n, l) matrix): same kernel as the float64
+    oracle, same gradients as the one-shot form, a piece boundary inside the sequence."""
+    from ssm_jax.ops import s4d as s4d_module
+
+    L, h, n = 23, 2, 3
+    log_dt, A, B, C = make_params(rng, h=h, n=n, method="legs")
+    w = rng.standard_normal((h, L))
+    params = _split(log_dt, A, B, C)
+    with jax.enable_x64(True):
+        one_shot = jax.grad(_kernel_loss(w, L, "zoh"), argnums=tuple(range(7)))(*params)
+        monkeypatch.setattr(s4d_module, "KERNEL_CHUNK", h * n * 5)  # pieces of 5 positions: 23 = 4 x 5 + 3
+        s4d_module._s4d_kernel_vandermonde.clear_cache()
+        got = s4d_kernel(log_dt, A, C, L, B=B)
+        assert_close(got, kernel_oracle(log_dt, A, B, C, L, "zoh"), tol=1e-11, name="kernel in pieces")
+        pieces = jax.grad(_kernel_loss(w, L, "zoh"), argnums=tuple(range(7)))(*params)
+        jaxpr = str(jax.make_jaxpr(lambda *p: s4d_kernel(p[0], p[1], p[2], L, B=p[3]))(log_dt, A, C, B))
+    s4d_module._s4d_kernel_vandermonde.clear_cache()
+    assert "scan" in jaxpr  # the loop over pieces ran
+    for g, want in zip(pieces, one_shot):
+        assert_close(g, want, tol=1e-11, name="gradients in pieces")
