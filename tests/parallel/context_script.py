@@ -72,8 +72,9 @@ def length_collectives(hlo: str, shards: int) -> list[str]:
     return bad
 
 
-def check(name, mesh, x_spec, single, sharded, args, *, uncorrected=None):
-    """``single(*args)`` vs ``sharded(*args)`` under ``mesh``: values, grads, HLO, sharding."""
+def check(name, mesh, x_spec, single, sharded, args, *, uncorrected=None, tol=TOL):
+    """``single(*args)`` vs ``sharded(*args)`` under ``mesh``: values, grads, HLO, sharding
+    (``tol`` relative; looser only for a kernel whose matmuls run at reduced precision)."""
     axis = "context"
     shards = mesh.shape[axis]
 
@@ -98,8 +99,8 @@ def check(name, mesh, x_spec, single, sharded, args, *, uncorrected=None):
         grads = bwd(*put)
         hlo = fwd.lower(*put).compile().as_text() + bwd.lower(*put).compile().as_text()
     err, gerr = max_err(ref, out), max_err(ref_grads, grads)
-    assert err <= TOL * scale(ref), f"{name}: max abs error {err:.3e} (scale {scale(ref):.3e})"
-    assert gerr <= TOL * scale(ref_grads), f"{name}: grad max abs error {gerr:.3e} (scale {scale(ref_grads):.3e})"
+    assert err <= tol * scale(ref), f"{name}: max abs error {err:.3e} (scale {scale(ref):.3e})"
+    assert gerr <= tol * scale(ref_grads), f"{name}: grad max abs error {gerr:.3e} (scale {scale(ref_grads):.3e})"
     bad = length_collectives(hlo, shards)
     assert not bad, f"{name}: collectives with a length axis:\n" + "\n".join(bad)
     assert "collective-permute" in hlo or "all-gather" in hlo, f"{name}: no exchange at all in the HLO"
@@ -111,7 +112,7 @@ def check(name, mesh, x_spec, single, sharded, args, *, uncorrected=None):
         with jax.set_mesh(mesh):
             wrong = jax.jit(uncorrected)(*put)
         werr = max_err(jax.tree.leaves(ref)[0], jax.tree.leaves(wrong)[0])
-        assert werr > 1e3 * TOL * scale(ref), f"{name}: uncorrected shards agree ({werr:.2e}); the test is blind"
+        assert werr > max(1e3 * TOL, 10 * tol) * scale(ref), f"{name}: uncorrected shards agree ({werr:.2e}); the test is blind"
         msg += f" uncorrected_err={werr:.2e}"
     print(msg, flush=True)
 
@@ -145,7 +146,8 @@ def case_selective_scan(mesh, spec, impl="xla", ref_impl="scan"):
                   x, dt, A, B, C, z=z, dt_bias=bias, impl=impl, **{**kw, "segment_ids": None})) if seg is None else None)
 
 
-def case_ssd(mesh, spec, impl="xla", ref_impl="scan"):
+def case_ssd(mesh, spec, impl="xla", ref_impl="scan", head_dim=p, state=n, tol=TOL):
+    p, n = head_dim, state
     x, dt, z = normal(b, l, h, p), normal(b, l, h), normal(b, l, h, p)
     A, B, C = -jnp.exp(normal(h)), normal(b, l, g, n), normal(b, l, g, n)
     D, bias, h0 = normal(h), normal(h), normal(b, h, p, n)
@@ -157,7 +159,7 @@ def case_ssd(mesh, spec, impl="xla", ref_impl="scan"):
               lambda x, dt, z, A, B, C, bias, h0: cp.ssd(x, dt, A, B, C, z=z, dt_bias=bias, initial_state=h0, impl=impl, **kw),
               (x, dt, z, A, B, C, bias, h0),
               uncorrected=no_exchange(lambda x, dt, z, A, B, C, bias, h0: ops.ssd(
-                  x, dt, A, B, C, z=z, dt_bias=bias, impl=impl, **kw)) if seg is None else None)
+                  x, dt, A, B, C, z=z, dt_bias=bias, impl=impl, **kw)) if seg is None else None, tol=tol)
 
 
 def case_hydra(mesh, spec, impl="xla"):
@@ -215,8 +217,13 @@ def case_kernels(mesh, spec):
 
 def case_gpu_kernels(mesh, spec):
     # The Mosaic GPU kernels in Mosaic GPU interpret mode, inside the context shard_map.
+    from tests.pallas_kernels import gpu_interpret
+
+    gpu_interpret.per_device_state()
     case_selective_scan(mesh, spec, impl="pallas_gpu", ref_impl="xla")
-    case_ssd(mesh, spec, impl="pallas_gpu", ref_impl="xla")
+    # The SSD kernel takes head dims that are multiples of 64 and states of 64/128/256, and its
+    # matmuls run at reduced precision in fp32 (2e-2, as the kernel's own sharded test).
+    case_ssd(mesh, spec, impl="pallas_gpu", ref_impl="xla", head_dim=64, state=64, tol=2e-2)
 
 
 def case_models(mesh, spec):
