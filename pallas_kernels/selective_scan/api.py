@@ -4,7 +4,8 @@
 to what the kernels need (state size to a power of two >= 8, each channel group to a multiple of
 the block's channels, the length to a multiple of the chunk), runs the Mosaic GPU kernels of
 :mod:`.mosaic_gpu` and slices the padding off. On a CPU backend the same kernels run in Mosaic
-GPU interpret mode. :func:`why_not` says when they cannot run.
+GPU interpret mode. :func:`why_not` says when they cannot run. Under a mesh the call (forward and
+backward) runs inside ``jax.shard_map`` (see ``pallas_kernels._sharding``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import _sharding
 from pallas_kernels.selective_scan import mosaic_gpu
 from pallas_kernels.selective_scan.blocks import (
     SelectiveScanBlocks,
@@ -56,6 +58,16 @@ def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
 
     ``blocks``/``backward_blocks`` override the tiling rules of :mod:`.blocks` (benchmarks).
     """
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                segment_ids=segment_ids)
+    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
+                  backward_blocks=backward_blocks)
+    return _sharding.run(_selective_scan, args, static, _sharding.selective_scan_specs(x, B))
+
+
+def _selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
+                    blocks, backward_blocks):
+    """:func:`selective_scan` on one device's shard (the tiling is chosen for the shard)."""
     b, l, d = x.shape
     g, n = B.shape[-2:]
     if backward_blocks is None:

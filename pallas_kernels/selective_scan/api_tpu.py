@@ -9,7 +9,7 @@ dt_bias, initial_state``, and through ``final_state``) comes from the kernels; t
 changes around them are plain JAX, differentiated by JAX.
 
 On a TPU backend the kernels compile with Mosaic; on CPU they run in TPU interpret mode. Under
-``jax.set_mesh`` the call is wrapped in ``jax.shard_map`` (see ``pallas_kernels.tpu_common``).
+a mesh the call runs inside ``jax.shard_map`` (see ``pallas_kernels._sharding``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import tpu_common
+from pallas_kernels import _sharding, tpu_common
 from pallas_kernels.selective_scan import blocks_tpu, mosaic_tpu
 from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
 
@@ -69,28 +69,7 @@ def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
         blocks = blocks_tpu.choose_blocks(l, d, g, n, x_bytes=jnp.dtype(x.dtype).itemsize)
     static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
                   interpret=tpu_common.interpret_params())
-    specs = _mesh_specs(b, d, g)
-    if specs is None:
-        return _selective_scan(**args, **static)
-    out_specs = (specs["x"], specs["initial_state"] if return_final_state else None)
-    return tpu_common.over_mesh(_selective_scan, {**args, **static}, specs, out_specs)
-
-
-def _mesh_specs(b: int, d: int, g: int):
-    """Partition specs over the ambient mesh: batch over data/fsdp, channels over tensor (when
-    whole groups land on each device), or None when no mesh axis splits either."""
-    shape = tpu_common.ambient_mesh_shape()
-    if not shape:
-        return None
-    ba = tpu_common.mesh_axes_for(b, tpu_common.BATCH_AXES, shape)
-    ca = tpu_common.mesh_axes_for(d, tpu_common.CHANNEL_AXES, shape, also_divides=(g,) if g > 1 else ())
-    if not ba and not ca:
-        return None
-    ga = ca if g > 1 else ()
-    sp = tpu_common.spec
-    seq = sp(ba, (), ca)
-    return dict(x=seq, dt=seq, z=seq, A=sp(ca, ()), D=sp(ca), dt_bias=sp(ca), B=sp(ba, (), ga, ()),
-                C=sp(ba, (), ga, ()), initial_state=sp(ba, ca, ()), segment_ids=sp(ba, ()))
+    return _sharding.run(_selective_scan, args, static, _sharding.selective_scan_specs(x, B))
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ core's backward returns the gradient with respect to ``dt`` *holding the cumulat
 and the gradient with respect to the cumulative sum; JAX's autodiff of the preparation turns
 those into the gradients of ``dt``, ``A`` and ``dt_bias``.
 
-On a CPU backend the same kernels run in Mosaic GPU interpret mode.
+On a CPU backend the same kernels run in Mosaic GPU interpret mode. Under a mesh the call (forward
+and backward) runs inside ``jax.shard_map`` (see ``pallas_kernels._sharding``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import _sharding
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks
 
@@ -76,7 +78,6 @@ class _Config:
     interpret: bool
 
 
-@functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
 def ssd(
     *,
     x,
@@ -113,6 +114,17 @@ def ssd(
     the kernels step through the sequence in chunks of ``blocks.chunk`` positions.
     """
     del chunk_size
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                segment_ids=segment_ids)
+    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
+                  interpret=interpret)
+    return _sharding.run(_ssd, args, static, _sharding.ssd_specs(x, B))
+
+
+@functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
+def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state, blocks,
+         interpret):
+    """:func:`ssd` on one device's shard."""
     blocks = blocks or DEFAULT_BLOCKS
     if interpret is None:
         interpret = jax.default_backend() != "gpu"

@@ -13,7 +13,7 @@ turns them into the gradients of ``dt``, ``A`` and ``dt_bias``.
 ``B``, ``C`` become ``(b, g, L, n)``, the states ``(b, h, n, p)``.
 
 On a TPU backend the kernels compile with Mosaic; on CPU they run in TPU interpret mode. Under
-``jax.set_mesh`` the call is wrapped in ``jax.shard_map`` (see ``pallas_kernels.tpu_common``).
+a mesh the call runs inside ``jax.shard_map`` (see ``pallas_kernels._sharding``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import tpu_common
+from pallas_kernels import _sharding, tpu_common
 from pallas_kernels.ssd import blocks_tpu, mosaic_tpu
 from pallas_kernels.ssd.blocks_tpu import SSDTPUBlocks
 
@@ -83,29 +83,7 @@ def ssd(*, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, init
                 segment_ids=segment_ids)
     static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
                   interpret=tpu_common.interpret_params())
-    b, _, h, _ = x.shape
-    g = B.shape[-2]
-    specs = _mesh_specs(b, h, g)
-    if specs is None:
-        return _ssd(**args, **static)
-    out_specs = (specs["x"], specs["initial_state"] if return_final_state else None)
-    return tpu_common.over_mesh(_ssd, {**args, **static}, specs, out_specs)
-
-
-def _mesh_specs(b: int, h: int, g: int):
-    """Batch over data/fsdp, heads over tensor (whole groups per device), or None."""
-    shape = tpu_common.ambient_mesh_shape()
-    if not shape:
-        return None
-    ba = tpu_common.mesh_axes_for(b, tpu_common.BATCH_AXES, shape)
-    ha = tpu_common.mesh_axes_for(h, tpu_common.CHANNEL_AXES, shape, also_divides=(g,) if g > 1 else ())
-    if not ba and not ha:
-        return None
-    ga = ha if g > 1 else ()
-    sp = tpu_common.spec
-    seq = sp(ba, (), ha, ())
-    return dict(x=seq, z=seq, dt=sp(ba, (), ha), A=sp(ha), dt_bias=sp(ha), D=sp(ha, ()), B=sp(ba, (), ga, ()),
-                C=sp(ba, (), ga, ()), initial_state=sp(ba, ha, (), ()), segment_ids=sp(ba, ()))
+    return _sharding.run(_ssd, args, static, _sharding.ssd_specs(x, B))
 
 
 def _reset_counts(segment_ids, L: int, q: int, dtype):

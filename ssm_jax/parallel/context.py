@@ -45,6 +45,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ssm_jax import ops
+from ssm_jax.ops._prepare import effective_dt
 from ssm_jax.parallel.rules import DEFAULT_RULES, Rules, _check_rules
 
 __all__ = [
@@ -66,10 +67,17 @@ _HI = lax.Precision.HIGHEST
 
 @contextlib.contextmanager
 def use_rules(rules: Rules) -> Iterator[None]:
-    """Make ``rules`` the table :func:`context_axis` reads (the trainer enters it with its mesh)."""
-    _RULES.append(_check_rules(rules))  # the same validation and list -> tuple as logical_to_mesh
+    """Make ``rules`` the table the ops read under a mesh (the trainer enters it with its mesh):
+    :func:`context_axis` (which mesh axis splits ``length``) and the Pallas kernels' shard_map
+    (which Auto mesh axes split ``batch`` and ``inner``/``heads``: ``pallas_kernels._sharding``,
+    handed the same validated table, since the kernel layer does not import ``ssm_jax``)."""
+    from pallas_kernels import _sharding  # a small JAX-only module: no kernel is imported
+
+    checked = _check_rules(rules)  # the same validation and list -> tuple as logical_to_mesh
+    _RULES.append(checked)
     try:
-        yield
+        with _sharding.use_rules(checked):
+            yield
     finally:
         _RULES.pop()
 
@@ -229,13 +237,6 @@ def _alive(segment_ids, axis: str, *, reverse: bool = False):
     return (jnp.cumsum(starts.astype(jnp.int32), axis=1) == 0).astype(jnp.float32)
 
 
-def _effective_dt(dt, dt_bias, dt_softplus, f):
-    dt = dt.astype(f)
-    if dt_bias is not None:
-        dt = dt + dt_bias.astype(f)
-    return jax.nn.softplus(dt) if dt_softplus else dt
-
-
 def _gate(z, f):
     return 1.0 if z is None else jax.nn.silu(z.astype(f))
 
@@ -278,7 +279,7 @@ def selective_scan(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
         Cg = C if C.ndim == 4 else C[:, :, None, :]
         g, n = Cg.shape[-2:]
         A_g = A.astype(f).reshape(g, d // g, n)
-        T = jnp.cumsum(_effective_dt(dt, dt_bias, dt_softplus, f), axis=1).reshape(b, l, g, d // g)
+        T = jnp.cumsum(effective_dt(dt, dt_bias, dt_softplus, f), axis=1).reshape(b, l, g, d // g)
         alive = _alive(seg, axis)
         keep = 1.0 if alive is None else alive[:, -1][:, None, None]
         decay = jnp.exp(A_g * T[:, -1, :, :, None]).reshape(b, d, n) * keep
@@ -319,7 +320,7 @@ def _ssd_shard(x, dt, A, B, C, dt_bias, dt_softplus, h0, seg, alive, chunk_size,
     b, l, h, p = x.shape
     Cg = C if C.ndim == 4 else C[:, :, None, :]
     g, n = Cg.shape[-2:]
-    T = jnp.cumsum(_effective_dt(dt, dt_bias, dt_softplus, f), axis=1)  # (b, l, h)
+    T = jnp.cumsum(effective_dt(dt, dt_bias, dt_softplus, f), axis=1)  # (b, l, h)
     keep = 1.0 if alive is None else alive[:, -1][:, None]
     decay = jnp.exp(A.astype(f) * T[:, -1]) * keep  # (b, h)
     h_in, final = _incoming(decay, local, h0, axis, lambda a, s: a[..., None, None] * s, reverse=reverse)
