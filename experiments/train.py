@@ -419,7 +419,10 @@ def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml
     task = tasks.of(config.data)
     model = task.build_model(task.model_config(config.model.to_dict()), nnx.Rngs(config.seed))
     _, ssm, other, _ = nnx.split(model, SSMParam, nnx.Param, ...)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), {"ssm": ssm, "other": other})
+    # A sharding in the target makes Orbax restore device arrays; without one it returns NumPy
+    # arrays, which a scanned model then bakes into its compiled scan as constants.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), {"ssm": ssm, "other": other})
     params, step = checkpointing.restore_params(workdir, abstract, step=step)
     nnx.update(model, params["ssm"], params["other"])
     model.eval()

@@ -7,7 +7,9 @@ on one host and on many sees the same data at every step.
 
 Two entry points:
 
-* :func:`batched` -- examples *generated* from their index (synthetic tasks);
+* :func:`batched` -- examples *generated* from their index (synthetic tasks); with
+  :class:`blockwise`, generated a block of consecutive indices at a time (vectorized NumPy, one
+  generator per block), for tasks whose per-example Python would be slower than the training step;
 * :func:`source_batches` -- examples *read* from a random-access source (a ``tfds.data_source``
   split, a list, :class:`experiments.data.text.PackedTokens`): the train split is
   ``MapDataset.shuffle().repeat()``, a fresh permutation each epoch that is a function of
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import threading
+
 import grain
 import numpy as np
 
-__all__ = ["batched", "cfg_get", "example_rng", "pad_or_truncate", "source_batches"]
+__all__ = ["batched", "blockwise", "cfg_get", "example_rng", "pad_or_truncate", "source_batches"]
 
 Example = dict[str, np.ndarray]
 
@@ -37,6 +41,46 @@ def example_rng(seed: int, split: str, index: int, *extra: int) -> np.random.Gen
     if split not in _SPLIT_IDS:
         raise ValueError(f"example_rng: split must be one of {tuple(_SPLIT_IDS)}; got {split!r}")
     return np.random.default_rng([seed, _SPLIT_IDS[split], index, *extra])
+
+
+class blockwise:
+    """Examples made ``block_size`` at a time: example ``i`` is row ``i % block_size`` of
+    ``make_block(i // block_size)``.
+
+    ``make_block(k)`` returns examples ``[k * block_size, (k + 1) * block_size)`` as arrays with a
+    leading ``block_size`` axis, drawn from its own generator (``example_rng(seed, split, k)``), so
+    the data stay a function of (seed, split, index) alone, whatever the batch size or the number
+    of processes (each process builds the blocks it reads from and keeps its own rows).
+    :func:`batched` gathers a whole batch's rows at once (:meth:`rows`); calling the object gives
+    one example. The blocks last built are cached: readers walk the indices in order.
+    """
+
+    def __init__(self, make_block: Callable[[int], Example], block_size: int):
+        if block_size < 1:
+            raise ValueError(f"blockwise: block_size must be >= 1; got {block_size}")
+        self.make_block = make_block
+        self.block_size = int(block_size)
+        self._lock = threading.Lock()
+        self._cache: dict[int, Example] = {}
+
+    def _block(self, k: int) -> Example:
+        with self._lock:
+            block = self._cache.get(k)
+            if block is None:
+                block = self.make_block(k)
+                if len(self._cache) >= 4:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[k] = block
+            return block
+
+    def rows(self, indices: np.ndarray) -> Example:
+        """Examples ``indices`` (increasing), stacked: arrays ``(len(indices), ...)``."""
+        blocks, rows = np.divmod(np.asarray(indices, np.int64), self.block_size)
+        parts = [{name: v[rows[blocks == k]] for name, v in self._block(int(k)).items()} for k in np.unique(blocks)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def __call__(self, i: int) -> Example:
+        return {name: v[0] for name, v in self.rows(np.array([i])).items()}
 
 
 def _zero_weights(example: Example) -> Example:
@@ -55,6 +99,9 @@ def batched(
     prefetch: int = 2,
 ) -> grain.IterDataset:
     """This process's batches of ``make_example(0), make_example(1), ...``.
+
+    A :class:`blockwise` ``make_example`` is read a batch at a time (its rows gathered from
+    whole blocks), any other callable an example at a time; both give the same batches.
 
     ``num_examples=None`` is an endless stream (train). A finite split makes one pass; it is
     padded to whole global batches with copies of real examples whose ``weights`` are zero, so
@@ -75,8 +122,26 @@ def batched(
         def fn(i: int) -> Example:
             return make_example(i) if i < num_examples else _zero_weights(make_example(i % num_examples))
 
+    per_process = global_batch_size // process_count
+    if isinstance(make_example, blockwise):
+        # A batch at a time: this process's rows of global batch k, gathered from whole blocks.
+        def batch(k: int) -> Example:
+            idx = k * global_batch_size + process_index + process_count * np.arange(per_process)
+            if num_examples is None or idx[-1] < num_examples:
+                return make_example.rows(idx)
+            real = idx < num_examples
+            order = np.argsort(idx % num_examples, kind="stable")  # rows() wants increasing indices
+            got = make_example.rows((idx % num_examples)[order])
+            out = {name: np.empty_like(v) for name, v in got.items()}
+            for name, v in got.items():
+                out[name][order] = v
+            out["weights"] = out["weights"] * real.reshape((-1,) + (1,) * (out["weights"].ndim - 1))
+            return out
+
+        ds = grain.MapDataset.range(total // global_batch_size).map(batch)
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
     ds = grain.MapDataset.range(total).map(fn)
-    ds = ds[process_index::process_count].batch(global_batch_size // process_count, drop_remainder=True)
+    ds = ds[process_index::process_count].batch(per_process, drop_remainder=True)
     # One reader thread: generation is cheap, and the CPU is shared with the training step.
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
 

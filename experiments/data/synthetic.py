@@ -27,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.data import registry
-from experiments.data.pipeline import Example, batched, example_rng, require_keys
+from experiments.data.pipeline import Example, batched, blockwise, example_rng, require_keys
 
-__all__ = ["induction_heads_example", "mqar_example", "selective_copying_example"]
+__all__ = ["induction_heads_example", "mqar_example", "mqar_examples", "selective_copying_example"]
 
 
 def _num_examples(data_config, split: str) -> int | None:
@@ -117,9 +117,26 @@ def induction_heads(data_config, *, split, seed, global_batch_size, process_inde
 # ----------------------------------------------------------------------------------------------
 
 
-def mqar_example(
+def _distinct(rng: np.random.Generator, low: int, high: int, shape: tuple[int, int]) -> np.ndarray:
+    """``(m, n)`` integers from ``[low, high)``, distinct within each row, each row a uniform draw
+    without replacement in random order."""
+    m, n = shape
+    pool = high - low
+    if 4 * n > pool:  # dense draws: a permutation per row
+        return low + np.argsort(rng.random((m, pool)), axis=1)[:, :n]
+    out = rng.integers(low, high, size=shape)
+    while True:  # redraw the rows with a repeat (few: n^2 / (2 * pool) <= n / 8 of them on average)
+        s = np.sort(out, axis=1)
+        bad = np.flatnonzero(np.any(s[:, 1:] == s[:, :-1], axis=1))
+        if bad.size == 0:
+            return out
+        out[bad] = rng.integers(low, high, size=(bad.size, n))
+
+
+def mqar_examples(
     rng: np.random.Generator,
     *,
+    count: int,
     seq_len: int,
     num_pairs: int,
     vocab_size: int,
@@ -127,42 +144,57 @@ def mqar_example(
     random_non_queries: bool = True,
     pad_to: int | None = None,
 ) -> Example:
-    """One MQAR sequence as Zoology's ``multiquery_ar`` draws it.
+    """``count`` MQAR sequences as Zoology's ``multiquery_ar`` draws them, arrays ``(count, l)``.
 
     ``num_pairs`` distinct keys (from ``[1, V/2)``) with distinct values (from ``[V/2, V)``) fill
     the first ``2 * num_pairs`` positions as ``k v k v ...``. In the rest, key ``i`` is queried at
     ``2 * num_pairs + 2 * g_i``, the gaps ``g`` drawn without replacement with probability
-    proportional to ``g^(a - 1)`` (``a = power_a``, so near gaps dominate); the target at a
-    query is its value, and only queries are scored. Values never appear after their query.
-    ``random_non_queries`` fills every other query-region position with a token uniform over the
-    vocabulary (Zoology's default), else 0.
+    proportional to ``g^(a - 1)`` (``a = power_a``, so near gaps dominate; drawn as the top
+    ``num_pairs`` of ``log p + Gumbel noise``, which is the same distribution as drawing one gap
+    at a time); the target at a query is its value, and only queries are scored. Values never
+    appear after their query. ``random_non_queries`` fills every other query-region position with
+    a token uniform over the vocabulary (Zoology's default), else 0. Vectorized over ``count``:
+    Zoology's per-example draw, in NumPy, is slower than a GPU training step.
     """
     context = 2 * num_pairs
     space = (seq_len - context) // 2  # query slots
-    if vocab_size // 2 - 1 < num_pairs or space < num_pairs:
+    if num_pairs < 1 or vocab_size // 2 - 1 < num_pairs or space < num_pairs:
         raise ValueError(
             f"mqar: (seq_len={seq_len}, num_pairs={num_pairs}, vocab_size={vocab_size}) leaves no room: "
-            f"need num_pairs <= vocab_size/2 - 1 and num_pairs <= (seq_len - 2*num_pairs)/2"
+            f"need 1 <= num_pairs <= vocab_size/2 - 1 and num_pairs <= (seq_len - 2*num_pairs)/2"
         )
-    keys = rng.choice(np.arange(1, vocab_size // 2), size=num_pairs, replace=False)
-    values = rng.choice(np.arange(vocab_size // 2, vocab_size), size=num_pairs, replace=False)
-    p = np.arange(1, space + 1, dtype=np.float64) ** (power_a - 1)
-    gaps = rng.choice(space, size=num_pairs, replace=False, p=p / p.sum())
-    query = context + 2 * gaps
-    inputs = np.zeros(seq_len, np.int32)
-    if random_non_queries:
-        inputs[context:] = rng.integers(0, vocab_size, size=seq_len - context)
-    inputs[0:context:2] = keys
-    inputs[1:context:2] = values
-    inputs[query] = keys
-    targets = np.zeros(seq_len, np.int32)
-    targets[query] = values
-    weights = np.zeros(seq_len, np.float32)
-    weights[query] = 1.0
     pad = (pad_to or seq_len) - seq_len
     if pad < 0:
         raise ValueError(f"mqar: pad_to={pad_to} is shorter than seq_len={seq_len}")
-    return {"inputs": np.pad(inputs, (0, pad)), "targets": np.pad(targets, (0, pad)), "weights": np.pad(weights, (0, pad))}
+    half = vocab_size // 2
+    keys = _distinct(rng, 1, half, (count, num_pairs))
+    values = _distinct(rng, half, vocab_size, (count, num_pairs))
+    log_p = (power_a - 1) * np.log(np.arange(1, space + 1, dtype=np.float64))
+    scores = log_p + rng.gumbel(size=(count, space))
+    gaps = np.argpartition(-scores, num_pairs - 1, axis=1)[:, :num_pairs] if num_pairs < space else \
+        np.argsort(-scores, axis=1)
+    query = context + 2 * gaps
+    rows = np.arange(count)[:, None]
+    inputs = np.zeros((count, seq_len + pad), np.int32)
+    if random_non_queries:
+        inputs[:, context:seq_len] = rng.integers(0, vocab_size, size=(count, seq_len - context))
+    inputs[:, 0:context:2] = keys
+    inputs[:, 1:context:2] = values
+    inputs[rows, query] = keys
+    targets = np.zeros_like(inputs)
+    targets[rows, query] = values
+    weights = np.zeros(inputs.shape, np.float32)
+    weights[rows, query] = 1.0
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+def mqar_example(rng: np.random.Generator, **kwargs) -> Example:
+    """One MQAR sequence (:func:`mqar_examples` with ``count=1``), arrays ``(l,)``."""
+    return {k: v[0] for k, v in mqar_examples(rng, count=1, **kwargs).items()}
+
+
+# Examples drawn together (one generator per block of this many consecutive indices).
+MQAR_BLOCK = 512
 
 
 def _settings(value, name: str) -> list[tuple[int, int]]:
@@ -201,14 +233,22 @@ def mqar(data_config, *, split, seed, global_batch_size, process_index, process_
     vocab_size, power_a = int(data_config.vocab_size), float(data_config.power_a)
     random_non_queries = bool(data_config.get("random_non_queries", True))
 
-    def make(i: int) -> Example:
-        rng = example_rng(seed, split, i)
-        seq_len, num_pairs = settings[rng.choice(len(settings), p=mix)]
-        return mqar_example(rng, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size, power_a=power_a,
-                            random_non_queries=random_non_queries, pad_to=pad_to)
+    def make_block(k: int) -> Example:
+        rng = example_rng(seed, split, k)
+        which = rng.choice(len(settings), size=MQAR_BLOCK, p=mix)
+        block = {key: np.zeros((MQAR_BLOCK, pad_to), dtype) for key, dtype in
+                 (("inputs", np.int32), ("targets", np.int32), ("weights", np.float32))}
+        for j, (seq_len, num_pairs) in enumerate(settings):
+            rows = np.flatnonzero(which == j)
+            if rows.size:
+                part = mqar_examples(rng, count=rows.size, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size,
+                                     power_a=power_a, random_non_queries=random_non_queries, pad_to=pad_to)
+                for key in block:
+                    block[key][rows] = part[key]
+        return block
 
     return batched(
-        make,
+        blockwise(make_block, MQAR_BLOCK),
         num_examples=_num_examples(data_config, split),
         global_batch_size=global_batch_size,
         process_index=process_index,

@@ -152,3 +152,34 @@ def test_bad_settings_raise():
         synthetic.selective_copying_example(np.random.default_rng(0), seq_len=8, vocab_size=8, num_tokens=5)
     with pytest.raises(ValueError, match="missing keys.*seq_len"):
         registry.build(_cfg(name="induction_heads", vocab_size=16, eval_examples=1), split="train", seed=0, global_batch_size=1)
+
+
+def test_mqar_gaps_follow_zoologys_draw_without_replacement():
+    """The vectorized draw (top-k of log p + Gumbel noise) has the law of Zoology's
+    ``np.random.choice(space, num_pairs, replace=False, p=p)``: per-slot frequencies agree."""
+    n, space, draws = 4, 28, 20000
+    ex = synthetic.mqar_examples(np.random.default_rng(1), count=draws, seq_len=64, num_pairs=n, vocab_size=8192)
+    slots = (np.argwhere(ex["weights"])[:, 1] - 2 * n) // 2
+    ours = np.bincount(slots, minlength=space) / slots.size
+    p = np.arange(1, space + 1, dtype=np.float64) ** (0.01 - 1)
+    rng = np.random.default_rng(2)
+    theirs = np.bincount(np.concatenate([rng.choice(space, n, replace=False, p=p / p.sum()) for _ in range(draws)]),
+                         minlength=space) / (n * draws)
+    assert np.abs(ours - theirs).max() < 0.01, (ours[:5], theirs[:5])
+    assert ours[0] > 2 * ours[10]  # near gaps dominate (a = 0.01)
+    # Keys and values distinct per row, also when they fill most of their range (the dense draw).
+    dense = synthetic.mqar_examples(np.random.default_rng(3), count=50, seq_len=64, num_pairs=14, vocab_size=32)
+    for x in dense["inputs"]:
+        assert len(set(x[0:28:2])) == 14 and len(set(x[1:28:2])) == 14
+
+
+def test_mqar_data_do_not_depend_on_the_batch_size():
+    """Examples are drawn a block at a time, so the stream is a function of (seed, split, index):
+    two batches of 4 are one batch of 8, and an evaluation pass covers the same rows."""
+    small = _batches(MQAR, n=2, batch=4)
+    big = _batches(MQAR, n=1, batch=8)
+    for k in ("inputs", "targets", "weights"):
+        np.testing.assert_array_equal(np.concatenate([small[0][k], small[1][k]]), big[0][k])
+    evals = [list(registry.build(MQAR, split="test", seed=0, global_batch_size=bs)) for bs in (4, 6)]
+    rows = [np.concatenate([b["inputs"][b["weights"].sum(1) > 0] for b in e]) for e in evals]
+    np.testing.assert_array_equal(rows[0], rows[1])

@@ -31,6 +31,10 @@ With the byte tokenizer (258 ids) the embedding shrinks by ~38.4M parameters. Da
 standard library's source (``data.corpus="stdlib"``, no download) split by file, packed into
 1,024-token sequences with segment_ids; any file/dir/glob or ``tfds:<name>`` works instead.
 Optimizer: GPT-3 125M's AdamW recipe (lr 6e-4, betas 0.9/0.95, wd 0.1, clip 1.0, cosine to 10%).
+The layers run as one ``jax.lax.scan`` over stacked parameters (``model.scan_layers=True``; the
+hybrid scans 4 repeats of its 6-layer period), so one block is compiled whatever the depth;
+``--config.model.scan_layers=False`` loops instead, ``--config.model.remat=dots`` (or ``full``,
+``dots_no_batch``) trades recomputation for activation memory.
 
 Expected: no published numbers for this corpus; report ``validation/loss`` and bits per byte
 (``experiments.data.text.bits_per_byte``; with the byte tokenizer, bpb = loss / ln 2).
@@ -100,7 +104,8 @@ def get_config(arg=None):
         cache_dir="",
         num_threads=2,
     )
-    c.model = common.model_config("lm", mixer=mixer, vocab_size=vocab_size, **_arch(a.arch, smoke=a.smoke))
+    c.model = common.model_config("lm", mixer=mixer, vocab_size=vocab_size, scan_layers=True,
+                                  **_arch(a.arch, smoke=a.smoke))
     c.optim.lr = 6e-4
     c.optim.b1, c.optim.b2 = 0.9, 0.95
     c.optim.weight_decay = 0.1
