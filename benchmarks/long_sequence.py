@@ -1,6 +1,6 @@
 """Million-token sequences: one mixer layer over a 1,048,576-token sequence at d_model 768.
 
-One row per mixer (Mamba, Mamba-2, Hydra, S4D): the time and peak device memory of one forward
+One row per mixer (Mamba, Mamba-2, Hydra, S4D): the time and the memory footprint of one forward
 and, where it fits, one forward+backward of the layer (``ssm_jax.nn``, ``impl="auto"``: the
 Pallas kernels on a GPU/TPU) on a batch of one sequence. ``--context N`` runs the same layers
 with the sequence split over ``N`` devices (``mesh.context``, :mod:`ssm_jax.parallel.context`)
@@ -11,10 +11,23 @@ checked at the benchmark's own shapes. An allocation failure is recorded as ``"o
     python -m benchmarks.long_sequence --context 8 --json $OUT/long_sequence_cp8.jsonl
     python -m benchmarks.long_sequence --smoke     # seconds on a CPU (context over its devices)
 
+Measured (one NVIDIA H100 80GB, bf16, 2026-12-06, ``python -m benchmarks.long_sequence --json
+...``; ``benchmarks/results/long_sequence_h100.jsonl``), one layer, one 1,048,576-token sequence:
+
+    mixer     forward ms   fwd+bwd ms
+    Mamba        53.7         291
+    Mamba-2      51.9         287
+    Hydra        56.9         221
+    S4D         535           out of memory (before the kernel was computed in pieces, below)
+
+That run read memory from the device's process-wide high-water mark (Mamba, the first row: 16.2
+GB forward, 51.7 GB forward+backward); the rows now report each call's own footprint. S4D's
+backward asked for 483 GB: autodiff of its Vandermonde kernel kept the (h, n, l) matrix;
+``ssm_jax.ops.s4d`` now computes long kernels in rematerialized pieces (not yet re-measured).
+
 ``--smoke`` shrinks the sequence to 512 tokens and the width to 32; with several CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``) it also runs the context-parallel
-check. Peak memory comes from ``device.memory_stats()`` (None where the backend has none, e.g.
-the CPU). S4D's layer is an FFT convolution: under ``--context`` GSPMD partitions it (its
+check. S4D's layer is an FFT convolution: under ``--context`` GSPMD partitions it (its
 recurrent form, ``ssm_jax.parallel.context.s4d_scan``, is the context-parallel op).
 """
 
@@ -55,9 +68,14 @@ def _layer(mixer: str, d_model: int, *, smoke: bool, dtype: str):
     raise ValueError(f"long_sequence: mixer must be one of {MIXERS}; got {mixer!r}")
 
 
-def _peak_bytes() -> int | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+def _footprint_bytes(compiled) -> int | None:
+    """Arguments + outputs + XLA's temporaries of one compiled call (its own footprint: the
+    device's ``peak_bytes_in_use`` is a high-water mark over the whole process, so it would carry
+    one row's peak into the next)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
 def _is_oom(e: Exception) -> bool:
@@ -65,14 +83,16 @@ def _is_oom(e: Exception) -> bool:
 
 
 def _timed(f, *args, reps: int):
-    """``(ms, peak_bytes)`` or ``("oom", None)``."""
+    """``(ms, footprint_bytes)`` of the jitted ``f`` or ``("oom", footprint_bytes)``."""
+    compiled = f.lower(*args).compile()
+    footprint = _footprint_bytes(compiled)
     try:
-        ms, _ = time_ms(f, *args, reps=reps, inner=1)
+        ms, _ = time_ms(compiled, *args, reps=reps, inner=1)
     except Exception as e:  # noqa: BLE001 -- only allocation failures are results
         if _is_oom(e):
-            return "oom", None
+            return "oom", footprint
         raise
-    return ms, _peak_bytes()
+    return ms, footprint
 
 
 def run_mixer(mixer: str, *, length: int, d_model: int, dtype: str, context: int, smoke: bool, reps: int,
@@ -97,9 +117,9 @@ def run_mixer(mixer: str, *, length: int, d_model: int, dtype: str, context: int
         x_in = jax.device_put(x, jax.NamedSharding(mesh, jax.P(None, "context")))
         with jax.set_mesh(mesh):
             f_fwd, f_grad = jax.jit(fwd), jax.jit(grad)
-            row["forward_ms"], row["forward_peak_bytes"] = _timed(f_fwd, params, x_in, reps=reps)
+            row["forward_ms"], row["forward_bytes"] = _timed(f_fwd, params, x_in, reps=reps)
             if backward:
-                row["fwd_bwd_ms"], row["fwd_bwd_peak_bytes"] = _timed(f_grad, params, x_in, reps=reps)
+                row["fwd_bwd_ms"], row["fwd_bwd_bytes"] = _timed(f_grad, params, x_in, reps=reps)
             y_cp = f_fwd(params, x_in) if row["forward_ms"] != "oom" else None
         if y_cp is not None and smoke:
             # Correctness of the split at the benchmark's shapes: the one-device layer (small sizes only).
@@ -107,9 +127,9 @@ def run_mixer(mixer: str, *, length: int, d_model: int, dtype: str, context: int
             row["max_err_vs_one_device"] = float(jnp.max(jnp.abs(jax.device_get(y_cp).astype(np.float32) -
                                                                  np.asarray(y_one, np.float32))))
         return row
-    row["forward_ms"], row["forward_peak_bytes"] = _timed(jax.jit(fwd), params, x, reps=reps)
+    row["forward_ms"], row["forward_bytes"] = _timed(jax.jit(fwd), params, x, reps=reps)
     if backward:
-        row["fwd_bwd_ms"], row["fwd_bwd_peak_bytes"] = _timed(jax.jit(grad), params, x, reps=reps)
+        row["fwd_bwd_ms"], row["fwd_bwd_bytes"] = _timed(jax.jit(grad), params, x, reps=reps)
     return row
 
 
@@ -150,7 +170,7 @@ def main(argv=None) -> list[dict]:
             row["wall_s"] = time.perf_counter() - t0
             rows.append(row)
             print("  ".join(f"{k}={_fmt(row.get(k))}" for k in ("mixer", "length", "context", "forward_ms",
-                                                                 "forward_peak_bytes", "fwd_bwd_ms", "fwd_bwd_peak_bytes",
+                                                                 "forward_bytes", "fwd_bwd_ms", "fwd_bwd_bytes",
                                                                  "max_err_vs_one_device")), flush=True)
     write_jsonl(a.json, rows)
     return rows

@@ -12,14 +12,17 @@ Rows (JSON lines, and a table at the end):
 * ``mfu`` -- ``flops_per_token`` (``ssm_jax.models.counting``: 6 x matmul parameters + the
   mixers' own FLOPs) x tokens/s / ``--peak_tflops`` (default 989: the H100/H200 dense bf16
   datasheet rate; 784 is what a bf16 8192^3 matmul reaches on the lent H200);
-* ``peak_memory_bytes`` -- the device's ``peak_bytes_in_use`` (GPU/TPU; absent on CPU).
+* ``peak_memory_bytes`` -- the device's ``peak_bytes_in_use`` (GPU/TPU; absent on CPU);
+* ``scan_layers``, ``remat`` -- the model's layer loop: ``--scan_layers both`` times every arch
+  twice, one compiled block scanned over the layers and the Python loop of blocks (compile time
+  grows with depth only in the latter); ``--remat`` sets the rematerialization policy.
 
 When ``mamba_ssm`` imports (built from source with its CUDA extensions), the same model
 in PyTorch (``MambaLMHeadModel``, random tokens, bf16 autocast, fused AdamW) is timed in the same
 process for ``mamba`` and ``mamba2``: ``peer_tokens_per_sec`` and ``speedup``.
 
     PYTHONPATH=$PWD python3 benchmarks/train.py --arch mamba2 --arch mamba --dtype bfloat16 \
-        --json $OUT/train.json
+        --scan_layers both --json $OUT/train.json
     python -m benchmarks.train --smoke      # seconds on a CPU: 2-layer models, 4 + 4 steps
 
 Not yet run on a GPU: no numbers are recorded from it.
@@ -36,12 +39,14 @@ import jax
 
 from benchmarks.peers import add_rows, mamba_lm, write_jsonl
 from benchmarks.timing import trainer_speed
+from ssm_jax.models.config import REMAT_POLICIES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "lm", "gpt2_small.py")
 
 
-def _config(arch: str, *, smoke: bool, batch: int, seq_len: int, dtype: str):
+def _config(arch: str, *, smoke: bool, batch: int, seq_len: int, dtype: str, scan_layers: bool | None = None,
+            remat: str | None = None):
     spec = importlib.util.spec_from_file_location("gpt2_small", CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -50,20 +55,25 @@ def _config(arch: str, *, smoke: bool, batch: int, seq_len: int, dtype: str):
     c.data.batch_size = batch
     c.data.seq_len = seq_len
     c.model.dtype = dtype
+    if scan_layers is not None:
+        c.model.scan_layers = scan_layers
+    if remat is not None:
+        c.model.remat = remat
     return c.lock()
 
 
-def ours(arch: str, args) -> dict:
+def ours(arch: str, args, scan_layers: bool | None = None) -> dict:
     from experiments import tasks
     from ssm_jax.models import counting
 
-    c = _config(arch, smoke=args.smoke, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype)
+    c = _config(arch, smoke=args.smoke, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
+                scan_layers=scan_layers, remat=args.remat)
     speed = trainer_speed(c, warmup=args.warmup, steps=args.steps)
     model_cfg = tasks.LanguageModeling().model_config(c.model.to_dict())
     fpt = counting.flops_per_token(model_cfg, int(c.data.seq_len))
     return dict(
         impl="ssm_jax", arch=arch, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
-        parameters=counting.param_count(model_cfg), flops_per_token=fpt,
+        scan_layers=bool(c.model.scan_layers), remat=str(c.model.remat), parameters=counting.param_count(model_cfg), flops_per_token=fpt,
         mfu=fpt * speed["tokens_per_sec"] / (args.peak_tflops * 1e12), peak_tflops=args.peak_tflops,
         backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), **speed,
     )
@@ -117,6 +127,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=10, help="steps before timing (compile included)")
     p.add_argument("--peak_tflops", type=float, default=989.0)
+    p.add_argument("--scan_layers", choices=("config", "on", "off", "both"), default="config",
+                   help="scan the layers (one compiled block) or loop over them; both: a row each (default: as the config)")
+    p.add_argument("--remat", choices=REMAT_POLICIES, default=None, help="rematerialization policy (default: as the config)")
     p.add_argument("--no_peer", action="store_true", help="skip mamba_ssm")
     p.add_argument("--smoke", action="store_true", help="tiny models, a few steps: a CPU check")
     p.add_argument("--json", default=None, help="write the rows here (JSON lines)")
@@ -127,13 +140,18 @@ def main(argv=None) -> list[dict]:
     rows = []
     for arch in archs:
         config = _config(arch, smoke=a.smoke, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype)
-        add_rows(rows, ours(arch, a), None if a.no_peer else mamba_ssm_row(arch, a, config))
+        scans = {"config": [None], "on": [True], "off": [False], "both": [True, False]}[a.scan_layers]
+        for i, scan in enumerate(scans):
+            peer = None if (a.no_peer or i) else mamba_ssm_row(arch, a, config)
+            add_rows(rows, ours(arch, a, scan), peer)
     write_jsonl(a.json, rows)
-    print("\n| impl | arch | batch x len | tokens/s | step ms | MFU | compile s | peak mem GB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| impl | arch | layers | batch x len | tokens/s | step ms | MFU | compile s | peak mem GB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mem = r.get("peak_memory_bytes")
-        cells = [r["impl"], r["arch"], f"{r['batch']} x {r['seq_len']}", f"{r['tokens_per_sec']:.4g}", f"{r['step_ms']:.3g}",
+        layers = ("scan" if r["scan_layers"] else "loop") + (f", remat {r['remat']}" if r["remat"] != "none" else "") \
+            if "scan_layers" in r else "—"
+        cells = [r["impl"], r["arch"], layers, f"{r['batch']} x {r['seq_len']}", f"{r['tokens_per_sec']:.4g}", f"{r['step_ms']:.3g}",
                  f"{100 * r['mfu']:.1f}%" if "mfu" in r else "—", f"{r['compile_s']:.1f}" if "compile_s" in r else "—",
                  f"{mem / 2**30:.1f}" if mem else "—"]
         print("| " + " | ".join(cells) + " |")

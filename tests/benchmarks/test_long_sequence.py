@@ -23,6 +23,8 @@ def test_long_sequence_smoke_rows_and_context_check(tmp_path):
     assert [(r["mixer"], r["context"]) for r in rows] == [("mamba2", 1), ("mamba2", 4), ("hydra", 1), ("hydra", 4)]
     for r in rows:
         assert r["length"] == 512 and r["forward_ms"] > 0 and r["fwd_bwd_ms"] > 0, r
+        # The compiled call's own footprint: the backward keeps more than the forward.
+        assert 0 < r["forward_bytes"] < r["fwd_bwd_bytes"], r
         if r["context"] > 1:
             # The split layer equals the one-device layer (fp32).
             assert r["max_err_vs_one_device"] < 1e-5, r
