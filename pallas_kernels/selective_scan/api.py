@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import _sharding
+from pallas_kernels import _prepare, _sharding, gpu_common
 from pallas_kernels.selective_scan import mosaic_gpu
 from pallas_kernels.selective_scan.blocks import (
     SelectiveScanBlocks,
@@ -28,25 +28,19 @@ from pallas_kernels.selective_scan.blocks import (
 __all__ = ["selective_scan", "why_not", "MAX_STATE"]
 
 MAX_STATE = 256
-_SUPPORTED = ("float32", "bfloat16", "float16")
 
 
 def why_not(ctx) -> str | None:
     """None if the kernels can run on these canonical arguments and backend, else the reason."""
-    backend = ctx.get("backend", jax.default_backend())
-    if backend == "gpu":
-        kinds = {getattr(dev, "compute_capability", None) for dev in jax.local_devices(backend="gpu")}
-        if not all(k is not None and str(k).startswith("9") for k in kinds):
-            return f"Mosaic GPU kernel is written for Hopper (compute capability 9.x); devices have {sorted(map(str, kinds))}"
-    elif backend != "cpu":
-        return f"needs an NVIDIA Hopper GPU (or the CPU backend, for interpret mode); backend is {backend!r}"
+    reason = gpu_common.backend_reason(ctx)
+    if reason:
+        return reason
     n = ctx["A"].shape[-1]
     if n > MAX_STATE:
         return f"state size n={n} exceeds {MAX_STATE} (the state lives in registers)"
-    for name in ("x", "dt", "B", "C", "z"):
-        v = ctx.get(name)
-        if v is not None and jnp.dtype(v.dtype).name not in _SUPPORTED:
-            return f"`{name}` has dtype {jnp.dtype(v.dtype).name}; the kernel takes {', '.join(_SUPPORTED)} (state in float32)"
+    reason = gpu_common.dtype_reason(ctx, ("x", "dt", "B", "C", "z"))
+    if reason:
+        return reason
     if jnp.dtype(ctx["A"].dtype) != jnp.float32:
         return f"parameters are {jnp.dtype(ctx['A'].dtype).name}; the kernel computes in float32 (float64 inputs are not supported)"
     return None
@@ -80,25 +74,16 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, s
             f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "
             f"the backward chunk ({backward_blocks.chunk})"
         )
-    keep = _keep(segment_ids)
+    keep = _prepare.keep_mask(segment_ids)
     static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, bwd=backward_blocks, softplus=bool(dt_softplus),
                      interpret=jax.default_backend() != "gpu")
     y, h_final = _scan(static, bool(return_final_state), x, dt, A, B, C, D, z, dt_bias, initial_state, keep)
     return y, (h_final if return_final_state else None)
 
 
-def _keep(segment_ids):
-    """``(b, l)`` float32: 0 where a new segment starts (the state restarts from zero), else 1."""
-    if segment_ids is None:
-        return None
-    changed = segment_ids[:, 1:] != segment_ids[:, :-1]
-    return jnp.pad(1.0 - changed.astype(jnp.float32), ((0, 0), (1, 0)), constant_values=1.0)
-
-
 # --------------------------------------------------------------------------------------------
 # Padding
 # --------------------------------------------------------------------------------------------
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,20 +144,11 @@ def _unpad_channels(s: _Static, v, axis: int):
 
 
 def _pad_length(s: _Static, v, axis: int = 1, value=0):
-    if s.l_pad == s.l:
-        return v
-    pads = [(0, 0)] * v.ndim
-    pads[axis] = (0, s.l_pad - s.l)
-    return jnp.pad(v, pads, constant_values=value)
+    return _prepare.pad_axis(v, s.l_pad, axis, value)
 
 
 def _pad_state(s: _Static, v, axis: int = -1):
-    n_p = s.blocks.n
-    if n_p == s.n:
-        return v
-    pads = [(0, 0)] * v.ndim
-    pads[axis] = (0, n_p - s.n)
-    return jnp.pad(v, pads)
+    return _prepare.pad_axis(v, s.blocks.n, axis)
 
 
 def _per_chunk_tile(s: _Static, blocks, v):
@@ -183,7 +159,7 @@ def _per_chunk_tile(s: _Static, blocks, v):
     return jnp.broadcast_to(v, (v.shape[0], q, ch))
 
 
-def _prepare(s: _Static, blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep, g=None):
+def _kernel_inputs(s: _Static, blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep, g=None):
     """Padded kernel inputs: ``x, dt, [z], [g], B, C, A2, [bias], [Dt], [keep], [h0]``."""
     seq = lambda v: _pad_channels(s, _pad_length(s, v), 2)  # noqa: E731
     split = functools.partial(_split_state, blocks.states_per_thread)
@@ -231,7 +207,7 @@ def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D,
     B, C = _same_bc_dtype(B, C)
     p = _problem(s, s.blocks, x, dt, B, D, z, dt_bias, h0, keep)
     outs = mosaic_gpu.forward(p, save_states=save_states, want_final=want_final)(
-        *_prepare(s, s.blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep)
+        *_kernel_inputs(s, s.blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep)
     )
     outs = list(outs)
     y = outs.pop(0)
@@ -249,7 +225,7 @@ def _backward(s: _Static, res, gy, gT):
     B_in, C_in = B, C
     B, C = _same_bc_dtype(B, C)
     p = _problem(s, s.bwd, x, dt, B, D, z, dt_bias, h0, keep)
-    ins = _prepare(s, s.bwd, x, dt, A, B, C, D, z, dt_bias, None, keep, g=gy.astype(x.dtype))
+    ins = _kernel_inputs(s, s.bwd, x, dt, A, B, C, D, z, dt_bias, None, keep, g=gy.astype(x.dtype))
     # `saved` holds float32 states as (b, l_pad / save_interval, d_pad, n_pad / v_fwd, v_fwd):
     # the same memory as (..., n_pad), re-split as the backward's threads hold the state.
     ins.append(_split_state(s.bwd.states_per_thread, _merge_state(saved)))

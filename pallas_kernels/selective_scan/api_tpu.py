@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import _sharding, tpu_common
+from pallas_kernels import _prepare, _sharding, tpu_common
 from pallas_kernels.selective_scan import blocks_tpu, mosaic_tpu
 from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
 
@@ -126,14 +126,6 @@ def _unpad_channels(lay: _Layout, v, axis: int):
     return v.reshape(*shape[:axis], lay.d, *shape[axis + 1 :])
 
 
-def _pad_length(v, L: int, axis: int = 1, value=0.0):
-    if v.shape[axis] == L:
-        return v
-    pads = [(0, 0)] * v.ndim
-    pads[axis] = (0, L - v.shape[axis])
-    return jnp.pad(v, pads, constant_values=value)
-
-
 @functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
 def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softplus, return_final_state,
                     blocks, interpret):
@@ -149,15 +141,13 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
         has_bias=dt_bias is not None, has_D=D is not None, has_keep=segment_ids is not None,
         has_h0=initial_state is not None, softplus=dt_softplus, unroll=blocks.unroll, interpret=interpret,
     )
-    seq = lambda v: None if v is None else _pad_channels(lay, _pad_length(v, L), 2)  # noqa: E731
+    seq = lambda v: None if v is None else _pad_channels(lay, _prepare.pad_axis(v, L), 2)  # noqa: E731
     row = lambda v: None if v is None else _pad_channels(lay, v.astype(f), 0)[None, :]  # noqa: E731
-    bc = lambda v: jnp.swapaxes(_pad_length(v.astype(f), L), 1, 2)  # (b, g, L, n)  # noqa: E731
+    bc = lambda v: jnp.swapaxes(_prepare.pad_axis(v.astype(f), L), 1, 2)  # (b, g, L, n)  # noqa: E731
     keep = None
     if segment_ids is not None:
         # 0 where a new segment starts: the state forgets h_{t-1} there (a reused id is new too).
-        changed = segment_ids[:, 1:] != segment_ids[:, :-1]
-        keep = jnp.pad(1.0 - changed.astype(f), ((0, 0), (1, 0)), constant_values=1.0)
-        keep = _pad_length(keep, L, value=1.0)[..., None]
+        keep = _prepare.pad_axis(_prepare.keep_mask(segment_ids, f), L, value=1.0)[..., None]
     h0 = None
     if initial_state is not None:
         h0 = jnp.swapaxes(_pad_channels(lay, initial_state.astype(f), 1), 1, 2)  # (b, n, dp)

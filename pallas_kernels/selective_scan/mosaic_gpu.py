@@ -33,6 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import gpu_common
 from pallas_kernels.selective_scan.blocks import WARPGROUP, SelectiveScanBlocks
 
 LOG2E = math.log2(math.e)
@@ -167,10 +168,6 @@ def _compiler_params():
         unsafe_no_auto_barriers=True,
         approx_math=True,
     )
-
-
-def _interpret(p: Problem):
-    return plgpu.InterpretGPUParams() if p.interpret else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +387,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         grid=(p.b, p.channel_blocks),
         grid_names=("b", "c"),
         compiler_params=_compiler_params(),
-        interpret=_interpret(p),
+        interpret=gpu_common.interpret_params(p.interpret),
     )
 
 
@@ -704,5 +701,5 @@ def backward(p: Problem, *, has_gT: bool):
         grid=(p.b, p.channel_blocks),
         grid_names=("b", "c"),
         compiler_params=_compiler_params(),
-        interpret=_interpret(p),
+        interpret=gpu_common.interpret_params(p.interpret),
     )

@@ -20,11 +20,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import _sharding
+from pallas_kernels import _prepare, _sharding, gpu_common
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks
 
-__all__ = ["BWD_KERNEL_MAX_N", "ssd", "why_not"]
+__all__ = ["BWD_KERNEL_MAX_N", "ssd", "why_not", "why_not_auto"]
 
 # The backward kernel keeps the (block_p, n) fp32 state gradient and a (q, n) fp32 dB/dC tile in
 # one warpgroup's registers; past n = 128 that exceeds the register file. Larger states run the
@@ -40,13 +40,9 @@ _SUPPORTED_N = (64, 128, 256)
 
 def why_not(ctx) -> str | None:
     """None if the kernel can run on ``ctx`` (canonical arguments + "backend"), else the reason."""
-    backend = ctx.get("backend", jax.default_backend())
-    if backend == "gpu":
-        cc = getattr(jax.devices()[0], "compute_capability", None)
-        if cc is None or not str(cc).startswith("9."):
-            return f"needs an NVIDIA Hopper GPU (compute capability 9.x); the device has {cc}"
-    elif backend != "cpu":
-        return f"runs on Hopper GPUs (or on CPU in Mosaic GPU interpret mode); backend is {backend!r}"
+    reason = gpu_common.backend_reason(ctx)
+    if reason:
+        return reason
     x, B = ctx["x"], ctx["B"]
     _, _, _, p = x.shape
     n = B.shape[-1]
@@ -55,10 +51,22 @@ def why_not(ctx) -> str | None:
         return f"head dim p must be a multiple of {bp}; got p={p}"
     if n not in _SUPPORTED_N:
         return f"state size n must be one of {_SUPPORTED_N}; got n={n}"
-    for name in ("x", "B", "C", "z", "dt", "A", "D", "dt_bias", "initial_state"):
+    return gpu_common.dtype_reason(ctx, ("x", "B", "C", "z", "dt", "A", "D", "dt_bias", "initial_state"))
+
+
+def why_not_auto(ctx) -> str | None:
+    """Why ``impl="auto"`` leaves these operands to the XLA path (None: it may pick the kernel).
+
+    The kernels' tensor-core products take 16-bit operands: float32 ``x``, ``B``, ``C`` or ``z``
+    are rounded to bfloat16 (~4e-3 relative error against a float32 reference). ``auto`` does not
+    trade float32 precision away; ``impl="pallas_gpu"`` named explicitly accepts it.
+    """
+    for name in ("x", "B", "C", "z"):
         v = ctx.get(name)
-        if v is not None and jnp.dtype(v.dtype) not in (jnp.bfloat16, jnp.float16, jnp.float32):
-            return f"`{name}` must be bfloat16, float16 or float32 (tensor-core operands); got {v.dtype}"
+        if v is not None and jnp.dtype(v.dtype) == jnp.float32:
+            return (f"`{name}` is float32 and the kernel multiplies in bfloat16 (~4e-3 relative); "
+                    "impl='auto' keeps float32 inputs exact. Pass 16-bit inputs, or impl='pallas_gpu' "
+                    "to accept the reduced precision")
     return None
 
 
@@ -148,21 +156,11 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
         interpret=bool(interpret),
     )
 
-    def pad_l(v, axis=1):
-        if L == l:
-            return v
-        widths = [(0, 0)] * v.ndim
-        widths[axis] = (0, L - l)
-        return jnp.pad(v, widths)
+    pad_l = functools.partial(_prepare.pad_axis, length=L)
 
     # dt after bias and softplus, (b, h, L) fp32; padded steps have dt = 0: no decay, no input,
     # so the state passes through the padding unchanged.
-    dtp = dt.astype(jnp.float32)
-    if dt_bias is not None:
-        dtp = dtp + dt_bias.astype(jnp.float32)
-    if dt_softplus:
-        dtp = jax.nn.softplus(dtp)
-    dtp = pad_l(jnp.swapaxes(dtp, 1, 2), axis=2)
+    dtp = pad_l(jnp.swapaxes(_prepare.effective_dt(dt, dt_bias, dt_softplus), 1, 2), axis=2)
     # Cumulative log-decay inside each kernel chunk (Mamba-2 Sec. 6, the segsum's cumsum).
     a = dtp * A.astype(jnp.float32)[None, :, None]
     cs = jnp.cumsum(a.reshape(b, h, nc, q), axis=-1).reshape(b, h, L)
@@ -173,7 +171,7 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
         cs=cs,
         B=pad_l(B.astype(cdtype)),
         C=pad_l(C.astype(cdtype)),
-        r=None if segment_ids is None else _reset_counts(segment_ids, L, q),
+        r=None if segment_ids is None else _prepare.reset_counts(segment_ids, L, q),
         D=None if D is None else D.astype(jnp.float32),
         z=None if z is None else pad_l(z.astype(cdtype)),
         h0=None if initial_state is None else initial_state.astype(jnp.float32),
@@ -182,21 +180,6 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
     y = y[:, :l]
     return y, (final if return_final_state else None)
 
-
-def _reset_counts(segment_ids, L, q):
-    """(b, L) fp32: resets (segment-id changes) counted from the start of each chunk, inclusive.
-
-    Positions s <= t of one chunk share a segment iff their counts are equal; t still sees the
-    previous chunk's state iff its count is 0; s still reaches the chunk end iff its count equals
-    the last position's.
-    """
-    b, l = segment_ids.shape
-    reset = jnp.concatenate(
-        [jnp.zeros((b, 1), jnp.int32), (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)], axis=1
-    )
-    reset = jnp.pad(reset, ((0, 0), (0, L - l)))
-    r = jnp.cumsum(reset.reshape(b, L // q, q), axis=-1).reshape(b, L)
-    return jax.lax.stop_gradient(r.astype(jnp.float32))
 
 
 def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:

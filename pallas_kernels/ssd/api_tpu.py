@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import _sharding, tpu_common
+from pallas_kernels import _prepare, _sharding, tpu_common
 from pallas_kernels.ssd import blocks_tpu, mosaic_tpu
 from pallas_kernels.ssd.blocks_tpu import SSDTPUBlocks
 
@@ -86,21 +86,6 @@ def ssd(*, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, init
     return _sharding.run(_ssd, args, static, _sharding.ssd_specs(x, B))
 
 
-def _reset_counts(segment_ids, L: int, q: int, dtype):
-    """(b, L): segment starts counted from the start of each kernel chunk, inclusive.
-
-    Within a chunk, ``s <= t`` are in one segment iff their counts agree; ``t`` still sees the
-    state entering the chunk iff its count is 0; ``s`` reaches the chunk end iff its count equals
-    the last position's. Padding continues the last segment (no start).
-    """
-    b, l = segment_ids.shape
-    starts = jnp.concatenate(
-        [jnp.zeros((b, 1), jnp.int32), (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)], axis=1
-    )
-    starts = jnp.pad(starts, ((0, 0), (0, L - l)))
-    return jnp.cumsum(starts.reshape(b, L // q, q), axis=-1).reshape(b, L).astype(dtype)
-
-
 @functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
 def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softplus, return_final_state, blocks,
          interpret):
@@ -117,25 +102,15 @@ def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softpl
         has_h0=initial_state is not None, interpret=interpret,
     )
 
-    def pad_l(v, axis=1):
-        if v is None or v.shape[axis] == L:
-            return v
-        widths = [(0, 0)] * v.ndim
-        widths[axis] = (0, L - v.shape[axis])
-        return jnp.pad(v, widths)
+    pad_l = functools.partial(_prepare.pad_axis, length=L)
 
     # dt after bias and softplus, (b, h, L); the padding gets dt = 0 *after* the softplus.
-    dtp = dt.astype(f)
-    if dt_bias is not None:
-        dtp = dtp + dt_bias.astype(f)
-    if dt_softplus:
-        dtp = jax.nn.softplus(dtp)
-    dtp = pad_l(jnp.swapaxes(dtp, 1, 2), axis=2)
+    dtp = pad_l(jnp.swapaxes(_prepare.effective_dt(dt, dt_bias, dt_softplus, f), 1, 2), axis=2)
     # Cumulative log-decay inside each kernel chunk (Listing 1's segsum, as a cumsum).
     cs = jnp.cumsum((dtp * A.astype(f)[None, :, None]).reshape(b, h, L // q, q), axis=-1).reshape(b, h, L)
     seq = lambda v: None if v is None else pad_l(v).reshape(b, L, h * p)  # noqa: E731
     bc = lambda v: jnp.swapaxes(pad_l(v.astype(mm)), 1, 2)  # (b, g, L, n)  # noqa: E731
-    r = None if segment_ids is None else jax.lax.stop_gradient(_reset_counts(segment_ids, L, q, f))
+    r = None if segment_ids is None else _prepare.reset_counts(segment_ids, L, q, f)
     Dv = None if D is None else D.astype(f).reshape(1, h * p)
     h0 = None if initial_state is None else jnp.swapaxes(initial_state.astype(f), 2, 3)  # (b, h, n, p)
     y, hT = _core(prob, bool(return_final_state), seq(x), dtp, cs, bc(B), bc(C), r, Dv, seq(z), h0)

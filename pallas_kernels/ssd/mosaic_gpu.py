@@ -34,6 +34,8 @@ from jax import lax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
+from pallas_kernels import gpu_common
+
 __all__ = ["FwdSpec", "BwdSpec", "ssd_fwd_call", "ssd_bwd_call"]
 
 _SWIZZLE = 128
@@ -51,10 +53,6 @@ def _tiled(shape, dtype):
 
 def _compiler_params():
     return plgpu.CompilerParams(approx_math=True, lowering_semantics=plgpu.LoweringSemantics.Lane)
-
-
-def _interpret(interpret: bool):
-    return plgpu.InterpretGPUParams() if interpret else None
 
 
 def _mm(interpret: bool, *pairs):
@@ -333,7 +331,7 @@ def ssd_fwd_call(spec: FwdSpec, *args):
         grid=(spec.b, spec.h, spec.p // bp),
         grid_names=("b", "h", "pt"),
         compiler_params=_compiler_params(),
-        interpret=_interpret(spec.interpret),
+        interpret=gpu_common.interpret_params(spec.interpret),
     )
     return kernel(*args)
 
@@ -638,6 +636,6 @@ def ssd_bwd_call(spec: BwdSpec, *args):
         grid=(spec.b, spec.h, spec.npt),
         grid_names=("b", "h", "pt"),
         compiler_params=_compiler_params(),
-        interpret=_interpret(spec.interpret),
+        interpret=gpu_common.interpret_params(spec.interpret),
     )
     return kernel(*args)

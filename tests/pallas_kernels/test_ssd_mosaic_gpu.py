@@ -55,7 +55,7 @@ class TestSSDMosaicGPU(SSDContract):
         against the scan reference (test_gradients_all_options, test_chaining_halves_and_gradients)."""
         with jax.enable_x64(True):
             kw = make_inputs(rng, b=1, l=5, h=2, p=64, g=1, n=64, dtype=np.float64, options=("D",))
-            with pytest.raises(ImplementationUnavailableError, match="must be bfloat16, float16 or float32"):
+            with pytest.raises(ImplementationUnavailableError, match=r"has dtype float64; the kernels take float32, bfloat16, float16"):
                 ssd(**kw, impl="pallas_gpu")
 
 
@@ -174,13 +174,13 @@ def test_supported_shapes_pass_why_not(rng):
         assert ssd_api.why_not({**canonicalize(**kw), "backend": "cpu"}) is None
 
 
-def test_auto_uses_the_kernel_only_on_hopper(rng):
+def test_auto_uses_the_kernel_only_on_hopper_and_for_16_bit_inputs(rng):
     registry = importlib.import_module("ssm_jax.ops.ssd").REGISTRY
-    name, _ = registry.resolve("auto", canonicalize(**make_inputs(rng, b=1, l=4, h=2, p=64, g=1, n=64)))
-    if jax.default_backend() == "gpu" and str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9."):
-        assert name == "pallas_gpu"
-    else:
-        assert name != "pallas_gpu"
+    bf16 = canonicalize(**make_inputs(rng, b=1, l=4, h=2, p=64, g=1, n=64, dtype=jnp.bfloat16))
+    fp32 = canonicalize(**make_inputs(rng, b=1, l=4, h=2, p=64, g=1, n=64))
+    hopper = jax.default_backend() == "gpu" and str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9.")
+    assert (registry.resolve("auto", bf16)[0] == "pallas_gpu") == hopper
+    assert registry.resolve("auto", fp32)[0] != "pallas_gpu"  # its products would round float32
 
 
 def test_blocks_are_validated():

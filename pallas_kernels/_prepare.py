@@ -1,0 +1,70 @@
+"""Operand preparation every kernel family shares, in plain (differentiable) JAX.
+
+The ``api`` modules turn the op's canonical arguments into kernel operands. What is the same for
+the Mosaic GPU and Mosaic TPU kernels of both families lives here, once:
+
+* :func:`effective_dt` -- ``tau(dt + dt_bias)``, ``tau`` the softplus or the identity;
+* :func:`keep_mask` -- ``(b, l)`` float, 0 where a segment starts (the state forgets ``h_{t-1}``
+  there), the selective scans' form of ``segment_ids``;
+* :func:`reset_counts` -- ``(b, L)`` segment starts counted from the start of each kernel chunk,
+  the chunked (SSD) kernels' form;
+* :func:`pad_axis` -- zero (or ``value``) padding of one axis to a length.
+
+A *segment* is a maximal run of equal ids: an id that comes back later starts a new segment. This
+package does not import ``ssm_jax`` (dependencies point one way), so the comparison
+``segment_ids[:, 1:] != segment_ids[:, :-1]`` is made here for the kernels as
+``ssm_jax.ops._prepare`` makes it for the references.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["effective_dt", "keep_mask", "pad_axis", "reset_counts"]
+
+
+def _starts(segment_ids) -> jax.Array:
+    """``(b, l)`` bool: True where the id differs from the previous position's (False at 0)."""
+    changed = segment_ids[:, 1:] != segment_ids[:, :-1]
+    # A pad, not a concatenate with a new column: under an Explicit mesh the new column would be
+    # replicated while the ids are batch-sharded, and concatenate refuses mixed shardings.
+    return jnp.pad(changed, ((0, 0), (1, 0)), constant_values=False)
+
+
+def effective_dt(dt, dt_bias, dt_softplus: bool, dtype=jnp.float32) -> jax.Array:
+    """``softplus(dt + dt_bias)`` (or ``dt + dt_bias``) in ``dtype``; ``dt_bias`` may be None."""
+    dt = dt.astype(dtype)
+    if dt_bias is not None:
+        dt = dt + dt_bias.astype(dtype)
+    return jax.nn.softplus(dt) if dt_softplus else dt
+
+
+def keep_mask(segment_ids, dtype=jnp.float32) -> jax.Array | None:
+    """``(b, l)``: 0 where a new segment starts, else 1; None without ``segment_ids``."""
+    if segment_ids is None:
+        return None
+    return 1 - _starts(segment_ids).astype(dtype)
+
+
+def reset_counts(segment_ids, L: int, q: int, dtype=jnp.float32) -> jax.Array:
+    """``(b, L)``: segment starts counted from the start of each ``q``-long chunk, inclusive.
+
+    Within a chunk, positions ``s <= t`` are in one segment iff their counts agree; ``t`` still
+    sees the state entering the chunk iff its count is 0; ``s`` reaches the chunk end iff its count
+    equals the last position's. The padding up to ``L`` continues the last segment. Integer-valued:
+    no gradient flows through it.
+    """
+    b, _ = segment_ids.shape
+    starts = pad_axis(_starts(segment_ids).astype(jnp.int32), L, axis=1)
+    counts = jnp.cumsum(starts.reshape(b, L // q, q), axis=-1).reshape(b, L)
+    return jax.lax.stop_gradient(counts.astype(dtype))
+
+
+def pad_axis(v, length: int, axis: int = 1, value=0) -> jax.Array:
+    """``v`` padded at the end of ``axis`` to ``length`` with ``value`` (unchanged if long enough)."""
+    if v.shape[axis] >= length:
+        return v
+    widths = [(0, 0)] * v.ndim
+    widths[axis] = (0, length - v.shape[axis])
+    return jnp.pad(v, widths, constant_values=value)
