@@ -186,7 +186,7 @@ def _ssd_kernel_check(ssd_impl: str):
 
 # The fused kernels run Hydra as one SSD kernel call over [forward; flipped backward].
 REGISTRY.register("pallas_gpu", two_pass("pallas_gpu"), check=_ssd_kernel_check("pallas_gpu"),
-                  auto_backends=("gpu",), priority=10)
+                  auto_backends=("gpu",), priority=10, auto_check="pallas_kernels.ssd.api:why_not_auto")
 REGISTRY.register("pallas_tpu", two_pass("pallas_tpu"), check=_ssd_kernel_check("pallas_tpu"),
                   auto_backends=("tpu",), priority=10)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})

@@ -5,10 +5,12 @@ canonical form (validated and normalized by the public function), optionally laz
 from ``"module:attr"`` so that ``ssm_jax.ops`` never imports a kernel module until asked.
 
 * ``impl="auto"`` tries the implementations that may be auto-selected on the current backend,
-  highest priority first, and takes the first whose ``check`` passes. When it passes over a
-  faster implementation it logs why, once per reason.
+  highest priority first, and takes the first whose ``check`` and ``auto_check`` pass. When it
+  passes over a faster implementation it logs why, once per reason.
 * ``impl="<name>"`` runs that implementation or raises :class:`ImplementationUnavailableError`
-  with the reason (never a silent fallback).
+  with the reason (never a silent fallback). ``auto_check`` does not apply: it states what
+  ``auto`` will not trade away (e.g. float32 precision) but a caller who names the
+  implementation may accept.
 * Aliases such as ``"pallas"`` map to a backend-specific name (``pallas_gpu`` / ``pallas_tpu``).
 """
 
@@ -59,6 +61,8 @@ class Implementation:
     # Explicit requests are governed by `check` alone (interpret modes run anywhere).
     auto_backends: tuple[str, ...] | None = None
     priority: int = 0
+    # A further condition for impl="auto" only (same signature as `check`).
+    auto_check: Check | str | None = None
 
     def fn(self) -> Callable:
         return _load(self.target)
@@ -67,6 +71,13 @@ class Implementation:
         if self.check is None:
             return None
         return _load(self.check)(ctx)
+
+    def why_not_auto(self, ctx: Mapping[str, Any]) -> str | None:
+        """Why ``impl="auto"`` does not pick this implementation (None: it may)."""
+        reason = self.why_not(ctx)
+        if reason is None and self.auto_check is not None:
+            reason = _load(self.auto_check)(ctx)
+        return reason
 
 
 _REGISTRIES: dict[str, "Registry"] = {}
@@ -90,6 +101,7 @@ class Registry:
         check: Check | str | None = None,
         auto_backends: tuple[str, ...] | None = None,
         priority: int = 0,
+        auto_check: Check | str | None = None,
     ):
         """Register ``target`` under ``name``; usable as a decorator when ``target`` is None.
 
@@ -99,7 +111,7 @@ class Registry:
             raise ValueError(f"{self.op}: implementation name {name!r} is reserved")
 
         def add(t):
-            self._impls[name] = Implementation(name, t, check, auto_backends, priority)
+            self._impls[name] = Implementation(name, t, check, auto_backends, priority, auto_check)
             return t
 
         if target is None:
@@ -152,7 +164,7 @@ class Registry:
         )
         skipped = []
         for cand in candidates:
-            reason = cand.why_not(ctx)
+            reason = cand.why_not_auto(ctx)
             if reason is None:
                 for name, why in skipped:
                     key = (self.op, name, why)

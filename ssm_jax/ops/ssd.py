@@ -21,7 +21,9 @@ Implementations (``impl=``):
 * ``"quadratic"`` -- :func:`ssd_quadratic_ref`, ``y = M x`` with ``M`` materialized.
 * ``"pallas_gpu"`` -- the fused chunked kernels of ``pallas_kernels/ssd`` (Mosaic GPU, Hopper);
   ``"pallas_tpu"`` -- the Mosaic TPU kernels (``pallas_kernels/ssd/api_tpu.py``); ``"pallas"`` is
-  the one of the backend. Auto on their chip; named on CPU they run in interpret mode.
+  the one of the backend. Auto on their chip; named on CPU they run in interpret mode. The
+  Mosaic GPU kernels multiply in bfloat16: ``auto`` picks them for 16-bit inputs only and keeps
+  float32 inputs on ``"xla"`` (exact); naming ``impl="pallas_gpu"`` accepts the rounding.
 
 The references take :func:`ssd`'s own arguments; the registered implementations take the
 canonical keyword arguments of :func:`canonicalize`.
@@ -379,8 +381,9 @@ REGISTRY.register("scan", _scan_impl, auto_backends=())
 REGISTRY.register("quadratic", _quadratic_impl, auto_backends=())
 # The kernels (pallas_kernels/ssd): lazy "module:attr" targets, so that importing ssm_jax.ops imports
 # no kernel module. Auto on their chip; named explicitly on CPU they run in interpret mode.
+# The Mosaic GPU kernels multiply in 16 bits: auto leaves float32 operands to the exact XLA path.
 REGISTRY.register("pallas_gpu", "pallas_kernels.ssd.api:ssd", check="pallas_kernels.ssd.api:why_not",
-                  auto_backends=("gpu",), priority=10)
+                  auto_backends=("gpu",), priority=10, auto_check="pallas_kernels.ssd.api:why_not_auto")
 REGISTRY.register("pallas_tpu", "pallas_kernels.ssd.api_tpu:ssd", check="pallas_kernels.ssd.api_tpu:why_not",
                   auto_backends=("tpu",), priority=10)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})

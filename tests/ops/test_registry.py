@@ -34,6 +34,55 @@ def test_explicit_request_that_cannot_run_says_why():
     assert reg.resolve("ref", {"n": 8})[1]() == "ref"  # never auto-picked, but runs on request
 
 
+def test_auto_check_binds_auto_only(caplog):
+    """An ``auto_check`` (what auto will not trade away) skips the implementation under auto, with
+    the reason logged, but an explicit request still runs it."""
+    reg = Registry("toy_op_precision")
+    reg.register("exact", lambda: "exact")
+    reg.register("fast", lambda: "fast", priority=10,
+                 auto_check=lambda ctx: "float32 would be rounded" if ctx["dtype"] == "float32" else None)
+    assert reg.resolve("auto", {"dtype": "bfloat16"})[0] == "fast"
+    with caplog.at_level(logging.WARNING, logger="ssm_jax"):
+        assert reg.resolve("auto", {"dtype": "float32"})[0] == "exact"
+    assert any("float32 would be rounded" in r.getMessage() for r in caplog.records)
+    assert reg.resolve("fast", {"dtype": "float32"})[0] == "fast"
+
+
+@pytest.mark.parametrize("op", ["ssd", "hydra"])
+def test_auto_keeps_float32_off_the_16_bit_ssd_kernel(monkeypatch, op):
+    """On a Hopper GPU, auto picks the Mosaic GPU SSD kernel for 16-bit inputs only: it rounds
+    float32 operands to bfloat16 (~4e-3), so float32 goes to the exact XLA path; naming
+    impl="pallas_gpu" still runs the kernel. (The GPU and its device check are simulated.)"""
+    import jax.numpy as jnp
+
+    from pallas_kernels import gpu_common
+    from ssm_jax import ops
+    from ssm_jax.ops import registry
+
+    monkeypatch.setattr(registry.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(gpu_common, "backend_reason", lambda ctx: None)
+    b, l, h, p, n = 1, 64, 2, 64, 64
+    S = jax.ShapeDtypeStruct
+
+    def ctx(dtype):
+        if op == "ssd":
+            x, dt, B = S((b, l, h, p), dtype), S((b, l, h), dtype), S((b, l, 1, n), dtype)
+        else:  # hydra: (b, l, 2, ...) directions stacked
+            x, dt, B = S((b, l, h, p), dtype), S((b, l, 2, h), dtype), S((b, l, 2, 1, n), dtype)
+        args = dict(x=x, dt=dt, A=S((h,), jnp.float32), B=B, C=B, D=None, z=None, dt_bias=None, dt_softplus=True,
+                    initial_state=None, segment_ids=None, chunk_size=64, return_final_state=False)
+        if op == "hydra":
+            for k in ("z", "initial_state", "return_final_state"):
+                args.pop(k)
+        return args
+
+    reg = registry.get_registry(op)
+    assert reg.resolve("auto", ctx(jnp.bfloat16))[0] == "pallas_gpu"
+    assert reg.resolve("auto", ctx(jnp.float32))[0] == "xla"
+    assert reg.resolve("pallas_gpu", ctx(jnp.float32))[0] == "pallas_gpu"
+    assert "float32" in reg["pallas_gpu"].why_not_auto({**ctx(jnp.float32), "backend": "gpu"})
+
+
 def test_unknown_and_non_string_impl():
     reg = _make()
     with pytest.raises(ValueError, match="unknown impl='nope'.*'auto'"):
