@@ -11,19 +11,21 @@ checked at the benchmark's own shapes. An allocation failure is recorded as ``"o
     python -m benchmarks.long_sequence --context 8 --json $OUT/long_sequence_cp8.jsonl
     python -m benchmarks.long_sequence --smoke     # seconds on a CPU (context over its devices)
 
-Measured (one NVIDIA H100 80GB, bf16, 2026-12-06, ``python -m benchmarks.long_sequence --json
-...``; ``benchmarks/results/long_sequence_h100.jsonl``), one layer, one 1,048,576-token sequence:
+Measured (one NVIDIA H100 80GB, bf16, ``python -m benchmarks.long_sequence --json ...``;
+``benchmarks/results/long_sequence_h100.jsonl``), one layer, one 1,048,576-token sequence:
 
-    mixer     forward ms   fwd+bwd ms
-    Mamba        53.7         291
-    Mamba-2      51.9         287
-    Hydra        56.9         221
-    S4D         535           out of memory (before the kernel was computed in pieces, below)
+    mixer     forward ms   fwd+bwd ms   fwd+bwd footprint   run
+    Mamba        53.7         291          (see below)       2026-12-06
+    Mamba-2      51.9         287          (see below)       2026-12-06
+    Hydra        56.9         221          (see below)       2026-12-06
+    S4D         537           993          37.1 GB           2026-12-07 (forward 25.8 GB)
 
-That run read memory from the device's process-wide high-water mark (Mamba, the first row: 16.2
-GB forward, 51.7 GB forward+backward); the rows now report each call's own footprint. S4D's
-backward asked for 483 GB: autodiff of its Vandermonde kernel kept the (h, n, l) matrix;
-``ssm_jax.ops.s4d`` now computes long kernels in rematerialized pieces (not yet re-measured).
+The 2026-12-06 run read memory from the device's process-wide high-water mark (Mamba, the
+first row: 16.2 GB forward, 51.7 GB forward+backward); the rows now report each call's compiled
+footprint. In that run S4D's backward asked for 483 GB: autodiff of its Vandermonde kernel kept
+the (h, n, l) matrix. ``ssm_jax.ops.s4d`` now builds long kernels in rematerialized pieces, and
+the forward+backward fits in 37 GB. S4D's layer is an FFT convolution of the whole sequence,
+ten times the selective scans' forward time at this length.
 
 ``--smoke`` shrinks the sequence to 512 tokens and the width to 32; with several CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``) it also runs the context-parallel

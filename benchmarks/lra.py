@@ -11,8 +11,8 @@ a T4, CIFAR 2 min and Pathfinder 7 min on an A100; the goal is 5x faster than th
     PYTHONPATH=$PWD python3 benchmarks/lra.py --json $OUT/lra.json [--task listops --mixer s4d ...]
     python -m benchmarks.lra --smoke     # a CPU check: 1-layer models at length <= 256
 
-Measured (one H100, 2026-12-06; ListOps, Image and Pathfinder with S4/S4D, ListOps and Image with
-every mixer): ``docs/reproductions.md`` (Long Range Arena), raw rows in
+Measured (one H100, 2026-12-06 and 07; every task x mixer but Path-X with Mamba, Mamba-2 and
+Hydra): ``docs/reproductions.md`` (Long Range Arena), raw rows in
 ``benchmarks/results/lra_h100.jsonl``.
 """
 
