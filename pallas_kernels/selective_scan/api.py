@@ -159,27 +159,27 @@ def _per_chunk_tile(s: _Static, blocks, v):
     return jnp.broadcast_to(v, (v.shape[0], q, ch))
 
 
-def _kernel_inputs(s: _Static, blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep, g=None):
-    """Padded kernel inputs: ``x, dt, [z], [g], B, C, A2, [bias], [Dt], [keep], [h0]``."""
+def _kernel_inputs(s: _Static, blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep, g=None) -> dict:
+    """The padded kernel operands by name (``mosaic_gpu.forward_operands`` / ``backward_operands``
+    order them); absent optional ones are left out."""
     seq = lambda v: _pad_channels(s, _pad_length(s, v), 2)  # noqa: E731
     split = functools.partial(_split_state, blocks.states_per_thread)
-    ins = [seq(x), seq(dt)]
+    ins = dict(x=seq(x), dt=seq(dt), B=_pad_state(s, _pad_length(s, B)), C=_pad_state(s, _pad_length(s, C)),
+               A2=split(_pad_state(s, _pad_channels(s, A.astype(jnp.float32) * mosaic_gpu.LOG2E, 0))))
     if z is not None:
-        ins.append(seq(z))
+        ins["z"] = seq(z)
     if g is not None:
-        ins.append(seq(g))
-    ins += [_pad_state(s, _pad_length(s, B)), _pad_state(s, _pad_length(s, C))]
-    ins.append(split(_pad_state(s, _pad_channels(s, A.astype(jnp.float32) * mosaic_gpu.LOG2E, 0))))
+        ins["g"] = seq(g)
     if dt_bias is not None:
-        ins.append(_per_chunk_tile(s, blocks, dt_bias))
+        ins["bias"] = _per_chunk_tile(s, blocks, dt_bias)
     if D is not None:
-        ins.append(_per_chunk_tile(s, blocks, D))
+        ins["D"] = _per_chunk_tile(s, blocks, D)
     if keep is not None:
         # Padding positions keep the state (1); KEEP_MIN more so every TMA copy is in bounds.
         keep = _pad_length(s, keep, value=1.0)
-        ins.append(jnp.pad(keep, ((0, 0), (0, mosaic_gpu.KEEP_MIN)), constant_values=1.0))
+        ins["keep"] = jnp.pad(keep, ((0, 0), (0, mosaic_gpu.KEEP_MIN)), constant_values=1.0)
     if h0 is not None:
-        ins.append(split(_pad_state(s, _pad_channels(s, h0.astype(jnp.float32), 1))))
+        ins["h0"] = split(_pad_state(s, _pad_channels(s, h0.astype(jnp.float32), 1)))
     return ins
 
 
@@ -206,17 +206,15 @@ def _same_bc_dtype(B, C):
 def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D, z, dt_bias, h0, keep):
     B, C = _same_bc_dtype(B, C)
     p = _problem(s, s.blocks, x, dt, B, D, z, dt_bias, h0, keep)
+    ins = _kernel_inputs(s, s.blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep)
     outs = mosaic_gpu.forward(p, save_states=save_states, want_final=want_final)(
-        *_kernel_inputs(s, s.blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep)
-    )
-    outs = list(outs)
-    y = outs.pop(0)
-    y = _unpad_channels(s, y[:, : s.l], 2)
-    h_final = outs.pop(0) if want_final else None
+        *(ins[k] for k in mosaic_gpu.forward_operands(p)))
+    outs = dict(zip(mosaic_gpu.forward_results(save_states=save_states, want_final=want_final), outs))
+    y = _unpad_channels(s, outs["y"][:, : s.l], 2)
+    h_final = outs.get("final_state")
     if h_final is not None:
         h_final = _unpad_channels(s, _merge_state(h_final)[..., : s.n], 1)
-    saved = outs.pop(0) if save_states else None
-    return y, h_final, saved
+    return y, h_final, outs.get("saved")
 
 
 def _backward(s: _Static, res, gy, gT):
@@ -228,16 +226,14 @@ def _backward(s: _Static, res, gy, gT):
     ins = _kernel_inputs(s, s.bwd, x, dt, A, B, C, D, z, dt_bias, None, keep, g=gy.astype(x.dtype))
     # `saved` holds float32 states as (b, l_pad / save_interval, d_pad, n_pad / v_fwd, v_fwd):
     # the same memory as (..., n_pad), re-split as the backward's threads hold the state.
-    ins.append(_split_state(s.bwd.states_per_thread, _merge_state(saved)))
+    ins["saved"] = _split_state(s.bwd.states_per_thread, _merge_state(saved))
     if gT is not None:
-        ins.append(_split_state(s.bwd.states_per_thread,
-                                _pad_state(s, _pad_channels(s, gT.astype(jnp.float32), 1))))
-    outs = list(mosaic_gpu.backward(p, has_gT=gT is not None)(*ins))
-    take = lambda flag: outs.pop(0) if flag else None  # noqa: E731
-    dx, ddt = outs.pop(0), outs.pop(0)
-    dz = take(z is not None)
-    dB, dC, dA = outs.pop(0), outs.pop(0), outs.pop(0)
-    dD, dbias, dh0 = take(D is not None), take(dt_bias is not None), take(h0 is not None)
+        ins["gT"] = _split_state(s.bwd.states_per_thread, _pad_state(s, _pad_channels(s, gT.astype(jnp.float32), 1)))
+    outs = mosaic_gpu.backward(p, has_gT=gT is not None)(
+        *(ins[k] for k in mosaic_gpu.backward_operands(p, has_gT=gT is not None)))
+    outs = dict(zip(mosaic_gpu.backward_results(p), outs))
+    dx, ddt, dz, dB, dC, dA = (outs.get(k) for k in ("dx", "ddt", "dz", "dB", "dC", "dA"))
+    dD, dbias, dh0 = (outs.get(k) for k in ("dD", "dbias", "dh0"))
 
     unseq = lambda v: _unpad_channels(s, v[:, : s.l], 2)  # noqa: E731
     dx, ddt = unseq(dx), unseq(ddt)

@@ -92,6 +92,39 @@ class Problem:
 
 
 # --------------------------------------------------------------------------------------------
+# Operands by name: the one place that fixes their order (the api module passes and receives
+# them through these names; the kernels unpack their refs with them)
+# --------------------------------------------------------------------------------------------
+
+
+def _present(*named: tuple[str, bool]) -> tuple[str, ...]:
+    return tuple(name for name, here in named if here)
+
+
+def forward_operands(p: Problem) -> tuple[str, ...]:
+    """The forward kernel's inputs, in call order (the optional ones only when present)."""
+    return _present(("x", True), ("dt", True), ("z", p.has_z), ("B", True), ("C", True), ("A2", True),
+                    ("bias", p.has_bias), ("D", p.has_D), ("keep", p.has_keep), ("h0", p.has_h0))
+
+
+def forward_results(*, save_states: bool, want_final: bool) -> tuple[str, ...]:
+    return _present(("y", True), ("final_state", want_final), ("saved", save_states))
+
+
+def backward_operands(p: Problem, *, has_gT: bool) -> tuple[str, ...]:
+    """The backward kernel's inputs: the forward's but ``h0``, the output cotangent ``g``, the
+    forward's ``saved`` states and the final state's cotangent ``gT``."""
+    return _present(("x", True), ("dt", True), ("z", p.has_z), ("g", True), ("B", True), ("C", True),
+                    ("A2", True), ("bias", p.has_bias), ("D", p.has_D), ("keep", p.has_keep), ("saved", True),
+                    ("gT", has_gT))
+
+
+def backward_results(p: Problem) -> tuple[str, ...]:
+    return _present(("dx", True), ("ddt", True), ("dz", p.has_z), ("dB", True), ("dC", True), ("dA", True),
+                    ("dD", p.has_D), ("dbias", p.has_bias), ("dh0", p.has_h0))
+
+
+# --------------------------------------------------------------------------------------------
 # Register layouts (jax 0.11.2 Mosaic GPU TiledLayout; Lane lowering semantics)
 # --------------------------------------------------------------------------------------------
 
@@ -178,9 +211,10 @@ def _compiler_params():
 def forward(p: Problem, *, save_states: bool, want_final: bool):
     """Build the forward kernel.
 
-    ``(x, dt, [z], B, C, A2, [bias], [Dt], [keep], [h0]) -> (y, [final_state], [h_saved])`` with
-    ``B, C (b, l, g, n)``, ``A2 (d, n/v, v)``, ``h0``/``final_state (b, d, n/v, v)`` and
-    ``h_saved (b, l / save_interval, d, n/v, v)``: the state axis split as the registers hold it
+    Operands :func:`forward_operands` ``(x, dt, [z], B, C, A2, [bias], [D], [keep], [h0])``,
+    results :func:`forward_results` ``(y, [final_state], [saved])``, with ``B, C (b, l, g, n)``,
+    ``A2 (d, n/v, v)``, ``h0``/``final_state (b, d, n/v, v)`` and
+    ``saved (b, l / save_interval, d, n/v, v)``: the state axis split as the registers hold it
     (a free reshape of ``(.., n)``).
 
     Mamba paper eq. 2a/2b, Alg. 2. One warpgroup per (batch row, block of ``ch`` channels) walks
@@ -210,16 +244,14 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     if groups % 2:
         raise ValueError(f"selective_scan forward: chunk/unroll = {q}/{U} must be even")
 
+    names = forward_operands(p) + forward_results(save_states=save_states, want_final=want_final)
+
     def selective_scan_fwd(*refs):
-        refs = list(refs)
-        take = lambda flag: refs.pop(0) if flag else None  # noqa: E731
-        x_ref, dt_ref = refs.pop(0), refs.pop(0)
-        z_ref = take(p.has_z)
-        B_ref, C_ref, A2_ref = refs.pop(0), refs.pop(0), refs.pop(0)
-        bias_ref, D_ref, keep_ref, h0_ref = take(p.has_bias), take(p.has_D), take(p.has_keep), take(p.has_h0)
-        y_ref = refs.pop(0)
-        hT_ref, hs_ref = take(want_final), take(save_states)
-        (x_s, dt_s, z_s, B_s, C_s, keep_s, delta_s, u_s, part_s, Bf_s, Cf_s, out_s, bars) = refs
+        io = dict(zip(names, refs))
+        x_ref, dt_ref, z_ref, B_ref, C_ref, A2_ref = (io.get(k) for k in ("x", "dt", "z", "B", "C", "A2"))
+        bias_ref, D_ref, keep_ref, h0_ref = (io.get(k) for k in ("bias", "D", "keep", "h0"))
+        y_ref, hT_ref, hs_ref = (io.get(k) for k in ("y", "final_state", "saved"))
+        (x_s, dt_s, z_s, B_s, C_s, keep_s, delta_s, u_s, part_s, Bf_s, Cf_s, out_s, bars) = refs[len(names):]
 
         bi = lax.axis_index("b")
         cb = lax.axis_index("c")
@@ -355,11 +387,10 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             hT_ref[bi, pl.ds(c0, ch)] = h
         plgpu.wait_smem_to_gmem(0)
 
-    out_types = [jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt)]
-    if want_final:
-        out_types.append(jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
-    if save_states:
-        out_types.append(jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, nl, v), F32))
+    result_types = dict(y=jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt),
+                        final_state=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32),
+                        saved=jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, nl, v), F32))
+    out_types = [result_types[k] for k in forward_results(save_states=save_states, want_final=want_final)]
     scratch = [
         plgpu.SMEM((2, q, ch), x_dt),  # x
         plgpu.SMEM((2, q, ch), dt_dt),  # dt
@@ -419,14 +450,15 @@ def channel_sum_layout(q: int, ch: int, n: int, v: int):
 def backward(p: Problem, *, has_gT: bool):
     """Build the backward kernel (reverse-mode of :func:`forward`).
 
-    ``(x, dt, [z], g, B, C, A2, [bias], [Dt], [keep], h_saved, [gT]) ->
-    (dx, ddt, [dz], dB_blk, dC_blk, dA_b, [dD_b], [dbias_b], [dh0])`` where ``g`` is the
-    cotangent of ``y`` and ``gT`` that of the final state. ``p.blocks.chunk`` must equal the
-    forward's ``save_interval``: chunk ``k`` restarts from ``h_saved[:, k]``.
+    Operands :func:`backward_operands` ``(x, dt, [z], g, B, C, A2, [bias], [D], [keep], saved,
+    [gT])``, results :func:`backward_results` ``(dx, ddt, [dz], dB, dC, dA, [dD], [dbias],
+    [dh0])``, where ``g`` is the cotangent of ``y`` and ``gT`` that of the final state.
+    ``p.blocks.chunk`` must equal the forward's ``save_interval``: chunk ``k`` restarts from
+    ``saved[:, k]``.
 
-    Per-block partial results, summed by the caller: ``dB_blk, dC_blk (b, l, d/ch, n/v, v)``
-    (summed over the channel blocks of each group), ``dA_b (b, d, n/v, v)``,
-    ``dD_b, dbias_b (b, d/ch, q, ch)``.
+    Per-block partial results, summed by the caller: ``dB, dC (b, l, d/ch, n/v, v)`` (summed
+    over the channel blocks of each group), ``dA (b, d, n/v, v)`` (over the batch rows),
+    ``dD, dbias (b, d/ch, q, ch)``.
 
     With ``lam_t = dL/dh_t`` (eq. 2a run backwards) and ``a_t = keep_t exp(delta_t A)``::
 
@@ -458,21 +490,16 @@ def backward(p: Problem, *, has_gT: bool):
     if groups % 2 or q % rows_r:
         raise ValueError(f"selective_scan backward: chunk {q} must be a multiple of 2 x unroll and of {rows_r}")
 
+    names = backward_operands(p, has_gT=has_gT) + backward_results(p)
+
     def selective_scan_bwd(*refs):
-        refs = list(refs)
-        take = lambda flag: refs.pop(0) if flag else None  # noqa: E731
-        x_ref, dt_ref = refs.pop(0), refs.pop(0)
-        z_ref = take(p.has_z)
-        g_ref, B_ref, C_ref, A2_ref = refs.pop(0), refs.pop(0), refs.pop(0), refs.pop(0)
-        bias_ref, D_ref, keep_ref = take(p.has_bias), take(p.has_D), take(p.has_keep)
-        hs_ref = refs.pop(0)
-        gT_ref = take(has_gT)
-        dx_ref, ddt_ref = refs.pop(0), refs.pop(0)
-        dz_ref = take(p.has_z)
-        dB_ref, dC_ref, dA_ref = refs.pop(0), refs.pop(0), refs.pop(0)
-        dD_ref, dbias_ref, dh0_ref = take(p.has_D), take(p.has_bias), take(p.has_h0)
+        io = dict(zip(names, refs))
+        x_ref, dt_ref, z_ref, g_ref, B_ref, C_ref, A2_ref = (io.get(k) for k in ("x", "dt", "z", "g", "B", "C", "A2"))
+        bias_ref, D_ref, keep_ref, hs_ref, gT_ref = (io.get(k) for k in ("bias", "D", "keep", "saved", "gT"))
+        dx_ref, ddt_ref, dz_ref, dB_ref, dC_ref, dA_ref = (io.get(k) for k in ("dx", "ddt", "dz", "dB", "dC", "dA"))
+        dD_ref, dbias_ref, dh0_ref = (io.get(k) for k in ("dD", "dbias", "dh0"))
         (x_s, dt_s, z_s, g_s, B_s, C_s, keep_s, delta_s, u_s, dy_s, Bf_s, Cf_s, h_s, dBp_s,
-         s1_s, s2_s, yp_s, dx_o, ddt_o, dz_o, bars) = refs
+         s1_s, s2_s, yp_s, dx_o, ddt_o, dz_o, bars) = refs[len(names):]
 
         bi = lax.axis_index("b")
         cb = lax.axis_index("c")
@@ -659,17 +686,14 @@ def backward(p: Problem, *, has_gT: bool):
         plgpu.wait_smem_to_gmem(0)
 
     nb = p.channel_blocks
-    out_types = [jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt), jax.ShapeDtypeStruct((p.b, p.l, p.d), dt_dt)]
-    if p.has_z:
-        out_types.append(jax.ShapeDtypeStruct((p.b, p.l, p.d), z_dt))
-    out_types += [jax.ShapeDtypeStruct((p.b, p.l, nb, nl, v), F32)] * 2
-    out_types.append(jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
-    if p.has_D:
-        out_types.append(jax.ShapeDtypeStruct((p.b, nb, q, ch), F32))
-    if p.has_bias:
-        out_types.append(jax.ShapeDtypeStruct((p.b, nb, q, ch), F32))
-    if p.has_h0:
-        out_types.append(jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
+    per_block = jax.ShapeDtypeStruct((p.b, nb, q, ch), F32)  # partial sums per channel block
+    result_types = dict(dx=jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt), ddt=jax.ShapeDtypeStruct((p.b, p.l, p.d), dt_dt),
+                        dz=jax.ShapeDtypeStruct((p.b, p.l, p.d), z_dt),
+                        dB=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, v), F32),
+                        dC=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, v), F32),
+                        dA=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32), dD=per_block, dbias=per_block,
+                        dh0=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
+    out_types = [result_types[k] for k in backward_results(p)]
     small = (1, 8)
     scratch = [
         plgpu.SMEM((2, q, ch), x_dt),  # x
