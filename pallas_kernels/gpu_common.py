@@ -4,6 +4,7 @@
   have compute capability 9.x; on the CPU backend they run in Mosaic GPU interpret mode.
 * :func:`dtype_reason` -- the dtype rule of both families (the state is float32 inside).
 * :func:`interpret_params` -- ``plgpu.InterpretGPUParams()`` in interpret mode, else None.
+* :data:`SMEM_LIMIT` -- the shared memory every kernel's tiling rules stay under.
 
 Under a mesh the kernel calls run inside ``jax.shard_map``, as every backend's do: see
 ``pallas_kernels._sharding``. The TPU counterpart is ``pallas_kernels.tpu_common``.
@@ -17,9 +18,12 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ["SUPPORTED_DTYPES", "backend_reason", "dtype_reason", "interpret_params"]
+__all__ = ["SMEM_LIMIT", "SUPPORTED_DTYPES", "backend_reason", "dtype_reason", "interpret_params"]
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+# Shared memory a kernel's buffers may take: of the 227 KiB a Hopper block may hold, the rest is
+# left for barriers and Mosaic's own reductions.
+SMEM_LIMIT = 220 * 1024
 
 
 def backend_reason(ctx: Mapping[str, Any]) -> str | None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pallas_kernels import gpu_common
+
 WARPGROUP = 128
 # The rule in `choose_blocks` (measured on H100, README.md): the most states per thread (>= 2)
 # that still launches FULL_BLOCKS blocks; failing that, the most (>= 2) that launches HALF_BLOCKS
@@ -136,7 +138,7 @@ def backward_smem_per_position(ch: int, n: int, v: int, itemsize: int = 2) -> in
 # smallest chunk the (chunk, ch) element-wise tiles allow at ch = 8.
 BACKWARD_CHUNK = 16
 BACKWARD_MAX_STATES_PER_THREAD = 4
-SMEM_MAX = 220 * 1024
+SMEM_MAX = gpu_common.SMEM_LIMIT
 
 
 def backward_fits(blocks: SelectiveScanBlocks) -> bool:

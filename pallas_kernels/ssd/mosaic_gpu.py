@@ -275,7 +275,7 @@ def _fwd_streams(spec: FwdSpec):
     return ["x", "B", "C", "dt", "cs"] + ["r"] * spec.has_seg + ["z"] * spec.has_z
 
 
-SMEM_LIMIT = 220 * 1024  # of the 227 KiB a block may hold; the rest for barriers and reductions
+SMEM_LIMIT = gpu_common.SMEM_LIMIT
 
 
 def fwd_smem_bytes(q, bp, n, itemsize, nb, *, has_z, y_itemsize, state32):
