@@ -1,4 +1,4 @@
-"""Comparison helpers for tests: dtype-aware tolerances, errors printed on failure."""
+"""Comparison helpers for tests: dtype-aware tolerances, errors printed on failure, finite differences."""
 
 from __future__ import annotations
 
@@ -49,3 +49,15 @@ def assert_close(actual, expected, *, tol: float | None = None, name: str = "val
     )
     assert err <= tol, msg
     assert diff[worst] <= 10 * tol * scale, msg
+
+
+def fd_grad(f, x, eps=1e-6):
+    """Central finite differences of the scalar f at the float64 array x."""
+    x = np.array(x, np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        g[idx] = (f(xp) - f(xm)) / (2 * eps)
+    return g

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ssm_jax.ops import causal_conv1d, causal_conv1d_init_state, causal_conv1d_step, conv1d, fft_conv
-from tests.numerics import assert_close
+from tests.numerics import assert_close, fd_grad
 
 # --------------------------------------------------------------------------------------------
 # Oracles (float64 NumPy, straight from the definitions)
@@ -63,18 +63,6 @@ def short_conv_oracle(x, weight, bias=None, segment_ids=None, activation=None, *
     if activation == "silu":
         y = y / (1 + np.exp(-y))
     return y
-
-
-def fd_grad(f, x, eps=1e-6):
-    """Central finite differences of the scalar f at the float64 array x."""
-    x = np.array(x, np.float64)
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        g[idx] = (f(xp) - f(xm)) / (2 * eps)
-    return g
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ssm_jax.ops import fft_conv, hippo_legs, nplr_legs, s4_discretize, s4_init, s4_kernel, s4_scan, s4_step
-from tests.numerics import assert_close
+from tests.numerics import assert_close, fd_grad
 
 # --------------------------------------------------------------------------------------------
 # Oracles
@@ -60,17 +60,6 @@ def recurrence_oracle(u, log_dt, Lambda, P, Q, B, C, D):
             x = x @ dA.T + u[:, t, c, None] * dB
             y[:, t, c] = (x @ Cf).real + D[c] * u[:, t, c]
     return y
-
-
-def fd_grad(f, x, eps=1e-6):
-    x = np.array(x, np.float64)
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        g[idx] = (f(xp) - f(xm)) / (2 * eps)
-    return g
 
 
 def cplx(rng, *shape, scale=1.0):

@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 
 from ssm_jax.ops import fft_conv, hippo_legs, s4d_discretize, s4d_init, s4d_kernel, s4d_scan, s4d_step
-from tests.numerics import assert_close
+from tests.numerics import assert_close, fd_grad
 
 # --------------------------------------------------------------------------------------------
 # Oracle: the full complex system with both halves of each conjugate pair, discretized with
@@ -61,17 +61,6 @@ def kernel_oracle(log_dt, A, B, C, length, discretization):
     u[np.arange(h), 0, np.arange(h)] = 1.0
     y = recurrence_oracle(u, log_dt, A, B, C, discretization=discretization)
     return y[np.arange(h), :, np.arange(h)]
-
-
-def fd_grad(f, x, eps=1e-6):
-    x = np.array(x, np.float64)
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        g[idx] = (f(xp) - f(xm)) / (2 * eps)
-    return g
 
 
 def make_params(rng, h=3, n=4, method="lin", *, random_B=True):
