@@ -245,16 +245,25 @@ def run(fn: Callable, args: Mapping[str, Any], static: Mapping[str, Any], specs:
 # --------------------------------------------------------------------------------------------
 
 
+def _batch_and_channel_axes(x, B, channel: str):
+    """Mesh axes of ``x``'s batch (dim 0) and channel/head axis (dim 2, logical name ``channel``),
+    and those of ``B``/``C``'s group axis: the channel axes when there are several groups (each
+    device then holds whole groups), none for one shared group. None when nothing splits."""
+    g = B.shape[-2]
+    axes = split_axes(x, {"batch": (0, x.shape[0]), channel: (2, x.shape[2])},
+                      also_divides={channel: (g,) if g > 1 else ()})
+    if axes is None:
+        return None
+    return axes["batch"], axes[channel], axes[channel] if g > 1 else ()
+
+
 def selective_scan_specs(x, B) -> dict[str, P] | None:
     """Specs of the canonical selective-scan arguments: batch split, channels (``inner``) split
     when whole groups of ``B``/``C`` land on each device; None when nothing splits."""
-    b, _, d = x.shape
-    g = B.shape[-2]
-    axes = split_axes(x, {"batch": (0, b), "inner": (2, d)}, also_divides={"inner": (g,) if g > 1 else ()})
+    axes = _batch_and_channel_axes(x, B, "inner")
     if axes is None:
         return None
-    ba, ca = axes["batch"], axes["inner"]
-    ga = ca if g > 1 else ()
+    ba, ca, ga = axes
     seq = spec(ba, (), ca)
     bc = spec(ba, (), ga, ())
     return dict(x=seq, dt=seq, z=seq, A=spec(ca, ()), D=spec(ca), dt_bias=spec(ca), B=bc, C=bc,
@@ -264,13 +273,10 @@ def selective_scan_specs(x, B) -> dict[str, P] | None:
 def ssd_specs(x, B) -> dict[str, P] | None:
     """Specs of the canonical SSD arguments: batch split, heads split when whole groups of
     ``B``/``C`` land on each device; None when nothing splits."""
-    b, _, h, _ = x.shape
-    g = B.shape[-2]
-    axes = split_axes(x, {"batch": (0, b), "heads": (2, h)}, also_divides={"heads": (g,) if g > 1 else ()})
+    axes = _batch_and_channel_axes(x, B, "heads")
     if axes is None:
         return None
-    ba, ha = axes["batch"], axes["heads"]
-    ga = ha if g > 1 else ()
+    ba, ha, ga = axes
     seq = spec(ba, (), ha, ())
     bc = spec(ba, (), ga, ())
     return dict(x=seq, z=seq, dt=spec(ba, (), ha), A=spec(ha), dt_bias=spec(ha), D=spec(ha, ()), B=bc, C=bc,

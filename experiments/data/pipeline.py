@@ -51,8 +51,8 @@ class blockwise:
     leading ``block_size`` axis, drawn from its own generator (``example_rng(seed, split, k)``), so
     the data stay a function of (seed, split, index) alone, whatever the batch size or the number
     of processes (each process builds the blocks it reads from and keeps its own rows).
-    :func:`batched` gathers a whole batch's rows at once (:meth:`rows`); calling the object gives
-    one example. The blocks last built are cached: readers walk the indices in order.
+    :func:`batched` gathers a whole batch's rows at once (:meth:`rows`). The blocks last built
+    are cached: readers walk the indices in order.
     """
 
     def __init__(self, make_block: Callable[[int], Example], block_size: int):
@@ -78,9 +78,6 @@ class blockwise:
         blocks, rows = np.divmod(np.asarray(indices, np.int64), self.block_size)
         parts = [{name: v[rows[blocks == k]] for name, v in self._block(int(k)).items()} for k in np.unique(blocks)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-    def __call__(self, i: int) -> Example:
-        return {name: v[0] for name, v in self.rows(np.array([i])).items()}
 
 
 def _zero_weights(example: Example) -> Example:

@@ -27,7 +27,11 @@ from jax import lax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["batch_only", "batch_zeros", "explicit_mesh", "gather_rows", "like", "reshape", "scan"]
+__all__ = ["BATCHED", "batch_only", "batch_zeros", "call", "explicit_mesh", "gather_rows", "like", "reshape", "scan"]
+
+# The canonical arguments of the scan ops (selective_scan, ssd, hydra) with a leading batch axis:
+# the only axis a reference keeps split under an Explicit mesh.
+BATCHED = ("x", "dt", "z", "B", "C", "initial_state", "segment_ids")
 
 
 def explicit_mesh() -> bool:
@@ -73,6 +77,22 @@ def batch_only(args: dict[str, Any], batched: tuple[str, ...]) -> dict[str, Any]
         if any(_names(part) for part in tuple(spec)[1:]) or (lead is None and _names(spec[0])):
             out[name] = jax.sharding.reshard(v, P(lead))
     return out
+
+
+def call(impl, fn: Callable, args: dict[str, Any], *, outputs: tuple[str, ...] = ("x", "initial_state")) -> Any:
+    """``fn(**args)``, an op's resolved implementation (``impl``, its registry entry), under the
+    ambient mesh.
+
+    An implementation that splits its arguments itself (``impl.manual_sharding``: the Pallas
+    kernels, under ``jax.shard_map``) gets them as they are; a reference gets them split on the
+    batch axis only (:func:`batch_only`). Each output comes back laid out as the argument that
+    ``outputs`` names for it (:func:`like`): ``(y, final_state)`` as ``(x, initial_state)``, or
+    one output for one name.
+    """
+    out = fn(**(args if impl.manual_sharding else batch_only(args, BATCHED)))
+    if len(outputs) == 1:
+        return like(out, args[outputs[0]])
+    return tuple(like(o, args.get(ref)) for o, ref in zip(out, outputs))
 
 
 def reshape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:

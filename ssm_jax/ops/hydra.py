@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from ssm_jax.ops import _checks
-from ssm_jax.ops._explicit import batch_only, like
+from ssm_jax.ops._explicit import call
 from ssm_jax.ops._prepare import segment_starts
 from ssm_jax.ops.registry import Registry
 
@@ -48,10 +48,6 @@ from ssm_jax.ops.ssd import canonicalize as ssd_canonicalize
 from ssm_jax.ops.ssd import ssd, ssd_matrix
 
 __all__ = ["REGISTRY", "canonicalize", "hydra", "hydra_matrix", "hydra_matrix_ref", "hydra_two_pass", "two_pass"]
-
-# The arguments with a leading batch axis (the only axis the references keep split under an
-# Explicit mesh: see ssm_jax.ops._explicit).
-BATCHED = ("x", "dt", "z", "B", "C", "initial_state", "segment_ids")
 
 REGISTRY = Registry("hydra")
 
@@ -186,9 +182,10 @@ def _ssd_kernel_check(ssd_impl: str):
 
 # The fused kernels run Hydra as one SSD kernel call over [forward; flipped backward].
 REGISTRY.register("pallas_gpu", two_pass("pallas_gpu"), check=_ssd_kernel_check("pallas_gpu"),
-                  auto_backends=("gpu",), priority=10, auto_check="pallas_kernels.ssd.api:why_not_auto")
+                  auto_backends=("gpu",), priority=10, auto_check="pallas_kernels.ssd.api:why_not_auto",
+                  manual_sharding=True)
 REGISTRY.register("pallas_tpu", two_pass("pallas_tpu"), check=_ssd_kernel_check("pallas_tpu"),
-                  auto_backends=("tpu",), priority=10)
+                  auto_backends=("tpu",), priority=10, manual_sharding=True)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})
 
 
@@ -215,11 +212,8 @@ def hydra(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_softplus=F
     """
     args = canonicalize(x, dt, A, B, C, D=D, chunk_size=chunk_size, dt_bias=dt_bias,
                         dt_softplus=dt_softplus, segment_ids=segment_ids)
-    given = args
     name, fn = REGISTRY.resolve(impl, args)
-    if not name.startswith("pallas"):  # the kernels split heads/channels under shard_map themselves
-        args = batch_only(args, BATCHED)
-    return like(fn(**args), given["x"])
+    return call(REGISTRY[name], fn, args, outputs=("x",))
 
 
 def hydra_matrix(dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=False, segment_ids=None):

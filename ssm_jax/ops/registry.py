@@ -63,6 +63,9 @@ class Implementation:
     priority: int = 0
     # A further condition for impl="auto" only (same signature as `check`).
     auto_check: Check | str | None = None
+    # The implementation splits its arguments over the mesh itself (the Pallas kernels run under
+    # jax.shard_map): callers hand it the arguments as they are (see ssm_jax.ops._explicit.call).
+    manual_sharding: bool = False
 
     def fn(self) -> Callable:
         return _load(self.target)
@@ -102,6 +105,7 @@ class Registry:
         auto_backends: tuple[str, ...] | None = None,
         priority: int = 0,
         auto_check: Check | str | None = None,
+        manual_sharding: bool = False,
     ):
         """Register ``target`` under ``name``; usable as a decorator when ``target`` is None.
 
@@ -111,7 +115,7 @@ class Registry:
             raise ValueError(f"{self.op}: implementation name {name!r} is reserved")
 
         def add(t):
-            self._impls[name] = Implementation(name, t, check, auto_backends, priority, auto_check)
+            self._impls[name] = Implementation(name, t, check, auto_backends, priority, auto_check, manual_sharding)
             return t
 
         if target is None:

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from ssm_jax.ops._checks import Dims, check_bool, check_float, check_real, check_segment_ids, to_array
 from ssm_jax.ops._prepare import effective_dt, segment_starts
-from ssm_jax.ops._explicit import batch_only, batch_zeros, like, scan
+from ssm_jax.ops._explicit import batch_zeros, call, scan
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array, Float, Int
 
@@ -54,10 +54,6 @@ __all__ = [
     "selective_scan_ref",
     "selective_scan_step",
 ]
-
-# The arguments with a leading batch axis (the only axis the references keep split under an
-# Explicit mesh: see ssm_jax.ops._explicit).
-BATCHED = ("x", "dt", "z", "B", "C", "initial_state", "segment_ids")
 
 REGISTRY = Registry("selective_scan")
 
@@ -128,12 +124,8 @@ def selective_scan(
         x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
         segment_ids=segment_ids, return_final_state=return_final_state,
     )
-    given = canonical
     name, fn = REGISTRY.resolve(impl, canonical)
-    if not name.startswith("pallas"):  # the kernels split heads/channels under shard_map themselves
-        canonical = batch_only(canonical, BATCHED)
-    y, final_state = fn(**canonical)
-    y, final_state = like(y, given["x"]), like(final_state, given["initial_state"])
+    y, final_state = call(REGISTRY[name], fn, canonical)
     return (y, final_state) if canonical["return_final_state"] else y
 
 
@@ -493,7 +485,9 @@ REGISTRY.register("scan", _scan_impl, auto_backends=())
 REGISTRY.register("xla", _xla_impl)
 # The kernels: lazy "module:attr" targets, so that importing ssm_jax.ops imports no kernel module.
 REGISTRY.register("pallas_gpu", "pallas_kernels.selective_scan.api:selective_scan",
-                  check="pallas_kernels.selective_scan.api:why_not", auto_backends=("gpu",), priority=10)
+                  check="pallas_kernels.selective_scan.api:why_not", auto_backends=("gpu",), priority=10,
+                  manual_sharding=True)
 REGISTRY.register("pallas_tpu", "pallas_kernels.selective_scan.api_tpu:selective_scan",
-                  check="pallas_kernels.selective_scan.api_tpu:why_not", auto_backends=("tpu",), priority=10)
+                  check="pallas_kernels.selective_scan.api_tpu:why_not", auto_backends=("tpu",), priority=10,
+                  manual_sharding=True)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})

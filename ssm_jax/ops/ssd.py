@@ -42,7 +42,7 @@ from jax import lax
 
 from ssm_jax.ops import _checks
 from ssm_jax.ops._prepare import effective_dt, segment_runs, segment_starts
-from ssm_jax.ops._explicit import batch_only, like, reshape, scan
+from ssm_jax.ops._explicit import call, reshape, scan
 from ssm_jax.ops.registry import Registry
 
 __all__ = [
@@ -56,10 +56,6 @@ __all__ = [
     "ssd_scan_ref",
     "ssd_step",
 ]
-
-# The arguments with a leading batch axis (the only axis the references keep split under an
-# Explicit mesh: see ssm_jax.ops._explicit).
-BATCHED = ("x", "dt", "z", "B", "C", "initial_state", "segment_ids")
 
 REGISTRY = Registry("ssd")
 
@@ -383,9 +379,10 @@ REGISTRY.register("quadratic", _quadratic_impl, auto_backends=())
 # no kernel module. Auto on their chip; named explicitly on CPU they run in interpret mode.
 # The Mosaic GPU kernels multiply in 16 bits: auto leaves float32 operands to the exact XLA path.
 REGISTRY.register("pallas_gpu", "pallas_kernels.ssd.api:ssd", check="pallas_kernels.ssd.api:why_not",
-                  auto_backends=("gpu",), priority=10, auto_check="pallas_kernels.ssd.api:why_not_auto")
+                  auto_backends=("gpu",), priority=10, auto_check="pallas_kernels.ssd.api:why_not_auto",
+                  manual_sharding=True)
 REGISTRY.register("pallas_tpu", "pallas_kernels.ssd.api_tpu:ssd", check="pallas_kernels.ssd.api_tpu:why_not",
-                  auto_backends=("tpu",), priority=10)
+                  auto_backends=("tpu",), priority=10, manual_sharding=True)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})
 
 
@@ -424,12 +421,8 @@ def ssd(x, dt, A, B, C, *, chunk_size=256, D=None, z=None, dt_bias=None, dt_soft
         x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
         initial_state=initial_state, segment_ids=segment_ids, return_final_state=return_final_state,
     )
-    given = args
     name, fn = REGISTRY.resolve(impl, args)
-    if not name.startswith("pallas"):  # the kernels split heads/channels under shard_map themselves
-        args = batch_only(args, BATCHED)
-    y, final_state = fn(**args)
-    y, final_state = like(y, given["x"]), like(final_state, given["initial_state"])
+    y, final_state = call(REGISTRY[name], fn, args)
     return (y, final_state) if args["return_final_state"] else y
 
 
