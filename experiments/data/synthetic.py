@@ -158,6 +158,8 @@ def mqar_examples(
     """
     context = 2 * num_pairs
     space = (seq_len - context) // 2  # query slots
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"mqar: `count` must be an int >= 0 (how many sequences); got {count!r}")
     if num_pairs < 1 or vocab_size // 2 - 1 < num_pairs or space < num_pairs:
         raise ValueError(
             f"mqar: (seq_len={seq_len}, num_pairs={num_pairs}, vocab_size={vocab_size}) leaves no room: "

@@ -148,6 +148,9 @@ def test_iterator_resumes_mid_stream():
 def test_bad_settings_raise():
     with pytest.raises(ValueError, match="num_pairs"):
         synthetic.mqar_example(np.random.default_rng(0), seq_len=16, num_pairs=8, vocab_size=64)
+    for count in (-1, 2.5):
+        with pytest.raises(ValueError, match=r"`count` must be an int >= 0"):
+            synthetic.mqar_examples(np.random.default_rng(0), count=count, seq_len=64, num_pairs=4, vocab_size=64)
     with pytest.raises(ValueError, match="num_tokens"):
         synthetic.selective_copying_example(np.random.default_rng(0), seq_len=8, vocab_size=8, num_tokens=5)
     with pytest.raises(ValueError, match="missing keys.*seq_len"):
