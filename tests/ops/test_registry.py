@@ -51,7 +51,7 @@ def test_auto_check_binds_auto_only(caplog):
 @pytest.mark.parametrize("op", ["ssd", "hydra"])
 def test_auto_keeps_float32_off_the_16_bit_ssd_kernel(monkeypatch, op):
     """On a Hopper GPU, auto picks the Mosaic GPU SSD kernel for 16-bit inputs only: it rounds
-    float32 operands to bfloat16 (~4e-3), so float32 goes to the exact XLA path; naming
+    float32 operands to bfloat16 (~3e-3), so float32 goes to the exact XLA path; naming
     impl="pallas_gpu" still runs the kernel. (The GPU and its device check are simulated.)"""
     import jax.numpy as jnp
 
