@@ -47,8 +47,13 @@ def get_config(arg=None):
     c.seed = 0
     c.total_steps = 400_000
     c.log_every = 1_000
-    c.eval_every = 10_000
-    c.checkpoint_every = 10_000
+    c.eval_every = 5_000
+    c.checkpoint_every = 5_000
+    # The paper trains the whole 400K steps; a run here stops once the validation accuracy reaches
+    # 99.5% (above the >= 99% the reproduction asks, below the paper's 99.8%), to spend GPU time
+    # only where the outcome is still open. Override with --config.early_stop.metric= to train on.
+    c.early_stop.metric = "validation/accuracy"
+    c.early_stop.threshold = 0.995
     c.steps_per_call = 20
 
     c.data = dict(name="selective_copying", batch_size=64, seq_len=4096, vocab_size=16, num_tokens=16, eval_examples=1024)
