@@ -58,7 +58,7 @@ def why_not_auto(ctx) -> str | None:
     """Why ``impl="auto"`` leaves these operands to the XLA path (None: it may pick the kernel).
 
     The kernels' tensor-core products take 16-bit operands: float32 ``x``, ``B``, ``C`` or ``z``
-    are rounded to bfloat16 (``python -m benchmarks.ssd_precision``: y 3.3e-3 from the exact result). ``auto`` does not
+    are rounded to bfloat16 (``python -m benchmarks.precision``: y 3.3e-3 from the exact result). ``auto`` does not
     trade float32 precision away; ``impl="pallas_gpu"`` named explicitly accepts it.
     """
     for name in ("x", "B", "C", "z"):
