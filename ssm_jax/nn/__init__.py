@@ -7,7 +7,9 @@ and called as ``layer(x (b, l, e), *, segment_ids=None) -> (b, l, e)``. Causal l
 have ``init_cache(batch_size, dtype=None, *, max_length=None)``, ``prefill(x, cache) -> (y, cache)``
 and ``step(x_t (b, e), cache) -> (y_t, cache)``; ``max_length`` sizes attention's KV cache (SSM
 states do not grow; attention defaults to ``DEFAULT_CACHE_LENGTH`` positions and refuses to decode
-past them). Parameters are fp32 with logical axis names; SSM-specific ones are :class:`SSMParam`.
+past them). Norms: ``RMSNorm``, ``LayerNorm``, ``BatchNorm`` (statistics over valid positions
+only, running averages in ``nnx.BatchStat``), ``GatedRMSNorm``. Parameters are fp32 with logical
+axis names; SSM-specific ones are :class:`SSMParam`.
 """
 
 from ssm_jax.nn.attention import DEFAULT_CACHE_LENGTH, AttentionCache, MultiHeadAttention, apply_rope
@@ -18,7 +20,7 @@ from ssm_jax.nn.linear import Dense, Embed
 from ssm_jax.nn.mamba import Mamba, MambaCache
 from ssm_jax.nn.mamba2 import Mamba2, Mamba2Cache
 from ssm_jax.nn.mlp import MLP
-from ssm_jax.nn.norms import GatedRMSNorm, RMSNorm
+from ssm_jax.nn.norms import BatchNorm, GatedRMSNorm, LayerNorm, RMSNorm
 from ssm_jax.nn.params import LOGICAL_AXES, SSMParam, param
 from ssm_jax.nn.s4 import S4, S4D, S4Cache, SSMKernelParam
 
@@ -27,12 +29,14 @@ __all__ = [
     "LOGICAL_AXES",
     "AttentionCache",
     "AttentionConfig",
+    "BatchNorm",
     "Config",
     "Dense",
     "Embed",
     "GatedRMSNorm",
     "Hydra",
     "HydraConfig",
+    "LayerNorm",
     "MLP",
     "Mamba",
     "Mamba2",

@@ -1,8 +1,11 @@
-"""RMSNorm and the gated RMSNorm of Mamba-2 / Hydra. Statistics are computed in float32 (or
-float64 for float64 inputs), whatever the compute dtype."""
+"""RMSNorm, LayerNorm, a padding-aware BatchNorm and the gated RMSNorm of Mamba-2 / Hydra.
+
+Statistics are computed in float32 (or float64 for float64 inputs), whatever the compute dtype.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -11,7 +14,7 @@ from flax import nnx
 
 from ssm_jax.nn.params import canonical_dtype, param
 
-__all__ = ["RMSNorm", "GatedRMSNorm"]
+__all__ = ["BatchNorm", "GatedRMSNorm", "LayerNorm", "RMSNorm"]
 
 
 def _stat_dtype(x: jax.Array) -> jnp.dtype:
@@ -37,6 +40,129 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = _rms_normalize(x.astype(_stat_dtype(x)), self.eps) * self.weight[...]
         return y.astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """``y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`` over the last axis (Ba et al.,
+    2016), with the biased variance, as PyTorch's ``nn.LayerNorm``.
+
+    ``x (..., dim)`` -> ``y (..., dim)`` in ``dtype``; ``weight (dim,)`` ones, ``bias (dim,)`` zeros.
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, names: Sequence[str | None] = ("embed",), dtype="float32"):
+        self.dim = dim
+        self.eps = eps
+        self.dtype = canonical_dtype("LayerNorm", dtype)
+        self.weight = param(jnp.ones((dim,), jnp.float32), names)
+        self.bias = param(jnp.zeros((dim,), jnp.float32), names)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(_stat_dtype(x))
+        centered = x - jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
+        y = centered * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class BatchNorm(nnx.Module):
+    """Batch normalization (Ioffe & Szegedy, 2015) over every axis but the last, blind to padding.
+
+    ``x (..., dim)``, e.g. ``(b, l, e)``; ``mask`` of shape ``x.shape[:-1]`` (True = valid, e.g. the
+    classifier's ``(b, l)``) leaves the padded positions out of the statistics; ``None``: all valid.
+
+    * Train mode (``use_running_average=False``; nnx's ``model.train()``): ``x`` is normalized
+      with the mean and biased variance of its valid positions, and the running averages move
+      toward them, ``r <- momentum * r + (1 - momentum) * s``, the variance made unbiased by
+      ``n / (n - 1)`` over the ``n`` valid positions (PyTorch ``BatchNorm1d``'s rule; its
+      ``momentum=0.1`` is our ``momentum=0.9``, the weight of the old value as in
+      ``nnx.BatchNorm``). A batch with no valid position leaves them unchanged.
+    * Eval mode (``use_running_average=True``; ``model.eval()``): normalized with the running
+      averages, a fixed affine map per channel, so no position depends on another.
+
+    ``nnx.BatchNorm`` (flax 0.12.10) takes a ``mask`` too, but averages the empty set of a batch
+    without valid positions to NaN and updates the running variance with the biased one; this
+    module keeps its call convention (``use_running_average`` attribute and call argument,
+    ``nnx.view``) and its variable names ``mean``, ``var`` (``nnx.BatchStat``, float32).
+
+    ============ ====== =========================================
+    weight       (dim,) ``nnx.Param``, ones
+    bias         (dim,) ``nnx.Param``, zeros
+    mean, var    (dim,) ``nnx.BatchStat`` running averages (0, 1)
+    ============ ====== =========================================
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float = 0.9,
+        names: Sequence[str | None] = ("embed",),
+        dtype="float32",
+        use_running_average: bool = False,
+    ):
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"BatchNorm: `momentum` must be a float in [0, 1); got {momentum!r}")
+        if not isinstance(use_running_average, bool):
+            raise TypeError(f"BatchNorm: `use_running_average` must be a bool; got {use_running_average!r}")
+        self.dim = dim
+        self.eps = eps
+        self.momentum = float(momentum)
+        self.dtype = canonical_dtype("BatchNorm", dtype)
+        self.use_running_average = use_running_average
+        self.weight = param(jnp.ones((dim,), jnp.float32), names)
+        self.bias = param(jnp.zeros((dim,), jnp.float32), names)
+        # No logical names: the statistics are per-channel vectors every device keeps whole.
+        self.mean = nnx.BatchStat(jnp.zeros((dim,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((dim,), jnp.float32))
+
+    def set_view(self, use_running_average: bool | None = None):
+        """``nnx.view(model, use_running_average=...)``."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, use_running_average: bool | None = None) -> jax.Array:
+        """``x (..., dim)`` -> ``y (..., dim)`` in ``dtype``; updates ``mean``/``var`` in train mode."""
+        if x.ndim < 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"BatchNorm: `x` must have shape (..., {self.dim}) with at least one axis to average "
+                             f"over; got {x.shape}")
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"BatchNorm: `mask` must have shape x.shape[:-1] = {tuple(x.shape[:-1])}; got {tuple(mask.shape)}")
+        running = self.use_running_average if use_running_average is None else use_running_average
+        x = x.astype(_stat_dtype(x))
+        if running:
+            mean, var = self.mean[...].astype(x.dtype), self.var[...].astype(x.dtype)
+        else:
+            mean, var, n = _masked_moments(x, mask)
+            unbiased = var * (n / jnp.maximum(n - 1.0, 1.0))
+            m, seen = self.momentum, n > 0
+            # The averages are statistics, not functions to differentiate (the loss sees the batch's own).
+            new_mean = jnp.where(seen, m * self.mean[...] + (1.0 - m) * mean, self.mean[...])
+            new_var = jnp.where(seen, m * self.var[...] + (1.0 - m) * unbiased, self.var[...])
+            self.mean[...] = jax.lax.stop_gradient(new_mean.astype(jnp.float32))
+            self.var[...] = jax.lax.stop_gradient(new_var.astype(jnp.float32))
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+def _masked_moments(x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-channel ``(mean (dim,), biased var (dim,), n ())`` over the valid positions of ``x (..., dim)``.
+
+    Two passes (mean, then the mean square deviation) rather than ``E[x²] - E[x]²``, which
+    cancels catastrophically when ``|mean| >> std``. Padded positions are selected away, not
+    multiplied by zero, so a NaN or inf there cannot reach the statistics.
+    """
+    axes = tuple(range(x.ndim - 1))
+    if mask is None:
+        n = jnp.asarray(math.prod(x.shape[:-1]), x.dtype)
+        mean = jnp.mean(x, axis=axes)
+        return mean, jnp.mean(jnp.square(x - mean), axis=axes), n
+    valid = mask.astype(bool)[..., None]
+    n = jnp.sum(valid, dtype=x.dtype)
+    denom = jnp.maximum(n, 1.0)
+    mean = jnp.sum(jnp.where(valid, x, 0.0), axis=axes) / denom
+    var = jnp.sum(jnp.where(valid, jnp.square(x - mean), 0.0), axis=axes) / denom
+    return mean, var, n
 
 
 class GatedRMSNorm(nnx.Module):
