@@ -378,8 +378,9 @@ def to_transformers_config(config: LanguageModelConfig, *, fn: str = "to_transfo
     """The transformers ``config.json`` (``MambaForCausalLM`` or ``Mamba2ForCausalLM``) of ``config``.
 
     Raises a ``ValueError`` naming the field when transformers has no equivalent: mixed or
-    non-Mamba mixers, MLP blocks (``d_intermediate``), Mamba-2 ``norm_before_gate`` or
-    ``D_has_hdim``, or a Mamba-2 gated-norm eps (``mamba2.norm_eps``) other than ``norm_eps``.
+    non-Mamba mixers, MLP blocks (``d_intermediate``), a block norm other than pre-norm RMSNorm
+    (``norm``, ``prenorm``), Mamba-2 ``norm_before_gate`` or ``D_has_hdim``, or a Mamba-2
+    gated-norm eps (``mamba2.norm_eps``) other than ``norm_eps``.
     """
     if not isinstance(config, LanguageModelConfig):
         raise TypeError(f"{fn}: expected a LanguageModelConfig; got {type(config).__name__}")
@@ -391,6 +392,9 @@ def to_transformers_config(config: LanguageModelConfig, *, fn: str = "to_transfo
     if c.d_intermediate:
         raise ValueError(f"{fn}: `d_intermediate`={c.d_intermediate} is not supported; transformers' Mamba models "
                          "have no MLP blocks (supported: 0)")
+    if c.norm != "rms" or not c.prenorm:
+        raise ValueError(f"{fn}: `norm`={c.norm!r}, `prenorm`={c.prenorm} is not supported; transformers' Mamba "
+                         "blocks are pre-norm RMSNorm (supported: norm='rms', prenorm=True)")
     common = {
         "vocab_size": c.vocab_size, "hidden_size": c.d_model, "num_hidden_layers": c.n_layers,
         "layer_norm_epsilon": c.norm_eps, "tie_word_embeddings": c.tie_embeddings, "hidden_act": "silu",

@@ -1,9 +1,10 @@
 """Models built from :mod:`ssm_jax.nn` layers: a causal language model and a sequence classifier."""
 
-from ssm_jax.models.blocks import Block, make_mixer
+from ssm_jax.models.blocks import Block, make_mixer, make_norm
 from ssm_jax.models.classifier import SequenceClassifier, pool
 from ssm_jax.models.config import (
     MIXERS,
+    NORMS,
     REMAT_POLICIES,
     AttentionConfig,
     HydraConfig,
@@ -20,6 +21,7 @@ from ssm_jax.models.stack import stack_layers, unstack_layers, with_scan_layers
 
 __all__ = [
     "MIXERS",
+    "NORMS",
     "REMAT_POLICIES",
     "AttentionConfig",
     "Block",
@@ -34,6 +36,7 @@ __all__ = [
     "SequenceClassifierConfig",
     "flops_per_token",
     "make_mixer",
+    "make_norm",
     "param_count",
     "pool",
     "stack_layers",

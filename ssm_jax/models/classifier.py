@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_jax.models.blocks import Block
+from ssm_jax.models.blocks import Block, apply_norm, make_norm
 from ssm_jax.models.config import SequenceClassifierConfig
 from ssm_jax.models.stack import make_layers, run_layers
 from ssm_jax.nn.linear import Dense, Embed
-from ssm_jax.nn.norms import RMSNorm
 from ssm_jax.nn.params import canonical_dtype
 from ssm_jax.ops._checks import Dims, check_int_array, check_token_ids, to_array
 
@@ -46,10 +45,18 @@ class SequenceClassifier(nnx.Module):
 
     Any mixer, causal or bidirectional. ``mask (b, l)`` (True = valid token) makes padding
     invisible: it influences neither the mixers' outputs at valid positions (see
-    :class:`ssm_jax.models.blocks.Block`) nor the pooling.
+    :class:`ssm_jax.models.blocks.Block`), nor BatchNorm statistics, nor the pooling.
+
+    ``norm``/``prenorm`` as in the config: blocks are ``norm -> mixer -> add`` (pre-norm, with a
+    final ``norm_f`` before pooling) or ``mixer -> add -> norm`` (post-norm, no ``norm_f``).
+    With ``norm="batch"`` the model has running statistics (``nnx.BatchStat``): ``model.train()``
+    normalizes with each batch's statistics and updates them, ``model.eval()`` uses them.
 
     With ``dual_encoder=True`` (LRA Retrieval) both documents go through the same encoder and
     the head sees ``[u, v, u * v, u - v]``: ``head_hidden (4e -> e)``, GELU, ``head (e -> classes)``.
+    With ``norm="batch"`` the two documents go through the encoder as one batch of ``2b`` rows
+    (padded to the longer length, the padding masked), as state-spaces/s4 concatenates them: one
+    set of statistics over both and one update of the running averages per call.
 
     Token ids must lie in ``[0, vocab_size)``: concrete ids outside it raise a ``ValueError``
     naming them; traced ones (under ``jit``) embed as NaN (as :class:`LanguageModel`).
@@ -64,7 +71,9 @@ class SequenceClassifier(nnx.Module):
         self.dtype = canonical_dtype("SequenceClassifier", c.dtype)
         self.embedding = Embed(c.padded_vocab_size, e, dtype=c.dtype, rngs=rngs)
         self.layers = make_layers(c, lambda kind: Block(kind, c, dropout=c.dropout, dtype=c.dtype, rngs=rngs))
-        self.norm_f = RMSNorm(e, eps=c.norm_eps, dtype=c.dtype)
+        # Post-norm ends with the last block's norm; state-spaces/s4's SequenceModel has no final
+        # norm then either.
+        self.norm_f = make_norm(c.norm, e, eps=c.norm_eps, dtype=c.dtype) if c.prenorm else None
         if c.dual_encoder:
             self.head_hidden = Dense(4 * e, e, names=(None, "embed"), dtype=c.dtype, rngs=rngs)
         else:
@@ -86,10 +95,32 @@ class SequenceClassifier(nnx.Module):
     def encode(self, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Pooled features ``(b, e)`` in the compute dtype."""
         inputs, mask = self._check("inputs", inputs, mask)
-        mask = None if mask is None else mask.astype(bool)
+        return self._encode(inputs, None if mask is None else mask.astype(bool))
+
+    def _encode(self, inputs: jax.Array, mask: jax.Array | None) -> jax.Array:
         h = self.embedding(inputs, num_valid=self.config.vocab_size).astype(jnp.float32)
         h, _ = run_layers(self.layers, self.config, h, lambda block, h, _: (block(h, mask=mask), None), remat=self.config.remat)
-        return pool(self.norm_f(h), mask, self.config.pooling)
+        h = h.astype(self.dtype) if self.norm_f is None else apply_norm(self.norm_f, h, mask)
+        return pool(h, mask, self.config.pooling)
+
+    def _encode_pair(self, inputs1, mask1, inputs2, mask2) -> tuple[jax.Array, jax.Array]:
+        """``(u, v)`` of both documents encoded as one batch: rows ``[inputs1; inputs2]``, the
+        shorter padded (masked) to the longer length, so BatchNorm sees both at once."""
+        inputs1, mask1 = self._check("inputs", inputs1, mask1)
+        inputs2, mask2 = self._check("inputs2", inputs2, mask2)
+        (b1, l1), (b2, l2) = inputs1.shape, inputs2.shape
+        if b1 != b2:
+            raise ValueError(f"SequenceClassifier: `inputs` and `inputs2` must have the same batch size; got {b1} and {b2}")
+        l = max(l1, l2)
+
+        def padded(ids, mask):
+            mask = jnp.ones(ids.shape, bool) if mask is None else mask.astype(bool)
+            width = ((0, 0), (0, l - ids.shape[1]))
+            return jnp.pad(ids, width), jnp.pad(mask, width)
+
+        (ids1, m1), (ids2, m2) = padded(inputs1, mask1), padded(inputs2, mask2)
+        features = self._encode(jnp.concatenate([ids1, ids2]), jnp.concatenate([m1, m2]))
+        return features[:b1], features[b1:]
 
     def __call__(
         self,
@@ -107,8 +138,10 @@ class SequenceClassifier(nnx.Module):
         if self.config.dual_encoder:
             if inputs2 is None:
                 raise ValueError("SequenceClassifier: a dual encoder (dual_encoder=True) needs `inputs2`")
-            u = self.encode(inputs, mask1)
-            v = self.encode(inputs2, mask2)
+            if self.config.norm == "batch":
+                u, v = self._encode_pair(inputs, mask1, inputs2, mask2)
+            else:  # per-row norms: two calls give the same features (and the same values as before)
+                u, v = self.encode(inputs, mask1), self.encode(inputs2, mask2)
             features = jnp.concatenate([u, v, u * v, u - v], axis=-1)
             x = jax.nn.gelu(self.head_hidden(features), approximate=False)
         else:

@@ -26,6 +26,7 @@ from ssm_jax.nn.config import (
 
 __all__ = [
     "MIXERS",
+    "NORMS",
     "MambaConfig",
     "Mamba2Config",
     "HydraConfig",
@@ -38,6 +39,10 @@ __all__ = [
 
 MIXERS = ("mamba", "mamba2", "hydra", "s4", "s4d", "attention")
 
+# ``norm`` choices: RMSNorm (Mamba's blocks), LayerNorm and BatchNorm (state-spaces/s4's
+# ``model.norm``: "layer" its default, "batch" its LRA recipes).
+NORMS = ("rms", "layer", "batch")
+
 # ``remat`` choices -> what the backward may keep from the forward of a block (the rest is
 # recomputed): "full" keeps only the block's input, "dots" every matmul output,
 # "dots_no_batch" matmul outputs without batch dimensions (jax.checkpoint_policies).
@@ -46,7 +51,15 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 @dataclasses.dataclass(frozen=True)
 class _StackConfig(Config):
-    """Embedding + ``n_layers`` pre-norm residual blocks + final RMSNorm.
+    """Embedding + ``n_layers`` residual blocks + a final norm.
+
+    ``norm`` picks the normalization of every block and of the final norm (``NORMS``: "rms",
+    "layer", "batch"; BatchNorm's statistics skip padding, see :class:`ssm_jax.nn.BatchNorm`).
+    ``prenorm=True``: ``h = h + drop(mixer(norm(h)))`` and a final norm after the last block;
+    ``prenorm=False`` (post-norm): ``h = norm(h + drop(mixer(h)))`` and no final norm, the last
+    block's norm being the last operation (state-spaces/s4's ``SequenceResidualBlock`` and
+    ``SequenceModel``, which make the final norm an identity when ``prenorm`` is false).
+    The MLP branch (``d_intermediate > 0``) follows the same placement with ``norm2``.
 
     ``scan_layers=True`` runs the blocks as one ``jax.lax.scan`` over parameters stacked along a
     leading ``layers`` axis, so one block is compiled whatever the depth. A hybrid stack scans
@@ -69,6 +82,8 @@ class _StackConfig(Config):
     s4d: S4DConfig = S4DConfig()
     attention: AttentionConfig = AttentionConfig()
     d_intermediate: int = 0
+    norm: str = "rms"
+    prenorm: bool = True
     norm_eps: float = 1e-5
     pad_vocab_size_multiple: int = 8
     dtype: str = "float32"
@@ -91,6 +106,8 @@ class _StackConfig(Config):
                 _fail(cls, f"`layer_mixers` must have n_layers={self.n_layers} entries; got {len(self.layer_mixers)}")
             for m in self.layer_mixers:
                 _check_choice(cls, "layer_mixers[...]", m, MIXERS)
+        _check_choice(cls, "norm", self.norm, NORMS)
+        _bool(cls, self, "prenorm")
         _positive_float(cls, self, "norm_eps")
         _check_choice(cls, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _bool(cls, self, "scan_layers")
@@ -125,13 +142,18 @@ class _StackConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class LanguageModelConfig(_StackConfig):
-    """A causal language model. ``hydra``, bidirectional S4/S4D and non-causal attention are refused."""
+    """A causal language model. ``hydra``, bidirectional S4/S4D, non-causal attention and
+    ``norm="batch"`` are refused: each would let a position see later tokens (BatchNorm through
+    training statistics taken over the whole sequence)."""
 
     tie_embeddings: bool = True
 
     def __post_init__(self):
         super().__post_init__()
         _bool(type(self), self, "tie_embeddings")
+        if self.norm == "batch":
+            _fail(type(self), "`norm='batch'` is not causal: in training its statistics average over every position "
+                              "of the batch, later tokens included; a language model needs 'rms' or 'layer'")
         for m in set(self.mixers):
             if m == "hydra":
                 _fail(type(self), "mixer 'hydra' is bidirectional; a language model needs causal mixers")

@@ -58,12 +58,18 @@ def mixer_params(kind: str, config) -> int:
     return _mixer_params(kind, config)[0]
 
 
+def _norm_params(c) -> int:
+    """Parameters of one norm: RMSNorm's weight; LayerNorm's and BatchNorm's weight and bias (a
+    BatchNorm's running statistics are not parameters)."""
+    return c.d_model if c.norm == "rms" else 2 * c.d_model
+
+
 def _block_params(kind: str, c) -> tuple[int, int]:
     total, matmul = _mixer_params(kind, c)
-    total += c.d_model  # norm
+    total += _norm_params(c)
     if c.d_intermediate > 0:
         mlp = 3 * c.d_model * c.d_intermediate
-        total += c.d_model + mlp
+        total += _norm_params(c) + mlp
         matmul += mlp
     return total, matmul
 
@@ -72,7 +78,7 @@ def _counts(config) -> tuple[int, int]:
     """``(total parameters, matmul weights used per token incl. the output head)``."""
     c = config
     e, v = c.d_model, c.padded_vocab_size
-    total, matmul = v * e + e, 0  # embedding, norm_f
+    total, matmul = v * e + (_norm_params(c) if c.prenorm else 0), 0  # embedding, norm_f (none in post-norm)
     for kind in c.mixers:
         t, m = _block_params(kind, c)
         total += t

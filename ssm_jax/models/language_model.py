@@ -1,4 +1,4 @@
-"""Causal language model: embedding, residual blocks of any causal mixer, final RMSNorm, head."""
+"""Causal language model: embedding, residual blocks of any causal mixer, final norm, head."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_jax.models.blocks import Block
+from ssm_jax.models.blocks import Block, make_norm
 from ssm_jax.models.config import LanguageModelConfig
 from ssm_jax.models.stack import make_layers, run_layers, stacked_init_cache
 from ssm_jax.nn.linear import Dense, Embed
-from ssm_jax.nn.norms import RMSNorm
 from ssm_jax.nn.params import canonical_dtype
 from ssm_jax.ops._checks import Dims, check_int_array, check_token_ids, to_array
 
@@ -32,7 +31,8 @@ class LanguageModel(nnx.Module):
                                              with ``scan_layers``, ``layer_period`` blocks
                                              stacked on a leading ``layers`` axis
                                              (:mod:`ssm_jax.models.stack`)
-    norm_f         (e,)                      final RMSNorm
+    norm_f         (e,)                      final norm (``config.norm``); None in
+                                             post-norm (``prenorm=False``)
     lm_head        (e, v_pad)                only when ``tie_embeddings=False``
     ============== ========================= =====================================
 
@@ -52,7 +52,8 @@ class LanguageModel(nnx.Module):
         self.dtype = canonical_dtype("LanguageModel", c.dtype)
         self.embedding = Embed(c.padded_vocab_size, c.d_model, dtype=c.dtype, rngs=rngs)
         self.layers = make_layers(c, lambda kind: Block(kind, c, dtype=c.dtype, rngs=rngs))
-        self.norm_f = RMSNorm(c.d_model, eps=c.norm_eps, dtype=c.dtype)
+        # Post-norm ends with the last block's norm (state-spaces/s4's SequenceModel: no final norm).
+        self.norm_f = make_norm(c.norm, c.d_model, eps=c.norm_eps, dtype=c.dtype) if c.prenorm else None
         if c.tie_embeddings:
             self.lm_head = None
         else:
@@ -77,7 +78,7 @@ class LanguageModel(nnx.Module):
         With :meth:`features`, ``head(features(ids))`` is ``self(ids)``; apart, a loss on a few
         positions gathers their hidden states and pays for the vocabulary projection only there.
         """
-        x = self.norm_f(h)
+        x = h.astype(self.dtype) if self.norm_f is None else self.norm_f(h)
         # Logits accumulate and come back in float32 even when the compute dtype is bf16.
         f32 = jnp.float32
         logits = self.embedding.attend(x, preferred_element_type=f32) if self.lm_head is None else self.lm_head(x, preferred_element_type=f32)

@@ -186,6 +186,8 @@ def test_to_transformers_config_round_trips():
     (_lm(mixer="s4d"), r"mixers \['s4d'\] have no transformers model"),
     (_lm(layer_mixers=("mamba2", "attention")), r"mixers \['attention', 'mamba2'\] have no transformers model"),
     (_lm(mixer="mamba", d_intermediate=32), r"`d_intermediate`=32 is not supported"),
+    (_lm(mixer="mamba", norm="layer"), r"`norm`='layer', `prenorm`=True is not supported; .*pre-norm RMSNorm"),
+    (_lm(mixer="mamba2", mamba2=Mamba2Config(headdim=8), prenorm=False), r"`norm`='rms', `prenorm`=False is not supported"),
     (_lm(mamba2=Mamba2Config(headdim=8, norm_before_gate=True)), r"`mamba2.norm_before_gate`=True is not supported"),
     (_lm(mamba2=Mamba2Config(headdim=8, D_has_hdim=True)), r"`mamba2.D_has_hdim`=True is not supported"),
     (_lm(mamba2=Mamba2Config(headdim=8), norm_eps=1e-6), r"`mamba2.norm_eps`=1e-05 differs from `norm_eps`=1e-06"),

@@ -108,10 +108,15 @@ COUNT_CASES = [
     SequenceClassifierConfig(vocab_size=50, d_model=8, n_layers=2, layer_mixers=("s4", "attention"), num_classes=3,
                              dual_encoder=True, d_intermediate=8,
                              **{**SMALL, "s4": S4Config(d_state=4, bidirectional=True)}),
+    # LayerNorm / BatchNorm have a bias; post-norm has no final norm; running statistics are not parameters.
+    LanguageModelConfig(vocab_size=50, d_model=8, n_layers=2, mixer="mamba", d_intermediate=8, norm="layer", **SMALL),
+    SequenceClassifierConfig(vocab_size=50, d_model=8, n_layers=2, mixer="s4d", num_classes=3, d_intermediate=8,
+                             norm="batch", prenorm=False, **SMALL),
+    SequenceClassifierConfig(vocab_size=50, d_model=8, n_layers=1, mixer="s4d", num_classes=3, norm="batch", **SMALL),
 ]
 
 
-@pytest.mark.parametrize("cfg", COUNT_CASES, ids=lambda c: f"{type(c).__name__}-{'-'.join(c.mixers)}")
+@pytest.mark.parametrize("cfg", COUNT_CASES, ids=lambda c: f"{type(c).__name__}-{'-'.join(c.mixers)}-{c.norm}-{c.prenorm}")
 def test_param_count_equals_model(cfg):
     cls = LanguageModel if isinstance(cfg, LanguageModelConfig) else SequenceClassifier
     abstract = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
