@@ -1,7 +1,7 @@
 """Checkpoints of a run: the only module that talks to Orbax.
 
 ``DIR/checkpoints/<step>/`` holds two items: ``state`` (the train state pytree: step, parameters,
-optimizer state; restored straight onto the target shardings, so a run may resume on another
+optimizer state, the model's other state such as BatchNorm statistics; restored straight onto the target shardings, so a run may resume on another
 mesh) and ``data`` (each process's grain iterator position, one file per process). Saves are
 asynchronous; the newest ``keep`` checkpoints are kept, plus the best one by
 ``checkpoint.best_metric``.
@@ -26,8 +26,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 __all__ = [
-    "Checkpointer", "IncompatibleConfigError", "abstract_like", "check_config", "config_diff", "restore_params",
-    "write_config",
+    "Checkpointer", "IncompatibleConfigError", "abstract_like", "check_config", "config_diff", "restore_model_state",
+    "restore_params", "write_config",
 ]
 
 # Keys (dotted prefixes) that may change between a run and its resumption.
@@ -179,14 +179,25 @@ def restore_params(workdir: str, abstract_params: Any, *, step: int | None = Non
     """``(params, step)``: only the parameters of checkpoint ``step`` (default: the latest) of a run,
     as ``abstract_params`` (the ``{"ssm": ..., "other": ...}`` tree of abstract arrays, shardings
     optional) describes them; the optimizer state is not read."""
+    restored, step = restore_model_state(workdir, {"params": abstract_params}, step=step)
+    return restored["params"], step
+
+
+def restore_model_state(workdir: str, abstract: dict[str, Any], *, step: int | None = None) -> tuple[dict[str, Any], int]:
+    """``(state, step)``: the entries of the train state named by ``abstract`` -- ``"params"`` and,
+    for a model with running statistics, ``"rest"`` -- of checkpoint ``step`` (default: the
+    latest), as ``abstract``'s abstract arrays describe them (shardings optional). The optimizer
+    state is not read. An entry without arrays (the ``rest`` of a model without BatchNorm) is
+    returned as given."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
     try:
         step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
-            raise FileNotFoundError(f"restore_params: no checkpoint {step if step is not None else ''} in {directory}; "
-                                    f"there are {list(manager.all_steps())}")
-        target = {"params": abstract_params}
+            raise FileNotFoundError(f"restore_model_state: no checkpoint {step if step is not None else ''} in "
+                                    f"{directory}; there are {list(manager.all_steps())}")
+        # Orbax has nothing to match an empty subtree against: ask only for entries with arrays.
+        target = {k: v for k, v in abstract.items() if jax.tree.leaves(v)}
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
@@ -197,7 +208,7 @@ def restore_params(workdir: str, abstract_params: Any, *, step: int | None = Non
         )
     finally:
         manager.close()
-    return restored["state"]["params"], step
+    return {k: restored["state"][k] if k in target else v for k, v in abstract.items()}, step
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -11,8 +11,10 @@ Train state (a pytree; what a checkpoint holds)::
     step       ()    int32
     params     {"ssm": nnx.State of ssm_jax.nn.SSMParam, "other": nnx.State of other nnx.Param}
     opt_state  optax state over params
-    rest       nnx.State of the model's other non-RNG variables, carried unchanged (empty for
-               every ssm_jax model: none keeps running statistics)
+    rest       nnx.State of the model's other non-RNG variables (steps.REST): BatchNorm's
+               running statistics (nnx.BatchStat; empty for models without BatchNorm). Each
+               step stores what its train-mode forward left in the model; evaluation runs the
+               model in eval mode, which reads them; replicated over the mesh; checkpointed.
 
 The model's RNG streams are not trained or saved: every step re-derives them from
 ``(seed, step, microbatch)``, so dropout is reproducible across resumption.
@@ -133,6 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "other": parallel.logical_to_sharding(abs_other, mesh, rules),
         }
         rngs_shardings = jax.tree.map(lambda _: replicated, abs_rngs)
+        # Running statistics are small per-channel vectors that every device updates from the
+        # same (GSPMD-reduced) global batch statistics: replicated.
         rest_shardings = jax.tree.map(lambda _: replicated, abs_rest)
         tx, schedules = optim_lib.make_optimizer(_with_ssm_lr(config.optim, _ssm_lr(config, model_cfg)), total_steps)
         abs_opt = jax.eval_shape(tx.init, abs_params)
@@ -413,7 +417,8 @@ def _check_schedule(recorded: dict, config, start: int, workdir: str, *, say: bo
 
 def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
     """The model a run trained: ``(model, config, step)``, rebuilt from ``workdir/config.json`` with
-    the parameters of checkpoint ``step`` (default: the latest), in eval mode, on the default device."""
+    the parameters and running statistics (BatchNorm's, when it has any) of checkpoint ``step``
+    (default: the latest), in eval mode, on the default device."""
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     task = tasks.of(config.data)
@@ -422,9 +427,10 @@ def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml
     # A sharding in the target makes Orbax restore device arrays; without one it returns NumPy
     # arrays, which a scanned model then bakes into its compiled scan as constants.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), {"ssm": ssm, "other": other})
-    params, step = checkpointing.restore_params(workdir, abstract, step=step)
-    nnx.update(model, params["ssm"], params["other"])
+    target = {"params": {"ssm": ssm, "other": other}, "rest": steps_lib.rest_of(model)}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
+    restored, step = checkpointing.restore_model_state(workdir, abstract, step=step)
+    nnx.update(model, restored["params"]["ssm"], restored["params"]["other"], restored["rest"])
     model.eval()
     return model, config, step
 
