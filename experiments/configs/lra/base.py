@@ -6,16 +6,53 @@ One module per task (``listops.py``, ``text.py``, ``retrieval.py``, ``image.py``
     python -m experiments.run --config=experiments/configs/lra/listops.py:mixer=s4 \\
       --workdir=runs/lra/listops/s4 --config.data.manual_dir=/data/lra
 
-Hyperparameters. S4 and S4D use the updated S4 settings (state-spaces/s4
-``configs/experiment/lra/s4-*.yaml``; the S4D paper trains S4D-LegS with the same ones): layers,
-width, state size, dt range, dropout, batch size, AdamW learning rate and weight decay, the
-S4 parameters' own learning rate (``lr`` for A, B, dt; no weight decay on them), cosine
-schedule length and warmup. Two parts of those recipes have no counterpart in our models and
-are left out: BatchNorm (we use RMSNorm, pre-norm) and post-norm residuals on some tasks. The
-S5 settings (lindermanlab/S5 ``bin/run_experiments/run_lra_*.sh``) are listed in
+Hyperparameters. S4 and S4D use the updated S4 recipes, :data:`S4_PUBLISHED` (the S4D paper
+trains S4D-LegS with the same ones). Where each setting comes from, in state-spaces/s4:
+
+* ``configs/experiment/lra/s4-{listops,imdb,aan,cifar,pathfinder,pathx}.yaml`` (``model.*``,
+  ``loader.batch_size``, ``optimizer.*``, ``scheduler.*``, ``trainer.max_epochs``): depth
+  ``model.n_layers``, width ``model.d_model``, ``model.norm`` (BatchNorm on every task),
+  ``model.prenorm`` (post-norm on ListOps and Image, pre-norm elsewhere), dropout
+  ``model.dropout``, state size ``model.layer.d_state``, ``dt_min``/``dt_max``, the SSM
+  parameters' learning rate ``model.layer.lr``, batch size, AdamW ``lr`` and ``weight_decay``,
+  cosine schedule length and warmup, epochs. Bidirectional kernels (``layer.bidirectional``),
+  HiPPO-LegS init (``layer.init: legs``).
+* ``decoder.mode: pool`` there and in ``configs/pipeline/*.yaml`` (``use_lengths`` on the token
+  tasks): mean pooling over the valid positions -> our ``pooling="mean"`` with the padding mask.
+* ``configs/model/base.yaml`` / ``configs/model/layer/s4.yaml`` defaults: GELU activation and
+  a GLU output linear in each S4 layer (``activation``, ``final_act``; our ``S4Config``
+  defaults), ``norm`` eps 1e-5 and BatchNorm1d's momentum (``torch.nn.BatchNorm1d`` defaults).
+* ``configs/trainer/default.yaml``: ``gradient_clip_val: null`` -> ``optim.clip_norm = 0``
+  (no clipping); ``configs/config.yaml``: no weight decay on biases and norm parameters
+  (ours: decay only on matrices).
+
+Post-norm has no final norm (state-spaces/s4's ``SequenceModel``): see
+:class:`ssm_jax.models.SequenceClassifierConfig`. Our BatchNorm leaves padding out of its
+statistics; state-spaces/s4's ``nn.BatchNorm1d`` counts padded positions (it has no mask).
+
+Not expressible yet, so not followed (each a difference from the published runs):
+
+* the S4 kernel's ``dt_transform: softplus`` (``configs/model/layer/s4.yaml``); our S4/S4D
+  parametrize ``dt = exp(log_dt)`` (the "exp" transform of the original S4 runs);
+* ``n_ssm: 1`` on ListOps, Text, Retrieval and Image (A, B, P tied across channels; only dt, C, D
+  per channel); ours always has one SSM per channel (their ``n_ssm: null``, as on Pathfinder);
+* hyperparameters per SSM parameter (``Kernel.register`` in ``src/models/sequence/kernels``):
+  ListOps, Text and Retrieval (``layer.lr: {dt: null, A: 0.001, B: 0.001}``) train A, B, P at
+  0.001 and dt at the global lr, C at the global lr; Image, Pathfinder and Path-X
+  (``layer.lr: 0.001``) train dt, A, B, P and C at 0.001; everywhere dt, A, B, P have no weight
+  decay while C and D (``FFTConv.D``, global lr) have the optimizer's. Our trainer gives
+  ``optim.ssm_lr`` (0.001) and no weight decay to every :class:`ssm_jax.nn.SSMParam` (dt, A, B,
+  P, C, D) alike;
+* ``model.tie_dropout: true``: one dropout mask per channel for the whole sequence (it matters
+  on Image, dropout 0.1); ours drops each element independently;
+* the pixel tasks' real-valued linear encoder (see below).
+
+The S5 settings (lindermanlab/S5 ``bin/run_experiments/run_lra_*.sh``) are listed in
 :data:`S5_PUBLISHED` for reference. Mamba, Mamba-2 and Hydra have no published LRA recipe; their
 configs keep the task's S4 backbone (depth, width, batch, schedule, learning rates) and the
 mixers' default state sizes, so they are comparisons at equal depth and width, not tuned results.
+The S4 block design (``norm``, ``prenorm``) and the unclipped gradients are S4's and apply to
+S4/S4D only; the other mixers keep their own pre-norm RMSNorm blocks and global-norm clipping at 1.
 
 Token inputs: ListOps' 16-id vocabulary, bytes (257 ids) for Text and Retrieval, pixel values
 (256 ids) for Image and Pathfinder -- LRA's tokenized setting. (S4/S5 feed the pixels of Image
@@ -28,21 +65,31 @@ from experiments.configs import common
 
 MIXERS = ("s4", "s4d", "mamba", "mamba2", "hydra")
 
-# state-spaces/s4 configs/experiment/lra/s4-{listops,imdb,aan,cifar,pathfinder,pathx}.yaml
+# state-spaces/s4 configs/experiment/lra/s4-<file>.yaml, one entry per task (`file` names it).
 S4_PUBLISHED = {
-    "listops": dict(n_layers=6, d_model=256, d_state=4, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=32,
-                    lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=120_000, warmup_steps=12_000, epochs=40),
-    "text": dict(n_layers=6, d_model=256, d_state=4, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=16,
-                 lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=50_000, warmup_steps=5_000, epochs=32),
-    "retrieval": dict(n_layers=6, d_model=256, d_state=4, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=64,
-                      lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=50_000, warmup_steps=5_000, epochs=20),
-    "image": dict(n_layers=6, d_model=512, d_state=64, dt_min=1e-3, dt_max=0.1, dropout=0.1, batch_size=50,
-                  lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=180_000, warmup_steps=18_000, epochs=200),
-    "pathfinder": dict(n_layers=6, d_model=256, d_state=64, dt_min=1e-3, dt_max=0.1, dropout=0.0, batch_size=64,
-                       lr=0.004, ssm_lr=1e-3, weight_decay=0.05, total_steps=500_000, warmup_steps=50_000, epochs=200),
-    "pathx": dict(n_layers=6, d_model=256, d_state=64, dt_min=1e-4, dt_max=0.1, dropout=0.0, batch_size=16,
-                  lr=0.001, ssm_lr=1e-3, weight_decay=0.05, total_steps=500_000, warmup_steps=50_000, epochs=50),
+    "listops": dict(file="listops", n_layers=6, d_model=256, norm="batch", prenorm=False, d_state=4, dt_min=1e-3,
+                    dt_max=0.1, dropout=0.0, batch_size=32, lr=0.01, ssm_lr=1e-3, weight_decay=0.05,
+                    total_steps=120_000, warmup_steps=12_000, epochs=40),
+    "text": dict(file="imdb", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=4, dt_min=1e-3, dt_max=0.1,
+                 dropout=0.0, batch_size=16, lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=50_000,
+                 warmup_steps=5_000, epochs=32),
+    "retrieval": dict(file="aan", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=4, dt_min=1e-3,
+                      dt_max=0.1, dropout=0.0, batch_size=64, lr=0.01, ssm_lr=1e-3, weight_decay=0.05,
+                      total_steps=50_000, warmup_steps=5_000, epochs=20),
+    "image": dict(file="cifar", n_layers=6, d_model=512, norm="batch", prenorm=False, d_state=64, dt_min=1e-3,
+                  dt_max=0.1, dropout=0.1, batch_size=50, lr=0.01, ssm_lr=1e-3, weight_decay=0.05,
+                  total_steps=180_000, warmup_steps=18_000, epochs=200),
+    "pathfinder": dict(file="pathfinder", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=64, dt_min=1e-3,
+                       dt_max=0.1, dropout=0.0, batch_size=64, lr=0.004, ssm_lr=1e-3, weight_decay=0.05,
+                       total_steps=500_000, warmup_steps=50_000, epochs=200),
+    "pathx": dict(file="pathx", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=64, dt_min=1e-4,
+                  dt_max=0.1, dropout=0.0, batch_size=16, lr=0.001, ssm_lr=1e-3, weight_decay=0.05,
+                  total_steps=500_000, warmup_steps=50_000, epochs=50),
 }
+# Every recipe: decoder.mode pool (configs/experiment/lra/s4-*.yaml, configs/pipeline/*.yaml) and
+# no gradient clipping (configs/trainer/default.yaml, gradient_clip_val: null).
+S4_POOLING = "mean"
+S4_CLIP_NORM = 0.0
 
 # lindermanlab/S5 bin/run_experiments/run_lra_*.sh (global lr = lr_factor * ssm_lr_base).
 S5_PUBLISHED = {
@@ -99,6 +146,12 @@ def mixer_fields(mixer: str, p: dict, *, smoke: bool = False) -> dict:
     raise ValueError(f"LRA configs: mixer must be one of {MIXERS}; got {mixer!r}")
 
 
+def block_fields(mixer: str, p: dict) -> dict:
+    """The ``model_config`` keywords of the residual blocks: S4's ``norm``/``prenorm`` for S4 and
+    S4D; nothing (pre-norm RMSNorm, the model default) for the other mixers."""
+    return dict(norm=p["norm"], prenorm=p["prenorm"]) if mixer in ("s4", "s4d") else {}
+
+
 def docstring_results(task: str) -> str:
     a = ACCURACY[task]
     return f"S4 {a['s4']:.2f}, S4D-LegS {a['s4d']:.2f}, S5 {a['s5']:.2f}"
@@ -149,11 +202,14 @@ def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extr
         num_classes=info["num_classes"],
         d_model=p["d_model"],
         n_layers=p["n_layers"],
-        pooling="mean",
+        pooling=S4_POOLING,
         dual_encoder=task == "retrieval",
         dropout=p["dropout"],
+        **block_fields(a.mixer, p),
         **mixer_fields(a.mixer, p),
     )
+    if a.mixer in ("s4", "s4d"):
+        c.optim.clip_norm = S4_CLIP_NORM
     c.optim.lr = p["lr"]
     c.optim.ssm_lr = p["ssm_lr"]
     c.optim.weight_decay = p["weight_decay"]
@@ -175,8 +231,8 @@ def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extr
         small = dict(p, d_model=16, n_layers=1)
         c.model = common.model_config(
             "classifier", mixer=a.mixer, vocab_size=info["vocab_size"], num_classes=info["num_classes"],
-            d_model=16, n_layers=1, pooling="mean", dual_encoder=task == "retrieval", dropout=0.0,
-            **mixer_fields(a.mixer, small, smoke=True),
+            d_model=16, n_layers=1, pooling=S4_POOLING, dual_encoder=task == "retrieval", dropout=0.0,
+            **block_fields(a.mixer, small), **mixer_fields(a.mixer, small, smoke=True),
         )
         common.smoke_schedule(c)
     return c.lock()

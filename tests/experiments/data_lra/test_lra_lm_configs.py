@@ -16,6 +16,9 @@ from ssm_jax.models.counting import param_count
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 LM_ARCHS = ("mamba", "mamba2", "s4d", "transformer", "hybrid")
+# state-spaces/s4 configs/experiment/lra/s4-*.yaml: model.norm is batch everywhere; model.prenorm
+# is false on ListOps and CIFAR only.
+S4_PRENORM = {"listops": False, "text": True, "retrieval": True, "image": False, "pathfinder": True, "pathx": True}
 LM_MILLIONS = {"mamba": 129.2, "mamba2": 129.0, "s4d": 123.3, "transformer": 123.6, "hybrid": 123.4}  # the docstring's
 
 
@@ -33,10 +36,18 @@ def test_lra_full_configs_validate(task):
         assert (cfg.d_model, cfg.n_layers) == (p["d_model"], p["n_layers"])
         assert c.data.batch_size == p["batch_size"] and c.optim.lr == p["lr"] and c.total_steps == p["total_steps"]
         assert cfg.dual_encoder == (task == "retrieval")
+        assert cfg.pooling == "mean" and cfg.dropout == p["dropout"]
         if mixer in ("s4", "s4d"):
             sub = cfg.mixer_config(mixer)
             assert sub.d_state == p["d_state"] and sub.bidirectional and sub.lr == p["ssm_lr"]
+            assert (cfg.norm, cfg.prenorm) == ("batch", S4_PRENORM[task]) and c.optim.clip_norm == 0.0
+            assert (sub.activation, sub.postact) == ("gelu", "glu")
+            smoke = SequenceClassifierConfig.from_dict(module.get_config(f"mixer={mixer},smoke").model.to_dict())
+            assert (smoke.norm, smoke.prenorm) == (cfg.norm, cfg.prenorm)  # smoke runs the same block design
+        else:  # their own blocks: pre-norm RMSNorm, clipped
+            assert (cfg.norm, cfg.prenorm) == ("rms", True) and c.optim.clip_norm == 1.0
     assert "S4D-LegS" in module.__doc__ and "python -m experiments.run" in module.__doc__
+    assert f"configs/experiment/lra/s4-{p['file']}.yaml" in module.__doc__  # the docstring names its source
     with pytest.raises(ValueError, match="mixer must be one of"):
         module.get_config("mixer=rnn")
 
