@@ -5,6 +5,11 @@ Runs the LRA ListOps smoke config with S4 and its recipe's post-norm BatchNorm."
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +19,7 @@ from flax import nnx
 from experiments import tasks, train
 from experiments.configs.lra import listops
 from experiments.data import registry
-from tests.experiments.conftest import losses
+from tests.experiments.conftest import REPO, losses
 from tests.numerics import assert_close
 
 
@@ -69,8 +74,7 @@ def test_a_train_step_stores_the_forwards_statistics_and_evaluation_reads_them(d
     # What the step's forward leaves in the model: the initial model's train-mode forward on batch 1.
     task, model = _fresh_model(c)
     init = _stats(model)
-    batch = _first_batch(c)
-    sums = nnx.jit(task.sums, static_argnums=2)(model, batch, c.model.num_classes)
+    sums = nnx.jit(task.sums, static_argnums=2)(model, _first_batch(c), c.model.num_classes)
     expected = _stats(model)
     assert all(not np.allclose(expected[p], init[p]) for p in init)
     np.testing.assert_allclose(losses(w)[1], float(sums["loss_sum"] / sums["weight_sum"]), rtol=1e-5)
@@ -87,6 +91,31 @@ def test_a_train_step_stores_the_forwards_statistics_and_evaluation_reads_them(d
     restored.train()  # the same parameters with the batch's own statistics give another loss
     sums = nnx.jit(task.sums, static_argnums=2)(restored, val, c.model.num_classes)
     assert abs(metrics["validation/loss"] - float(sums["loss_sum"] / sums["weight_sum"])) > 1e-4
+
+
+def _expected_first_step_stats(c) -> dict:
+    """The statistics the initial model's train-mode forward on the first batch leaves (one device)."""
+    task, model = _fresh_model(c)
+    nnx.jit(task.sums, static_argnums=2)(model, _first_batch(c), c.model.num_classes)
+    return _stats(model)
+
+
+@pytest.mark.slow
+def test_a_data_parallel_step_averages_over_the_global_batch(data_dir, tmp_path):
+    """On 2 devices (the batch split over `data`) the statistics are those of the whole batch, as
+    on one device, not of each device's half: GSPMD reduces them, and `rest` stays replicated."""
+    w = str(tmp_path / "run")
+    config = os.path.join(REPO, "experiments", "configs", "lra", "listops.py")
+    cmd = [sys.executable, "-m", "experiments.run", f"--config={config}:mixer=s4,smoke", f"--workdir={w}",
+           "--config.mesh.data=2", f"--config.data.data_dir={data_dir}", "--config.total_steps=1",
+           "--config.progress_bar=False"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert json.load(open(os.path.join(w, "run_info.json")))["mesh"]["data"] == 2
+    c = _config(data_dir, total_steps=1)
+    restored, _, _ = train.load_model(w)
+    _assert_stats_close(_stats(restored), _expected_first_step_stats(c), "statistics on 2 devices")
 
 
 def test_microbatches_update_the_statistics_one_after_the_other(data_dir, tmp_path):
