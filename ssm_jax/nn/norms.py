@@ -79,10 +79,11 @@ class BatchNorm(nnx.Module):
     * Eval mode (``use_running_average=True``; ``model.eval()``): normalized with the running
       averages, a fixed affine map per channel, so no position depends on another.
 
-    ``nnx.BatchNorm`` (flax 0.12.10) takes a ``mask`` too, but averages the empty set of a batch
-    without valid positions to NaN and updates the running variance with the biased one; this
-    module keeps its call convention (``use_running_average`` attribute and call argument,
-    ``nnx.view``) and its variable names ``mean``, ``var`` (``nnx.BatchStat``, float32).
+    Not ``nnx.BatchNorm`` (flax 0.12.10), though it takes a ``mask`` too: there a batch without
+    valid positions averages to NaN, the running variance is the biased one, the default variance
+    is the one-pass ``E[x²] - E[x]²`` and the parameters carry no logical axis names. This module
+    keeps its switch (``use_running_average`` attribute and call argument, ``nnx.view``) and its
+    variable names ``mean``, ``var`` (``nnx.BatchStat``, float32).
 
     ============ ====== =========================================
     weight       (dim,) ``nnx.Param``, ones
