@@ -9,7 +9,8 @@ asynchronous; the newest ``keep`` checkpoints are kept, plus the best one by
 ``DIR/config.json`` records the config of the run. Resuming with a config that differs in a key
 that changes the computation (model, data, optimizer, seed) raises :class:`IncompatibleConfigError`
 naming the keys; keys that only change logging, evaluation, checkpointing or the mesh may
-differ. ``total_steps`` may differ too, but the trainer refuses a change that moves the learning
+differ; a key added to the configs since the run was recorded (``ADDED_KEYS``) resumes only at
+the value that means what the code did before. ``total_steps`` may differ too, but the trainer refuses a change that moves the learning
 rate schedule of the remaining steps unless ``allow_schedule_change=True``.
 """
 
@@ -65,9 +66,20 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+# Keys added to the configs after runs were recorded without them, with the value that computes
+# what the code did before the key existed: a recorded run lacking the key resumes under this
+# value, and only under it.
+ADDED_KEYS = {
+    "model.norm": "rms",  # the blocks' norm choice (pre-norm RMSNorm was the only one)
+    "model.prenorm": True,
+}
+
+
 def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """Keys outside RESUMABLE_KEYS whose values differ: ``{key: (old, new)}``."""
+    """Keys outside RESUMABLE_KEYS whose values differ: ``{key: (old, new)}``. A key of
+    :data:`ADDED_KEYS` absent from ``old`` counts as its listed value."""
     a, b = _flatten(_jsonable(old)), _flatten(_jsonable(new))
+    a = {**{k: v for k, v in ADDED_KEYS.items() if k not in a and k in b}, **a}
     out = {}
     for key in sorted(set(a) | set(b)):
         if any(key == p or key.startswith(p + ".") for p in RESUMABLE_KEYS):

@@ -260,6 +260,14 @@ def test_config_diff_names_only_keys_that_matter():
     assert checkpointing.config_diff(old, new) == {"seed": (0, 1)}
 
 
+def test_config_recorded_before_a_key_existed_resumes_only_under_its_old_meaning():
+    new = tiny_config().to_dict()
+    old = {**new, "model": {k: v for k, v in new["model"].items() if k not in ("norm", "prenorm")}}
+    assert checkpointing.config_diff(old, new) == {}
+    post = {**new, "model": {**new["model"], "prenorm": False, "norm": "layer"}}
+    assert checkpointing.config_diff(old, post) == {"model.norm": ("rms", "layer"), "model.prenorm": (True, False)}
+
+
 def test_load_model_reproduces_the_trainers_evaluation(tiny, tiny_reference):
     import jax.numpy as jnp
 
