@@ -85,6 +85,17 @@ def check_experiment(config) -> tasks.Task:
     for key in ("weight_decay", "ssm_weight_decay", "clip_norm"):
         _float(f"optim.{key}", o[key], allowed="a float >= 0" + (" (0: no clipping)" if key == "clip_norm" else ""))
     _int("optim.grad_accum_steps", o.grad_accum_steps, minimum=1, allowed="a positive int")
+    roles = sorted(set(optim_lib.SSM_ROLES.values()))
+    for role, hp in (o.get("ssm_param_groups") or {}).items():
+        k = f"optim.ssm_param_groups.{role}"
+        if role not in roles:
+            _fail("optim.ssm_param_groups", role, f"keyed by roles among {roles}")
+        if not hasattr(hp, "keys") or set(hp.keys()) - {"lr", "weight_decay"}:
+            _fail(k, hp, "a dict with keys lr and/or weight_decay")
+        if hp.get("lr") is not None:
+            _float(f"{k}.lr", hp["lr"], lo_open=True, allowed="None (optim.lr) or a positive float")
+        if hp.get("weight_decay") is not None:
+            _float(f"{k}.weight_decay", hp["weight_decay"], allowed="None (optim.weight_decay) or a float >= 0")
 
     e = config.eval
     splits = tuple(e.splits)

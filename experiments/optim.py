@@ -7,6 +7,12 @@ AdamW instances: ``optim.ssm_lr`` (default ``optim.lr``) and ``optim.ssm_weight_
 0) for A / dt / D / B / C of the SSMs, as S4 (Sec. 4) and Mamba (App. E) train them. Weight decay
 applies only to matrices (ndim >= 2); biases, norm scales and other vectors are not decayed
 (the GPT-3 recipe Mamba follows). Clipping is over the global norm of both groups together.
+
+``optim.ssm_param_groups`` refines the SSM group by the parameter's role in the SSM
+(:data:`SSM_ROLES`: ``dt``, ``A``, ``B``, ``C``, ``D``), each with its own ``lr`` and
+``weight_decay`` (None: the global ``optim.lr`` / ``optim.weight_decay``), as state-spaces/s4
+registers each kernel parameter with its own hyperparameters (``Kernel.register``); roles it does
+not list keep ``optim.ssm_lr`` / ``optim.ssm_weight_decay``.
 """
 
 from __future__ import annotations
@@ -15,10 +21,32 @@ import jax
 import numpy as np
 import optax
 
-__all__ = ["SCHEDULES", "make_optimizer", "make_schedule", "opt_state_shardings", "schedule_change"]
+__all__ = ["SCHEDULES", "SSM_ROLES", "make_optimizer", "make_schedule", "opt_state_shardings", "schedule_change", "ssm_role"]
 
 
 SCHEDULES = ("cosine", "constant")
+
+# The role in the SSM of each ssm_jax.nn.SSMParam, by attribute name ("<parent>.<name>" first):
+# S4/S4D's kernel parameters, Mamba's and Mamba-2's. The low-rank P follows A, as in
+# state-spaces/s4 (registered with A's hyperparameters).
+SSM_ROLES = {
+    "log_dt": "dt", "dt_bias": "dt", "dt_proj.bias": "dt",
+    "log_A_real": "A", "A_imag": "A", "A_log": "A", "P": "A",
+    "B": "B", "C": "C", "D": "D",
+}
+
+
+def ssm_role(path) -> str:
+    """The role (a value of :data:`SSM_ROLES`) of the SSM parameter at key ``path``; raises naming it."""
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    names = [n for n in names if n != "value"]
+    for key in (".".join(names[-2:]), names[-1] if names else ""):
+        if key in SSM_ROLES:
+            return SSM_ROLES[key]
+    raise ValueError(
+        f"optim.ssm_param_groups: the SSM parameter {'.'.join(names)!r} has no role in experiments.optim.SSM_ROLES "
+        f"(known: {sorted(SSM_ROLES)}); add it there"
+    )
 
 
 def make_schedule(optim, total_steps: int, peak: float) -> optax.Schedule:
@@ -59,18 +87,29 @@ def _adamw(optim, schedule, weight_decay: float) -> optax.GradientTransformation
 
 
 def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
-    """The transform over ``{"ssm": params, "other": params}`` and the two lr schedules (for logging)."""
+    """The transform over ``{"ssm": params, "other": params}`` and the lr schedules (for logging):
+    ``"other"``, ``"ssm"``, and ``"ssm_<role>"`` for each role of ``optim.ssm_param_groups``."""
     lr = float(optim.lr)
     ssm_lr = lr if optim.ssm_lr is None else float(optim.ssm_lr)
     schedules = {"other": make_schedule(optim, total_steps, lr), "ssm": make_schedule(optim, total_steps, ssm_lr)}
-    groups = optax.multi_transform(
-        {
-            "other": _adamw(optim, schedules["other"], float(optim.weight_decay)),
-            "ssm": _adamw(optim, schedules["ssm"], float(optim.ssm_weight_decay)),
-        },
-        {"other": "other", "ssm": "ssm"},
-    )
-    parts = [groups]
+    transforms = {
+        "other": _adamw(optim, schedules["other"], float(optim.weight_decay)),
+        "ssm": _adamw(optim, schedules["ssm"], float(optim.ssm_weight_decay)),
+    }
+    groups = dict(optim.get("ssm_param_groups") or {})
+    for role, hp in groups.items():
+        role_lr = lr if hp.get("lr") is None else float(hp["lr"])
+        wd = float(optim.weight_decay) if hp.get("weight_decay") is None else float(hp["weight_decay"])
+        schedules[f"ssm_{role}"] = make_schedule(optim, total_steps, role_lr)
+        transforms[f"ssm_{role}"] = _adamw(optim, schedules[f"ssm_{role}"], wd)
+
+    def labels(params):
+        ssm = jax.tree_util.tree_map_with_path(
+            lambda path, _: f"ssm_{r}" if (r := ssm_role(path)) in groups else "ssm", params["ssm"]
+        ) if groups else jax.tree.map(lambda _: "ssm", params["ssm"])
+        return {"ssm": ssm, "other": jax.tree.map(lambda _: "other", params["other"])}
+
+    parts = [optax.multi_transform(transforms, labels if groups else {"other": "other", "ssm": "ssm"})]
     if optim.clip_norm and float(optim.clip_norm) > 0:
         parts.insert(0, optax.clip_by_global_norm(float(optim.clip_norm)))
     return optax.chain(*parts), schedules

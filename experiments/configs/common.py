@@ -36,6 +36,9 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
                                  both after a linear warmup
     optim.ssm_lr          float|None  lr of ssm_jax.nn.SSMParam params (None: optim.lr)
     optim.ssm_weight_decay float  (0: SSM parameters are not decayed)
+    optim.ssm_param_groups dict   role (dt|A|B|C|D) -> {lr, weight_decay} for the SSM
+                                 parameters of that role (None: optim.lr / optim.weight_decay);
+                                 unlisted roles keep ssm_lr / ssm_weight_decay
     optim.grad_accum_steps int   microbatches per step (scan over data.batch_size / n each)
     eval.splits           tuple  dataset splits evaluated every eval_every steps
     eval.batch_size       int    global eval batch
@@ -105,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
             eps=1e-8,
             weight_decay=0.1,
             ssm_weight_decay=0.0,
+            ssm_param_groups=ml_collections.ConfigDict(),
             clip_norm=1.0,
             grad_accum_steps=1,
         )

@@ -100,6 +100,51 @@ def test_ssm_parameters_get_their_own_lr_and_no_weight_decay():
         np.testing.assert_allclose(v, -0.01, rtol=1e-4)
 
 
+class _S4Toy(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.ones((2, 3)))
+        self.log_dt = SSMParam(jnp.ones((3,)))
+        self.log_A_real = SSMParam(jnp.ones((2, 3)))
+        self.B = SSMParam(jnp.ones((2, 3)))
+        self.C = SSMParam(jnp.ones((2, 3)))
+        self.D = SSMParam(jnp.ones((3,)))
+
+
+def test_ssm_param_groups_give_each_role_its_lr_and_weight_decay():
+    # A unit gradient on unit parameters: Adam's first step is -lr * (1 + wd) on decayed matrices,
+    # -lr elsewhere. Listed roles take their own values (None: the global ones); B is unlisted and
+    # keeps ssm_lr / ssm_weight_decay.
+    cfg = _optim(lr=0.1, weight_decay=0.5, ssm_lr=0.01, ssm_weight_decay=0.0)
+    cfg.ssm_param_groups = dict(dt=dict(lr=0.5, weight_decay=0.0), A=dict(lr=0.2, weight_decay=0.0),
+                                C=dict(lr=None, weight_decay=None), D=dict(lr=None, weight_decay=None))
+    _, ssm, other = nnx.split(_S4Toy(), SSMParam, nnx.Param)
+    params = {"ssm": ssm, "other": other}
+    tx, schedules = optim.make_optimizer(cfg, total_steps=10)
+    assert set(schedules) == {"other", "ssm", "ssm_dt", "ssm_A", "ssm_C", "ssm_D"}
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    want = {"w": -0.15, "log_dt": -0.5, "log_A_real": -0.2, "B": -0.01, "C": -0.15, "D": -0.1}
+    got = {str(path[-2].key): np.asarray(v) for group in updates.values()
+           for path, v in jax.tree_util.tree_flatten_with_path(group)[0]}
+    assert set(got) == set(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, err_msg=name)
+
+
+def test_ssm_param_groups_refuse_a_parameter_without_a_role():
+    class Odd(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones((2, 3)))
+            self.theta = SSMParam(jnp.ones((3,)))
+
+    cfg = _optim()
+    cfg.ssm_param_groups = dict(A=dict(lr=0.2, weight_decay=0.0))
+    _, ssm, other = nnx.split(Odd(), SSMParam, nnx.Param)
+    tx, _ = optim.make_optimizer(cfg, total_steps=10)
+    with pytest.raises(ValueError, match=r"SSM parameter 'theta' has no role"):
+        tx.init({"ssm": ssm, "other": other})
+
+
 def test_schedule_warmup_then_cosine():
     cfg = ml_collections.ConfigDict(dict(warmup_steps=10, min_lr_ratio=0.1))
     s = optim.make_schedule(cfg, total_steps=110, peak=2.0)

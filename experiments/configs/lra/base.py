@@ -30,19 +30,18 @@ Post-norm has no final norm (state-spaces/s4's ``SequenceModel``): see
 :class:`ssm_jax.models.SequenceClassifierConfig`. Our BatchNorm leaves padding out of its
 statistics; state-spaces/s4's ``nn.BatchNorm1d`` counts padded positions (it has no mask).
 
-Not expressible yet, so not followed (each a difference from the published runs):
+Not expressible yet, so not followed (each a difference from the published runs), except where said:
 
 * the S4 kernel's ``dt_transform: softplus`` (``configs/model/layer/s4.yaml``); our S4/S4D
   parametrize ``dt = exp(log_dt)`` (the "exp" transform of the original S4 runs);
 * ``n_ssm: 1`` on ListOps, Text, Retrieval and Image (A, B, P tied across channels; only dt, C, D
   per channel); ours always has one SSM per channel (their ``n_ssm: null``, as on Pathfinder);
-* hyperparameters per SSM parameter (``Kernel.register`` in ``src/models/sequence/kernels``):
-  ListOps, Text and Retrieval (``layer.lr: {dt: null, A: 0.001, B: 0.001}``) train A, B, P at
-  0.001 and dt at the global lr, C at the global lr; Image, Pathfinder and Path-X
-  (``layer.lr: 0.001``) train dt, A, B, P and C at 0.001; everywhere dt, A, B, P have no weight
-  decay while C and D (``FFTConv.D``, global lr) have the optimizer's. Our trainer gives
-  ``optim.ssm_lr`` (0.001) and no weight decay to every :class:`ssm_jax.nn.SSMParam` (dt, A, B,
-  P, C, D) alike;
+* hyperparameters per SSM parameter (``Kernel.register`` in ``src/models/sequence/kernels``)
+  are followed (:func:`s4_param_groups`, ``optim.ssm_param_groups``): ListOps, Text and Retrieval
+  (``layer.lr: {dt: null, A: 0.001, B: 0.001}``) train A, B, P at 0.001 and dt, C at the global
+  lr; Image, Pathfinder and Path-X (``layer.lr: 0.001``) train dt, A, B, P and C at 0.001; dt, A,
+  B, P have no weight decay, C and D the optimizer's. One difference stays: our weight decay
+  applies to matrices only, so D (a vector) is not decayed;
 * ``model.tie_dropout: true``: one dropout mask per channel for the whole sequence (it matters
   on Image, dropout 0.1); ours drops each element independently;
 * the pixel tasks' real-valued linear encoder (see below).
@@ -68,27 +67,38 @@ MIXERS = ("s4", "s4d", "mamba", "mamba2", "hydra")
 # state-spaces/s4 configs/experiment/lra/s4-<file>.yaml, one entry per task (`file` names it).
 S4_PUBLISHED = {
     "listops": dict(file="listops", n_layers=6, d_model=256, norm="batch", prenorm=False, d_state=4, dt_min=1e-3,
-                    dt_max=0.1, dropout=0.0, batch_size=32, lr=0.01, ssm_lr=1e-3, weight_decay=0.05,
-                    total_steps=120_000, warmup_steps=12_000, epochs=40),
+                    dt_max=0.1, dropout=0.0, batch_size=32, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("A", "B"),
+                    weight_decay=0.05, total_steps=120_000, warmup_steps=12_000, epochs=40),
     "text": dict(file="imdb", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=4, dt_min=1e-3, dt_max=0.1,
-                 dropout=0.0, batch_size=16, lr=0.01, ssm_lr=1e-3, weight_decay=0.05, total_steps=50_000,
+                 dropout=0.0, batch_size=16, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("A", "B"), weight_decay=0.05, total_steps=50_000,
                  warmup_steps=5_000, epochs=32),
     "retrieval": dict(file="aan", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=4, dt_min=1e-3,
-                      dt_max=0.1, dropout=0.0, batch_size=64, lr=0.01, ssm_lr=1e-3, weight_decay=0.05,
-                      total_steps=50_000, warmup_steps=5_000, epochs=20),
+                      dt_max=0.1, dropout=0.0, batch_size=64, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("A", "B"),
+                      weight_decay=0.05, total_steps=50_000, warmup_steps=5_000, epochs=20),
     "image": dict(file="cifar", n_layers=6, d_model=512, norm="batch", prenorm=False, d_state=64, dt_min=1e-3,
-                  dt_max=0.1, dropout=0.1, batch_size=50, lr=0.01, ssm_lr=1e-3, weight_decay=0.05,
+                  dt_max=0.1, dropout=0.1, batch_size=50, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("dt", "A", "B", "C"), weight_decay=0.05,
                   total_steps=180_000, warmup_steps=18_000, epochs=200),
     "pathfinder": dict(file="pathfinder", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=64, dt_min=1e-3,
-                       dt_max=0.1, dropout=0.0, batch_size=64, lr=0.004, ssm_lr=1e-3, weight_decay=0.05,
+                       dt_max=0.1, dropout=0.0, batch_size=64, lr=0.004, ssm_lr=1e-3, ssm_lr_roles=("dt", "A", "B", "C"),
+                       weight_decay=0.05,
                        total_steps=500_000, warmup_steps=50_000, epochs=200),
     "pathx": dict(file="pathx", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=64, dt_min=1e-4,
-                  dt_max=0.1, dropout=0.0, batch_size=16, lr=0.001, ssm_lr=1e-3, weight_decay=0.05,
+                  dt_max=0.1, dropout=0.0, batch_size=16, lr=0.001, ssm_lr=1e-3, ssm_lr_roles=("dt", "A", "B", "C"), weight_decay=0.05,
                   total_steps=500_000, warmup_steps=50_000, epochs=50),
 }
 # Every recipe: decoder.mode pool (configs/experiment/lra/s4-*.yaml, configs/pipeline/*.yaml) and
 # no gradient clipping (configs/trainer/default.yaml, gradient_clip_val: null).
 S4_POOLING = "mean"
+
+
+def s4_param_groups(p: dict) -> dict:
+    """``optim.ssm_param_groups`` of an S4/S4D recipe: state-spaces/s4's ``Kernel.register`` gives
+    ``layer.lr`` to the roles it names (``ssm_lr_roles``: a dict ``{dt: null, A: .., B: ..}`` names A
+    and B; a number names dt, A, B and C), the global lr to the rest; no weight decay on dt, A, B
+    (and P, with A), the optimizer's on C and D (``FFTConv.D`` is a plain parameter)."""
+    return {role: dict(lr=p["ssm_lr"] if role in p["ssm_lr_roles"] else None,
+                       weight_decay=0.0 if role in ("dt", "A", "B") else None)
+            for role in ("dt", "A", "B", "C", "D")}
 S4_CLIP_NORM = 0.0
 
 # lindermanlab/S5 bin/run_experiments/run_lra_*.sh (global lr = lr_factor * ssm_lr_base).
@@ -213,6 +223,8 @@ def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extr
     c.optim.lr = p["lr"]
     c.optim.ssm_lr = p["ssm_lr"]
     c.optim.weight_decay = p["weight_decay"]
+    if a.mixer in ("s4", "s4d"):
+        c.optim.ssm_param_groups = s4_param_groups(p)
     c.optim.ssm_weight_decay = 0.0
     c.optim.warmup_steps = p["warmup_steps"]
     c.optim.min_lr_ratio = 0.0

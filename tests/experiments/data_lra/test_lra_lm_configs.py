@@ -42,10 +42,19 @@ def test_lra_full_configs_validate(task):
             assert sub.d_state == p["d_state"] and sub.bidirectional and sub.lr == p["ssm_lr"]
             assert (cfg.norm, cfg.prenorm) == ("batch", S4_PRENORM[task]) and c.optim.clip_norm == 0.0
             assert (sub.activation, sub.postact) == ("gelu", "glu")
+            # state-spaces/s4's layer.lr: {dt: null, A, B} on the token tasks, a number (dt, A, B, C) on
+            # the pixel tasks; no weight decay on dt, A, B; C and D keep the optimizer's.
+            at_ssm_lr = {"listops": "AB", "text": "AB", "retrieval": "AB"}.get(task, "dtABC")
+            groups = c.optim.ssm_param_groups.to_dict()
+            for role, hp in groups.items():
+                assert hp["lr"] == (p["ssm_lr"] if role in at_ssm_lr and role != "D" else None), (role, hp)
+                assert hp["weight_decay"] == (0.0 if role in ("dt", "A", "B") else None), (role, hp)
+            assert set(groups) == {"dt", "A", "B", "C", "D"}
             smoke = SequenceClassifierConfig.from_dict(module.get_config(f"mixer={mixer},smoke").model.to_dict())
             assert (smoke.norm, smoke.prenorm) == (cfg.norm, cfg.prenorm)  # smoke runs the same block design
-        else:  # their own blocks: pre-norm RMSNorm, clipped
+        else:  # their own blocks: pre-norm RMSNorm, clipped, one SSM group
             assert (cfg.norm, cfg.prenorm) == ("rms", True) and c.optim.clip_norm == 1.0
+            assert not c.optim.ssm_param_groups
     assert "S4D-LegS" in module.__doc__ and "python -m experiments.run" in module.__doc__
     assert f"configs/experiment/lra/s4-{p['file']}.yaml" in module.__doc__  # the docstring names its source
     with pytest.raises(ValueError, match="mixer must be one of"):
