@@ -6,7 +6,11 @@
   detect_races=True, num_cores_or_threads=2))``, which overrides the value passed here (that
   context is part of jax's jit key, so a cached trace is never reused across modes).
 * :func:`batchable` -- ``jax.vmap`` of a kernel in interpret mode, as a loop.
+* :func:`sequence_call` -- the ``pallas_call`` of a kernel over a ``(batch, tile, sequence
+  block)`` grid, as both families build theirs.
 * :func:`dtype_reason` -- the dtype rule of both families.
+* :data:`LANES`, :data:`SUBLANES`, :func:`pad8`, :func:`pad128` -- the ``(8, 128)`` vreg tile that
+  block shapes and VMEM footprints round to.
 
 Under a mesh the kernel calls run inside ``jax.shard_map``, as every backend's do: see
 ``pallas_kernels._sharding``.
@@ -18,13 +22,19 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 __all__ = [
+    "LANES",
+    "SUBLANES",
     "backend_reason",
     "batchable",
     "dtype_reason",
     "interpret_params",
+    "pad8",
+    "pad128",
+    "sequence_call",
     "vmem_limit_bytes",
 ]
 
@@ -32,6 +42,19 @@ __all__ = [
 # v5p (64 MiB per core) and v6e (128 MiB), with room left for Mosaic's internal scratch.
 MAX_VMEM_LIMIT = 48 * 1024 * 1024
 _SUPPORTED = ("float32", "bfloat16", "float16")
+# A 32-bit vreg is (8 sublanes, 128 lanes); VMEM blocks are laid out in such tiles.
+LANES = 128
+SUBLANES = 8
+
+
+def pad8(v: int) -> int:
+    """``v`` rounded up to whole sublane tiles."""
+    return -(-v // SUBLANES) * SUBLANES
+
+
+def pad128(v: int) -> int:
+    """``v`` rounded up to whole lane tiles."""
+    return -(-v // LANES) * LANES
 
 
 def backend_reason(ctx: Mapping[str, Any]) -> str | None:
@@ -76,3 +99,30 @@ def batchable(call: Callable, interpret) -> Callable:
     if not interpret:
         return call
     return jax.custom_batching.sequential_vmap(call)
+
+
+def sequence_call(kernel: Callable, *, grid, in_specs, outs, scratch, vmem_bytes: int, cost: pl.CostEstimate,
+                  interpret, name: str) -> Callable:
+    """The ``pallas_call`` of ``kernel`` over a ``(batch, tile, sequence block)`` grid.
+
+    The batch and tile axes are "parallel"; the sequence axis is "arbitrary" (it carries the state
+    in VMEM scratch from block to block). ``outs`` lists ``(BlockSpec, ShapeDtypeStruct)`` per
+    result; ``vmem_bytes`` is the blocks' and scratch's footprint (:func:`vmem_limit_bytes`). The
+    call survives ``jax.vmap`` in interpret mode (:func:`batchable`).
+    """
+    call = pl.pallas_call(
+        kernel,
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=[spec for spec, _ in outs],
+        out_shape=[shape for _, shape in outs],
+        scratch_shapes=scratch,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary"),
+            vmem_limit_bytes=vmem_limit_bytes(vmem_bytes),
+        ),
+        cost_estimate=cost,
+        interpret=interpret,
+        name=name,
+    )
+    return batchable(call, interpret)

@@ -97,9 +97,9 @@ class _Layout:
 
 def _layout(d: int, g: int, blocks: SelectiveScanTPUBlocks) -> _Layout:
     r = d // g
-    if g == 1 and d <= blocks_tpu.LANES:
+    if g == 1 and d <= tpu_common.LANES:
         return _Layout(d, g, d, d)  # one full-width block: any width is a legal block
-    r_pad = blocks_tpu.pad128(r)
+    r_pad = tpu_common.pad128(r)
     td = next(w for w in (blocks.block_d, 256, 128) if r_pad % w == 0)
     return _Layout(d, g, r_pad, td)
 
@@ -132,7 +132,7 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
     b, l, d = x.shape
     g, n = B.shape[-2:]
     lay = _layout(d, g, blocks)
-    tl = blocks.block_l if l > blocks.block_l else blocks_tpu.pad8(l)
+    tl = blocks.block_l if l > blocks.block_l else tpu_common.pad8(l)
     L = -(-l // tl) * tl
     f = jnp.promote_types(A.dtype, jnp.float32)  # float32; float64 only under x64 (interpret mode)
     p = mosaic_tpu.Problem(

@@ -17,21 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from pallas_kernels.tpu_common import LANES, SUBLANES, pad8, pad128
+
 __all__ = ["SelectiveScanTPUBlocks", "backward_vmem_bytes", "choose_blocks", "forward_vmem_bytes"]
 
-LANES = 128
-SUBLANES = 8
 # What choose_blocks lets one kernel use: a quarter of v5p's 64 MiB VMEM per core, so two grid
 # steps' buffers and Mosaic's own scratch fit with room to spare on every chip from v5e on.
 VMEM_BUDGET = 16 * 1024 * 1024
-
-
-def pad8(v: int) -> int:
-    return -(-v // SUBLANES) * SUBLANES
-
-
-def pad128(v: int) -> int:
-    return -(-v // LANES) * LANES
 
 
 @dataclasses.dataclass(frozen=True)

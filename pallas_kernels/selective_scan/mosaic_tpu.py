@@ -103,13 +103,6 @@ def _specs(p: Problem, *, reverse: bool):
     )
 
 
-def _compiler_params(p: Problem, vmem: int):
-    return pltpu.CompilerParams(
-        dimension_semantics=("parallel", "parallel", "arbitrary"),
-        vmem_limit_bytes=tpu_common.vmem_limit_bytes(vmem),
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Shared pieces of both kernels
 # --------------------------------------------------------------------------------------------
@@ -252,29 +245,23 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     nl = p.L // p.tl
     in_specs = [s["seq"], s["seq"]] + [s["seq"]] * p.has_z + [s["bc"], s["bc"], s["A"]]
     in_specs += [s["row"]] * p.has_bias + [s["row"]] * p.has_D + [s["keep"]] * p.has_keep + [s["state"]] * p.has_h0
-    out_specs = [s["seq"]]
-    out_shape = [jax.ShapeDtypeStruct((p.b, p.L, p.dp), p.x_dtype)]
+    out = [(s["seq"], jax.ShapeDtypeStruct((p.b, p.L, p.dp), p.x_dtype))]
     if want_final:
-        out_specs.append(s["state"])
-        out_shape.append(jax.ShapeDtypeStruct((p.b, p.n, p.dp), f))
+        out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
     if save_states:
-        out_specs.append(s["saved"])
-        out_shape.append(jax.ShapeDtypeStruct((p.b, nl, p.n, p.dp), f))
-    scratch = [pltpu.VMEM((p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 3
-    vmem = blocks_tpu.forward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z, save_states=save_states)
-    call = pl.pallas_call(
+        out.append((s["saved"], jax.ShapeDtypeStruct((p.b, nl, p.n, p.dp), f)))
+    return tpu_common.sequence_call(
         functools.partial(_forward_kernel, p=p, save_states=save_states, want_final=want_final),
         grid=p.grid,
         in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        scratch_shapes=scratch,
-        compiler_params=_compiler_params(p, vmem),
-        cost_estimate=forward_cost(p),
+        outs=out,
+        scratch=[pltpu.VMEM((p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 3,
+        vmem_bytes=blocks_tpu.forward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z,
+                                                 save_states=save_states),
+        cost=forward_cost(p),
         interpret=p.interpret,
         name="selective_scan_fwd_tpu",
     )
-    return tpu_common.batchable(call, p.interpret)
 
 
 def forward_cost(p: Problem) -> pl.CostEstimate:
@@ -440,21 +427,17 @@ def backward(p: Problem, *, has_dfinal: bool):
     out += [(s["per_b_row"], jax.ShapeDtypeStruct((p.b, 1, p.dp), f))] * (p.has_bias + p.has_D)
     if p.has_h0:
         out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
-    scratch = [pltpu.VMEM((p.n, p.td), f), pltpu.VMEM((p.tl + 1, p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 6
-    vmem = blocks_tpu.backward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z)
-    call = pl.pallas_call(
+    return tpu_common.sequence_call(
         functools.partial(_backward_kernel, p=p, has_dfinal=has_dfinal),
         grid=p.grid,
         in_specs=in_specs,
-        out_specs=[o[0] for o in out],
-        out_shape=[o[1] for o in out],
-        scratch_shapes=scratch,
-        compiler_params=_compiler_params(p, vmem),
-        cost_estimate=backward_cost(p),
+        outs=out,
+        scratch=[pltpu.VMEM((p.n, p.td), f), pltpu.VMEM((p.tl + 1, p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 6,
+        vmem_bytes=blocks_tpu.backward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z),
+        cost=backward_cost(p),
         interpret=p.interpret,
         name="selective_scan_bwd_tpu",
     )
-    return tpu_common.batchable(call, p.interpret)
 
 
 def backward_cost(p: Problem) -> pl.CostEstimate:

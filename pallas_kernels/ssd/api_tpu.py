@@ -46,7 +46,7 @@ def why_not(ctx, blocks: SSDTPUBlocks | None = None) -> str | None:
     if hb is None:
         return (f"heads_per_block={blocks.heads_per_block} must divide h // g = {h // g} with "
                 f"heads_per_block * p a multiple of 128 (p={p}), or equal h={h}")
-    q = blocks.chunk if l > blocks.chunk else blocks_tpu.pad8(l)
+    q = blocks.chunk if l > blocks.chunk else tpu_common.pad8(l)
     xb = jnp.dtype(ctx["x"].dtype).itemsize
     gb = g if hb == h else 1
     need = blocks_tpu.backward_vmem_bytes(q, hb, p, n, gb, x_bytes=xb)
@@ -91,7 +91,7 @@ def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softpl
          interpret):
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
-    q = blocks.chunk if l > blocks.chunk else blocks_tpu.pad8(l)
+    q = blocks.chunk if l > blocks.chunk else tpu_common.pad8(l)
     L = -(-l // q) * q
     f = jnp.promote_types(A.dtype, jnp.float32)
     mm = jnp.bfloat16 if x.dtype == jnp.bfloat16 else f

@@ -11,18 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from pallas_kernels.tpu_common import LANES, SUBLANES, pad8, pad128
+
 __all__ = ["SSDTPUBlocks", "backward_vmem_bytes", "choose_heads_per_block", "forward_vmem_bytes"]
-
-LANES = 128
-SUBLANES = 8
-
-
-def pad8(v: int) -> int:
-    return -(-v // SUBLANES) * SUBLANES
-
-
-def pad128(v: int) -> int:
-    return -(-v // LANES) * LANES
 
 
 @dataclasses.dataclass(frozen=True)

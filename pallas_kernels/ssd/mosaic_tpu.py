@@ -104,13 +104,6 @@ def _specs(p: Problem, *, reverse: bool):
     )
 
 
-def _compiler_params(vmem: int):
-    return pltpu.CompilerParams(
-        dimension_semantics=("parallel", "parallel", "arbitrary"),
-        vmem_limit_bytes=tpu_common.vmem_limit_bytes(vmem),
-    )
-
-
 def _dot(p: Problem, a, b, *, ta: bool = False, tb: bool = False):
     """``a @ b`` (``a^T``/``b^T`` with ``ta``/``tb``) on the MXU, accumulated in ``p.acc``."""
     mm = jnp.dtype(p.mm)
@@ -219,20 +212,17 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     if save_states:
         out.append((s["saved"], jax.ShapeDtypeStruct((p.b, p.h, p.nc, p.n, p.p), f)))
     xb = jnp.dtype(p.x_dtype).itemsize
-    vmem = blocks_tpu.forward_vmem_bytes(p.q, p.hb, p.p, p.n, p.gb, x_bytes=xb, has_z=p.has_z)
-    call = pl.pallas_call(
+    return tpu_common.sequence_call(
         functools.partial(_forward_kernel, p=p, save_states=save_states, want_final=want_final),
         grid=p.grid,
         in_specs=in_specs,
-        out_specs=[o[0] for o in out],
-        out_shape=[o[1] for o in out],
-        scratch_shapes=[pltpu.VMEM((p.hb, p.n, p.p), f)],
-        compiler_params=_compiler_params(vmem),
-        cost_estimate=forward_cost(p, save_states),
+        outs=out,
+        scratch=[pltpu.VMEM((p.hb, p.n, p.p), f)],
+        vmem_bytes=blocks_tpu.forward_vmem_bytes(p.q, p.hb, p.p, p.n, p.gb, x_bytes=xb, has_z=p.has_z),
+        cost=forward_cost(p, save_states),
         interpret=p.interpret,
         name="ssd_fwd_tpu",
     )
-    return tpu_common.batchable(call, p.interpret)
 
 
 def forward_cost(p: Problem, save_states: bool = False) -> pl.CostEstimate:
@@ -370,20 +360,17 @@ def backward(p: Problem, *, has_dfinal: bool):
     if p.has_h0:
         out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.h, p.n, p.p), f)))
     xb = jnp.dtype(p.x_dtype).itemsize
-    vmem = blocks_tpu.backward_vmem_bytes(p.q, p.hb, p.p, p.n, p.gb, x_bytes=xb, has_z=p.has_z)
-    call = pl.pallas_call(
+    return tpu_common.sequence_call(
         functools.partial(_backward_kernel, p=p, has_dfinal=has_dfinal),
         grid=p.grid,
         in_specs=in_specs,
-        out_specs=[o[0] for o in out],
-        out_shape=[o[1] for o in out],
-        scratch_shapes=[pltpu.VMEM((p.hb, p.n, p.p), f)],
-        compiler_params=_compiler_params(vmem),
-        cost_estimate=backward_cost(p),
+        outs=out,
+        scratch=[pltpu.VMEM((p.hb, p.n, p.p), f)],
+        vmem_bytes=blocks_tpu.backward_vmem_bytes(p.q, p.hb, p.p, p.n, p.gb, x_bytes=xb, has_z=p.has_z),
+        cost=backward_cost(p),
         interpret=p.interpret,
         name="ssd_bwd_tpu",
     )
-    return tpu_common.batchable(call, p.interpret)
 
 
 def backward_cost(p: Problem) -> pl.CostEstimate:
