@@ -7,7 +7,8 @@
   context is part of jax's jit key, so a cached trace is never reused across modes).
 * :func:`batchable` -- ``jax.vmap`` of a kernel in interpret mode, as a loop.
 * :func:`sequence_call` -- the ``pallas_call`` of a kernel over a ``(batch, tile, sequence
-  block)`` grid, as both families build theirs.
+  block)`` grid, as both families build theirs; :func:`enter_block`, how their forward kernels
+  start each step of it.
 * :func:`dtype_reason` -- the dtype rule of both families.
 * :data:`LANES`, :data:`SUBLANES`, :func:`pad8`, :func:`pad128` -- the ``(8, 128)`` vreg tile that
   block shapes and VMEM footprints round to.
@@ -31,6 +32,7 @@ __all__ = [
     "backend_reason",
     "batchable",
     "dtype_reason",
+    "enter_block",
     "interpret_params",
     "pad8",
     "pad128",
@@ -126,3 +128,20 @@ def sequence_call(kernel: Callable, *, grid, in_specs, outs, scratch, vmem_bytes
         name=name,
     )
     return batchable(call, interpret)
+
+
+def enter_block(state_scr, initial_ref, step, dtype, saved_ref=None) -> None:
+    """The start of a forward kernel's grid step on the sequence axis (inside the kernel).
+
+    At the first sequence block (``step == 0``) the state scratch ``state_scr`` takes the initial
+    state ``initial_ref`` (zeros when None) in ``dtype``; later blocks find the state the previous
+    one left. With ``saved_ref`` the state entering this block is stored there: the backward
+    restarts each block from it.
+    """
+
+    @pl.when(step == 0)
+    def _():
+        state_scr[...] = initial_ref[...].astype(dtype) if initial_ref is not None else jnp.zeros(state_scr.shape, dtype)
+
+    if saved_ref is not None:
+        saved_ref[...] = state_scr[...]

@@ -197,13 +197,7 @@ def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
     h_scr, dt_scr, u_scr, y_scr = refs
     f = jnp.dtype(p.acc)
     i = pl.program_id(2)
-
-    @pl.when(i == 0)
-    def _():
-        h_scr[...] = h0_ref[...].astype(f) if p.has_h0 else jnp.zeros(h_scr.shape, f)
-
-    if save_states:
-        hs_ref[...] = h_scr[...]  # the state entering this block: the backward restarts here
+    tpu_common.enter_block(h_scr, h0_ref, i, f, saved_ref=hs_ref)
 
     x = x_ref[...].astype(f)
     _, dt = _effective_dt(p, dt_ref[...], bias_ref, i)

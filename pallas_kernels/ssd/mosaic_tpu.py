@@ -166,13 +166,7 @@ def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
     (S_scr,) = refs
     f = jnp.dtype(p.acc)
     c = pl.program_id(2)
-
-    @pl.when(c == 0)
-    def _():
-        S_scr[...] = h0_ref[...].astype(f) if p.has_h0 else jnp.zeros(S_scr.shape, f)
-
-    if save_states:
-        st_ref[...] = S_scr[...]
+    tpu_common.enter_block(S_scr, h0_ref, c, f, saved_ref=st_ref)
 
     masks = _masks(p, rcol_ref, rrow_ref)
     G = [_dot(p, C_ref[gg], B_ref[gg], tb=True) for gg in range(p.gb)]  # (q, q) per group
