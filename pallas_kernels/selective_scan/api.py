@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import _prepare, _sharding, gpu_common
+from pallas_kernels._vjp import forward_saving_vjp
 from pallas_kernels.selective_scan import mosaic_gpu
 from pallas_kernels.selective_scan.blocks import (
     SelectiveScanBlocks,
@@ -219,7 +220,7 @@ def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D,
 
 def _backward(s: _Static, res, gy, gT):
     """Cotangents of ``(x, dt, A, B, C, D, z, dt_bias, h0, keep)``."""
-    x, dt, A, B, C, D, z, dt_bias, h0, keep, saved = res
+    (x, dt, A, B, C, D, z, dt_bias, h0, keep), saved = res
     B_in, C_in = B, C
     B, C = _same_bc_dtype(B, C)
     p = _problem(s, s.bwd, x, dt, B, D, z, dt_bias, h0, keep)
@@ -265,17 +266,6 @@ def _backward(s: _Static, res, gy, gT):
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _scan(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep):
-    y, h_final, _ = _forward(s, want_final, False, x, dt, A, B, C, D, z, dt_bias, h0, keep)
-    return y, h_final
-
-
-def _scan_fwd(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep):
-    y, h_final, saved = _forward(s, want_final, True, x, dt, A, B, C, D, z, dt_bias, h0, keep)
-    return (y, h_final), (x, dt, A, B, C, D, z, dt_bias, h0, keep, saved)
-
-
 def _scan_bwd(s, want_final, res, cts):
     gy, gT = cts
     gT = gT if want_final else None
@@ -284,7 +274,8 @@ def _scan_bwd(s, want_final, res, cts):
     return _backward(s, res, gy, gT)
 
 
-_scan.defvjp(_scan_fwd, _scan_bwd)
+# _scan(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep) -> (y, h_final)
+_scan = forward_saving_vjp(_forward, _scan_bwd, num_static=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +293,7 @@ SLICE_N = 128
 
 
 def _backward_by_state_slices(s: _Static, res, gy, gT):
-    x, dt, A, B, C, D, z, dt_bias, h0, keep, saved = res
+    (x, dt, A, B, C, D, z, dt_bias, h0, keep), saved = res
     n_p = s.blocks.n
     # Pad the state to the forward's n_p (zero A, B, C, h0 contribute nothing), then cut it.
     pad = lambda v: None if v is None else _pad_state(s, v)  # noqa: E731
@@ -317,7 +308,7 @@ def _backward_by_state_slices(s: _Static, res, gy, gT):
     parts = []
     for k in range(n_p // m):
         cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
-        res_k = (x, dt, cut(A_p), cut(B_p), cut(C_p), D if k == 0 else None, z, dt_bias, cut(h0_p), keep,
+        res_k = ((x, dt, cut(A_p), cut(B_p), cut(C_p), D if k == 0 else None, z, dt_bias, cut(h0_p), keep),
                  _split_state(1, cut(saved)))
         parts.append(_backward(half, res_k, gy, cut(gT_p)))
     dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep = zip(*parts)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import _prepare, _sharding, tpu_common
+from pallas_kernels._vjp import forward_saving_vjp
 from pallas_kernels.selective_scan import blocks_tpu, mosaic_tpu
 from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
 
@@ -174,19 +175,8 @@ def _run_forward(p, want_final, save, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
     return y, hT, hs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _core(p, want_final, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
-    y, hT, _ = _run_forward(p, want_final, False, x, dt, z, Bt, Ct, At, bias, D, keep, h0)
-    return y, hT
-
-
-def _core_fwd(p, want_final, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
-    y, hT, hs = _run_forward(p, want_final, True, x, dt, z, Bt, Ct, At, bias, D, keep, h0)
-    return (y, hT), (x, dt, z, Bt, Ct, At, bias, D, keep, hs)
-
-
 def _core_bwd(p, want_final, res, cts):
-    x, dt, z, Bt, Ct, At, bias, D, keep, hs = res
+    (x, dt, z, Bt, Ct, At, bias, D, keep, _), hs = res
     dy, dhT = cts
     has_dfinal = want_final and dhT is not None
     ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep) if v is not None]
@@ -213,4 +203,5 @@ def _core_bwd(p, want_final, res, cts):
     return grads
 
 
-_core.defvjp(_core_fwd, _core_bwd)
+# _core(p, want_final, x, dt, z, Bt, Ct, At, bias, D, keep, h0) -> (y, h_final)
+_core = forward_saving_vjp(_run_forward, _core_bwd, num_static=2)

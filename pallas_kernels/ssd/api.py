@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import _prepare, _sharding, gpu_common
+from pallas_kernels._vjp import forward_saving_vjp
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks
 
@@ -203,26 +204,15 @@ def _fwd_nbuf(cfg: _Config, n: int, save_states: bool) -> int:
     return 2 if size <= mosaic_gpu.SMEM_LIMIT else 1
 
 
-def _run_fwd(cfg: _Config, arrays, save_states: bool):
+def _run_fwd(cfg: _Config, save_states: bool, arrays):
     spec = _fwd_spec(cfg, arrays, save_states)
     outs = mosaic_gpu.ssd_fwd_call(spec, *[arrays[k] for k in spec.in_names])
     outs = dict(zip(spec.out_names, outs))
     return outs["y"], outs.get("hT"), outs.get("states")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ssd_core(cfg: _Config, arrays):
-    y, final, _ = _run_fwd(cfg, arrays, save_states=False)
-    return y, final
-
-
-def _ssd_core_fwd(cfg: _Config, arrays):
-    y, final, states = _run_fwd(cfg, arrays, save_states=True)
-    return (y, final), (arrays, states)
-
-
 def _ssd_core_bwd(cfg: _Config, res, cts):
-    arrays, states = res
+    (arrays,), states = res
     dy, dfinal = cts
     n = arrays["B"].shape[-1]
     if n <= BWD_KERNEL_MAX_N:
@@ -256,7 +246,8 @@ def _run_bwd_state_slices(cfg: _Config, arrays, states, dy, dfinal):
                 C=side_by_side("C"), h0=side_by_side("h0"), D=parts[0]["D"], r=None)
 
 
-_ssd_core.defvjp(_ssd_core_fwd, _ssd_core_bwd)
+# _ssd_core(cfg, arrays) -> (y, final_state)
+_ssd_core = forward_saving_vjp(_run_fwd, _ssd_core_bwd, num_static=1)
 
 
 def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):

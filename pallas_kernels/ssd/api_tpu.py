@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import _prepare, _sharding, tpu_common
+from pallas_kernels._vjp import forward_saving_vjp
 from pallas_kernels.ssd import blocks_tpu, mosaic_tpu
 from pallas_kernels.ssd.blocks_tpu import SSDTPUBlocks
 
@@ -143,19 +144,8 @@ def _run_forward(prob, want_final, save, x, dtp, cs, Bt, Ct, r, D, z, h0):
     return y, hT, states
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _core(prob, want_final, x, dtp, cs, Bt, Ct, r, D, z, h0):
-    y, hT, _ = _run_forward(prob, want_final, False, x, dtp, cs, Bt, Ct, r, D, z, h0)
-    return y, hT
-
-
-def _core_fwd(prob, want_final, x, dtp, cs, Bt, Ct, r, D, z, h0):
-    y, hT, states = _run_forward(prob, want_final, True, x, dtp, cs, Bt, Ct, r, D, z, h0)
-    return (y, hT), (x, dtp, cs, Bt, Ct, r, D, z, states)
-
-
 def _core_bwd(prob, want_final, res, cts):
-    x, dtp, cs, Bt, Ct, r, D, z, states = res
+    (x, dtp, cs, Bt, Ct, r, D, z, _), states = res
     dy, dhT = cts
     has_dfinal = want_final and dhT is not None
     col, row, seg = _layouts(dtp, cs, r)
@@ -185,4 +175,5 @@ def _core_bwd(prob, want_final, res, cts):
     )
 
 
-_core.defvjp(_core_fwd, _core_bwd)
+# _core(prob, want_final, x, dtp, cs, Bt, Ct, r, D, z, h0) -> (y, h_final)
+_core = forward_saving_vjp(_run_forward, _core_bwd, num_static=2)

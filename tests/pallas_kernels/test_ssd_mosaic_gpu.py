@@ -142,7 +142,7 @@ def test_kernel_equals_core_reference_on_prepared_operands(rng):
                   C=f(b, l, g, n).astype(jnp.bfloat16) * 0.3, r=jnp.asarray(r), D=f(h, p), z=None, h0=f(b, h, p, n))
     cfg = ssd_api._Config(q=q, block_p=64, fwd_nbuf=None, bwd_nbuf=None, cdtype="bfloat16", y_dtype="float32",
                           has_seg=True, has_d=True, has_z=False, has_h0=True, final=True, interpret=not ON_GPU)
-    y, final, _ = ssd_api._run_fwd(cfg, arrays, save_states=False)
+    y, final, _ = ssd_api._run_fwd(cfg, False, arrays)
     y_ref, final_ref = core_reference(q, True, jnp.float32, arrays)
     assert_close(y, y_ref, tol=1e-2, name="y")
     assert_close(final, final_ref, tol=1e-2, name="final_state")
