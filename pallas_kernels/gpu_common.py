@@ -4,7 +4,8 @@
   have compute capability 9.x; on the CPU backend they run in Mosaic GPU interpret mode.
 * :func:`dtype_reason` -- the dtype rule of both families (the state is float32 inside).
 * :func:`interpret_params` -- ``plgpu.InterpretGPUParams()`` in interpret mode, else None.
-* :data:`SMEM_LIMIT` -- the shared memory every kernel's tiling rules stay under.
+* :data:`SMEM_LIMIT` -- the shared memory every kernel's tiling rules stay under, and
+  :func:`smem_bytes`, what a kernel's declared buffers take of it.
 
 Under a mesh the kernel calls run inside ``jax.shard_map``, as every backend's do: see
 ``pallas_kernels._sharding``. The TPU counterpart is ``pallas_kernels.tpu_common``.
@@ -12,18 +13,27 @@ Under a mesh the kernel calls run inside ``jax.shard_map``, as every backend's d
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ["SMEM_LIMIT", "SUPPORTED_DTYPES", "backend_reason", "dtype_reason", "interpret_params"]
+__all__ = ["SMEM_LIMIT", "SUPPORTED_DTYPES", "backend_reason", "dtype_reason", "interpret_params", "smem_bytes"]
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 # Shared memory a kernel's buffers may take: of the 227 KiB a Hopper block may hold, the rest is
 # left for barriers and Mosaic's own reductions.
 SMEM_LIMIT = 220 * 1024
+
+
+def smem_bytes(scratch: Mapping[str, Any] | Iterable[Any]) -> int:
+    """Bytes of the shared-memory buffers among a kernel's ``scratch_types`` (a dict or a list of
+    ``plgpu.SMEM`` buffers and barriers); barriers are not counted (``SMEM_LIMIT`` leaves room
+    for them)."""
+    buffers = scratch.values() if isinstance(scratch, Mapping) else scratch
+    return sum(math.prod(b.shape) * jnp.dtype(b.dtype).itemsize for b in buffers if not isinstance(b, plgpu.Barrier))
 
 
 def backend_reason(ctx: Mapping[str, Any]) -> str | None:

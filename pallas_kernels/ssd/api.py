@@ -186,22 +186,20 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
 def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
     b, L, h, p = arrays["x"].shape
     g, n = arrays["B"].shape[2:]
-    return mosaic_gpu.FwdSpec(
+    spec = mosaic_gpu.FwdSpec(
         b=b, nc=L // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
         y_dtype=cfg.y_dtype, has_seg=cfg.has_seg, has_d=cfg.has_d, has_z=cfg.has_z, has_h0=cfg.has_h0,
-        final=cfg.final, save_states=save_states, nbuf=_fwd_nbuf(cfg, n, save_states), interpret=cfg.interpret,
+        final=cfg.final, save_states=save_states, nbuf=cfg.fwd_nbuf or 2, interpret=cfg.interpret,
     )
+    return _buffering(spec, cfg.fwd_nbuf, mosaic_gpu.fwd_smem_bytes)
 
 
-def _fwd_nbuf(cfg: _Config, n: int, save_states: bool) -> int:
-    """Double-buffer the per-chunk inputs when they fit in shared memory."""
-    if cfg.fwd_nbuf is not None:
-        return cfg.fwd_nbuf
-    size = mosaic_gpu.fwd_smem_bytes(
-        cfg.q, cfg.block_p, n, jnp.dtype(cfg.cdtype).itemsize, 2, has_z=cfg.has_z,
-        y_itemsize=jnp.dtype(cfg.y_dtype).itemsize, state32=cfg.has_h0 or cfg.final,
-    )
-    return 2 if size <= mosaic_gpu.SMEM_LIMIT else 1
+def _buffering(spec, nbuf: int | None, smem_bytes):
+    """``spec`` with ``nbuf`` slots per input stream; None: two (the next chunk's loads run behind
+    the current chunk) when its buffers fit in shared memory, else one."""
+    if nbuf is None and smem_bytes(spec) > mosaic_gpu.SMEM_LIMIT:
+        return dataclasses.replace(spec, nbuf=1)
+    return spec
 
 
 def _run_fwd(cfg: _Config, save_states: bool, arrays):
@@ -256,11 +254,11 @@ def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
     g, n = arrays["B"].shape[2:]
     cdt = jnp.dtype(cfg.cdtype)
     reduce_bc = not cfg.interpret
-    spec = mosaic_gpu.BwdSpec(
+    spec = _buffering(mosaic_gpu.BwdSpec(
         b=b, nc=L // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
         has_seg=cfg.has_seg, has_d=cfg.has_d, has_z=cfg.has_z, has_h0=cfg.has_h0,
-        has_dfinal=cfg.final, reduce_bc=reduce_bc, nbuf=_bwd_nbuf(cfg, n), interpret=cfg.interpret,
-    )
+        has_dfinal=cfg.final, reduce_bc=reduce_bc, nbuf=cfg.bwd_nbuf or 2, interpret=cfg.interpret,
+    ), cfg.bwd_nbuf, mosaic_gpu.bwd_smem_bytes)
     operands = dict(arrays, dout=dy.astype(cdt), states=states, dfinal=dfinal)
     args = [operands[k] for k in spec.in_names if k not in ("dB", "dC")]
     if reduce_bc:
@@ -290,11 +288,3 @@ def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
         h0=outs["dh0"] if cfg.has_h0 else None,
     )
     return grads
-
-
-def _bwd_nbuf(cfg: _Config, n: int) -> int:
-    """Double-buffer the per-chunk inputs when they fit in shared memory."""
-    if cfg.bwd_nbuf is not None:
-        return cfg.bwd_nbuf
-    size = mosaic_gpu.bwd_smem_bytes(cfg.q, cfg.block_p, n, jnp.dtype(cfg.cdtype).itemsize, 2, has_z=cfg.has_z)
-    return 2 if size <= mosaic_gpu.SMEM_LIMIT else 1

@@ -278,24 +278,16 @@ def _fwd_streams(spec: FwdSpec):
 SMEM_LIMIT = gpu_common.SMEM_LIMIT
 
 
-def fwd_smem_bytes(q, bp, n, itemsize, nb, *, has_z, y_itemsize, state32):
-    per_slot = (q * bp + 2 * q * n + (q * bp if has_z else 0)) * itemsize + 3 * q * 4
-    fixed = (q * q + q * bp + bp * n) * itemsize + q * bp * y_itemsize + (bp * n * 4 if state32 else 0) + bp * 4
-    return fixed + nb * per_slot
+def fwd_smem_bytes(spec: FwdSpec) -> int:
+    """Shared memory of the forward kernel's buffers (:func:`_fwd_scratch`) for ``spec``."""
+    return gpu_common.smem_bytes(_fwd_scratch(spec))
 
 
-def bwd_smem_bytes(q, bp, n, itemsize, nb, *, has_z):
-    per_slot = (2 * q * bp + 2 * q * n + bp * n + (q * bp if has_z else 0)) * itemsize + 3 * q * 4
-    fixed = (q * q + 3 * q * bp + bp * n + (2 * q * bp if has_z else 0)) * itemsize + q * n * 4 + 4 * q * 4
-    return fixed + nb * per_slot
-
-
-def ssd_fwd_call(spec: FwdSpec, *args):
-    """Run the forward kernel on the prepared operands (see api.py for their layouts)."""
+def _fwd_scratch(spec: FwdSpec) -> dict:
+    """The forward kernel's shared-memory buffers and barriers, by name."""
     q, bp, n, cdt = spec.q, spec.block_p, spec.n, jnp.dtype(spec.dtype)
-    L = spec.nc * q
-    streams = _fwd_streams(spec)
     nb = spec.nbuf
+    streams = _fwd_streams(spec)
     scratch = dict(
         x=_tiled((nb, q, bp), cdt),
         B=_tiled((nb, q, n), cdt),
@@ -319,6 +311,13 @@ def ssd_fwd_call(spec: FwdSpec, *args):
         # Swizzled fp32 tiles: a WGMMA-layout register array loads/stores them without bank
         # conflicts (an unswizzled (64, n) fp32 tile has no conflict-free transfer plan).
         scratch["h32"] = _tiled((bp, n), jnp.float32)
+    return scratch
+
+
+def ssd_fwd_call(spec: FwdSpec, *args):
+    """Run the forward kernel on the prepared operands (see api.py for their layouts)."""
+    n, cdt = spec.n, jnp.dtype(spec.dtype)
+    L = spec.nc * spec.q
     out_type = [jax.ShapeDtypeStruct((spec.b, L, spec.h, spec.p), jnp.dtype(spec.y_dtype))]
     if spec.final:
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.p, n), jnp.float32))
@@ -327,8 +326,8 @@ def ssd_fwd_call(spec: FwdSpec, *args):
     kernel = plgpu.kernel(
         functools.partial(_fwd_body, spec),
         out_type=tuple(out_type),
-        scratch_types=scratch,
-        grid=(spec.b, spec.h, spec.p // bp),
+        scratch_types=_fwd_scratch(spec),
+        grid=(spec.b, spec.h, spec.p // spec.block_p),
         grid_names=("b", "h", "pt"),
         compiler_params=_compiler_params(),
         interpret=gpu_common.interpret_params(spec.interpret),
@@ -583,10 +582,14 @@ def _store_bc(spec: BwdSpec, s, val, dst):
     plgpu.copy_smem_to_gmem(s["st32"], dst, reduction_op="add" if spec.reduce_bc else None)
 
 
-def ssd_bwd_call(spec: BwdSpec, *args):
-    """Run the backward kernel; ``args`` in ``spec.in_names`` order (dB/dC refs last if reducing)."""
+def bwd_smem_bytes(spec: BwdSpec) -> int:
+    """Shared memory of the backward kernel's buffers (:func:`_bwd_scratch`) for ``spec``."""
+    return gpu_common.smem_bytes(_bwd_scratch(spec))
+
+
+def _bwd_scratch(spec: BwdSpec) -> dict:
+    """The backward kernel's shared-memory buffers and barriers, by name."""
     q, bp, n, cdt, nb = spec.q, spec.block_p, spec.n, jnp.dtype(spec.dtype), spec.nbuf
-    L = spec.nc * q
     streams = _bwd_streams(spec)
     f32 = jnp.float32
     scratch = dict(
@@ -617,6 +620,13 @@ def ssd_bwd_call(spec: BwdSpec, *args):
         scratch["dz"] = _tiled((q, bp), cdt)
     if spec.has_d:
         scratch["d"] = plgpu.SMEM((bp,), f32)
+    return scratch
+
+
+def ssd_bwd_call(spec: BwdSpec, *args):
+    """Run the backward kernel; ``args`` in ``spec.in_names`` order (dB/dC refs last if reducing)."""
+    n, cdt, f32 = spec.n, jnp.dtype(spec.dtype), jnp.float32
+    L = spec.nc * spec.q
     rows = spec.h * spec.npt
     out_type = dict(
         dx=jax.ShapeDtypeStruct((spec.b, L, spec.h, spec.p), cdt),
@@ -632,7 +642,7 @@ def ssd_bwd_call(spec: BwdSpec, *args):
     kernel = plgpu.kernel(
         functools.partial(_bwd_body, spec),
         out_type=tuple(out_type[k] for k in spec.out_names),
-        scratch_types=scratch,
+        scratch_types=_bwd_scratch(spec),
         grid=(spec.b, spec.h, spec.npt),
         grid_names=("b", "h", "pt"),
         compiler_params=_compiler_params(),

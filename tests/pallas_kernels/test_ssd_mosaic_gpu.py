@@ -12,6 +12,8 @@ fp32 inputs are checked at bf16-level tolerances.
 from __future__ import annotations
 
 import importlib
+import itertools
+import math
 import re
 
 import jax
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.ssd import api as ssd_api
+from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import SSDBlocks
 from pallas_kernels.ssd.reference import core_reference
 from ssm_jax.ops.registry import ImplementationUnavailableError
@@ -181,6 +184,43 @@ def test_auto_uses_the_kernel_only_on_hopper_and_for_16_bit_inputs(rng):
     hopper = jax.default_backend() == "gpu" and str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9.")
     assert (registry.resolve("auto", bf16)[0] == "pallas_gpu") == hopper
     assert registry.resolve("auto", fp32)[0] != "pallas_gpu"  # its products would round float32
+
+
+def test_shared_memory_count_is_the_declared_buffers(monkeypatch):
+    """fwd_smem_bytes / bwd_smem_bytes, which decide double buffering, are the bytes of the
+    shared-memory buffers each kernel declares (barriers apart), for every option; and the rule
+    double-buffers exactly where that fits under SMEM_LIMIT."""
+    declared = []
+    monkeypatch.setattr(mosaic_gpu.plgpu, "kernel", lambda body, **kw: declared.append(kw["scratch_types"]) or (lambda *a: None))
+
+    def buffer_bytes(scratch):
+        buffers = [t for t in scratch.values() if not isinstance(t, mosaic_gpu.plgpu.Barrier)]
+        return sum(math.prod(t.shape) * jnp.dtype(t.dtype).itemsize for t in buffers)
+
+    common = dict(b=1, nc=2, h=2, g=1, p=64, q=64, block_p=64, interpret=True)
+    for n, nbuf, dtype, seg, d, z, h0, final in itertools.product(
+            (64, 128, 256), (1, 2), ("bfloat16", "float16"), *[(False, True)] * 5):
+        fwd = mosaic_gpu.FwdSpec(**common, n=n, dtype=dtype, y_dtype="float32" if final else dtype, has_seg=seg,
+                                 has_d=d, has_z=z, has_h0=h0, final=final, save_states=True, nbuf=nbuf)
+        mosaic_gpu.ssd_fwd_call(fwd)
+        assert mosaic_gpu.fwd_smem_bytes(fwd) == buffer_bytes(declared.pop()), fwd
+        bwd = mosaic_gpu.BwdSpec(**common, n=n, dtype=dtype, has_seg=seg, has_d=d, has_z=z, has_h0=h0,
+                                 has_dfinal=final, reduce_bc=False, nbuf=nbuf)
+        mosaic_gpu.ssd_bwd_call(bwd)
+        assert mosaic_gpu.bwd_smem_bytes(bwd) == buffer_bytes(declared.pop()), bwd
+        if nbuf == 2:
+            fits = mosaic_gpu.fwd_smem_bytes(fwd) <= mosaic_gpu.SMEM_LIMIT
+            assert ssd_api._buffering(fwd, None, mosaic_gpu.fwd_smem_bytes).nbuf == (2 if fits else 1)
+            assert ssd_api._buffering(fwd, 2, mosaic_gpu.fwd_smem_bytes).nbuf == 2  # SSDBlocks(fwd_nbuf=2) wins
+    # The double-buffered forward fits up to n = 256 (not with the fp32 state tile for h0 / the
+    # final state there); the double-buffered backward up to n = 128 without z.
+    spec = lambda **kw: mosaic_gpu.FwdSpec(**{**common, "n": 256, "dtype": "bfloat16", "y_dtype": "bfloat16",  # noqa: E731
+                                              "has_seg": True, "has_d": True, "has_z": True, "has_h0": False,
+                                              "final": False, "save_states": True, "nbuf": 2, **kw})
+    assert mosaic_gpu.fwd_smem_bytes(spec()) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.fwd_smem_bytes(spec(final=True))
+    bwd = lambda z: mosaic_gpu.BwdSpec(**{**common, "n": 128, "dtype": "bfloat16", "has_seg": True, "has_d": True,  # noqa: E731
+                                          "has_z": z, "has_h0": True, "has_dfinal": True, "reduce_bc": True, "nbuf": 2})
+    assert mosaic_gpu.bwd_smem_bytes(bwd(False)) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.bwd_smem_bytes(bwd(True))
 
 
 def test_blocks_are_validated():
