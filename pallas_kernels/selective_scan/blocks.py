@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
 from pallas_kernels import gpu_common
 
 WARPGROUP = 128
@@ -28,18 +31,90 @@ HALF_BLOCKS = 96
 
 # Shared memory one block may use so that two blocks fit an H100 SM (228 KB).
 SMEM_PER_BLOCK = 110 * 1024
+# TMA copies move multiples of 128 bytes: `keep` is copied KEEP_MIN positions at a time (the
+# wrapper pads it so the last copy stays in bounds).
+KEEP_MIN = 32
+F32 = jnp.float32
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+# --------------------------------------------------------------------------------------------
+# The kernels' shared-memory buffers: what they declare, and what the tiling rules count
+# --------------------------------------------------------------------------------------------
+
+
+def forward_buffers(q: int, ch: int, n: int, v: int, unroll: int, *, x_dtype, dt_dtype, z_dtype, bc_dtype,
+                    has_z: bool, has_keep: bool) -> dict:
+    """The forward kernel's shared-memory buffers by name, in allocation order (``q`` = chunk,
+    ``ch`` channels, ``n`` padded states, ``v`` states per thread). Absent inputs keep a small
+    placeholder."""
+    nl = n // v
+    return dict(
+        # Two TMA stages of each per-chunk input.
+        x=plgpu.SMEM((2, q, ch), x_dtype),
+        dt=plgpu.SMEM((2, q, ch), dt_dtype),
+        z=plgpu.SMEM((2, q, ch) if has_z else (1, 8, 8), z_dtype),
+        B=plgpu.SMEM((2, q, n), bc_dtype),
+        C=plgpu.SMEM((2, q, n), bc_dtype),
+        # Buffers read by the recurrence have `unroll` rows of padding: the last look-ahead.
+        # Each slot's row is a multiple of 32 float32 (128 bytes): TMA writes shared memory at
+        # 128-byte-aligned addresses, and slot 1 starts one row in. Interpret mode does not check
+        # this; on the H100 a 68-float row (q=64, unroll 4) faulted with a misaligned address.
+        keep=plgpu.SMEM((2, _round_up(max(q, KEEP_MIN) + unroll, KEEP_MIN)) if has_keep else (1, 8), F32),
+        delta=plgpu.SMEM((q + unroll, ch), F32),
+        u=plgpu.SMEM((q + unroll, ch), F32),  # delta x
+        part=plgpu.SMEM((q, ch, nl), F32),  # in-thread partial sums of h C
+        Bf=plgpu.SMEM((q + unroll, nl, v), F32),  # B in float32
+        Cf=plgpu.SMEM((q + unroll, nl, v), F32),  # C in float32
+        y=plgpu.SMEM((q, ch), x_dtype),  # y tile for the TMA store
+    )
+
+
+def backward_buffers(q: int, ch: int, n: int, v: int, *, x_dtype, dt_dtype, z_dtype, bc_dtype, has_z: bool,
+                     has_keep: bool) -> dict:
+    """The backward kernel's shared-memory buffers by name, in allocation order (``q`` = the
+    backward chunk)."""
+    nl = n // v
+    small = (1, 8)
+    return dict(
+        # Two TMA stages of each per-chunk input.
+        x=plgpu.SMEM((2, q, ch), x_dtype),
+        dt=plgpu.SMEM((2, q, ch), dt_dtype),
+        z=plgpu.SMEM((2, q, ch) if has_z else (1, 8, 8), z_dtype),
+        g=plgpu.SMEM((2, q, ch), x_dtype),  # dL/dy
+        B=plgpu.SMEM((2, q, n), bc_dtype),
+        C=plgpu.SMEM((2, q, n), bc_dtype),
+        keep=plgpu.SMEM((2, max(q, KEEP_MIN)) if has_keep else small, F32),
+        delta=plgpu.SMEM((q, ch), F32),
+        u=plgpu.SMEM((q, ch), F32),  # delta x
+        dy=plgpu.SMEM((q, ch), F32),
+        Bf=plgpu.SMEM((q, nl, v), F32),  # B in float32
+        Cf=plgpu.SMEM((q, nl, v), F32),  # C in float32
+        h=plgpu.SMEM((q, ch, nl, v), F32),  # h_{t-1}, then the dC products dy h
+        dBp=plgpu.SMEM((q, ch, nl, v), F32),  # dB products lam delta x
+        s1=plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam B
+        s2=plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam A a h
+        yp=plgpu.SMEM((q, ch, nl) if has_z else small, F32),  # partials of h C
+        dx=plgpu.SMEM((q, ch), x_dtype),  # dx tile
+        ddt=plgpu.SMEM((q, ch), dt_dtype),  # ddt tile
+        dz=plgpu.SMEM((q, ch) if has_z else small, z_dtype),  # dz tile
+    )
+
+
+def _widest(itemsize: int) -> dict:
+    """The buffers' options at their largest: every input ``itemsize`` bytes, z and segment ids."""
+    dtype = jnp.dtype(f"float{8 * itemsize}")
+    return dict(x_dtype=dtype, dt_dtype=dtype, z_dtype=dtype, bc_dtype=dtype, has_z=True, has_keep=True)
 
 
 def forward_smem_bytes(chunk: int, ch: int, n: int, states_per_thread: int, *, unroll: int = 4,
                        itemsize: int = 2) -> int:
-    """Shared memory of the forward kernel (``mosaic_gpu.forward``'s scratch) for inputs of
-    ``itemsize`` bytes: two TMA stages of x, dt, z (ch) and B, C (n) and of ``keep``; float32
-    delta, u (ch) and B, C (n) with ``unroll`` look-ahead rows; the (ch, n / v) partial sums of
-    h . C; the y tile."""
-    q, u = chunk, unroll
-    keep = 2 * -(-(max(q, 32) + u) // 32) * 32 * 4
-    return ((2 * 3 * q * ch + 2 * 2 * q * n + q * ch) * itemsize + keep + 2 * (q + u) * ch * 4
-            + q * ch * (n // states_per_thread) * 4 + 2 * (q + u) * n * 4)
+    """Shared memory of the forward kernel's buffers (:func:`forward_buffers`) for inputs of
+    ``itemsize`` bytes, with z and segment ids."""
+    return gpu_common.smem_bytes(forward_buffers(chunk, ch, n, states_per_thread, unroll, **_widest(itemsize)))
 
 
 def pow2_at_least(v: int, floor: int = 1) -> int:
@@ -125,12 +200,11 @@ class SelectiveScanBlocks:
         return min(4, per_thread)
 
 
-def backward_smem_per_position(ch: int, n: int, v: int, itemsize: int = 2) -> int:
-    """Shared-memory bytes per chunk position of the backward kernel (upper bound over dtypes):
-    two TMA stages of x, dt, z, g (ch), B, C (n), keep; float32 delta, u, dy (ch) and B, C (n);
-    the (ch, n) state and dB products; three (ch, n/v) partial sums; dx, ddt, dz tiles."""
-    return (2 * (4 * ch * itemsize + 2 * n * itemsize + 4) + 3 * ch * 4 + 2 * n * 4 + 2 * ch * n * 4
-            + 3 * ch * (n // v) * 4 + 3 * ch * itemsize)
+def backward_smem_bytes(blocks: SelectiveScanBlocks, itemsize: int = 2) -> int:
+    """Shared memory of the backward kernel's buffers (:func:`backward_buffers`) for inputs of
+    ``itemsize`` bytes, with z and segment ids."""
+    return gpu_common.smem_bytes(backward_buffers(blocks.chunk, blocks.channels, blocks.n, blocks.states_per_thread,
+                                                  **_widest(itemsize)))
 
 
 # Positions per backward chunk = the forward's save interval in training. Each position of a
@@ -143,7 +217,7 @@ SMEM_MAX = gpu_common.SMEM_LIMIT
 
 def backward_fits(blocks: SelectiveScanBlocks) -> bool:
     """Whether the backward kernel's shared memory fits one H100 block (padded n <= 128)."""
-    return blocks.chunk * backward_smem_per_position(blocks.channels, blocks.n, blocks.states_per_thread) <= SMEM_MAX
+    return backward_smem_bytes(blocks) <= SMEM_MAX
 
 
 def choose_backward_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | None = None,

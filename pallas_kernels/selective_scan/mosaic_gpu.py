@@ -34,18 +34,17 @@ from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import gpu_common
-from pallas_kernels.selective_scan.blocks import WARPGROUP, SelectiveScanBlocks
+from pallas_kernels.selective_scan.blocks import (
+    F32,
+    KEEP_MIN,
+    WARPGROUP,
+    SelectiveScanBlocks,
+    backward_buffers,
+    forward_buffers,
+)
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
-# TMA copies move multiples of 128 bytes: `keep` is copied KEEP_MIN positions at a time (the
-# wrapper pads it so the last copy stays in bounds).
-KEEP_MIN = 32
-F32 = jnp.float32
-
-
-def _round_up(v: int, m: int) -> int:
-    return -(-v // m) * m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +202,27 @@ def _compiler_params():
     )
 
 
+def _kernel(body, p: Problem, out_types, scratch):
+    """``plgpu.kernel`` of one warpgroup per (batch row, block of ``ch`` channels)."""
+    return plgpu.kernel(
+        body,
+        out_type=tuple(out_types),
+        scratch_types=scratch,
+        grid=(p.b, p.channel_blocks),
+        grid_names=("b", "c"),
+        compiler_params=_compiler_params(),
+        interpret=gpu_common.interpret_params(p.interpret),
+    )
+
+
+def _copy_inputs(io, smem, names, bi, t, cols, gi, slot, bar):
+    """TMA copies of the rows ``t`` of the named per-chunk inputs into their stage ``slot``:
+    ``B``, ``C`` of group ``gi``, the others' channels ``cols``."""
+    for name in names:
+        src = io[name].at[bi, t, gi] if name in ("B", "C") else io[name].at[bi, t, cols]
+        plgpu.copy_gmem_to_smem(src, smem[name].at[slot], bar)
+
+
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
@@ -245,13 +265,18 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         raise ValueError(f"selective_scan forward: chunk/unroll = {q}/{U} must be even")
 
     names = forward_operands(p) + forward_results(save_states=save_states, want_final=want_final)
+    buffers = forward_buffers(q, ch, n, v, U, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
+                              has_z=p.has_z, has_keep=p.has_keep)
+    streams = ("x", "dt") + ("z",) * p.has_z + ("B", "C")
 
     def selective_scan_fwd(*refs):
         io = dict(zip(names, refs))
-        x_ref, dt_ref, z_ref, B_ref, C_ref, A2_ref = (io.get(k) for k in ("x", "dt", "z", "B", "C", "A2"))
-        bias_ref, D_ref, keep_ref, h0_ref = (io.get(k) for k in ("bias", "D", "keep", "h0"))
+        A2_ref, bias_ref, D_ref, keep_ref, h0_ref = (io.get(k) for k in ("A2", "bias", "D", "keep", "h0"))
         y_ref, hT_ref, hs_ref = (io.get(k) for k in ("y", "final_state", "saved"))
-        (x_s, dt_s, z_s, B_s, C_s, keep_s, delta_s, u_s, part_s, Bf_s, Cf_s, out_s, bars) = refs[len(names):]
+        smem = dict(zip(buffers, refs[len(names):]))
+        x_s, dt_s, z_s, B_s, C_s, keep_s = (smem[k] for k in ("x", "dt", "z", "B", "C", "keep"))
+        delta_s, u_s, part_s, Bf_s, Cf_s, out_s = (smem[k] for k in ("delta", "u", "part", "Bf", "Cf", "y"))
+        bars = refs[-1]
 
         bi = lax.axis_index("b")
         cb = lax.axis_index("c")
@@ -260,15 +285,8 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         rows_q = pl.ds(0, q)
 
         def issue(k, slot):
-            t = pl.ds(k * q, q)
-            cols = pl.ds(c0, ch)
             bar = bars.at[slot]
-            plgpu.copy_gmem_to_smem(x_ref.at[bi, t, cols], x_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(dt_ref.at[bi, t, cols], dt_s.at[slot], bar)
-            if p.has_z:
-                plgpu.copy_gmem_to_smem(z_ref.at[bi, t, cols], z_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(B_ref.at[bi, t, gi], B_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(C_ref.at[bi, t, gi], C_s.at[slot], bar)
+            _copy_inputs(io, smem, streams, bi, pl.ds(k * q, q), pl.ds(c0, ch), gi, slot, bar)
             if p.has_keep:
                 kq = max(q, KEEP_MIN)
                 plgpu.copy_gmem_to_smem(keep_ref.at[bi, pl.ds(k * q, kq)], keep_s.at[slot, pl.ds(0, kq)], bar)
@@ -391,35 +409,9 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
                         final_state=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32),
                         saved=jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, nl, v), F32))
     out_types = [result_types[k] for k in forward_results(save_states=save_states, want_final=want_final)]
-    scratch = [
-        plgpu.SMEM((2, q, ch), x_dt),  # x
-        plgpu.SMEM((2, q, ch), dt_dt),  # dt
-        plgpu.SMEM((2, q, ch) if p.has_z else (1, 8, 8), z_dt),  # z
-        plgpu.SMEM((2, q, n), bc_dt),  # B
-        plgpu.SMEM((2, q, n), bc_dt),  # C
-        # Buffers read by the recurrence have `unroll` rows of padding: the last look-ahead.
-        # Each slot's row is a multiple of 32 float32 (128 bytes): TMA writes shared memory at
-        # 128-byte-aligned addresses, and slot 1 starts one row in. Interpret mode does not check
-        # this; on the H100 a 68-float row (q=64, unroll 4) faulted with a misaligned address.
-        plgpu.SMEM((2, _round_up(max(q, KEEP_MIN) + U, KEEP_MIN)) if p.has_keep else (1, 8), F32),  # keep
-        plgpu.SMEM((q + U, ch), F32),  # delta
-        plgpu.SMEM((q + U, ch), F32),  # u = delta x
-        plgpu.SMEM((q, ch, nl), F32),  # partial sums of h C
-        plgpu.SMEM((q + U, nl, v), F32),  # B in float32
-        plgpu.SMEM((q + U, nl, v), F32),  # C in float32
-        plgpu.SMEM((q, ch), x_dt),  # y tile for the TMA store
-        # One arrival per TMA copy of a stage: x, dt, B, C, and z, keep when present.
-        plgpu.Barrier(num_arrivals=4 + p.has_z + p.has_keep, num_barriers=2),
-    ]
-    return plgpu.kernel(
-        selective_scan_fwd,
-        out_type=tuple(out_types),
-        scratch_types=scratch,
-        grid=(p.b, p.channel_blocks),
-        grid_names=("b", "c"),
-        compiler_params=_compiler_params(),
-        interpret=gpu_common.interpret_params(p.interpret),
-    )
+    # One barrier arrival per TMA copy of a stage: x, dt, B, C, and z, keep when present.
+    scratch = [*buffers.values(), plgpu.Barrier(num_arrivals=4 + p.has_z + p.has_keep, num_barriers=2)]
+    return _kernel(selective_scan_fwd, p, out_types, scratch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,15 +483,20 @@ def backward(p: Problem, *, has_gT: bool):
         raise ValueError(f"selective_scan backward: chunk {q} must be a multiple of 2 x unroll and of {rows_r}")
 
     names = backward_operands(p, has_gT=has_gT) + backward_results(p)
+    buffers = backward_buffers(q, ch, n, v, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
+                               has_z=p.has_z, has_keep=p.has_keep)
+    streams = ("x", "dt") + ("z",) * p.has_z + ("g", "B", "C")
 
     def selective_scan_bwd(*refs):
         io = dict(zip(names, refs))
-        x_ref, dt_ref, z_ref, g_ref, B_ref, C_ref, A2_ref = (io.get(k) for k in ("x", "dt", "z", "g", "B", "C", "A2"))
-        bias_ref, D_ref, keep_ref, hs_ref, gT_ref = (io.get(k) for k in ("bias", "D", "keep", "saved", "gT"))
+        A2_ref, bias_ref, D_ref, keep_ref, hs_ref, gT_ref = (io.get(k) for k in ("A2", "bias", "D", "keep", "saved", "gT"))
         dx_ref, ddt_ref, dz_ref, dB_ref, dC_ref, dA_ref = (io.get(k) for k in ("dx", "ddt", "dz", "dB", "dC", "dA"))
         dD_ref, dbias_ref, dh0_ref = (io.get(k) for k in ("dD", "dbias", "dh0"))
-        (x_s, dt_s, z_s, g_s, B_s, C_s, keep_s, delta_s, u_s, dy_s, Bf_s, Cf_s, h_s, dBp_s,
-         s1_s, s2_s, yp_s, dx_o, ddt_o, dz_o, bars) = refs[len(names):]
+        smem = dict(zip(buffers, refs[len(names):]))
+        x_s, dt_s, z_s, g_s, B_s, C_s, keep_s = (smem[k] for k in ("x", "dt", "z", "g", "B", "C", "keep"))
+        delta_s, u_s, dy_s, Bf_s, Cf_s, h_s, dBp_s = (smem[k] for k in ("delta", "u", "dy", "Bf", "Cf", "h", "dBp"))
+        s1_s, s2_s, yp_s, dx_o, ddt_o, dz_o = (smem[k] for k in ("s1", "s2", "yp", "dx", "ddt", "dz"))
+        bars = refs[-1]
 
         bi = lax.axis_index("b")
         cb = lax.axis_index("c")
@@ -508,15 +505,8 @@ def backward(p: Problem, *, has_gT: bool):
         cols = pl.ds(c0, ch)
 
         def issue(k, slot):
-            t = pl.ds(k * q, q)
             bar = bars.at[slot]
-            plgpu.copy_gmem_to_smem(x_ref.at[bi, t, cols], x_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(dt_ref.at[bi, t, cols], dt_s.at[slot], bar)
-            if p.has_z:
-                plgpu.copy_gmem_to_smem(z_ref.at[bi, t, cols], z_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(g_ref.at[bi, t, cols], g_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(B_ref.at[bi, t, gi], B_s.at[slot], bar)
-            plgpu.copy_gmem_to_smem(C_ref.at[bi, t, gi], C_s.at[slot], bar)
+            _copy_inputs(io, smem, streams, bi, pl.ds(k * q, q), cols, gi, slot, bar)
             if p.has_keep:
                 plgpu.copy_gmem_to_smem(keep_ref.at[bi, pl.ds(k * q, max(q, KEEP_MIN))], keep_s.at[slot], bar)
 
@@ -694,36 +684,6 @@ def backward(p: Problem, *, has_gT: bool):
                         dA=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32), dD=per_block, dbias=per_block,
                         dh0=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
     out_types = [result_types[k] for k in backward_results(p)]
-    small = (1, 8)
-    scratch = [
-        plgpu.SMEM((2, q, ch), x_dt),  # x
-        plgpu.SMEM((2, q, ch), dt_dt),  # dt
-        plgpu.SMEM((2, q, ch) if p.has_z else (1, 8, 8), z_dt),  # z
-        plgpu.SMEM((2, q, ch), x_dt),  # g = dL/dy
-        plgpu.SMEM((2, q, n), bc_dt),  # B
-        plgpu.SMEM((2, q, n), bc_dt),  # C
-        plgpu.SMEM((2, max(q, KEEP_MIN)) if p.has_keep else small, F32),  # keep
-        plgpu.SMEM((q, ch), F32),  # delta
-        plgpu.SMEM((q, ch), F32),  # u = delta x
-        plgpu.SMEM((q, ch), F32),  # dy
-        plgpu.SMEM((q, nl, v), F32),  # B in float32
-        plgpu.SMEM((q, nl, v), F32),  # C in float32
-        plgpu.SMEM((q, ch, nl, v), F32),  # h_{t-1}, then the dC products dy h
-        plgpu.SMEM((q, ch, nl, v), F32),  # dB products lam delta x
-        plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam B
-        plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam A a h
-        plgpu.SMEM((q, ch, nl) if p.has_z else (1, 8), F32),  # partials of h C
-        plgpu.SMEM((q, ch), x_dt),  # dx tile
-        plgpu.SMEM((q, ch), dt_dt),  # ddt tile
-        plgpu.SMEM((q, ch) if p.has_z else (1, 8), z_dt),  # dz tile
-        plgpu.Barrier(num_arrivals=5 + p.has_z + p.has_keep, num_barriers=2),
-    ]
-    return plgpu.kernel(
-        selective_scan_bwd,
-        out_type=tuple(out_types),
-        scratch_types=scratch,
-        grid=(p.b, p.channel_blocks),
-        grid_names=("b", "c"),
-        compiler_params=_compiler_params(),
-        interpret=gpu_common.interpret_params(p.interpret),
-    )
+    # One barrier arrival per TMA copy of a stage: x, dt, g, B, C, and z, keep when present.
+    scratch = [*buffers.values(), plgpu.Barrier(num_arrivals=5 + p.has_z + p.has_keep, num_barriers=2)]
+    return _kernel(selective_scan_bwd, p, out_types, scratch)

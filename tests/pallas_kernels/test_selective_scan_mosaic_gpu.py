@@ -157,6 +157,43 @@ def test_large_state_gradients(rng, n):
         assert_close(got[k], ref[k], tol=1e-4, name=f"d loss / d {k}")
 
 
+def test_shared_memory_counts_are_the_declared_buffers(monkeypatch):
+    """forward_smem_bytes / backward_smem_bytes, which the tiling rules compare with the limits,
+    are the bytes of the shared-memory buffers the kernels declare (barriers apart) at their
+    widest: every input ``itemsize`` bytes, z and segment ids present. Narrower calls declare no
+    more."""
+    from pallas_kernels.selective_scan import blocks as blocks_mod
+    from pallas_kernels.selective_scan import mosaic_gpu
+
+    declared = []
+    monkeypatch.setattr(mosaic_gpu.plgpu, "kernel", lambda body, **kw: declared.append(kw["scratch_types"]))
+
+    def buffer_bytes(scratch):
+        buffers = [t for t in scratch if not isinstance(t, mosaic_gpu.plgpu.Barrier)]
+        assert len(buffers) == len(scratch) - 1
+        return sum(int(np.prod(t.shape)) * jnp.dtype(t.dtype).itemsize for t in buffers)
+
+    def problem(blk, dtype, widest):
+        return mosaic_gpu.Problem(b=1, l=4 * blk.chunk, d=blk.channels, g=1, l_valid=4 * blk.chunk, blocks=blk,
+                                  x_dtype=dtype, dt_dtype=dtype, z_dtype=dtype, bc_dtype=dtype, has_D=True,
+                                  has_z=widest, has_bias=True, softplus=True, has_h0=True, has_keep=widest,
+                                  interpret=True)
+
+    for itemsize, dtype in ((2, "bfloat16"), (4, "float32")):
+        for n, v, chunk, unroll in ((16, 1, 64, 4), (16, 4, 32, 2), (64, 4, 16, 2), (128, 8, 16, 2), (256, 16, 16, 2)):
+            blk = SelectiveScanBlocks(n=n, states_per_thread=v, chunk=chunk, unroll=unroll, save_interval=chunk)
+            mosaic_gpu.forward(problem(blk, dtype, True), save_states=True, want_final=True)
+            used = blocks_mod.forward_smem_bytes(chunk, blk.channels, n, v, unroll=unroll, itemsize=itemsize)
+            assert used == buffer_bytes(declared.pop()), blk
+            mosaic_gpu.forward(problem(blk, dtype, False), save_states=True, want_final=True)
+            assert buffer_bytes(declared.pop()) < used
+            mosaic_gpu.backward(problem(blk, dtype, True), has_gT=True)
+            used = blocks_mod.backward_smem_bytes(blk, itemsize)
+            assert used == buffer_bytes(declared.pop()), blk
+            mosaic_gpu.backward(problem(blk, dtype, False), has_gT=True)
+            assert buffer_bytes(declared.pop()) < used
+
+
 @pytest.mark.parametrize("itemsize", [2, 4])
 def test_forward_tiling_fits_shared_memory(itemsize):
     """choose_blocks counts the forward's shared memory for the input width (n = 256 with float32
