@@ -8,7 +8,10 @@ the Mosaic GPU and Mosaic TPU kernels of both families lives here, once:
   there), the selective scans' form of ``segment_ids``;
 * :func:`reset_counts` -- ``(b, L)`` segment starts counted from the start of each kernel chunk,
   the chunked (SSD) kernels' form;
-* :func:`pad_axis` -- zero (or ``value``) padding of one axis to a length.
+* :func:`pad_axis` -- zero (or ``value``) padding of one axis to a length;
+* :func:`pad_groups`, :func:`unpad_groups` -- a channel axis of contiguous groups, each group
+  zero-padded to a tile multiple (the selective scans' kernels tile channels within a group), and
+  back.
 
 A *segment* is a maximal run of equal ids: an id that comes back later starts a new segment. This
 package does not import ``ssm_jax`` (dependencies point one way), so the comparison
@@ -21,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["effective_dt", "keep_mask", "pad_axis", "reset_counts"]
+__all__ = ["effective_dt", "keep_mask", "pad_axis", "pad_groups", "reset_counts", "unpad_groups"]
 
 
 def _starts(segment_ids) -> jax.Array:
@@ -68,3 +71,28 @@ def pad_axis(v, length: int, axis: int = 1, value=0) -> jax.Array:
     widths = [(0, 0)] * v.ndim
     widths[axis] = (0, length - v.shape[axis])
     return jnp.pad(v, widths, constant_values=value)
+
+
+def pad_groups(v, axis: int, groups: int, size: int) -> jax.Array:
+    """``axis`` of ``v`` holds ``groups`` contiguous groups of channels; each is zero-padded at
+    its end to ``size`` channels: ``(..., g * r, ...) -> (..., g * size, ...)``."""
+    axis %= v.ndim
+    shape = v.shape
+    r = shape[axis] // groups
+    if r == size:
+        return v
+    v = pad_axis(v.reshape(*shape[:axis], groups, r, *shape[axis + 1 :]), size, axis + 1)
+    return v.reshape(*shape[:axis], groups * size, *shape[axis + 1 :])
+
+
+def unpad_groups(v, axis: int, groups: int, size: int) -> jax.Array:
+    """The inverse of :func:`pad_groups`: each of the ``groups`` groups on ``axis`` cut back to
+    its first ``size`` channels."""
+    axis %= v.ndim
+    shape = v.shape
+    padded = shape[axis] // groups
+    if padded == size:
+        return v
+    v = v.reshape(*shape[:axis], groups, padded, *shape[axis + 1 :])
+    v = jax.lax.slice_in_dim(v, 0, size, axis=axis + 1)
+    return v.reshape(*shape[:axis], groups * size, *shape[axis + 1 :])

@@ -126,22 +126,11 @@ class _Static:
 
 def _pad_channels(s: _Static, v, axis: int):
     """Pad the channel ``axis`` (size d = g * r) of ``v`` to ``g * r_pad`` with zeros, per group."""
-    if s.r_pad == s.r:
-        return v
-    shape = v.shape
-    v = v.reshape(*shape[:axis], s.g, s.r, *shape[axis + 1 :])
-    pads = [(0, 0)] * v.ndim
-    pads[axis + 1] = (0, s.r_pad - s.r)
-    return jnp.pad(v, pads).reshape(*shape[:axis], s.g * s.r_pad, *shape[axis + 1 :])
+    return _prepare.pad_groups(v, axis, s.g, s.r_pad)
 
 
 def _unpad_channels(s: _Static, v, axis: int):
-    if s.r_pad == s.r:
-        return v
-    shape = v.shape
-    v = v.reshape(*shape[:axis], s.g, s.r_pad, *shape[axis + 1 :])
-    v = jax.lax.slice_in_dim(v, 0, s.r, axis=axis + 1)
-    return v.reshape(*shape[:axis], s.d, *shape[axis + 1 :])
+    return _prepare.unpad_groups(v, axis, s.g, s.r)
 
 
 def _pad_length(s: _Static, v, axis: int = 1, value=0):

@@ -95,6 +95,13 @@ class _Layout:
     def dp(self) -> int:
         return self.g * self.r_pad
 
+    def pad(self, v, axis: int):
+        """``(..., d, ...)`` -> ``(..., g * r_pad, ...)`` with zeros after each group's channels."""
+        return _prepare.pad_groups(v, axis, self.g, self.r_pad)
+
+    def unpad(self, v, axis: int):
+        return _prepare.unpad_groups(v, axis, self.g, self.r)
+
 
 def _layout(d: int, g: int, blocks: SelectiveScanTPUBlocks) -> _Layout:
     r = d // g
@@ -103,28 +110,6 @@ def _layout(d: int, g: int, blocks: SelectiveScanTPUBlocks) -> _Layout:
     r_pad = tpu_common.pad128(r)
     td = next(w for w in (blocks.block_d, 256, 128) if r_pad % w == 0)
     return _Layout(d, g, r_pad, td)
-
-
-def _pad_channels(lay: _Layout, v, axis: int):
-    """``(..., d, ...)`` -> ``(..., g * r_pad, ...)`` with zeros after each group's channels."""
-    if lay.r_pad == lay.r:
-        return v
-    axis %= v.ndim
-    shape = v.shape
-    v = v.reshape(*shape[:axis], lay.g, lay.r, *shape[axis + 1 :])
-    pads = [(0, 0)] * v.ndim
-    pads[axis + 1] = (0, lay.r_pad - lay.r)
-    return jnp.pad(v, pads).reshape(*shape[:axis], lay.dp, *shape[axis + 1 :])
-
-
-def _unpad_channels(lay: _Layout, v, axis: int):
-    if lay.r_pad == lay.r:
-        return v
-    axis %= v.ndim
-    shape = v.shape
-    v = v.reshape(*shape[:axis], lay.g, lay.r_pad, *shape[axis + 1 :])
-    v = jax.lax.slice_in_dim(v, 0, lay.r, axis=axis + 1)
-    return v.reshape(*shape[:axis], lay.d, *shape[axis + 1 :])
 
 
 @functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
@@ -142,8 +127,8 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
         has_bias=dt_bias is not None, has_D=D is not None, has_keep=segment_ids is not None,
         has_h0=initial_state is not None, softplus=dt_softplus, unroll=blocks.unroll, interpret=interpret,
     )
-    seq = lambda v: None if v is None else _pad_channels(lay, _prepare.pad_axis(v, L), 2)  # noqa: E731
-    row = lambda v: None if v is None else _pad_channels(lay, v.astype(f), 0)[None, :]  # noqa: E731
+    seq = lambda v: None if v is None else lay.pad(_prepare.pad_axis(v, L), 2)  # noqa: E731
+    row = lambda v: None if v is None else lay.pad(v.astype(f), 0)[None, :]  # noqa: E731
     bc = lambda v: jnp.swapaxes(_prepare.pad_axis(v.astype(f), L), 1, 2)  # (b, g, L, n)  # noqa: E731
     keep = None
     if segment_ids is not None:
@@ -151,13 +136,13 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
         keep = _prepare.pad_axis(_prepare.keep_mask(segment_ids, f), L, value=1.0)[..., None]
     h0 = None
     if initial_state is not None:
-        h0 = jnp.swapaxes(_pad_channels(lay, initial_state.astype(f), 1), 1, 2)  # (b, n, dp)
-    At = jnp.swapaxes(_pad_channels(lay, A.astype(f), 0), 0, 1)  # (n, dp)
+        h0 = jnp.swapaxes(lay.pad(initial_state.astype(f), 1), 1, 2)  # (b, n, dp)
+    At = jnp.swapaxes(lay.pad(A.astype(f), 0), 0, 1)  # (n, dp)
     y, hT = _core(p, bool(return_final_state), seq(x), seq(dt), seq(z), bc(B), bc(C), At, row(dt_bias), row(D),
                   keep, h0)
-    y = _unpad_channels(lay, y[:, :l], 2)
+    y = lay.unpad(y[:, :l], 2)
     if hT is not None:
-        hT = _unpad_channels(lay, jnp.swapaxes(hT, 1, 2), 1)
+        hT = lay.unpad(jnp.swapaxes(hT, 1, 2), 1)
     return y, hT
 
 
