@@ -6,6 +6,8 @@
   detect_races=True, num_cores_or_threads=2))``, which overrides the value passed here (that
   context is part of jax's jit key, so a cached trace is never reused across modes).
 * :func:`batchable` -- ``jax.vmap`` of a kernel in interpret mode, as a loop.
+* :class:`Taker` -- a kernel's operands, results or refs handed out in order, the optional ones
+  only when present.
 * :func:`sequence_call` -- the ``pallas_call`` of a kernel over a ``(batch, tile, sequence
   block)`` grid, as both families build theirs; :func:`enter_block`, how their forward kernels
   start each step of it.
@@ -29,6 +31,7 @@ from jax.experimental.pallas import tpu as pltpu
 __all__ = [
     "LANES",
     "SUBLANES",
+    "Taker",
     "backend_reason",
     "batchable",
     "dtype_reason",
@@ -145,3 +148,18 @@ def enter_block(state_scr, initial_ref, step, dtype, saved_ref=None) -> None:
 
     if saved_ref is not None:
         saved_ref[...] = state_scr[...]
+
+
+class Taker:
+    """A kernel's operands, results or refs, handed out in their order: ``take()`` is the next,
+    ``take(present)`` the next if ``present`` (an optional one that exists) else None;
+    ``take.rest()`` what is left (a kernel's scratch refs)."""
+
+    def __init__(self, values):
+        self._values = list(values)
+
+    def __call__(self, present: bool = True):
+        return self._values.pop(0) if present else None
+
+    def rest(self) -> tuple:
+        return tuple(self._values)

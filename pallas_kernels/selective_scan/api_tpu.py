@@ -153,11 +153,8 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
 
 def _run_forward(p, want_final, save, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
     ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep, h0) if v is not None]
-    outs = list(mosaic_tpu.forward(p, save_states=save, want_final=want_final)(*ins))
-    y = outs.pop(0)
-    hT = outs.pop(0) if want_final else None
-    hs = outs.pop(0) if save else None
-    return y, hT, hs
+    take = tpu_common.Taker(mosaic_tpu.forward(p, save_states=save, want_final=want_final)(*ins))
+    return take(), take(want_final), take(save)  # y, h_final, the states entering each block
 
 
 def _core_bwd(p, want_final, res, cts):
@@ -166,8 +163,7 @@ def _core_bwd(p, want_final, res, cts):
     has_dfinal = want_final and dhT is not None
     ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep) if v is not None]
     ins += [hs, dy.astype(x.dtype)] + ([dhT.astype(hs.dtype)] if has_dfinal else [])
-    outs = list(mosaic_tpu.backward(p, has_dfinal=has_dfinal)(*ins))
-    take = lambda flag=True: outs.pop(0) if flag else None  # noqa: E731
+    take = tpu_common.Taker(mosaic_tpu.backward(p, has_dfinal=has_dfinal)(*ins))
     dx, ddt, dz = take(), take(), take(p.has_z)
     dBt, dCt, dA = take(), take(), take()
     dbias, dD, dh0 = take(p.has_bias), take(p.has_D), take(p.has_h0)

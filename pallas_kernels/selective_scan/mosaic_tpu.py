@@ -188,13 +188,12 @@ def _silu_parts(z):
 
 
 def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
-    refs = list(refs)
-    take = lambda flag=True: refs.pop(0) if flag else None  # noqa: E731
+    take = tpu_common.Taker(refs)
     x_ref, dt_ref, z_ref = take(), take(), take(p.has_z)
     B_ref, C_ref, A_ref = take(), take(), take()
     bias_ref, D_ref, keep_ref, h0_ref = take(p.has_bias), take(p.has_D), take(p.has_keep), take(p.has_h0)
     y_ref, hT_ref, hs_ref = take(), take(want_final), take(save_states)
-    h_scr, dt_scr, u_scr, y_scr = refs
+    h_scr, dt_scr, u_scr, y_scr = take.rest()
     f = jnp.dtype(p.acc)
     i = pl.program_id(2)
     tpu_common.enter_block(h_scr, h0_ref, i, f, saved_ref=hs_ref)
@@ -278,8 +277,7 @@ def forward_cost(p: Problem) -> pl.CostEstimate:
 
 
 def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
-    refs = list(refs)
-    take = lambda flag=True: refs.pop(0) if flag else None  # noqa: E731
+    take = tpu_common.Taker(refs)
     x_ref, dt_ref, z_ref = take(), take(), take(p.has_z)
     B_ref, C_ref, A_ref = take(), take(), take()
     bias_ref, D_ref, keep_ref = take(p.has_bias), take(p.has_D), take(p.has_keep)
@@ -287,7 +285,7 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
     dx_ref, ddt_ref, dz_ref = take(), take(), take(p.has_z)
     dBt_ref, dCt_ref, dA_ref = take(), take(), take()
     dbias_ref, dD_ref, dh0_ref = take(p.has_bias), take(p.has_D), take(p.has_h0)
-    lam_scr, H_scr, dt_scr, u_scr, g_scr, yp_scr, gdt_scr, gu_scr = refs
+    lam_scr, H_scr, dt_scr, u_scr, g_scr, yp_scr, gdt_scr, gu_scr = take.rest()
     f = jnp.dtype(p.acc)
     i = pl.program_id(2)
     block = pl.num_programs(2) - 1 - i  # sequence block of this step: last first

@@ -137,11 +137,8 @@ def _layouts(dtp, cs, r):
 def _run_forward(prob, want_final, save, x, dtp, cs, Bt, Ct, r, D, z, h0):
     col, row, seg = _layouts(dtp, cs, r)
     ins = [x, Bt, Ct, col, row, *seg] + [v for v in (D, z, h0) if v is not None]
-    outs = list(mosaic_tpu.forward(prob, save_states=save, want_final=want_final)(*ins))
-    y = outs.pop(0)
-    hT = outs.pop(0) if want_final else None
-    states = outs.pop(0) if save else None
-    return y, hT, states
+    take = tpu_common.Taker(mosaic_tpu.forward(prob, save_states=save, want_final=want_final)(*ins))
+    return take(), take(want_final), take(save)  # y, h_final, the states entering each chunk
 
 
 def _core_bwd(prob, want_final, res, cts):
@@ -151,8 +148,7 @@ def _core_bwd(prob, want_final, res, cts):
     col, row, seg = _layouts(dtp, cs, r)
     ins = [x, Bt, Ct, col, row, *seg] + [v for v in (D, z) if v is not None]
     ins += [states, dy.astype(x.dtype)] + ([dhT.astype(states.dtype)] if has_dfinal else [])
-    outs = list(mosaic_tpu.backward(prob, has_dfinal=has_dfinal)(*ins))
-    take = lambda flag=True: outs.pop(0) if flag else None  # noqa: E731
+    take = tpu_common.Taker(mosaic_tpu.backward(prob, has_dfinal=has_dfinal)(*ins))
     dx, dz, dB, dC, dcol, drow = take(), take(prob.has_z), take(), take(), take(), take()
     dD, dh0 = take(prob.has_D), take(prob.has_h0)
     b, g, L, n = Bt.shape

@@ -157,13 +157,12 @@ def _head_cols(p: Problem, hh: int):
 
 
 def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
-    refs = list(refs)
-    take = lambda flag=True: refs.pop(0) if flag else None  # noqa: E731
+    take = tpu_common.Taker(refs)
     x_ref, B_ref, C_ref, col_ref, row_ref = take(), take(), take(), take(), take()
     rcol_ref, rrow_ref = take(p.has_seg), take(p.has_seg)
     D_ref, z_ref, h0_ref = take(p.has_D), take(p.has_z), take(p.has_h0)
     y_ref, hT_ref, st_ref = take(), take(want_final), take(save_states)
-    (S_scr,) = refs
+    (S_scr,) = take.rest()
     f = jnp.dtype(p.acc)
     c = pl.program_id(2)
     tpu_common.enter_block(S_scr, h0_ref, c, f, saved_ref=st_ref)
@@ -239,15 +238,14 @@ def forward_cost(p: Problem, save_states: bool = False) -> pl.CostEstimate:
 
 
 def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
-    refs = list(refs)
-    take = lambda flag=True: refs.pop(0) if flag else None  # noqa: E731
+    take = tpu_common.Taker(refs)
     x_ref, B_ref, C_ref, col_ref, row_ref = take(), take(), take(), take(), take()
     rcol_ref, rrow_ref = take(p.has_seg), take(p.has_seg)
     D_ref, z_ref = take(p.has_D), take(p.has_z)
     st_ref, dy_ref, dhT_ref = take(), take(), take(has_dfinal)
     dx_ref, dz_ref, dB_ref, dC_ref, dcol_ref, drow_ref = take(), take(p.has_z), take(), take(), take(), take()
     dD_ref, dh0_ref = take(p.has_D), take(p.has_h0)
-    (dS_scr,) = refs
+    (dS_scr,) = take.rest()
     f = jnp.dtype(p.acc)
     i = pl.program_id(2)
     q = p.q
