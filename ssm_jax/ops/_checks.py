@@ -56,10 +56,7 @@ def check_segment_ids(op: str, dims: "Dims", segment_ids: Any) -> jax.Array | No
     """``segment_ids`` as a ``(b, l)`` int32 array bound to ``dims`` (None stays None)."""
     if segment_ids is None:
         return None
-    segment_ids = to_array(op, "segment_ids", segment_ids)
-    check_int_array(op, "segment_ids", segment_ids)
-    dims.bind("segment_ids", segment_ids, "b l")
-    return segment_ids.astype(jnp.int32)
+    return dims.array("segment_ids", segment_ids, "b l", check=check_int_array).astype(jnp.int32)
 
 
 def check_token_ids(op: str, name: str, ids: Any, vocab_size: int) -> None:
@@ -134,6 +131,14 @@ class Dims:
         if x.ndim != len(letters):
             return False
         return all(self.sizes.get(c, s) == s for c, s in zip(letters, x.shape))
+
+    def array(self, name: str, v: Any, *specs: str, check=check_real) -> jax.Array:
+        """The argument ``name``: ``v`` as an array whose dtype ``check(op, name, array)`` accepts,
+        bound by :meth:`bind` to the first matching spec."""
+        v = to_array(self.op, name, v)
+        check(self.op, name, v)
+        self.bind(name, v, *specs)
+        return v
 
     def bind(self, name: str, x: jax.Array, *specs: str) -> str:
         """Check ``x`` against the first matching spec among ``specs``; bind its letters.

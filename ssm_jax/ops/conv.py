@@ -97,10 +97,7 @@ def fft_conv(u, K, *, D=None, bidirectional: bool = False, impl: str = "auto") -
             f"{op}: with bidirectional=True `K` must have shape (2, h, l) = (2, {dims['h']}, {dims['l']}) "
             f"([forward, backward] kernels); got {tuple(K.shape)}"
         )
-    if D is not None:
-        D = to_array(op, "D", D)
-        check_real(op, "D", D)
-        dims.bind("D", D, "h")
+    D = None if D is None else dims.array("D", D, "h")
     _, fn = FFT_CONV.resolve(impl, {"u": u, "K": K, "D": D, "bidirectional": bidirectional})
     return fn(u=u, K=K, D=D, bidirectional=bidirectional)
 
@@ -204,10 +201,7 @@ def _check_short_conv(op: str, x, weight, bias, segment_ids, activation):
             "squeeze PyTorch's depthwise (d, 1, k) layout to (d, k)"
         )
     dims.bind("weight", weight, "d k")
-    if bias is not None:
-        bias = to_array(op, "bias", bias)
-        check_real(op, "bias", bias)
-        dims.bind("bias", bias, "d")
+    bias = None if bias is None else dims.array("bias", bias, "d")
     return x, weight, bias, check_segment_ids(op, dims, segment_ids)
 
 
@@ -336,10 +330,7 @@ def causal_conv1d_step(x_t, conv_state, weight, bias=None, *, activation=None) -
             f"{op}: `conv_state` must have shape (b, d, k-1) = ({b}, {d}, {k - 1}) or (b, d, k) = "
             f"({b}, {d}, {k}); got {tuple(conv_state.shape)}"
         )
-    if bias is not None:
-        bias = to_array(op, "bias", bias)
-        check_real(op, "bias", bias)
-        dims.bind("bias", bias, "d")
+    bias = None if bias is None else dims.array("bias", bias, "d")
     acc = _acc_dtype(x_t.dtype, weight.dtype)
     full = conv_state.shape[-1] == k
     window = jnp.concatenate([conv_state[..., 1:] if full else conv_state, x_t[..., None].astype(conv_state.dtype)], axis=-1)
@@ -379,9 +370,7 @@ def causal_conv1d_init_state(x, width: int, *, lengths=None, state_len: int | No
     if lengths is None:
         window = xp[:, l : l + s]
     else:
-        lengths = to_array(op, "lengths", lengths)
-        check_int_array(op, "lengths", lengths)
-        dims.bind("lengths", lengths, "b")
+        lengths = dims.array("lengths", lengths, "b", check=check_int_array)
         # Row r's last s inputs are x[r, len-s : len], i.e. xp[r, len : len+s].
         idx = lengths[:, None] + jnp.arange(s)[None, :]
         window = jnp.take_along_axis(xp, idx[..., None], axis=1)

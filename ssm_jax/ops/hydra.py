@@ -54,13 +54,7 @@ REGISTRY = Registry("hydra")
 
 def _directions(op: str, dims: _checks.Dims, dt, B, C) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``dt (b, l, 2, h)``, ``B, C (b, l, 2, g, n)``: [forward, backward] stacked on axis 2."""
-    out = []
-    for name, v, spec in (("dt", dt, "b l 2 h"), ("B", B, "b l 2 g n"), ("C", C, "b l 2 g n")):
-        v = _checks.to_array(op, name, v)
-        _checks.check_real(op, name, v)
-        dims.bind(name, v, spec)
-        out.append(v)
-    return tuple(out)
+    return dims.array("dt", dt, "b l 2 h"), dims.array("B", B, "b l 2 g n"), dims.array("C", C, "b l 2 g n")
 
 
 def canonicalize(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_softplus=False,
@@ -72,9 +66,7 @@ def canonicalize(x, dt, A, B, C, *, D=None, chunk_size=256, dt_bias=None, dt_sof
     direction (each direction is an SSD call with the same ``A``, groups, ``dt_bias``, ids).
     """
     dims = _checks.Dims(op, **{"2": 2})
-    x = _checks.to_array(op, "x", x)
-    _checks.check_real(op, "x", x)
-    dims.bind("x", x, "b l h p")
+    x = dims.array("x", x, "b l h p")
     dt, B, C = _directions(op, dims, dt, B, C)
     args = ssd_canonicalize(x, dt[:, :, 0], A, B[:, :, 0], C[:, :, 0], chunk_size=chunk_size, D=D, dt_bias=dt_bias,
                             dt_softplus=dt_softplus, segment_ids=segment_ids, op=op)
@@ -236,9 +228,7 @@ def hydra_matrix(dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=False, segmen
     dt, B, C = _directions(op, dims, dt, B, C)
     M = _matrix(dt, A, B, C, dt_bias=dt_bias, dt_softplus=dt_softplus, segment_ids=segment_ids, op=op)
     if D is not None:
-        D = _checks.to_array(op, "D", D)
-        _checks.check_real(op, "D", D)
-        dims.bind("D", D, "h")
+        D = dims.array("D", D, "h")
         M = M + D.astype(M.dtype)[:, None, None] * jnp.eye(M.shape[-1], dtype=M.dtype)
     return M
 

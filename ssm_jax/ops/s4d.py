@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssm_jax.ops._checks import Dims, check_positive_int, check_real, check_segment_ids, to_array
+from ssm_jax.ops._checks import Dims, check_positive_int, check_segment_ids, to_array
 from ssm_jax.ops._prepare import segment_starts
 from ssm_jax.ops._lti_chunked import chunked_scan
 from ssm_jax.ops._explicit import scan
@@ -58,17 +58,11 @@ def check_float_or_complex(op: str, name: str, x: jax.Array) -> None:
 
 
 def as_param(op: str, dims: Dims, name: str, x, spec: str = "h n") -> Array:
-    x = to_array(op, name, x)
-    check_float_or_complex(op, name, x)
-    dims.bind(name, x, spec)
-    return x
+    return dims.array(name, x, spec, check=check_float_or_complex)
 
 
 def check_log_dt(op: str, dims: Dims, log_dt) -> Array:
-    log_dt = to_array(op, "log_dt", log_dt)
-    check_real(op, "log_dt", log_dt)
-    dims.bind("log_dt", log_dt, "h")
-    return log_dt
+    return dims.array("log_dt", log_dt, "h")
 
 
 def check_discretization(op: str, discretization) -> str:
@@ -250,9 +244,7 @@ def check_step_args(op, u, state, dA, dB, C, D, *, step: bool, dense_dA: bool = 
     """
     u_name, u_spec, x_name = ("u_t", "b h", "state") if step else ("u", "b l h", "initial_state")
     dims = Dims(op)
-    u = to_array(op, u_name, u)
-    check_real(op, u_name, u)
-    dims.bind(u_name, u, u_spec)
+    u = dims.array(u_name, u, u_spec)
     if not dense_dA:
         dA = as_param(op, dims, "dA", dA)
     dB = as_param(op, dims, "dB", dB)
@@ -266,14 +258,8 @@ def check_step_args(op, u, state, dA, dB, C, D, *, step: bool, dense_dA: bool = 
                              f"got {tuple(dA.shape)}")
     if step and state is None:
         raise TypeError(f"{op}: `state` must be a (b, h, n) complex array (zeros before the first step); got None")
-    if state is not None:
-        state = to_array(op, x_name, state)
-        check_float_or_complex(op, x_name, state)
-        dims.bind(x_name, state, "b h n")
-    if D is not None:
-        D = to_array(op, "D", D)
-        check_real(op, "D", D)
-        dims.bind("D", D, "h")
+    state = None if state is None else dims.array(x_name, state, "b h n", check=check_float_or_complex)
+    D = None if D is None else dims.array("D", D, "h")
     ctype = complex_dtype(dA, dB, C)
     return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
 

@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ssm_jax.ops._checks import Dims, check_bool, check_float, check_real, check_segment_ids, to_array
+from ssm_jax.ops._checks import Dims, check_bool, check_float, check_segment_ids
 from ssm_jax.ops._prepare import effective_dt, segment_starts
 from ssm_jax.ops._explicit import batch_zeros, call, scan
 from ssm_jax.ops.registry import Registry
@@ -221,17 +221,13 @@ def _canonicalize(
     dims = Dims(op)
 
     def floating(key, v, *specs):
-        v = to_array(op, nm(key), v)
-        check_float(op, nm(key), v)
-        return v, dims.bind(nm(key), v, *specs)
+        return dims.array(nm(key), v, *specs, check=check_float)
 
-    x, _ = floating("x", x, spec("b l d"))
-    dt, _ = floating("dt", dt, spec("b l d"))
-    A = to_array(op, "A", A)
-    check_real(op, "A", A)
-    dims.bind("A", A, "d n")
-    B, _ = floating("B", B, spec("b l n"), spec("b l g n"))
-    C, _ = floating("C", C, spec("b l n"), spec("b l g n"))
+    x = floating("x", x, spec("b l d"))
+    dt = floating("dt", dt, spec("b l d"))
+    A = dims.array("A", A, "d n")
+    B = floating("B", B, spec("b l n"), spec("b l g n"))
+    C = floating("C", C, spec("b l n"), spec("b l g n"))
     # A B or C without a group axis is shared by every channel; the other may still have g.
     g = dims.sizes.setdefault("g", 1)
     B, C = (
@@ -247,18 +243,12 @@ def _canonicalize(
             f"{op}: `{nm('B')}` and `{nm('C')}` have g={g} groups, which must divide the "
             f"d={d} channels of `{nm('x')}` (channel i uses group i // (d // g))"
         )
-    if D is not None:
-        D, _ = floating("D", D, "d")
-    if z is not None:
-        z, _ = floating("z", z, spec("b l d"))
-    if dt_bias is not None:
-        dt_bias, _ = floating("dt_bias", dt_bias, "d")
+    D = None if D is None else floating("D", D, "d")
+    z = None if z is None else floating("z", z, spec("b l d"))
+    dt_bias = None if dt_bias is None else floating("dt_bias", dt_bias, "d")
     if state is None and step:
         raise TypeError(f"{op}: `{state_name}` must be an array of shape {dims.expected('b d n')}; got None")
-    if state is not None:
-        state = to_array(op, state_name, state)
-        check_float(op, state_name, state)
-        dims.bind(state_name, state, "b d n")
+    state = None if state is None else dims.array(state_name, state, "b d n", check=check_float)
     segment_ids = check_segment_ids(op, dims, segment_ids)
 
     present = [v for v in (x, dt, A, B, C, D, z, dt_bias, state) if v is not None]
