@@ -74,30 +74,24 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _array(op: str, name: str, v, dims: _checks.Dims, *specs: str):
-    """A real floating array bound to ``specs``; returns ``(array, matched spec)``."""
-    v = _checks.to_array(op, name, v)
-    _checks.check_real(op, name, v)
-    return v, dims.bind(name, v, *specs)
-
-
-def _param(op: str, name: str, v, dims: _checks.Dims, *specs: str):
-    """Like :func:`_array`, cast to fp32 (float64 stays float64): parameters and states."""
-    v, spec = _array(op, name, v, dims, *specs)
-    return v.astype(_compute_dtype(v.dtype)), spec
+def _param(dims: _checks.Dims, name: str, v, *specs: str):
+    """A real floating argument bound to ``specs`` (:meth:`Dims.array`), cast to fp32 (float64
+    stays float64): parameters and states."""
+    v = dims.array(name, v, *specs)
+    return v.astype(_compute_dtype(v.dtype))
 
 
 def _canonical_core(op, dims, dt, A, B, C, dt_bias, dt_softplus, segment_ids, *, step=False):
     """dt, A, B, C, dt_bias, dt_softplus, segment_ids: shared by ssd, ssd_matrix, ssd_step, hydra."""
     seq = "b h" if step else "b l h"
-    dt, _ = _array(op, "dt_t" if step else "dt", dt, dims, seq)
-    A, _ = _param(op, "A", A, dims, "h")
+    dt = dims.array("dt_t" if step else "dt", dt, seq)
+    A = _param(dims, "A", A, "h")
     BC = {}
     for name, v in (("B", B), ("C", C)):
         name_t = name + "_t" if step else name
         grouped, flat = ("b g n", "b n") if step else ("b l g n", "b l n")
-        v, spec = _array(op, name_t, v, dims, grouped, flat)
-        if spec == flat:
+        v = dims.array(name_t, v, grouped, flat)
+        if v.ndim == len(flat.split()):
             if dims.sizes.setdefault("g", 1) != 1:
                 raise ValueError(f"{op}: `{name_t}` must have shape {dims.expected(grouped)}; got {tuple(v.shape)}")
             v = v[..., None, :]
@@ -109,7 +103,7 @@ def _canonical_core(op, dims, dt, A, B, C, dt_bias, dt_softplus, segment_ids, *,
             f"(h % g == 0); got `B` of shape {tuple(BC['B'].shape)} for h={h}"
         )
     if dt_bias is not None:
-        dt_bias, _ = _param(op, "dt_bias", dt_bias, dims, "h")
+        dt_bias = _param(dims, "dt_bias", dt_bias, "h")
     segment_ids = _checks.check_segment_ids(op, dims, segment_ids)
     return dict(
         dt=dt, A=A, B=BC["B"], C=BC["C"], dt_bias=dt_bias,
@@ -120,8 +114,8 @@ def _canonical_core(op, dims, dt, A, B, C, dt_bias, dt_softplus, segment_ids, *,
 def _canonical_D(op, dims, D):
     if D is None:
         return None
-    D, spec = _param(op, "D", D, dims, "h", "h p")
-    return jnp.broadcast_to(D[:, None], (dims["h"], dims["p"])) if spec == "h" else D
+    D = _param(dims, "D", D, "h", "h p")
+    return jnp.broadcast_to(D[:, None], (dims["h"], dims["p"])) if D.ndim == 1 else D
 
 
 def canonicalize(
@@ -135,14 +129,13 @@ def canonicalize(
     int32 or None. ``x``, ``dt``, ``B``, ``C``, ``z`` keep their dtypes.
     """
     dims = _checks.Dims(op)
-    x, _ = _array(op, "x", x, dims, "b l h p")
+    x = dims.array("x", x, "b l h p")
     if dims["l"] < 1:
         raise ValueError(f"{op}: `x` must have at least one time step; got shape {tuple(x.shape)}")
     args = _canonical_core(op, dims, dt, A, B, C, dt_bias, dt_softplus, segment_ids)
-    if z is not None:
-        z, _ = _array(op, "z", z, dims, "b l h p")
+    z = None if z is None else dims.array("z", z, "b l h p")
     if initial_state is not None:
-        initial_state, _ = _param(op, "initial_state", initial_state, dims, "b h p n")
+        initial_state = _param(dims, "initial_state", initial_state, "b h p n")
     return dict(
         x=x, **args, D=_canonical_D(op, dims, D), z=z, initial_state=initial_state,
         chunk_size=_checks.check_positive_int(op, "chunk_size", chunk_size),
@@ -183,6 +176,17 @@ def _finish(y, x, D, z):
     return y.astype(x.dtype)
 
 
+def _discretize(x, dt, dt_bias, dt_softplus):
+    """The compute dtype of ``x``, and ``dt`` after ``dt_bias`` and softplus, in it."""
+    f = _compute_dtype(x.dtype)
+    return f, effective_dt(dt, dt_bias, dt_softplus, f)
+
+
+def _per_head(B, C, h: int, f, axis: int):
+    """``B``, ``C`` repeated from their groups (on ``axis``) to the ``h`` heads, in dtype ``f``."""
+    return tuple(jnp.repeat(v.astype(f), h // v.shape[axis], axis=axis) for v in (B, C))
+
+
 def _matmul_dtype(x_dtype, compute):
     # 16-bit inputs stay 16-bit as matmul operands (tensor cores, half the traffic); the einsums
     # accumulate in `compute` through preferred_element_type.
@@ -206,14 +210,13 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     k = h // g
-    f = _compute_dtype(x.dtype)
+    f, dt = _discretize(x, dt, dt_bias, dt_softplus)
     mm = _matmul_dtype(x.dtype, f)
     # fp32 operands get full fp32 products (GPUs would use TF32 by default: ~4e-4 relative error
     # measured on an H100); 16-bit operands are exact in the fp32 accumulator anyway.
     precision = lax.Precision.HIGHEST if mm == f else None
     ein = functools.partial(jnp.einsum, preferred_element_type=f, precision=precision)
 
-    dt = effective_dt(dt, dt_bias, dt_softplus, f)
     run = None if segment_ids is None else segment_runs(segment_ids)
     q = min(chunk_size, l)
     c = -(-l // q)
@@ -298,11 +301,9 @@ def _scan_impl(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, seg
     """Sequential ``lax.scan`` over time: the ground truth (``chunk_size`` is ignored)."""
     del chunk_size
     b, l, h, p = x.shape
-    g, n = B.shape[-2:]
-    f = _compute_dtype(x.dtype)
-    dt = effective_dt(dt, dt_bias, dt_softplus, f)
-    Bh = jnp.repeat(B.astype(f), h // g, axis=2)
-    Ch = jnp.repeat(C.astype(f), h // g, axis=2)
+    n = B.shape[-1]
+    f, dt = _discretize(x, dt, dt_bias, dt_softplus)
+    Bh, Ch = _per_head(B, C, h, f, axis=2)
     if segment_ids is None:
         keep = jnp.ones((b, l), dtype=bool)
     else:
@@ -345,9 +346,7 @@ def _quadratic_impl(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state
     """``y = M x`` with the (l x l) semiseparable matrix materialized (quadratic memory)."""
     del chunk_size
     b, l, h, p = x.shape
-    g, n = B.shape[-2:]
-    f = _compute_dtype(x.dtype)
-    dt = effective_dt(dt, dt_bias, dt_softplus, f)
+    f, dt = _discretize(x, dt, dt_bias, dt_softplus)
     run = None if segment_ids is None else segment_runs(segment_ids)
     M = _ssd_matrix(dt, A, B, C, run)
     y = _exact_einsum("bhij,bjhp->bihp", M, x.astype(f))
@@ -357,8 +356,7 @@ def _quadratic_impl(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state
     after = jnp.concatenate([suffix[:, 1:], jnp.zeros_like(a[:, :1])], axis=1)
     first_run = jnp.ones((b, l), bool) if run is None else run == 0
     last_run = jnp.ones((b, l), bool) if run is None else run == run[:, -1:]
-    Bh = jnp.repeat(B.astype(f), h // g, axis=2)
-    Ch = jnp.repeat(C.astype(f), h // g, axis=2)
+    Bh, Ch = _per_head(B, C, h, f, axis=2)
     if initial_state is not None:
         from_start = _masked_exp(jnp.cumsum(a, axis=1), first_run[:, :, None])
         y = y + _exact_einsum("blhn,bhpn->blhp", Ch, initial_state.astype(f)) * from_start[..., None]
@@ -485,21 +483,17 @@ def ssd_step(x_t, dt_t, A, B_t, C_t, state, *, D=None, z_t=None, dt_bias=None, d
     """
     op = "ssd_step"
     dims = _checks.Dims(op)
-    x_t, _ = _array(op, "x_t", x_t, dims, "b h p")
+    x_t = dims.array("x_t", x_t, "b h p")
     args = _canonical_core(op, dims, dt_t, A, B_t, C_t, dt_bias, dt_softplus, None, step=True)
-    if z_t is not None:
-        z_t, _ = _array(op, "z_t", z_t, dims, "b h p")
-    state, _ = _array(op, "state", state, dims, "b h p n")
+    z_t = None if z_t is None else dims.array("z_t", z_t, "b h p")
+    state = dims.array("state", state, "b h p n")
     return _step(x_t, args["dt"], args["A"], args["B"], args["C"], _canonical_D(op, dims, D), z_t,
                  args["dt_bias"], args["dt_softplus"], state)
 
 
 @functools.partial(jax.jit, static_argnames=("dt_softplus",))
 def _step(x, dt, A, B, C, D, z, dt_bias, dt_softplus, state):
-    h = x.shape[1]
-    f = _compute_dtype(x.dtype)
-    dt = effective_dt(dt, dt_bias, dt_softplus, f)
-    Bh = jnp.repeat(B.astype(f), h // B.shape[1], axis=1)
-    Ch = jnp.repeat(C.astype(f), h // C.shape[1], axis=1)
+    f, dt = _discretize(x, dt, dt_bias, dt_softplus)
+    Bh, Ch = _per_head(B, C, x.shape[1], f, axis=1)
     state, y = _recurrence_step(state.astype(_compute_dtype(state.dtype)), x.astype(f), dt, A.astype(f), Bh, Ch)
     return _finish(y, x, D, z), state
