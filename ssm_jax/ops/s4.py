@@ -28,7 +28,7 @@ from jax import lax
 from ssm_jax.ops._checks import Dims, check_positive_int, to_array
 from ssm_jax.ops.registry import Registry
 from ssm_jax.ops._lti_chunked import chunked_scan, last_chunk_length
-from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype, run_scan, scan_with_resets
+from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype, readout, run_scan, scan_with_resets
 from ssm_jax.typing import Array
 
 __all__ = ["hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
@@ -257,10 +257,7 @@ def s4_discretize(log_dt, Lambda, P, B, *, Q=None) -> tuple[Array, Array]:
 @jax.jit
 def _step(u_t, x, dA, dB, C, D):
     x = jnp.einsum("hij,bhj->bhi", dA, _full(x), precision=_HI) + dB * u_t[..., None].astype(x.dtype)
-    y = 2 * jnp.real(jnp.sum(C * x, axis=-1))
-    if D is not None:
-        y = y + D.astype(y.dtype) * u_t.astype(y.dtype)
-    return y, x
+    return readout(x, C, D, u_t), x
 
 
 def s4_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:

@@ -264,13 +264,19 @@ def check_step_args(op, u, state, dA, dB, C, D, *, step: bool, dense_dA: bool = 
     return u, state, dA.astype(ctype), dB.astype(ctype), C.astype(ctype), D, ctype
 
 
-@jax.jit
-def _step(u_t, x, dA, dB, C, D):
-    x = dA * x + dB * u_t[..., None].astype(x.dtype)
+def readout(x, C, D, u_t):
+    """``y_t = 2·Re(C·x) + D·u_t`` from the kept half of the state (its conjugate half doubles the
+    real part): the output of S4D's and S4's recurrences."""
     y = 2 * jnp.real(jnp.sum(C * x, axis=-1))
     if D is not None:
         y = y + D.astype(y.dtype) * u_t.astype(y.dtype)
-    return y, x
+    return y
+
+
+@jax.jit
+def _step(u_t, x, dA, dB, C, D):
+    x = dA * x + dB * u_t[..., None].astype(x.dtype)
+    return readout(x, C, D, u_t), x
 
 
 def s4d_step(u_t, state, dA, dB, C, *, D=None) -> tuple[Array, Array]:
