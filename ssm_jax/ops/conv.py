@@ -20,6 +20,7 @@ All accumulate in float32 (float64 under x64 when the inputs are float64) and re
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -247,19 +248,7 @@ def causal_conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, im
     returns      (b, l, d)        ``x.dtype``
     ============ ================ ===========================================================
     """
-    op = "causal_conv1d"
-    x, weight, bias, segment_ids = _check_short_conv(op, x, weight, bias, segment_ids, activation)
-    _, fn = CAUSAL_CONV1D.resolve(impl, {"x": x, "weight": weight, "bias": bias, "segment_ids": segment_ids})
-    return fn(x=x, weight=weight, bias=bias, segment_ids=segment_ids, activation=activation)
-
-
-@functools.partial(jax.jit, static_argnames=("activation",))
-def _causal_conv1d_xla(*, x, weight, bias, segment_ids, activation):
-    y = _shifted_taps(x, weight, bias, segment_ids, left=weight.shape[-1] - 1)
-    return _activate(y, activation).astype(x.dtype)
-
-
-CAUSAL_CONV1D.register("xla", _causal_conv1d_xla, priority=10)  # k fused shifted multiply-adds
+    return _short_conv(CAUSAL_CONV1D, x, weight, bias, segment_ids, activation, impl)
 
 
 def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str = "auto") -> Array:
@@ -277,19 +266,30 @@ def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str
     returns      (b, l, d)        ``x.dtype``
     ============ ================ ===========================================================
     """
-    op = "conv1d"
-    x, weight, bias, segment_ids = _check_short_conv(op, x, weight, bias, segment_ids, activation)
-    _, fn = CONV1D.resolve(impl, {"x": x, "weight": weight, "bias": bias, "segment_ids": segment_ids})
+    return _short_conv(CONV1D, x, weight, bias, segment_ids, activation, impl)
+
+
+def _short_conv(registry: Registry, x, weight, bias, segment_ids, activation, impl: str) -> Array:
+    """A short convolution op: check the arguments, resolve ``impl`` in the op's ``registry``, run."""
+    x, weight, bias, segment_ids = _check_short_conv(registry.op, x, weight, bias, segment_ids, activation)
+    _, fn = registry.resolve(impl, {"x": x, "weight": weight, "bias": bias, "segment_ids": segment_ids})
     return fn(x=x, weight=weight, bias=bias, segment_ids=segment_ids, activation=activation)
 
 
-@functools.partial(jax.jit, static_argnames=("activation",))
-def _conv1d_xla(*, x, weight, bias, segment_ids, activation):
-    y = _shifted_taps(x, weight, bias, segment_ids, left=(weight.shape[-1] - 1) // 2)
-    return _activate(y, activation).astype(x.dtype)
+def _taps_impl(left: Callable[[int], int]) -> Callable:
+    """The ``"xla"`` implementation of a short convolution whose tap ``weight[:, left(k)]``
+    multiplies ``x[t]``: k fused shifted multiply-adds."""
+
+    @functools.partial(jax.jit, static_argnames=("activation",))
+    def impl(*, x, weight, bias, segment_ids, activation):
+        y = _shifted_taps(x, weight, bias, segment_ids, left=left(weight.shape[-1]))
+        return _activate(y, activation).astype(x.dtype)
+
+    return impl
 
 
-CONV1D.register("xla", _conv1d_xla, priority=10)  # k fused shifted multiply-adds
+CAUSAL_CONV1D.register("xla", _taps_impl(lambda k: k - 1), priority=10)
+CONV1D.register("xla", _taps_impl(lambda k: (k - 1) // 2), priority=10)
 
 
 # --------------------------------------------------------------------------------------------
