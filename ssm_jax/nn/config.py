@@ -190,8 +190,9 @@ class MambaConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class Mamba2Config(Config):
-    """Mamba-2 block (Dao & Gu, 2024): ``d_inner = expand * d_model`` split in heads of ``headdim``."""
+class _HeadsConfig(Config):
+    """The fields and checks of the blocks built on SSD heads (Mamba-2, Hydra):
+    ``d_inner = expand * d_model`` split in heads of ``headdim``, ``ngroups`` groups of B/C."""
 
     d_state: int = 128
     d_conv: int = 4
@@ -205,23 +206,34 @@ class Mamba2Config(Config):
     A_init_range: tuple[float, float] = (1.0, 16.0)
     conv_bias: bool = True
     bias: bool = False
+
+    def __post_init__(self):
+        cls = type(self)
+        _positive_int(cls, self, "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
+        _check_dt(cls, self)
+        _check_A_init_range(cls, self)
+        _bool(cls, self, "conv_bias", "bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mamba2Config(_HeadsConfig):
+    """Mamba-2 block (Dao & Gu, 2024): ``d_inner = expand * d_model`` split in heads of ``headdim``."""
+
     norm_before_gate: bool = False
     D_has_hdim: bool = False
     norm_eps: float = 1e-5  # eps of the gated RMSNorm (transformers: layer_norm_epsilon)
     impl: str = "auto"
 
     def __post_init__(self):
+        super().__post_init__()
         cls = type(self)
-        _positive_int(cls, self, "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
-        _check_dt(cls, self)
         _positive_float(cls, self, "norm_eps")
-        _check_A_init_range(cls, self)
-        _bool(cls, self, "conv_bias", "bias", "norm_before_gate", "D_has_hdim")
+        _bool(cls, self, "norm_before_gate", "D_has_hdim")
         _impl(cls, self, "ssd")
 
 
 @dataclasses.dataclass(frozen=True)
-class HydraConfig(Config):
+class HydraConfig(_HeadsConfig):
     """Hydra block (Hwang et al., 2024): bidirectional quasiseparable mixer with a non-causal conv.
 
     ``A_init_range=(1, 1)``: the reference implementation (goombalab/hydra) starts every head at
@@ -230,27 +242,14 @@ class HydraConfig(Config):
 
     d_state: int = 64
     d_conv: int = 7
-    expand: int = 2
-    headdim: int = 64
-    ngroups: int = 1
-    chunk_size: int = 256
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
     A_init_range: tuple[float, float] = (1.0, 1.0)
-    conv_bias: bool = True
-    bias: bool = False
     impl: str = "auto"
 
     def __post_init__(self):
-        cls = type(self)
-        _positive_int(cls, self, "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
-        _check_dt(cls, self)
+        super().__post_init__()
         if self.d_conv % 2 != 1:
-            _fail(cls, f"`d_conv` must be odd (a centred non-causal convolution); got {self.d_conv}")
-        _check_A_init_range(cls, self)
-        _bool(cls, self, "conv_bias", "bias")
-        _impl(cls, self, "hydra")
+            _fail(type(self), f"`d_conv` must be odd (a centred non-causal convolution); got {self.d_conv}")
+        _impl(type(self), self, "hydra")
 
 
 @dataclasses.dataclass(frozen=True)
