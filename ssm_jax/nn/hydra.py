@@ -9,18 +9,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssm_jax.nn._common import check_layer_args, check_sequence
-from ssm_jax.nn.config import HydraConfig, head_geometry
-from ssm_jax.nn.conv import ShortConv
+from ssm_jax.nn._common import check_sequence
+from ssm_jax.nn.config import HydraConfig
 from ssm_jax.nn.linear import Dense
+from ssm_jax.nn.mamba2 import HeadsBlock
 from ssm_jax.nn.norms import GatedRMSNorm
-from ssm_jax.nn.params import A_log_init_uniform, canonical_dtype, dt_bias_init, param
+from ssm_jax.nn.params import param
 from ssm_jax.parallel import context  # the ops with `length` split over a mesh axis, when one is set
 
 __all__ = ["Hydra"]
 
 
-class Hydra(nnx.Module):
+class Hydra(HeadsBlock):
     """Hydra: ``in_proj -> [z | x B_f C_f B_b C_b | dt_f dt_b]``; centred conv + silu over the middle;
     ``y = QS(x) + x * (fc_D(x) + D)``; ``out_proj(gated_rmsnorm(y, z))``.
 
@@ -44,26 +44,12 @@ class Hydra(nnx.Module):
     """
 
     def __init__(self, d_model: int, config: HydraConfig = HydraConfig(), *, dtype="float32", rngs: nnx.Rngs):
-        d_model = check_layer_args("Hydra", d_model, config, HydraConfig)
-        c = config
-        self.config = c
-        self.d_model = d_model
-        self.d_inner, self.nheads = d, h = head_geometry("Hydra", d_model, c)
-        self.headdim, self.ngroups, self.d_state = c.headdim, c.ngroups, c.d_state
-        g, n = c.ngroups, c.d_state
-        self.conv_dim = d + 4 * g * n
-        self.dtype = canonical_dtype("Hydra", dtype)
-        self.in_proj = Dense(d_model, 2 * d + 4 * g * n + 2 * h, names=("embed", "inner"), use_bias=c.bias, dtype=dtype, rngs=rngs)
-        self.conv1d = ShortConv(self.conv_dim, c.d_conv, use_bias=c.conv_bias, rngs=rngs)
-        self.dt_bias = param(
-            dt_bias_init(rngs.params(), (h,), dt_min=c.dt_min, dt_max=c.dt_max, dt_init_floor=c.dt_init_floor),
-            ("heads",), ssm=True,
-        )
-        self.A_log = param(A_log_init_uniform(rngs.params(), h, c.A_init_range), ("heads",), ssm=True)
+        super().__init__("Hydra", d_model, config, HydraConfig, bc_streams=4, dt_streams=2, dtype=dtype, rngs=rngs)
+        c, d, h = config, self.d_inner, self.nheads
         self.D = param(jnp.ones((h,), jnp.float32), ("heads",), ssm=True)
         self.fc_D = Dense(d, h, names=("inner", "heads"), use_bias=False, dtype=dtype, rngs=rngs)
         self.norm = GatedRMSNorm(d, eps=1e-5, norm_before_gate=True, dtype=dtype)
-        self.out_proj = Dense(d, d_model, names=("inner", "embed"), use_bias=c.bias, dtype=dtype, rngs=rngs)
+        self.out_proj = Dense(d, self.d_model, names=("inner", "embed"), use_bias=c.bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         x, segment_ids = check_sequence("Hydra", x, self.d_model, segment_ids)

@@ -34,7 +34,34 @@ class Mamba2Cache(NamedTuple):
     ssm_state: jax.Array
 
 
-class Mamba2(nnx.Module):
+class HeadsBlock(nnx.Module):
+    """The trunk of the blocks on SSD heads (:class:`Mamba2`, :class:`~ssm_jax.nn.Hydra`):
+    ``in_proj -> [z | x | bc_streams groups of B/C | dt_streams x h]``, the short convolution over
+    ``x`` and the B/C streams (``conv_dim`` channels), and per head ``dt_bias`` (inverse softplus
+    of dt ~ logU[dt_min, dt_max]) and ``A_log`` (``-A ~ U(A_init_range)``). ``d = expand * e``,
+    ``h = d / headdim``, ``g = ngroups``; the subclass adds D, the norm and ``out_proj``."""
+
+    def __init__(self, name: str, d_model: int, config, config_cls: type, *, bc_streams: int, dt_streams: int,
+                 dtype, rngs: nnx.Rngs):
+        d_model = check_layer_args(name, d_model, config, config_cls)
+        c = config
+        self.config = c
+        self.d_model = d_model
+        self.d_inner, self.nheads = d, h = head_geometry(name, d_model, c)
+        self.headdim, self.ngroups, self.d_state = c.headdim, c.ngroups, c.d_state
+        self.conv_dim = d + bc_streams * c.ngroups * c.d_state
+        self.dtype = canonical_dtype(name, dtype)
+        self.in_proj = Dense(d_model, d + self.conv_dim + dt_streams * h, names=("embed", "inner"), use_bias=c.bias,
+                             dtype=dtype, rngs=rngs)
+        self.conv1d = ShortConv(self.conv_dim, c.d_conv, use_bias=c.conv_bias, rngs=rngs)
+        self.dt_bias = param(
+            dt_bias_init(rngs.params(), (h,), dt_min=c.dt_min, dt_max=c.dt_max, dt_init_floor=c.dt_init_floor),
+            ("heads",), ssm=True,
+        )
+        self.A_log = param(A_log_init_uniform(rngs.params(), h, c.A_init_range), ("heads",), ssm=True)
+
+
+class Mamba2(HeadsBlock):
     """Mamba-2: ``in_proj -> [z | x B C | dt]``; causal conv + silu over ``x B C``;
     ``y = ssd(x, dt, A, B, C, D)``; ``out_proj(gated_rmsnorm(y, z))``.
 
@@ -54,25 +81,11 @@ class Mamba2(nnx.Module):
     """
 
     def __init__(self, d_model: int, config: Mamba2Config = Mamba2Config(), *, dtype="float32", rngs: nnx.Rngs):
-        d_model = check_layer_args("Mamba2", d_model, config, Mamba2Config)
-        c = config
-        self.config = c
-        self.d_model = d_model
-        self.d_inner, self.nheads = d, h = head_geometry("Mamba2", d_model, c)
-        self.headdim, self.ngroups, self.d_state = c.headdim, c.ngroups, c.d_state
-        g, n = c.ngroups, c.d_state
-        self.conv_dim = d + 2 * g * n
-        self.dtype = canonical_dtype("Mamba2", dtype)
-        self.in_proj = Dense(d_model, 2 * d + 2 * g * n + h, names=("embed", "inner"), use_bias=c.bias, dtype=dtype, rngs=rngs)
-        self.conv1d = ShortConv(self.conv_dim, c.d_conv, use_bias=c.conv_bias, rngs=rngs)
-        self.dt_bias = param(
-            dt_bias_init(rngs.params(), (h,), dt_min=c.dt_min, dt_max=c.dt_max, dt_init_floor=c.dt_init_floor),
-            ("heads",), ssm=True,
-        )
-        self.A_log = param(A_log_init_uniform(rngs.params(), h, c.A_init_range), ("heads",), ssm=True)
+        super().__init__("Mamba2", d_model, config, Mamba2Config, bc_streams=2, dt_streams=1, dtype=dtype, rngs=rngs)
+        c, d, h, g = config, self.d_inner, self.nheads, self.ngroups
         self.D = param(jnp.ones((d if c.D_has_hdim else h,), jnp.float32), ("inner" if c.D_has_hdim else "heads",), ssm=True)
         self.norm = GatedRMSNorm(d, eps=c.norm_eps, group_size=d // g, norm_before_gate=c.norm_before_gate, dtype=dtype)
-        self.out_proj = Dense(d, d_model, names=("inner", "embed"), use_bias=c.bias, dtype=dtype, rngs=rngs)
+        self.out_proj = Dense(d, self.d_model, names=("inner", "embed"), use_bias=c.bias, dtype=dtype, rngs=rngs)
 
     def _split_in(self, zxbcdt: jax.Array):
         d = self.d_inner
