@@ -215,6 +215,22 @@ def _kernel(body, p: Problem, out_types, scratch):
     )
 
 
+def _kernel_refs(names, buffers, refs):
+    """A kernel's refs by name: its operands and results (``names``), its shared-memory
+    ``buffers``, and the stage barriers (the last scratch)."""
+    return dict(zip(names, refs)), dict(zip(buffers, refs[len(names):])), refs[-1]
+
+
+def _block_position(p: Problem):
+    """Where this warpgroup works: batch row ``bi``, channel block ``cb`` (channels from
+    ``c0``) and the B/C group ``gi`` of that block."""
+    bi = lax.axis_index("b")
+    cb = lax.axis_index("c")
+    c0 = cb * p.ch
+    gi = cb // p.blocks_per_group
+    return bi, cb, c0, gi
+
+
 def _copy_inputs(io, smem, names, bi, t, cols, gi, slot, bar):
     """TMA copies of the rows ``t`` of the named per-chunk inputs into their stage ``slot``:
     ``B``, ``C`` of group ``gi``, the others' channels ``cols``."""
@@ -270,18 +286,12 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     streams = ("x", "dt") + ("z",) * p.has_z + ("B", "C")
 
     def selective_scan_fwd(*refs):
-        io = dict(zip(names, refs))
+        io, smem, bars = _kernel_refs(names, buffers, refs)
         A2_ref, bias_ref, D_ref, keep_ref, h0_ref = (io.get(k) for k in ("A2", "bias", "D", "keep", "h0"))
         y_ref, hT_ref, hs_ref = (io.get(k) for k in ("y", "final_state", "saved"))
-        smem = dict(zip(buffers, refs[len(names):]))
         x_s, dt_s, z_s, B_s, C_s, keep_s = (smem[k] for k in ("x", "dt", "z", "B", "C", "keep"))
         delta_s, u_s, part_s, Bf_s, Cf_s, out_s = (smem[k] for k in ("delta", "u", "part", "Bf", "Cf", "y"))
-        bars = refs[-1]
-
-        bi = lax.axis_index("b")
-        cb = lax.axis_index("c")
-        c0 = cb * ch
-        gi = cb // p.blocks_per_group
+        bi, cb, c0, gi = _block_position(p)
         rows_q = pl.ds(0, q)
 
         def issue(k, slot):
@@ -488,20 +498,14 @@ def backward(p: Problem, *, has_gT: bool):
     streams = ("x", "dt") + ("z",) * p.has_z + ("g", "B", "C")
 
     def selective_scan_bwd(*refs):
-        io = dict(zip(names, refs))
+        io, smem, bars = _kernel_refs(names, buffers, refs)
         A2_ref, bias_ref, D_ref, keep_ref, hs_ref, gT_ref = (io.get(k) for k in ("A2", "bias", "D", "keep", "saved", "gT"))
         dx_ref, ddt_ref, dz_ref, dB_ref, dC_ref, dA_ref = (io.get(k) for k in ("dx", "ddt", "dz", "dB", "dC", "dA"))
         dD_ref, dbias_ref, dh0_ref = (io.get(k) for k in ("dD", "dbias", "dh0"))
-        smem = dict(zip(buffers, refs[len(names):]))
         x_s, dt_s, z_s, g_s, B_s, C_s, keep_s = (smem[k] for k in ("x", "dt", "z", "g", "B", "C", "keep"))
         delta_s, u_s, dy_s, Bf_s, Cf_s, h_s, dBp_s = (smem[k] for k in ("delta", "u", "dy", "Bf", "Cf", "h", "dBp"))
         s1_s, s2_s, yp_s, dx_o, ddt_o, dz_o = (smem[k] for k in ("s1", "s2", "yp", "dx", "ddt", "dz"))
-        bars = refs[-1]
-
-        bi = lax.axis_index("b")
-        cb = lax.axis_index("c")
-        c0 = cb * ch
-        gi = cb // p.blocks_per_group
+        bi, cb, c0, gi = _block_position(p)
         cols = pl.ds(c0, ch)
 
         def issue(k, slot):
