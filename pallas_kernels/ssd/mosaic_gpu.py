@@ -100,6 +100,52 @@ def _sq(v):
     return (v.shape[0], v.shape[0])
 
 
+def _cta_position(spec):
+    """This CTA's batch row ``bi``, head ``hi``, head-dim tile ``pti`` (rows from ``p0``) and the
+    head's group ``gi`` of B/C."""
+    bi, hi, pti = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("pt")
+    gi = lax.div(hi, jnp.int32(spec.h // spec.g))
+    p0 = pti * spec.block_p
+    return bi, hi, pti, gi, p0
+
+
+def _copy_streams(ins, s, streams, bars, stride, c, slot, pos):
+    """TMA copies of chunk ``c`` of each per-chunk input stream into its stage ``slot``; stream
+    ``k`` arrives on barrier ``slot * stride + k``. ``pos``: ``(bi, hi, gi, p0, q, bp)``."""
+    bi, hi, gi, p0, q, bp = pos
+    t0 = c * q
+    for k, name in enumerate(streams):
+        src = _stream_src(ins[name], name, bi, hi, gi, t0, q, p0, bp)
+        plgpu.copy_gmem_to_smem(src, s[name].at[slot], bars.at[slot * stride + k])
+
+
+def _wait_stage(bars, slot, count):
+    """Wait for the ``count`` copies of stage ``slot``."""
+    for k in range(count):
+        plgpu.barrier_wait(bars.at[slot * count + k])
+
+
+def _load_tile(src, dst, bar, layout):
+    """A per-CTA tile (D, an initial state or its cotangent): copied to shared memory, waited
+    for, loaded in ``layout``."""
+    plgpu.copy_gmem_to_smem(src, dst, bar)
+    plgpu.barrier_wait(bar)
+    return plgpu.load(dst, layout=layout)
+
+
+def _kernel(body, spec, out_type, scratch, grid):
+    """``plgpu.kernel`` of one warpgroup per ``(batch, head, head-dim tile)`` of ``grid``."""
+    return plgpu.kernel(
+        functools.partial(body, spec),
+        out_type=out_type,
+        scratch_types=scratch,
+        grid=grid,
+        grid_names=("b", "h", "pt"),
+        compiler_params=_compiler_params(),
+        interpret=gpu_common.interpret_params(spec.interpret),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
@@ -145,34 +191,24 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
     ni = len(spec.in_names)
     ins = dict(zip(spec.in_names, refs[:ni]))
     outs = dict(zip(spec.out_names, refs[ni:]))
-    bi, hi, pti = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("pt")
-    gi = lax.div(hi, jnp.int32(spec.h // spec.g))
-    p0 = pti * bp
+    bi, hi, pti, gi, p0 = _cta_position(spec)
     bars = s["bars"]
     streams = _fwd_streams(spec)
 
     def issue(c, slot):
-        t0 = c * q
-        for k, name in enumerate(streams):
-            src = _stream_src(ins[name], name, bi, hi, gi, t0, q, p0, bp)
-            plgpu.copy_gmem_to_smem(src, s[name].at[slot], bars.at[slot * len(streams) + k])
+        _copy_streams(ins, s, streams, bars, len(streams), c, slot, (bi, hi, gi, p0, q, bp))
 
     def wait(slot):
-        for k in range(len(streams)):
-            plgpu.barrier_wait(bars.at[slot * len(streams) + k])
+        _wait_stage(bars, slot, len(streams))
 
     issue(0, 0)
 
     # Per-CTA constants: D for this head-dim tile, the initial state.
     one_bar = s["one_bar"]
     if spec.has_d:
-        plgpu.copy_gmem_to_smem(ins["D"].at[hi, pl.ds(p0, bp)], s["d"], one_bar.at[0])
-        plgpu.barrier_wait(one_bar.at[0])
-        d_col = plgpu.load(s["d"], layout=_COL)
+        d_col = _load_tile(ins["D"].at[hi, pl.ds(p0, bp)], s["d"], one_bar.at[0], _COL)
     if spec.has_h0:
-        plgpu.copy_gmem_to_smem(ins["h0"].at[bi, hi, pl.ds(p0, bp)], s["h32"], one_bar.at[1])
-        plgpu.barrier_wait(one_bar.at[1])
-        h = plgpu.load(s["h32"], layout=plgpu.Layout.WGMMA)
+        h = _load_tile(ins["h0"].at[bi, hi, pl.ds(p0, bp)], s["h32"], one_bar.at[1], plgpu.Layout.WGMMA)
     else:
         h = plgpu.layout_cast(jnp.zeros((bp, n), jnp.float32), plgpu.Layout.WGMMA)
     s["hb"][...] = h.astype(cdt)
@@ -323,15 +359,7 @@ def ssd_fwd_call(spec: FwdSpec, *args):
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.p, n), jnp.float32))
     if spec.save_states:
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.nc, spec.p, n), cdt))
-    kernel = plgpu.kernel(
-        functools.partial(_fwd_body, spec),
-        out_type=tuple(out_type),
-        scratch_types=_fwd_scratch(spec),
-        grid=(spec.b, spec.h, spec.p // spec.block_p),
-        grid_names=("b", "h", "pt"),
-        compiler_params=_compiler_params(),
-        interpret=gpu_common.interpret_params(spec.interpret),
-    )
+    kernel = _kernel(_fwd_body, spec, tuple(out_type), _fwd_scratch(spec), (spec.b, spec.h, spec.p // spec.block_p))
     return kernel(*args)
 
 
@@ -396,9 +424,7 @@ def _bwd_body(spec: BwdSpec, *refs, **s):
     outs = dict(zip(spec.out_names, refs[ni:]))
     if spec.reduce_bc:
         outs["dB"], outs["dC"] = ins["dB"], ins["dC"]
-    bi, hi, pti = lax.axis_index("b"), lax.axis_index("h"), lax.axis_index("pt")
-    gi = lax.div(hi, jnp.int32(spec.h // spec.g))
-    p0 = pti * bp
+    bi, hi, pti, gi, p0 = _cta_position(spec)
     row_out = hi * spec.npt + pti  # this CTA's row in the per-(head, p-tile) outputs
     bc_col = gi if spec.reduce_bc else row_out
     bars = s["bars"]
@@ -407,30 +433,22 @@ def _bwd_body(spec: BwdSpec, *refs, **s):
     ns = len(streams) + 1  # + the state entering the chunk
 
     def issue(c, slot):
-        t0 = c * q
-        for k, name in enumerate(streams):
-            src = _stream_src(ins[name], name, bi, hi, gi, t0, q, p0, bp)
-            plgpu.copy_gmem_to_smem(src, s[name].at[slot], bars.at[slot * ns + k])
+        _copy_streams(ins, s, streams, bars, ns, c, slot, (bi, hi, gi, p0, q, bp))
         plgpu.copy_gmem_to_smem(
             ins["states"].at[bi, hi, c, pl.ds(p0, bp)], s["hp"].at[slot], bars.at[slot * ns + ns - 1]
         )
 
     def wait(slot):
-        for k in range(ns):
-            plgpu.barrier_wait(bars.at[slot * ns + k])
+        _wait_stage(bars, slot, ns)
 
     issue(spec.nc - 1, 0)
 
     one_bar = s["one_bar"]
     if spec.has_d:
-        plgpu.copy_gmem_to_smem(ins["D"].at[hi, pl.ds(p0, bp)], s["d"], one_bar.at[0])
-        plgpu.barrier_wait(one_bar.at[0])
-        d_col = plgpu.load(s["d"], layout=_COL)
+        d_col = _load_tile(ins["D"].at[hi, pl.ds(p0, bp)], s["d"], one_bar.at[0], _COL)
     if spec.has_dfinal:
         # st32 is (q, n) fp32 staging; q == block_p, so it also holds a state tile.
-        plgpu.copy_gmem_to_smem(ins["dfinal"].at[bi, hi, pl.ds(p0, bp)], s["st32"], one_bar.at[1])
-        plgpu.barrier_wait(one_bar.at[1])
-        dh = plgpu.load(s["st32"], layout=WG)
+        dh = _load_tile(ins["dfinal"].at[bi, hi, pl.ds(p0, bp)], s["st32"], one_bar.at[1], WG)
     else:
         dh = plgpu.layout_cast(jnp.zeros((bp, n), f32), WG)
     dD = plgpu.layout_cast(jnp.zeros((bp,), f32), _COL)
@@ -639,13 +657,6 @@ def ssd_bwd_call(spec: BwdSpec, *args):
         dD=jax.ShapeDtypeStruct((spec.b, spec.h, spec.p), f32),
         dh0=jax.ShapeDtypeStruct((spec.b, spec.h, spec.p, n), f32),
     )
-    kernel = plgpu.kernel(
-        functools.partial(_bwd_body, spec),
-        out_type=tuple(out_type[k] for k in spec.out_names),
-        scratch_types=_bwd_scratch(spec),
-        grid=(spec.b, spec.h, spec.npt),
-        grid_names=("b", "h", "pt"),
-        compiler_params=_compiler_params(),
-        interpret=gpu_common.interpret_params(spec.interpret),
-    )
+    kernel = _kernel(_bwd_body, spec, tuple(out_type[k] for k in spec.out_names), _bwd_scratch(spec),
+                     (spec.b, spec.h, spec.npt))
     return kernel(*args)
