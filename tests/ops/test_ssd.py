@@ -66,6 +66,34 @@ def f64(v):
     return np.asarray(jnp.asarray(v, jnp.float32), np.float64)
 
 
+def check_values_and_gradients(rng, kw, run, impl: str, *, tol: float, grad_tol: float) -> None:
+    """``run(impl, base, changes) -> (y, final_state)`` on the arguments ``{**base, **changes}``:
+    ``impl``'s values on ``kw`` against the float64 oracle, its every gradient (of a random
+    weighting of y and the final state) against impl="scan" on ``kw`` widened to float32."""
+    dtype = kw["x"].dtype
+    up = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == dtype else v) for k, v in kw.items()}
+    y, final = run(impl, kw, {})
+    y_ref, final_ref = oracle(up)
+    assert y.dtype == jnp.dtype(dtype) and final.dtype == jnp.float32
+    assert_close(y, y_ref, tol=tol, name="y")
+    assert_close(final, final_ref, tol=tol, name="final_state")
+    wy = rng.standard_normal(y.shape).astype(np.float32)
+    wf = rng.standard_normal(final.shape).astype(np.float32)
+    names = [k for k in ARGS if k in kw]
+
+    def loss(impl, base):
+        def f(p):
+            y, fs = run(impl, base, p)
+            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(fs * wf)
+        return f
+
+    g = jax.grad(loss(impl, kw))({k: jnp.asarray(kw[k]) for k in names})
+    g_ref = jax.grad(loss("scan", up))({k: jnp.asarray(up[k]) for k in names})
+    for k in names:
+        assert g[k].dtype == jnp.asarray(kw[k]).dtype, k
+        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=grad_tol, name=f"d{k}")
+
+
 class SSDContract:
     """The behaviour every SSD implementation must have."""
 

@@ -12,11 +12,7 @@ On a TPU backend the same tests compile the kernels with Mosaic.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -31,26 +27,20 @@ from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
 from ssm_jax.ops.selective_scan import REGISTRY, _canonicalize, _scan_impl, selective_scan
 from tests.numerics import assert_close
 from tests.ops.test_selective_scan import ARRAY_ARGS, OPTION_ROWS, SelectiveScanContract, make_inputs, oracle
-from tests.pallas_kernels.tpu_interpret import global_x64, strict_interpret
-
-ON_TPU = jax.default_backend() == "tpu"
-# Mosaic TPU kernels run compiled on a TPU and in TPU interpret mode on the CPU backend only; on a
-# GPU backend `pallas_tpu` refuses (tested in test_why_not_*), so the module has nothing to run.
-pytestmark = pytest.mark.skipif(
-    jax.default_backend() not in ("cpu", "tpu"), reason="pallas_tpu runs on a TPU or in interpret mode on CPU"
+from tests.pallas_kernels.tpu_interpret import (
+    ON_TPU,
+    global_x64,
+    pallas_tpu_backends,
+    slow_off_tpu,
+    slow_off_tpu_inherited,
+    strict_interpret,
 )
-slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
+
+pytestmark = pallas_tpu_backends
 # Contract rows run in CI: all options off (l = 1, n = 1), all on (g = 2, l = 9, n = 4), and a
 # mixed row (z, dt_bias without softplus, initial_state, segment_ids; l = 5); the other thirteen
 # are `slow` off TPU.
 CI_ROWS = (0, 15, 6)
-
-
-@pytest.fixture
-def strict():
-    """Run the test under strict TPU interpret mode; fail on a race or if no kernel ran."""
-    with strict_interpret():
-        yield
 
 
 def _canonical(args, kw):
@@ -60,6 +50,10 @@ def _canonical(args, kw):
     )
 
 
+# Slow off TPU: the initial/final state gradients are test_gradients_match_reference; bfloat16 in
+# CI is test_bf16_several_blocks_channel_tiles_and_padding.
+@slow_off_tpu_inherited("test_segments_equal_separate_runs", "test_jit_and_vmap",
+                        "test_chaining_two_halves_equals_one_call", "test_low_precision_inputs")
 @pytest.mark.usefixtures("strict")
 class TestSelectiveScanMosaicTPU(SelectiveScanContract):
     impl = "pallas_tpu"
@@ -76,24 +70,6 @@ class TestSelectiveScanMosaicTPU(SelectiveScanContract):
         # backward against central differences of their own forward.
         with global_x64():
             super().test_gradients_match_float64_finite_differences(rng)
-
-    @slow_off_tpu
-    def test_segments_equal_separate_runs(self, rng):
-        super().test_segments_equal_separate_runs(rng)
-
-    @slow_off_tpu
-    def test_jit_and_vmap(self, rng):
-        super().test_jit_and_vmap(rng)
-
-    @slow_off_tpu
-    def test_chaining_two_halves_equals_one_call(self, rng):
-        # initial_state and final_state gradients: test_gradients_match_reference.
-        super().test_chaining_two_halves_equals_one_call(rng)
-
-    @pytest.mark.parametrize("dtype", [pytest.param(d, marks=slow_off_tpu) for d in ("bfloat16", "float16")])
-    def test_low_precision_inputs(self, rng, dtype):
-        # bfloat16 in CI: test_bf16_several_blocks_channel_tiles_and_padding.
-        super().test_low_precision_inputs(rng, dtype)
 
     @pytest.mark.parametrize(
         "case",
@@ -154,7 +130,7 @@ def test_groups_spanning_tiles(rng):
 
 
 # --------------------------------------------------------------------------------------------
-# Registry, tiling, lowering, sharding
+# Registry, tiling, lowering (sharded calls: tests/pallas_kernels/test_sharding.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -208,13 +184,17 @@ def test_why_not_and_registry(rng):
             selective_scan(**args, impl="pallas")
 
 
-def test_blocks_validate_and_fit_vmem():
-    with pytest.raises(ValueError, match="`block_l` must be a positive multiple of 128"):
-        SelectiveScanTPUBlocks(block_l=100)
-    with pytest.raises(ValueError, match="`block_d` must be a positive multiple of 128"):
-        SelectiveScanTPUBlocks(block_d=64)
-    with pytest.raises(ValueError, match="`unroll` must be a positive int"):
-        SelectiveScanTPUBlocks(unroll=0)
+@pytest.mark.parametrize("bad,match", [
+    pytest.param({"block_l": 100}, "`block_l` must be a positive multiple of 128", id="block_l"),
+    pytest.param({"block_d": 64}, "`block_d` must be a positive multiple of 128", id="block_d"),
+    pytest.param({"unroll": 0}, "`unroll` must be a positive int", id="unroll"),
+])
+def test_blocks_are_validated(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SelectiveScanTPUBlocks(**bad)
+
+
+def test_blocks_fit_vmem():
     # Mamba-1's n = 16: the widest tile and longest block; larger states trade them for VMEM.
     assert blocks_tpu.choose_blocks(4096, 2048, 1, 16) == SelectiveScanTPUBlocks(block_l=256, block_d=512)
     assert blocks_tpu.choose_blocks(4096, 2048, 1, 64) == SelectiveScanTPUBlocks(block_l=128, block_d=256)
@@ -260,52 +240,3 @@ def test_kernels_lower_to_mosaic(chip, blocks, monkeypatch):
         exported = jax.export.export(jax.jit(grads), platforms=["tpu"])(shapes, seg)
     text = exported.mlir_module()
     assert text.count("tpu_custom_call") == 2  # forward (saving block states) and backward
-
-
-_SHARDED = textwrap.dedent(
-    """
-    import jax, jax.numpy as jnp, numpy as np
-    from jax.experimental.pallas import tpu as pltpu
-    from ssm_jax.ops import selective_scan
-    from ssm_jax.parallel import make_mesh
-    from tests.numerics import assert_close
-    from tests.ops.test_selective_scan import ARRAY_ARGS, make_inputs, oracle
-    from tests.pallas_kernels.tpu_interpret import STRICT_1, strict_interpret
-
-    assert len(jax.devices()) == 4
-    args, kw = make_inputs(np.random.default_rng(0), b=2, l=12, d=256, n=3, g=None)
-    arrays = {**args, **{k: v for k, v in kw.items() if k in ARRAY_ARGS}}
-    static = {k: v for k, v in kw.items() if k not in ARRAY_ARGS}
-    mesh = make_mesh((2, 2), ("data", "tensor"))
-    run = lambda a, impl: selective_scan(**a, **static, return_final_state=True, impl=impl)
-    loss = lambda a, impl: (lambda y, h: jnp.sum(jnp.sin(y)) + jnp.sum(h * h))(*run(a, impl))
-    # One simulated core per device: two would run each device's grid on threads that compile
-    # and execute nested XLA computations from inside a callback, which deadlocks across the four
-    # CPU devices (jax 0.11.2).
-    with strict_interpret(STRICT_1), jax.set_mesh(mesh):
-        lowered = jax.jit(lambda a: run(a, "pallas_tpu")).lower(arrays)
-        text = lowered.as_text()
-        assert "sdy.manual_computation" in text or "shard_map" in text, "kernel not wrapped in shard_map"
-        y, h = lowered.compile()(arrays)
-        g = jax.jit(jax.grad(lambda a: loss(a, "pallas_tpu")))(arrays)
-    y_ref, h_ref = oracle(args, kw)
-    assert_close(y, y_ref, name="y")
-    assert_close(h, h_ref, name="final_state")
-    g_ref = jax.grad(lambda a: loss(a, "scan"))(arrays)
-    for k in ARRAY_ARGS:
-        assert_close(g[k], g_ref[k], tol=1e-4, name="d" + k)
-    print("OK")
-    """
-)
-
-
-def test_sharded_over_a_four_device_mesh():
-    """Batch over `data`, channels over `tensor` on a simulated 2 x 2 CPU mesh: the kernel runs
-    per shard inside shard_map (interpret mode simulates the four devices), values and gradients
-    equal the unsharded reference."""
-    if ON_TPU:
-        pytest.skip("the subprocess simulates CPU devices")
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -28,7 +28,7 @@ from pallas_kernels.ssd.reference import core_reference
 from ssm_jax.ops.registry import ImplementationUnavailableError
 from ssm_jax.ops.ssd import canonicalize, ssd
 from tests.numerics import assert_close
-from tests.ops.test_ssd import ARGS, SSDContract, make_inputs, oracle
+from tests.ops.test_ssd import SSDContract, check_values_and_gradients, make_inputs
 
 ON_GPU = jax.default_backend() == "gpu"
 slow_on_cpu = pytest.mark.slow if not ON_GPU else (lambda f: f)
@@ -65,27 +65,8 @@ class TestSSDMosaicGPU(SSDContract):
 def _grad_check(rng, dims, options, dtype, tol, grad_tol):
     """Values and every gradient of the kernel against the float64 oracle / the scan reference."""
     kw = make_inputs(rng, **dims, dtype=dtype, options=options)
-    ref_kw = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == dtype else v) for k, v in kw.items()}
-    y, final = ssd(**kw, return_final_state=True, impl="pallas_gpu")
-    y_ref, final_ref = oracle(ref_kw)
-    assert_close(y, y_ref, tol=tol, name="y")
-    assert_close(final, final_ref, tol=tol, name="final_state")
-    wy = rng.standard_normal(kw["x"].shape).astype(np.float32)
-    wf = rng.standard_normal(final.shape).astype(np.float32)
-    names = [k for k in ARGS if k in kw]
-
-    def loss(impl, base):
-        def f(p):
-            y, fs = ssd(**{**base, **p}, return_final_state=True, impl=impl)
-            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(fs * wf)
-
-        return f
-
-    g = jax.grad(loss("pallas_gpu", kw))({k: jnp.asarray(kw[k]) for k in names})
-    g_ref = jax.grad(loss("scan", ref_kw))({k: jnp.asarray(ref_kw[k]) for k in names})
-    for k in names:
-        assert g[k].dtype == jnp.asarray(kw[k]).dtype, k
-        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=grad_tol, name=f"d{k}")
+    run = lambda impl, base, p: ssd(**{**base, **p}, return_final_state=True, impl=impl)  # noqa: E731
+    check_values_and_gradients(rng, kw, run, "pallas_gpu", tol=tol, grad_tol=grad_tol)
 
 
 def test_head_dim_tiles_groups_and_fp16(rng):
@@ -223,13 +204,14 @@ def test_shared_memory_count_is_the_declared_buffers(monkeypatch):
     assert mosaic_gpu.bwd_smem_bytes(bwd(False)) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.bwd_smem_bytes(bwd(True))
 
 
-def test_blocks_are_validated():
-    with pytest.raises(ValueError, match="`chunk` must be 64"):
-        SSDBlocks(chunk=32)
-    with pytest.raises(ValueError, match="`block_p` must be 64"):
-        SSDBlocks(block_p=128)
-    with pytest.raises(ValueError, match="`fwd_nbuf` must be None, 1 or 2"):
-        SSDBlocks(fwd_nbuf=3)
+@pytest.mark.parametrize("bad,match", [
+    pytest.param({"chunk": 32}, "`chunk` must be 64", id="chunk"),
+    pytest.param({"block_p": 128}, "`block_p` must be 64", id="block_p"),
+    pytest.param({"fwd_nbuf": 3}, "`fwd_nbuf` must be None, 1 or 2", id="fwd_nbuf"),
+])
+def test_blocks_are_validated(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SSDBlocks(**bad)
 
 
 @pytest.mark.gpu

@@ -13,11 +13,7 @@ On a TPU backend the same tests compile the kernels with Mosaic.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -29,26 +25,16 @@ from pallas_kernels import tpu_common
 from pallas_kernels.ssd import api_tpu, blocks_tpu
 from pallas_kernels.ssd.blocks_tpu import SSDTPUBlocks
 from ssm_jax.ops.ssd import REGISTRY, canonicalize, ssd
-from tests.numerics import assert_close
-from tests.ops.test_ssd import ARGS, SSDContract, make_inputs, oracle
-from tests.pallas_kernels.tpu_interpret import global_x64, strict_interpret
+from tests.ops.test_ssd import SSDContract, check_values_and_gradients, make_inputs
+from tests.pallas_kernels.tpu_interpret import ON_TPU, global_x64, pallas_tpu_backends, slow_off_tpu, slow_off_tpu_inherited
 
-ON_TPU = jax.default_backend() == "tpu"
-# Mosaic TPU kernels run compiled on a TPU and in TPU interpret mode on the CPU backend only; on a
-# GPU backend `pallas_tpu` refuses (tested in test_why_not_*), so the module has nothing to run.
-pytestmark = pytest.mark.skipif(
-    jax.default_backend() not in ("cpu", "tpu"), reason="pallas_tpu runs on a TPU or in interpret mode on CPU"
-)
-slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
+pytestmark = pallas_tpu_backends
 
 
-@pytest.fixture
-def strict():
-    """Run the test under strict TPU interpret mode; fail on a race or if no kernel ran."""
-    with strict_interpret():
-        yield
-
-
+# Slow off TPU: every gradient, initial/final state included, is test_gradients_all_options;
+# bfloat16 in CI is test_bf16_two_heads_per_block_one_group_each.
+@slow_off_tpu_inherited("test_chaining_halves_and_gradients", "test_segments_equal_per_segment_runs",
+                        "test_jit_and_vmap", "test_bf16_inputs")
 @pytest.mark.usefixtures("strict")
 class TestSSDMosaicTPU(SSDContract):
     impl = "pallas_tpu"
@@ -67,24 +53,6 @@ class TestSSDMosaicTPU(SSDContract):
     def test_matches_oracle(self, rng, options):
         super().test_matches_oracle(rng, options)
 
-    @slow_off_tpu
-    def test_chaining_halves_and_gradients(self, rng):
-        # Every gradient, initial/final state included: test_gradients_all_options.
-        super().test_chaining_halves_and_gradients(rng)
-
-    @slow_off_tpu
-    def test_segments_equal_per_segment_runs(self, rng):
-        super().test_segments_equal_per_segment_runs(rng)
-
-    @slow_off_tpu
-    def test_jit_and_vmap(self, rng):
-        super().test_jit_and_vmap(rng)
-
-    @slow_off_tpu
-    def test_bf16_inputs(self, rng):
-        # bfloat16 in CI: test_bf16_two_heads_per_block_one_group_each.
-        super().test_bf16_inputs(rng)
-
     def test_gradients_finite_differences_float64(self, rng):
         # float64 runs in interpret mode only (why_not refuses it on a TPU): the kernels' own
         # backward against central differences of their own forward.
@@ -98,31 +66,11 @@ class TestSSDMosaicTPU(SSDContract):
 
 def _values_and_grads(rng, dims, options, dtype, *, tol, grad_tol, blocks=None):
     kw = make_inputs(rng, **dims, dtype=dtype, options=options)
-    up = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == dtype else v) for k, v in kw.items()}
     run = lambda impl, base, p: ssd(**{**base, **p}, return_final_state=True, impl=impl)  # noqa: E731
     if blocks is not None:
         run = lambda impl, base, p: (api_tpu.ssd(**canonicalize(**{**base, **p}, return_final_state=True), blocks=blocks)  # noqa: E731
                                      if impl == "pallas_tpu" else ssd(**{**base, **p}, return_final_state=True, impl=impl))
-    y, final = run("pallas_tpu", kw, {})
-    y_ref, final_ref = oracle(up)
-    assert y.dtype == jnp.dtype(dtype) and final.dtype == jnp.float32
-    assert_close(y, y_ref, tol=tol, name="y")
-    assert_close(final, final_ref, tol=tol, name="final_state")
-    wy = rng.standard_normal(y.shape).astype(np.float32)
-    wf = rng.standard_normal(final.shape).astype(np.float32)
-    names = [k for k in ARGS if k in kw]
-
-    def loss(impl, base):
-        def f(p):
-            y, fs = run(impl, base, p)
-            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(fs * wf)
-        return f
-
-    g = jax.grad(loss("pallas_tpu", kw))({k: jnp.asarray(kw[k]) for k in names})
-    g_ref = jax.grad(loss("scan", up))({k: jnp.asarray(up[k]) for k in names})
-    for k in names:
-        assert g[k].dtype == jnp.asarray(kw[k]).dtype, k
-        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=grad_tol, name=f"d{k}")
+    check_values_and_gradients(rng, kw, run, "pallas_tpu", tol=tol, grad_tol=grad_tol)
 
 
 @pytest.mark.usefixtures("strict")
@@ -143,7 +91,7 @@ def test_fp16_and_chunk_256(rng):
 
 
 # --------------------------------------------------------------------------------------------
-# Registry, tiling, lowering, sharding
+# Registry, tiling, lowering (sharded calls: tests/pallas_kernels/test_sharding.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -165,11 +113,16 @@ def test_why_not_and_registry(rng):
             ssd(**kw, impl="pallas")
 
 
+@pytest.mark.parametrize("bad,match", [
+    pytest.param({"chunk": 64}, "`chunk` must be a positive multiple of 128", id="chunk"),
+    pytest.param({"heads_per_block": 0}, "`heads_per_block` must be None or a positive int", id="heads_per_block"),
+])
+def test_blocks_are_validated(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SSDTPUBlocks(**bad)
+
+
 def test_tiling_rules():
-    with pytest.raises(ValueError, match="`chunk` must be a positive multiple of 128"):
-        SSDTPUBlocks(chunk=64)
-    with pytest.raises(ValueError, match="`heads_per_block` must be None or a positive int"):
-        SSDTPUBlocks(heads_per_block=0)
     assert blocks_tpu.choose_heads_per_block(h=64, g=1, p=64) == 4  # Mamba-2: four heads, 256 lanes
     assert blocks_tpu.choose_heads_per_block(h=8, g=2, p=128) == 2
     assert blocks_tpu.choose_heads_per_block(h=4, g=2, p=64) == 2  # a group holds only two heads
@@ -206,49 +159,3 @@ def test_kernels_lower_to_mosaic(chip, monkeypatch):
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
         exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=["tpu"])(shapes, S((b, l), jnp.int32))
     assert exported.mlir_module().count("tpu_custom_call") == 2  # forward (saving states) and backward
-
-
-_SHARDED = textwrap.dedent(
-    """
-    import jax, jax.numpy as jnp, numpy as np
-    from ssm_jax.ops import ssd
-    from ssm_jax.parallel import make_mesh
-    from tests.numerics import assert_close
-    from tests.ops.test_ssd import ARGS, make_inputs, oracle
-    from tests.pallas_kernels.tpu_interpret import STRICT_1, strict_interpret
-
-    assert len(jax.devices()) == 4
-    kw = make_inputs(np.random.default_rng(0), b=2, l=12, h=4, p=3, g=2, n=5, options=("all",))
-    arrays = {k: kw[k] for k in ARGS}
-    static = {k: v for k, v in kw.items() if k not in ARGS}
-    mesh = make_mesh((2, 2), ("data", "tensor"))
-    run = lambda a, impl: ssd(**a, **static, return_final_state=True, impl=impl)
-    loss = lambda a, impl: (lambda y, f: jnp.sum(jnp.sin(y)) + jnp.sum(f * f))(*run(a, impl))
-    # One simulated core per device (two deadlock across simulated devices in jax 0.11.2).
-    with strict_interpret(STRICT_1), jax.set_mesh(mesh):
-        lowered = jax.jit(lambda a: run(a, "pallas_tpu")).lower(arrays)
-        text = lowered.as_text()
-        assert "sdy.manual_computation" in text or "shard_map" in text, "kernel not wrapped in shard_map"
-        y, f = lowered.compile()(arrays)
-        g = jax.jit(jax.grad(lambda a: loss(a, "pallas_tpu")))(arrays)
-    y_ref, f_ref = oracle(kw)
-    assert_close(y, y_ref, name="y")
-    assert_close(f, f_ref, name="final_state")
-    g_ref = jax.grad(lambda a: loss(a, "scan"))(arrays)
-    for k in ARGS:
-        assert_close(g[k], g_ref[k], tol=1e-4, name="d" + k)
-    print("OK")
-    """
-)
-
-
-def test_sharded_over_a_four_device_mesh():
-    """Batch over `data`, heads over `tensor` (one group of B/C per device) on a simulated 2 x 2
-    CPU mesh: the kernels run per shard inside shard_map, values and gradients equal the
-    unsharded reference."""
-    if ON_TPU:
-        pytest.skip("the subprocess simulates CPU devices")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=600, env=env, cwd=root)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-3000:]

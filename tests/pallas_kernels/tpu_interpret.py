@@ -14,14 +14,21 @@ jax 0.11.2 keeps the race detector's state in a module global that each ``pallas
 when it starts; :func:`strict_interpret` records every instance so the verdict covers every kernel
 the test ran, forward and backward, and fails if a race was seen -- or if no kernel ran at all.
 On a TPU backend it does nothing: the kernels compile with Mosaic there.
+
+Both kernel families' test modules share the rest: :data:`pallas_tpu_backends` (their module
+mark), :data:`slow_off_tpu` and :func:`slow_off_tpu_inherited` (interpret mode costs seconds per
+kernel, so part of each op's contract is ``slow`` off a TPU), and the ``strict`` fixture
+(``tests/pallas_kernels/conftest.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 
 import jax
+import pytest
 from jax._src.pallas.mosaic.interpret import interpret_pallas_call as _ipc  # jax 0.11.2 internals
 from jax.experimental.pallas import tpu as pltpu
 
@@ -29,6 +36,32 @@ STRICT = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2, uninit
 # One simulated TensorCore, for multi-device runs: per-core threads that compile and run nested
 # XLA computations inside a callback deadlock across simulated CPU devices (jax 0.11.2).
 STRICT_1 = dataclasses.replace(STRICT, num_cores_or_threads=1)
+
+ON_TPU = jax.default_backend() == "tpu"
+# Mosaic TPU kernels run compiled on a TPU and in TPU interpret mode on the CPU backend only; on a
+# GPU backend `pallas_tpu` refuses (tested in test_why_not_*), so a module has nothing to run.
+pallas_tpu_backends = pytest.mark.skipif(
+    jax.default_backend() not in ("cpu", "tpu"), reason="pallas_tpu runs on a TPU or in interpret mode on CPU"
+)
+slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
+
+
+def slow_off_tpu_inherited(*names: str):
+    """Class decorator: the named tests the class inherits (from an op's contract) are ``slow``
+    off a TPU; the contract's own class keeps them as they are."""
+
+    def mark(cls):
+        for name in names:
+            inherited = getattr(cls, name)
+
+            @functools.wraps(inherited)
+            def test(self, *args, _inherited=inherited, **kwargs):
+                return _inherited(self, *args, **kwargs)
+
+            setattr(cls, name, slow_off_tpu(test))
+        return cls
+
+    return mark
 
 
 @contextlib.contextmanager
