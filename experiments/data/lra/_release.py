@@ -10,7 +10,8 @@ file expected and every folder searched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,26 @@ def manual_root(dl_manager) -> Path | None:
 
 def find_release_dir(root: Path | None, subdir: str, files: Sequence[str], *, dataset: str) -> Path:
     """The folder ``<root>/<one of _ROOTS>/<subdir>`` that holds all of ``files``."""
-    candidates = [] if root is None else [(root / r / subdir).resolve() for r in _ROOTS]
+    return find_manual_folder(root, [f"{r}/{subdir}" for r in _ROOTS], subdir, files, dataset=dataset,
+                              what="the LRA release files", instructions=MANUAL_INSTRUCTIONS)
+
+
+def find_manual_folder(root: Path | None, folders: Sequence[str], shown: str, files: Sequence[str], *, dataset: str,
+                       what: str, instructions: str, is_there: Callable[[Path], bool] = Path.exists) -> Path:
+    """The first ``<root>/<folder>`` of ``folders`` in which every one of ``files`` ``is_there``.
+
+    Otherwise a FileNotFoundError says ``what`` is missing, lists the files expected (as
+    ``<shown>/<file>``) and every folder searched, and gives the ``instructions``.
+    """
+    candidates = [] if root is None else [(root / f).resolve() for f in folders]
     for folder in candidates:
-        if all((folder / f).exists() for f in files):
+        if all(is_there(folder / f) for f in files):
             return folder
     looked = "\n".join(f"  {c}" for c in candidates) or "  (no manual_dir was given)"
-    expected = "\n".join(f"  {subdir}/{f}" for f in files)
+    expected = "\n".join(f"  {shown}/{f}" for f in files)
     raise FileNotFoundError(
-        f"{dataset}: the LRA release files are missing. Expected\n{expected}\n"
-        f"under manual_dir={root} in one of:\n{looked}\n{MANUAL_INSTRUCTIONS}"
+        f"{dataset}: {what} are missing. Expected\n{expected}\n"
+        f"under manual_dir={root} in one of:\n{looked}\n{instructions}"
     )
 
 
@@ -62,14 +74,36 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         super().__init__(file_format=file_format or "array_record", **kwargs)
 
 
-def info(builder, features: dict, description: str, citation: str = "") -> tfds.core.DatasetInfo:
+def info(builder, features: dict, description: str) -> tfds.core.DatasetInfo:
+    """The builder's ``DatasetInfo``: ``features`` and, as in every LRA record, its ``index`` in
+    its split; the LRA homepage and citation."""
     return tfds.core.DatasetInfo(
         builder=builder,
         description=description,
-        features=tfds.features.FeaturesDict(features),
+        features=tfds.features.FeaturesDict({**features, "index": tfds.features.Scalar(dtype=np.int64)}),
         homepage="https://github.com/google-research/long-range-arena",
-        citation=citation,
+        citation=LRA_CITATION,
     )
+
+
+@dataclasses.dataclass(eq=False)
+class SourceConfig(tfds.core.BuilderConfig):
+    """The config of a task read from its original files or from TFDS: ``source`` is "release"
+    (the files under manual_dir), "tfds" (the TFDS catalog dataset, kept in ``tfds_data_dir``;
+    None: TFDS's default) or "placeholder"."""
+
+    source: str = "release"
+    tfds_data_dir: str | None = None
+
+
+def source_configs(files: str, tfds_dataset: str) -> list[SourceConfig]:
+    """A :class:`SourceConfig` builder's three configs: ``files`` describes the release files,
+    ``tfds_dataset`` names the TFDS dataset."""
+    return [
+        SourceConfig(name="release", description=files),
+        SourceConfig(name="tfds", source="tfds", description=f"TFDS {tfds_dataset}"),
+        SourceConfig(name="placeholder", source="placeholder", description=PLACEHOLDER_DESCRIPTION),
+    ]
 
 
 LRA_CITATION = """@inproceedings{tay2021long,

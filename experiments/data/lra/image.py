@@ -14,7 +14,6 @@ it in NumPy. Splits as LRA: ``train`` the first 45,000 training images, ``valida
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 
 import numpy as np
@@ -47,10 +46,7 @@ def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(d[b"labels"], np.int64)
 
 
-@dataclasses.dataclass(eq=False)
-class CifarConfig(tfds.core.BuilderConfig):
-    source: str = "release"  # "release" (python files) | "tfds" (cifar10) | "placeholder"
-    tfds_data_dir: str | None = None
+CifarConfig = _release.SourceConfig  # "release": the python files; "tfds": TFDS cifar10
 
 
 class LraImage(_release.ArrayRecordBuilder):
@@ -61,11 +57,7 @@ class LraImage(_release.ArrayRecordBuilder):
         "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extract it and pass the "
         "folder holding `cifar-10-batches-py` as manual_dir; or use the `tfds` config (TFDS cifar10)."
     )
-    BUILDER_CONFIGS = [
-        CifarConfig(name="release", description="cifar-10-batches-py under manual_dir"),
-        CifarConfig(name="tfds", source="tfds", description="TFDS cifar10"),
-        CifarConfig(name="placeholder", source="placeholder", description=_release.PLACEHOLDER_DESCRIPTION),
-    ]
+    BUILDER_CONFIGS = _release.source_configs("cifar-10-batches-py under manual_dir", "cifar10")
 
     def _info(self):
         return _release.info(
@@ -73,10 +65,8 @@ class LraImage(_release.ArrayRecordBuilder):
             {
                 "image": tfds.features.Tensor(shape=(32, 32), dtype=np.uint8),
                 "label": tfds.features.ClassLabel(num_classes=10),
-                "index": tfds.features.Scalar(dtype=np.int64),
             },
             "CIFAR-10 in grayscale for the Long Range Arena image task.",
-            _release.LRA_CITATION,
         )
 
     def _split_generators(self, dl_manager):
@@ -97,19 +87,11 @@ class LraImage(_release.ArrayRecordBuilder):
 
             (tr_x, tr_y), (te_x, te_y) = arrays(train), arrays(test)
         elif c.source == "release":
-            root = _release.manual_root(dl_manager)
-            files = TRAIN_FILES + TEST_FILES
-            folder = None
-            for candidate in ([] if root is None else [root / "cifar-10-batches-py", root]):
-                if all((candidate / f).exists() for f in files):
-                    folder = candidate
-                    break
-            if folder is None:
-                raise FileNotFoundError(
-                    "lra_image: the CIFAR-10 files are missing. Expected\n"
-                    + "\n".join(f"  cifar-10-batches-py/{f}" for f in files)
-                    + f"\nunder manual_dir={root}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-                )
+            folder = _release.find_manual_folder(
+                _release.manual_root(dl_manager), ["cifar-10-batches-py", "."], "cifar-10-batches-py",
+                TRAIN_FILES + TEST_FILES, dataset="lra_image", what="the CIFAR-10 files",
+                instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS,
+            )
             parts = [read_cifar_batch(folder / f) for f in TRAIN_FILES]
             tr_x, tr_y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             te_x, te_y = read_cifar_batch(folder / TEST_FILES[0])

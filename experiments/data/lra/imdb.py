@@ -16,7 +16,6 @@ LRA, the pipeline evaluates "validation" on ``test``.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,7 @@ __all__ = ["ImdbConfig", "LraText"]
 LABELS = {"neg": 0, "pos": 1}  # as TFDS imdb_reviews
 
 
-@dataclasses.dataclass(eq=False)
-class ImdbConfig(tfds.core.BuilderConfig):
-    source: str = "release"  # "release" (aclImdb files) | "tfds" (imdb_reviews) | "placeholder"
-    tfds_data_dir: str | None = None  # where TFDS keeps imdb_reviews (None: TFDS's default)
+ImdbConfig = _release.SourceConfig  # "release": the aclImdb files; "tfds": TFDS imdb_reviews
 
 
 class LraText(_release.ArrayRecordBuilder):
@@ -44,11 +40,8 @@ class LraText(_release.ArrayRecordBuilder):
         "(`tar -xzf aclImdb_v1.tar.gz`) and pass the folder holding `aclImdb` as manual_dir; or use "
         "the `tfds` config, which reads TFDS's imdb_reviews."
     )
-    BUILDER_CONFIGS = [
-        ImdbConfig(name="release", description="aclImdb/{train,test}/{pos,neg}/*.txt under manual_dir"),
-        ImdbConfig(name="tfds", source="tfds", description="TFDS imdb_reviews/plain_text"),
-        ImdbConfig(name="placeholder", source="placeholder", description=_release.PLACEHOLDER_DESCRIPTION),
-    ]
+    BUILDER_CONFIGS = _release.source_configs("aclImdb/{train,test}/{pos,neg}/*.txt under manual_dir",
+                                              "imdb_reviews/plain_text")
 
     def _info(self):
         return _release.info(
@@ -56,10 +49,8 @@ class LraText(_release.ArrayRecordBuilder):
             {
                 "inputs": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
                 "label": tfds.features.ClassLabel(names=["neg", "pos"]),
-                "index": tfds.features.Scalar(dtype=np.int64),
             },
             "IMDB reviews as bytes, for the Long Range Arena text task.",
-            _release.LRA_CITATION,
         )
 
     def _split_generators(self, dl_manager):
@@ -74,19 +65,11 @@ class LraText(_release.ArrayRecordBuilder):
             return {s: self._placeholder(s) for s in ("train", "test")}
         if c.source != "release":
             raise ValueError(f"lra_text: source must be 'release', 'tfds' or 'placeholder'; got {c.source!r}")
-        root = _release.manual_root(dl_manager)
-        wanted = [f"{s}/{lab}" for s in ("train", "test") for lab in LABELS]
-        folder = None
-        for candidate in ([] if root is None else [root / "aclImdb", root]):
-            if all((candidate / w).is_dir() for w in wanted):
-                folder = candidate
-                break
-        if folder is None:
-            raise FileNotFoundError(
-                "lra_text: the IMDB files are missing. Expected the folders\n"
-                + "\n".join(f"  aclImdb/{w}/*.txt" for w in wanted)
-                + f"\nunder manual_dir={root}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-            )
+        folder = _release.find_manual_folder(
+            _release.manual_root(dl_manager), ["aclImdb", "."], "aclImdb",
+            [f"{s}/{lab}" for s in ("train", "test") for lab in LABELS], dataset="lra_text",
+            what="the IMDB folders of *.txt reviews", instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS, is_there=Path.is_dir,
+        )
         return {s: self._from_files(folder / s) for s in ("train", "test")}
 
     def _generate_examples(self, examples):  # the split generators above already yield (key, example)

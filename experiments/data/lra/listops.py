@@ -187,10 +187,8 @@ class LraListops(_release.ArrayRecordBuilder):
             {
                 "inputs": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
                 "label": tfds.features.ClassLabel(num_classes=10),
-                "index": tfds.features.Scalar(dtype=np.int64),
             },
             "ListOps from the Long Range Arena: evaluate a nested MAX/MIN/MED/SM expression.",
-            _release.LRA_CITATION,
         )
 
     def _split_generators(self, dl_manager):

@@ -105,6 +105,14 @@ class _PathfinderBase(_release.ArrayRecordBuilder, skip_registration=True):
     # download_and_prepare. Examples depend on (seed, split, index) only, not on this.
     num_workers = 0
 
+    def __init_subclass__(cls, **kwargs):
+        # A builder is its SIZE: the release folder follows from it, and every builder gets its
+        # own config objects (all six configs unless it lists its own).
+        cls.RELEASE_SUBDIR = f"pathfinder{cls.SIZE}"
+        if "BUILDER_CONFIGS" not in vars(cls):
+            cls.BUILDER_CONFIGS = _configs()
+        super().__init_subclass__(**kwargs)
+
     def _info(self):
         return _release.info(
             self,
@@ -112,11 +120,9 @@ class _PathfinderBase(_release.ArrayRecordBuilder, skip_registration=True):
                 # zlib: the images are mostly black, ~10x smaller on disk.
                 "image": tfds.features.Tensor(shape=(self.SIZE, self.SIZE), dtype=np.uint8, encoding="zlib"),
                 "label": tfds.features.ClassLabel(num_classes=2),
-                "index": tfds.features.Scalar(dtype=np.int64),
             },
             f"Pathfinder at {self.SIZE}x{self.SIZE} from the Long Range Arena: are the two marked "
             "endpoints connected by a path of dashes?",
-            _release.LRA_CITATION,
         )
 
     def _split_generators(self, dl_manager):
@@ -171,27 +177,23 @@ class _PathfinderBase(_release.ArrayRecordBuilder, skip_registration=True):
 
 
 class LraPathfinder32(_PathfinderBase):
-    SIZE, RELEASE_SUBDIR = 32, "pathfinder32"
-    BUILDER_CONFIGS = _configs()
+    SIZE = 32
 
 
 class LraPathfinder64(_PathfinderBase):
-    SIZE, RELEASE_SUBDIR = 64, "pathfinder64"
-    BUILDER_CONFIGS = _configs()
+    SIZE = 64
 
 
 class LraPathfinder128(_PathfinderBase):
-    SIZE, RELEASE_SUBDIR = 128, "pathfinder128"
-    BUILDER_CONFIGS = _configs()
+    SIZE = 128
 
 
 class LraPathfinder256(_PathfinderBase):
-    SIZE, RELEASE_SUBDIR = 256, "pathfinder256"
-    BUILDER_CONFIGS = _configs()
+    SIZE = 256
 
 
 class LraPathx(_PathfinderBase):
     """Path-X: Pathfinder at 128 x 128, hard level (LRA's 16,384-step task)."""
 
-    SIZE, RELEASE_SUBDIR = 128, "pathfinder128"
+    SIZE = 128
     BUILDER_CONFIGS = [c for c in _configs() if c.difficulty == "hard"]  # the one LRA task

@@ -55,10 +55,8 @@ class LraRetrieval(_release.ArrayRecordBuilder):
                 "label": tfds.features.ClassLabel(num_classes=2),
                 "id1": tfds.features.Text(),
                 "id2": tfds.features.Text(),
-                "index": tfds.features.Scalar(dtype=np.int64),
             },
             "ACL Anthology Network document pairs from the Long Range Arena retrieval task.",
-            _release.LRA_CITATION,
         )
 
     def _split_generators(self, dl_manager):
