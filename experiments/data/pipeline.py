@@ -18,10 +18,16 @@ Two entry points:
 Both deal the global index stream round-robin to processes (no example is read twice), and both
 iterators checkpoint as "the next global index": ``get_state()``/``set_state()`` resume mid-epoch
 exactly, whatever the number of reader threads.
+
+A dataset module registers a builder made by :func:`generated_builder` or :func:`source_builder`:
+it says what its examples are, and the factory hands the registry's batching arguments (split,
+seed, global batch size, this process's index and count) to :func:`batched` /
+:func:`source_batches`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import threading
@@ -29,7 +35,17 @@ import threading
 import grain
 import numpy as np
 
-__all__ = ["batched", "blockwise", "cfg_get", "example_rng", "pad_or_truncate", "source_batches"]
+__all__ = [
+    "batched",
+    "blockwise",
+    "cfg_get",
+    "example_rng",
+    "generated_builder",
+    "num_examples",
+    "pad_or_truncate",
+    "source_batches",
+    "source_builder",
+]
 
 Example = dict[str, np.ndarray]
 
@@ -141,6 +157,41 @@ def batched(
     ds = ds[process_index::process_count].batch(per_process, drop_remainder=True)
     # One reader thread: generation is cheap, and the CPU is shared with the training step.
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+
+
+def generated_builder(examples: Callable) -> Callable:
+    """A registry builder (``experiments.data.registry``) of examples generated from their index:
+    ``examples(data_config, split, seed) -> (make_example, num_examples)``, as :func:`batched`
+    takes them."""
+
+    @functools.wraps(examples)
+    def build(data_config, *, split, seed, global_batch_size, process_index, process_count):
+        make_example, count = examples(data_config, split, seed)
+        return batched(make_example, num_examples=count, global_batch_size=global_batch_size,
+                       process_index=process_index, process_count=process_count)
+
+    return build
+
+
+def source_builder(records: Callable) -> Callable:
+    """A registry builder (``experiments.data.registry``) of examples read from a random-access
+    source: ``records(data_config, split) -> (source, transform, pad_example, num_threads)``, as
+    :func:`source_batches` takes them."""
+
+    @functools.wraps(records)
+    def build(data_config, *, split, seed, global_batch_size, process_index, process_count):
+        source, transform, pad_example, num_threads = records(data_config, split)
+        return source_batches(source, transform=transform, pad_example=pad_example, split=split, seed=seed,
+                              global_batch_size=global_batch_size, process_index=process_index,
+                              process_count=process_count, num_threads=num_threads)
+
+    return build
+
+
+def num_examples(data_config, split: str) -> int | None:
+    """How many examples a generated split has: endless (None) for "train", ``data.eval_examples``
+    for the evaluation splits."""
+    return None if split == "train" else int(data_config.eval_examples)
 
 
 def require_keys(where: str, config: Any, keys: tuple[str, ...]) -> None:

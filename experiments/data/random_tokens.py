@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.data import registry
-from experiments.data.pipeline import Example, batched, example_rng, require_keys
+from experiments.data.pipeline import Example, example_rng, generated_builder, num_examples, require_keys
 
 __all__ = ["random_example"]
 
@@ -32,15 +32,12 @@ def random_example(rng: np.random.Generator, *, seq_len: int, vocab_size: int, n
 
 
 def _build(pairs: bool):
-    def build(data_config, *, split, seed, global_batch_size, process_index, process_count):
+    @generated_builder
+    def build(data_config, split, seed):
         require_keys("random tokens", data_config, _KEYS)
         kw = dict(seq_len=int(data_config.seq_len), vocab_size=int(data_config.vocab_size),
                   num_classes=int(data_config.num_classes), pairs=pairs)
-        return batched(
-            lambda i: random_example(example_rng(seed, split, i), **kw),
-            num_examples=None if split == "train" else int(data_config.eval_examples),
-            global_batch_size=global_batch_size, process_index=process_index, process_count=process_count,
-        )
+        return (lambda i: random_example(example_rng(seed, split, i), **kw)), num_examples(data_config, split)
 
     return build
 

@@ -27,13 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.data import registry
-from experiments.data.pipeline import Example, batched, blockwise, example_rng, require_keys
+from experiments.data.pipeline import Example, blockwise, example_rng, generated_builder, num_examples, require_keys
 
 __all__ = ["induction_heads_example", "mqar_example", "mqar_examples", "selective_copying_example"]
-
-
-def _num_examples(data_config, split: str) -> int | None:
-    return None if split == "train" else int(data_config.eval_examples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,16 +60,11 @@ def selective_copying_example(rng: np.random.Generator, *, seq_len: int, vocab_s
 
 # Scored: the num_tokens markers at the end of every row.
 @registry.register("selective_copying", task="lm", scored_positions=lambda c, split: int(c.num_tokens))
-def selective_copying(data_config, *, split, seed, global_batch_size, process_index, process_count):
+@generated_builder
+def selective_copying(data_config, split, seed):
     require_keys("selective_copying", data_config, ("seq_len", "vocab_size", "num_tokens", "eval_examples"))
     kw = dict(seq_len=int(data_config.seq_len), vocab_size=int(data_config.vocab_size), num_tokens=int(data_config.num_tokens))
-    return batched(
-        lambda i: selective_copying_example(example_rng(seed, split, i), **kw),
-        num_examples=_num_examples(data_config, split),
-        global_batch_size=global_batch_size,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    return (lambda i: selective_copying_example(example_rng(seed, split, i), **kw)), num_examples(data_config, split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,16 +91,11 @@ def induction_heads_example(rng: np.random.Generator, *, seq_len: int, vocab_siz
 
 # Scored: the last token of every row.
 @registry.register("induction_heads", task="lm", scored_positions=lambda c, split: 1)
-def induction_heads(data_config, *, split, seed, global_batch_size, process_index, process_count):
+@generated_builder
+def induction_heads(data_config, split, seed):
     require_keys("induction_heads", data_config, ("seq_len", "vocab_size", "eval_examples"))
     kw = dict(seq_len=int(data_config.seq_len), vocab_size=int(data_config.vocab_size))
-    return batched(
-        lambda i: induction_heads_example(example_rng(seed, split, i), **kw),
-        num_examples=_num_examples(data_config, split),
-        global_batch_size=global_batch_size,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    return (lambda i: induction_heads_example(example_rng(seed, split, i), **kw)), num_examples(data_config, split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +212,8 @@ def _mqar_scored(data_config, split: str) -> int:
 
 
 @registry.register("mqar", task="lm", scored_positions=_mqar_scored)
-def mqar(data_config, *, split, seed, global_batch_size, process_index, process_count):
+@generated_builder
+def mqar(data_config, split, seed):
     require_keys("mqar", data_config, ("vocab_size", "train_settings", "eval_settings", "eval_examples", "power_a"))
     name = "train_settings" if split == "train" else "eval_settings"
     settings = _settings(data_config[name], name)
@@ -249,10 +236,4 @@ def mqar(data_config, *, split, seed, global_batch_size, process_index, process_
                     block[key][rows] = part[key]
         return block
 
-    return batched(
-        blockwise(make_block, MQAR_BLOCK),
-        num_examples=_num_examples(data_config, split),
-        global_batch_size=global_batch_size,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    return blockwise(make_block, MQAR_BLOCK), num_examples(data_config, split)

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.data import registry
-from experiments.data.pipeline import cfg_get, source_batches
+from experiments.data.pipeline import cfg_get, source_builder
 from experiments.data.tokenizers import get_tokenizer
 
 __all__ = [
@@ -300,22 +300,13 @@ def dataset_info(data_config) -> dict:
 
 
 @registry.register("text", task="lm")
-def text(data_config, *, split, seed, global_batch_size, process_index, process_count):
+@source_builder
+def text(data_config, split):
     """Packed language-modeling sequences of ``data.corpus`` (see module docstring)."""
     tokenizer = get_tokenizer(str(cfg_get(data_config, "tokenizer", "byte")))
     seq_len = int(cfg_get(data_config, "seq_len", 1024))
     source = PackedTokens(token_stream(data_config, split, tokenizer), seq_len, pad_id=tokenizer.pad_id)
     z = np.zeros(seq_len, np.int32)
     pad = {"inputs": z + tokenizer.pad_id, "targets": z + tokenizer.pad_id, "weights": z.astype(np.float32), "segment_ids": z}
-    return source_batches(
-        source,
-        transform=lambda x: x,
-        pad_example=pad,
-        split=split,
-        seed=seed,
-        global_batch_size=global_batch_size,
-        process_index=process_index,
-        process_count=process_count,
-        num_threads=int(cfg_get(data_config, "num_threads", 2)),
-    )
+    return source, (lambda x: x), pad, int(cfg_get(data_config, "num_threads", 2))
 

@@ -39,7 +39,7 @@ import tensorflow_datasets as tfds
 
 from experiments.data import registry
 from experiments.data.lra import _release, image, imdb, listops, pathfinder, retrieval
-from experiments.data.pipeline import cfg_get, pad_or_truncate, source_batches
+from experiments.data.pipeline import cfg_get, pad_or_truncate, source_builder
 
 __all__ = ["BUILDERS", "TASK_INFO", "load_builder", "prepare"]
 
@@ -158,7 +158,8 @@ def _make(name: str):
     task = "retrieval" if name == "lra_retrieval" else "classification"
 
     @registry.register(name, task=task)
-    def build(data_config, *, split, seed, global_batch_size, process_index, process_count):
+    @source_builder
+    def build(data_config, split):
         seq_len = int(cfg_get(data_config, "seq_len", TASK_INFO[name]["seq_len"]))
         builder = load_builder(name, data_config)
         tfds_split = _SPLIT_MAP.get(name, {}).get(split, split)
@@ -167,17 +168,7 @@ def _make(name: str):
             transform, pad = _retrieval(seq_len)
         else:
             transform, pad = _classification(_IDS.get(name, _pixels), seq_len)
-        return source_batches(
-            source,
-            transform=transform,
-            pad_example=pad,
-            split=split,
-            seed=seed,
-            global_batch_size=global_batch_size,
-            process_index=process_index,
-            process_count=process_count,
-            num_threads=int(cfg_get(data_config, "num_threads", 4)),
-        )
+        return source, transform, pad, int(cfg_get(data_config, "num_threads", 4))
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"Batches of {name} (task {task!r}); see experiments.data.lra."
