@@ -5,7 +5,9 @@ A builder has the signature::
     builder(data_config, *, split, seed, global_batch_size, process_index, process_count)
         -> grain.IterDataset
 
-and returns this process's share of the batches of ``split`` ("train", "validation", "test"):
+(data modules make theirs with :func:`experiments.data.pipeline.generated_builder` or
+:func:`~experiments.data.pipeline.source_builder`) and returns this process's share of the
+batches of ``split`` ("train", "validation", "test"):
 ``global_batch_size // process_count`` examples per batch, disjoint across processes,
 deterministic given ``seed``; its iterator's ``get_state()``/``set_state()`` resume exactly.
 The train split repeats forever (a fresh shuffle per epoch); evaluation splits make one pass,
