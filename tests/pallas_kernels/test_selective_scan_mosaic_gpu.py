@@ -231,23 +231,6 @@ def test_registry():
         assert REGISTRY.resolve("pallas_gpu", c)[0] == "pallas_gpu"
 
 
-@pytest.mark.parametrize(
-    "fields, match",
-    [
-        (dict(n=12, states_per_thread=4), "power of two"),
-        (dict(n=512, states_per_thread=16), "8..256"),
-        (dict(n=16, states_per_thread=32), "exceeds n"),
-        (dict(n=256, states_per_thread=8), "channels per block"),
-        (dict(n=16, states_per_thread=4, chunk=20), "multiple of 8"),
-        (dict(n=16, states_per_thread=4, chunk=64, unroll=3), "unroll"),
-        (dict(n=16, states_per_thread=4, chunk=64, save_interval=48), "save_interval"),
-    ],
-)
-def test_blocks_validation(fields, match):
-    with pytest.raises(ValueError, match=match):
-        SelectiveScanBlocks(**fields)
-
-
 # --------------------------------------------------------------------------------------------
 # On the chip
 # --------------------------------------------------------------------------------------------

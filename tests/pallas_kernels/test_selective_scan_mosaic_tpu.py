@@ -184,16 +184,6 @@ def test_why_not_and_registry(rng):
             selective_scan(**args, impl="pallas")
 
 
-@pytest.mark.parametrize("bad,match", [
-    pytest.param({"block_l": 100}, "`block_l` must be a positive multiple of 128", id="block_l"),
-    pytest.param({"block_d": 64}, "`block_d` must be a positive multiple of 128", id="block_d"),
-    pytest.param({"unroll": 0}, "`unroll` must be a positive int", id="unroll"),
-])
-def test_blocks_are_validated(bad, match):
-    with pytest.raises(ValueError, match=match):
-        SelectiveScanTPUBlocks(**bad)
-
-
 def test_blocks_fit_vmem():
     # Mamba-1's n = 16: the widest tile and longest block; larger states trade them for VMEM.
     assert blocks_tpu.choose_blocks(4096, 2048, 1, 16) == SelectiveScanTPUBlocks(block_l=256, block_d=512)

@@ -204,16 +204,6 @@ def test_shared_memory_count_is_the_declared_buffers(monkeypatch):
     assert mosaic_gpu.bwd_smem_bytes(bwd(False)) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.bwd_smem_bytes(bwd(True))
 
 
-@pytest.mark.parametrize("bad,match", [
-    pytest.param({"chunk": 32}, "`chunk` must be 64", id="chunk"),
-    pytest.param({"block_p": 128}, "`block_p` must be 64", id="block_p"),
-    pytest.param({"fwd_nbuf": 3}, "`fwd_nbuf` must be None, 1 or 2", id="fwd_nbuf"),
-])
-def test_blocks_are_validated(bad, match):
-    with pytest.raises(ValueError, match=match):
-        SSDBlocks(**bad)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [64, 128, 256])
 def test_gpu_larger_shapes_every_option(rng, n):

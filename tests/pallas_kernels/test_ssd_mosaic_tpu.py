@@ -113,15 +113,6 @@ def test_why_not_and_registry(rng):
             ssd(**kw, impl="pallas")
 
 
-@pytest.mark.parametrize("bad,match", [
-    pytest.param({"chunk": 64}, "`chunk` must be a positive multiple of 128", id="chunk"),
-    pytest.param({"heads_per_block": 0}, "`heads_per_block` must be None or a positive int", id="heads_per_block"),
-])
-def test_blocks_are_validated(bad, match):
-    with pytest.raises(ValueError, match=match):
-        SSDTPUBlocks(**bad)
-
-
 def test_tiling_rules():
     assert blocks_tpu.choose_heads_per_block(h=64, g=1, p=64) == 4  # Mamba-2: four heads, 256 lanes
     assert blocks_tpu.choose_heads_per_block(h=8, g=2, p=128) == 2
