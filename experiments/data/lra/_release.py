@@ -68,7 +68,11 @@ def find_manual_folder(root: Path | None, folders: Sequence[str], shown: str, fi
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """The LRA builders' base: files default to array_record. TFDS's own default, tfrecord, needs
     TensorFlow to write (``tfds.builder("lra_listops").download_and_prepare()`` failed without
-    it) and cannot be read by random access, which grain needs; ``file_format=`` still chooses."""
+    it) and cannot be read by random access, which grain needs; ``file_format=`` still chooses.
+    Every builder is at version 1.0.0 and, unless it says otherwise, reads the LRA release."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
 
     def __init__(self, *, file_format=None, **kwargs):
         super().__init__(file_format=file_format or "array_record", **kwargs)

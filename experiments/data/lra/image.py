@@ -52,7 +52,6 @@ CifarConfig = _release.SourceConfig  # "release": the python files; "tfds": TFDS
 class LraImage(_release.ArrayRecordBuilder):
     """CIFAR-10 grayscale: ``image (32, 32) uint8``, ``label`` in 0..9."""
 
-    VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extract it and pass the "
         "folder holding `cifar-10-batches-py` as manual_dir; or use the `tfds` config (TFDS cifar10)."

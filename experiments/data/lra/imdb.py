@@ -34,7 +34,6 @@ ImdbConfig = _release.SourceConfig  # "release": the aclImdb files; "tfds": TFDS
 class LraText(_release.ArrayRecordBuilder):
     """IMDB for LRA: ``inputs (n,) uint8`` review bytes, ``label`` (1 = positive)."""
 
-    VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz, extract it "
         "(`tar -xzf aclImdb_v1.tar.gz`) and pass the folder holding `aclImdb` as manual_dir; or use "

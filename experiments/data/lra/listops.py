@@ -174,8 +174,6 @@ class ListOpsConfig(tfds.core.BuilderConfig):
 class LraListops(_release.ArrayRecordBuilder):
     """LRA ListOps: ``inputs (n,) uint8`` token ids (:data:`VOCAB`), ``label`` in 0..9."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _release.MANUAL_INSTRUCTIONS
     BUILDER_CONFIGS = [
         ListOpsConfig(name="release", description="basic_{train,val,test}.tsv of lra_release/listops-1000"),
         ListOpsConfig(name="generated", generated=True, description="our generator, published settings, seed 0"),

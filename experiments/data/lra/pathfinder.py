@@ -98,8 +98,6 @@ class _PathfinderBase(_release.ArrayRecordBuilder, skip_registration=True):
 
     SIZE = 32
     RELEASE_SUBDIR = "pathfinder32"
-    VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _release.MANUAL_INSTRUCTIONS
     BUILDER_CONFIGS = _configs()
     # Processes used by the generated configs (0: all cores); set on the instance before
     # download_and_prepare. Examples depend on (seed, split, index) only, not on this.

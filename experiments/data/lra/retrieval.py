@@ -39,8 +39,6 @@ def read_release_tsv(path):
 class LraRetrieval(_release.ArrayRecordBuilder):
     """AAN pairs: ``inputs1``, ``inputs2 (n,) uint8`` document bytes, ``label`` (1 = linked)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _release.MANUAL_INSTRUCTIONS
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="release", description="lra_release/tsv_data/new_aan_pairs.*.tsv"),
         tfds.core.BuilderConfig(name="placeholder", description=_release.PLACEHOLDER_DESCRIPTION),
