@@ -96,6 +96,22 @@ def _seg_masks(r_row, r_col, r_last):
     return same, r_row == 0.0, r_col == r_last, r_last == 0.0
 
 
+def _cut_at_segment_starts(r, slot, q, mask, e_in, e_out, e_tot):
+    """A chunk's causal ``mask`` and decays cut where a segment starts, from the reset counts in
+    stage ``slot`` of the shared-memory ``r``: pairs in one segment only; ``e_in`` (from the chunk
+    start) only before the chunk's first start; ``e_out`` (to the chunk end; the forward's has dt
+    folded in) only in the chunk's last segment; ``e_tot`` only without a start in the chunk."""
+    r_row = plgpu.load(r.at[slot], layout=_ROW)
+    r_col = plgpu.load(r.at[slot], layout=_COL)
+    r_last = r[slot, q - 1]
+    same, open_in, open_out, open_tot = _seg_masks(r_row, r_col, r_last)
+    mask = mask & same
+    e_in = jnp.where(open_in, e_in, 0.0)
+    e_out = jnp.where(r_row == r_last, e_out, 0.0)
+    e_tot = jnp.where(open_tot, e_tot, 0.0)
+    return mask, e_in, e_out, e_tot
+
+
 def _sq(v):
     return (v.shape[0], v.shape[0])
 
@@ -146,14 +162,9 @@ def _kernel(body, spec, out_type, scratch, grid):
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Forward
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
-class FwdSpec:
-    """Static description of one forward call."""
+class _Call:
+    """The shapes both kernels' calls share: grid ``(b, h, npt)``, ``nc`` chunks of ``q``."""
 
     b: int
     nc: int  # chunks (the sequence is padded to nc * q)
@@ -164,6 +175,22 @@ class FwdSpec:
     q: int
     block_p: int
     dtype: str  # compute (operand) dtype: bfloat16 or float16
+
+    @property
+    def npt(self):
+        """Head-dim tiles per head."""
+        return self.p // self.block_p
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FwdSpec(_Call):
+    """Static description of one forward call."""
+
     y_dtype: str
     has_seg: bool
     has_d: bool
@@ -246,14 +273,7 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
         w = jnp.exp(cs_last - cs_row) * dt_row  # decay from t to the chunk end, times dt_t
         e_tot = jnp.exp(cs_last)
         if spec.has_seg:
-            r_row = plgpu.load(s["r"].at[slot], layout=_ROW)
-            r_col = plgpu.load(s["r"].at[slot], layout=_COL)
-            r_last = s["r"][slot, q - 1]
-            same, open_in, open_out, open_tot = _seg_masks(r_row, r_col, r_last)
-            mask = mask & same
-            e_in = jnp.where(open_in, e_in, 0.0)
-            w = jnp.where(r_row == r_last, w, 0.0)
-            e_tot = jnp.where(open_tot, e_tot, 0.0)
+            mask, e_in, w, e_tot = _cut_at_segment_starts(s["r"], slot, q, mask, e_in, w, e_tot)
         # Mask before the exp: exp(-inf) = 0 above the diagonal, never exp(+large).
         seg = jnp.where(mask, lax.broadcast_in_dim(cs_row, (q, q), [0]) - lax.broadcast_in_dim(cs_col, (q, q), [1]), -jnp.inf)
         M = S * jnp.exp(seg) * lax.broadcast_in_dim(dt_col, (q, q), [1])
@@ -359,7 +379,7 @@ def ssd_fwd_call(spec: FwdSpec, *args):
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.p, n), jnp.float32))
     if spec.save_states:
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.nc, spec.p, n), cdt))
-    kernel = _kernel(_fwd_body, spec, tuple(out_type), _fwd_scratch(spec), (spec.b, spec.h, spec.p // spec.block_p))
+    kernel = _kernel(_fwd_body, spec, tuple(out_type), _fwd_scratch(spec), (spec.b, spec.h, spec.npt))
     return kernel(*args)
 
 
@@ -369,18 +389,9 @@ def ssd_fwd_call(spec: FwdSpec, *args):
 
 
 @dataclasses.dataclass(frozen=True)
-class BwdSpec:
+class BwdSpec(_Call):
     """Static description of one backward call."""
 
-    b: int
-    nc: int
-    h: int
-    g: int
-    p: int
-    n: int
-    q: int
-    block_p: int
-    dtype: str
     has_seg: bool
     has_d: bool
     has_z: bool
@@ -404,10 +415,6 @@ class BwdSpec:
         names += ["dB", "dC"] * (not self.reduce_bc)
         names += ["dz"] * self.has_z + ["dD"] * self.has_d + ["dh0"] * self.has_h0
         return names
-
-    @property
-    def npt(self):
-        return self.p // self.block_p
 
 
 def _bwd_streams(spec: BwdSpec):
@@ -481,14 +488,7 @@ def _bwd_body(spec: BwdSpec, *refs, **s):
         e_out = jnp.exp(cs_last - cs_row)
         e_tot = jnp.exp(cs_last)
         if spec.has_seg:
-            r_row = plgpu.load(s["r"].at[slot], layout=_ROW)
-            r_col = plgpu.load(s["r"].at[slot], layout=_COL)
-            r_last = s["r"][slot, q - 1]
-            same, open_in, open_out, open_tot = _seg_masks(r_row, r_col, r_last)
-            mask = mask & same
-            e_in = jnp.where(open_in, e_in, 0.0)
-            e_out = jnp.where(r_row == r_last, e_out, 0.0)
-            e_tot = jnp.where(open_tot, e_tot, 0.0)
+            mask, e_in, e_out, e_tot = _cut_at_segment_starts(s["r"], slot, q, mask, e_in, e_out, e_tot)
         w = e_out * dt_row
 
         # 1. S^T = B C^T (s, t) and the state's output term C h^T (t, p).
