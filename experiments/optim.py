@@ -30,7 +30,7 @@ SCHEDULES = ("cosine", "constant")
 # S4/S4D's kernel parameters, Mamba's and Mamba-2's. The low-rank P follows A, as in
 # state-spaces/s4 (registered with A's hyperparameters).
 SSM_ROLES = {
-    "log_dt": "dt", "dt_bias": "dt", "dt_proj.bias": "dt",
+    "log_dt": "dt", "inv_dt": "dt", "dt_bias": "dt", "dt_proj.bias": "dt",
     "log_A_real": "A", "A_imag": "A", "A_log": "A", "P": "A",
     "B": "B", "C": "C", "D": "D",
 }

@@ -82,7 +82,7 @@ class Block(nnx.Module):
     init (r residual branches per block; GPT-2's scheme, as mamba_ssm's ``_init_weights``).
     """
 
-    def __init__(self, kind: str, stack_config, *, dropout: float = 0.0, dtype, rngs: nnx.Rngs):
+    def __init__(self, kind: str, stack_config, *, dropout: float = 0.0, tie_dropout: bool = False, dtype, rngs: nnx.Rngs):
         c = stack_config
         e = c.d_model
         self.kind = kind
@@ -98,7 +98,8 @@ class Block(nnx.Module):
             self.mlp = MLP(e, c.d_intermediate, dtype=dtype, rngs=rngs)
         else:
             self.norm2 = self.mlp = None
-        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        # tie_dropout: one mask per (example, channel), shared along the length axis of (b, l, e).
+        self.dropout = nnx.Dropout(dropout, broadcast_dims=(1,) if tie_dropout else (), rngs=rngs) if dropout > 0 else None
         scale = 1.0 / math.sqrt((2 if self.mlp is not None else 1) * c.n_layers)
         out_proj = getattr(self.mixer, "out_proj", None)
         for dense in (out_proj, self.mlp.fc2 if self.mlp is not None else None):

@@ -70,7 +70,7 @@ class SequenceClassifier(nnx.Module):
         e = c.d_model
         self.dtype = canonical_dtype("SequenceClassifier", c.dtype)
         self.embedding = Embed(c.padded_vocab_size, e, dtype=c.dtype, rngs=rngs)
-        self.layers = make_layers(c, lambda kind: Block(kind, c, dropout=c.dropout, dtype=c.dtype, rngs=rngs))
+        self.layers = make_layers(c, lambda kind: Block(kind, c, dropout=c.dropout, tie_dropout=c.tie_dropout, dtype=c.dtype, rngs=rngs))
         # Post-norm ends with the last block's norm; state-spaces/s4's SequenceModel has no final
         # norm then either.
         self.norm_f = make_norm(c.norm, e, eps=c.norm_eps, dtype=c.dtype) if c.prenorm else None

@@ -165,12 +165,17 @@ class LanguageModelConfig(_StackConfig):
 
 @dataclasses.dataclass(frozen=True)
 class SequenceClassifierConfig(_StackConfig):
-    """A sequence classifier (LRA): pooled features -> logits; ``dual_encoder`` for retrieval."""
+    """A sequence classifier (LRA): pooled features -> logits; ``dual_encoder`` for retrieval.
+
+    ``tie_dropout``: the residual branches' dropout draws one mask per (example, channel) for the
+    whole sequence (state-spaces/s4's ``tie_dropout``) instead of one per element.
+    """
 
     num_classes: int = dataclasses.field(kw_only=True)
     pooling: str = "mean"
     dual_encoder: bool = False
     dropout: float = 0.0
+    tie_dropout: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -179,3 +184,4 @@ class SequenceClassifierConfig(_StackConfig):
         _check_choice(type(self), "pooling", self.pooling, ("mean", "last", "first"))
         _bool(type(self), self, "dual_encoder")
         check_dropout(type(self), self.dropout)
+        _bool(type(self), self, "tie_dropout")

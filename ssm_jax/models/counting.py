@@ -46,9 +46,10 @@ def _mixer_params(kind: str, c) -> tuple[int, int]:
         channels = 2 if s.bidirectional else 1
         out = 2 * e if s.postact == "glu" else e
         matmul = e * out
-        kernel = e + 2 * e * n + 2 * e * n + channels * 2 * e * n  # log_dt, A (re, im), B, C
+        copies = e if s.n_ssm is None else s.n_ssm  # A, B, P tiled over the channels
+        kernel = e + 2 * copies * n + 2 * copies * n + channels * 2 * e * n  # dt, A (re, im), B, C
         if kind == "s4":
-            kernel += 2 * e * n  # P
+            kernel += 2 * copies * n  # P
         return matmul + out + kernel + e, matmul  # + output bias, D
     raise ValueError(f"mixer_params: unknown mixer {kind!r}")
 

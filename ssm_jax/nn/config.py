@@ -258,6 +258,12 @@ class S4Config(Config):
 
     ``lr``: the learning rate S4 gives A, B (P) and dt (0.001 in the paper's LRA runs); read by
     the trainer, which selects those parameters by type (:class:`ssm_jax.nn.SSMParam`).
+
+    ``dt_transform``: how the trained parameter gives the step size: ``"exp"`` (``log_dt``, the
+    original S4/S4D runs) or ``"softplus"`` (``inv_dt``, state-spaces/s4's current default).
+    ``n_ssm``: independent copies of (A, B, P), tiled over the ``d_model`` channels (``1`` ties them,
+    as state-spaces/s4's ``n_ssm: 1``); None: one per channel. dt, C and D stay per channel.
+    ``tie_dropout``: one dropout mask per (example, channel) for the whole sequence.
     """
 
     d_state: int = 64
@@ -268,6 +274,9 @@ class S4Config(Config):
     postact: str | None = "glu"
     dropout: float = 0.0
     lr: float | None = None
+    dt_transform: str = "exp"
+    n_ssm: int | None = None
+    tie_dropout: bool = False
 
     def __post_init__(self):
         cls = type(self)
@@ -280,6 +289,10 @@ class S4Config(Config):
         check_dropout(cls, self.dropout)
         if self.lr is not None and not (_is_number(self.lr) and self.lr > 0):
             _fail(cls, f"`lr` must be None (the optimizer's) or a positive float; got {self.lr!r}")
+        _check_choice(cls, "dt_transform", self.dt_transform, ("exp", "softplus"))
+        _bool(cls, self, "tie_dropout")
+        if self.n_ssm is not None and not (_is_int(self.n_ssm) and self.n_ssm >= 1):
+            _fail(cls, f"`n_ssm` must be None (one per channel) or a positive int dividing d_model; got {self.n_ssm!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,7 @@ PACKED_CHUNK = 64
 
 class SSMKernelParam(SSMParam):
     """The S4/S4D kernel parameters that state-spaces/s4 trains with its own learning rate
-    (``S4Config.lr``): ``log_dt``, ``log_A_real``, ``A_imag``, ``B``, ``P``. An :class:`SSMParam`."""
+    (``S4Config.lr``): ``log_dt`` (or ``inv_dt``), ``log_A_real``, ``A_imag``, ``B``, ``P``. An :class:`SSMParam`."""
 
 
 def kernel_param(value: jax.Array, names, *, lr_group: bool) -> nnx.Param:
@@ -86,24 +86,49 @@ class _LTILayer(nnx.Module):
         self.n = c.d_state // 2  # complex modes kept (one of each conjugate pair)
         self.dtype = canonical_dtype(self.name, dtype)
         self.bidirectional = c.bidirectional
+        self.n_ssm = h if c.n_ssm is None else c.n_ssm
+        if h % self.n_ssm:
+            raise ValueError(f"{self.name}: config.n_ssm={c.n_ssm} must divide d_model={h} (A, B, P are tiled over the channels)")
         # log dt ~ U[log dt_min, log dt_max] (S4 paper, appendix C.3; S4D section 4).
         u = jax.random.uniform(rngs.params(), (h,), jnp.float32)
-        self.log_dt = kernel_param(u * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min), ("heads",), lr_group=True)
+        log_dt = u * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min)
+        if c.dt_transform == "exp":
+            self.log_dt = kernel_param(log_dt, ("heads",), lr_group=True)
+        else:  # dt = softplus(inv_dt): inv_dt = log(expm1(dt))
+            self.inv_dt = kernel_param(jnp.log(jnp.expm1(jnp.exp(log_dt))), ("heads",), lr_group=True)
         # C ~ complex normal with unit variance; a second C for the anti-causal kernel.
         channels = 2 if c.bidirectional else 1
         C = jax.random.normal(rngs.params(), (channels, h, self.n, 2), jnp.float32) * math.sqrt(0.5)
         self.C = param(C, (None, "heads", "state", None), ssm=True)
         self.D = param(jax.random.normal(rngs.params(), (h,), jnp.float32), ("heads",), ssm=True)
-        self.dropout = nnx.Dropout(c.dropout, rngs=rngs) if c.dropout > 0 else None
+        # (b, l, h) activations: a tied mask is shared along the length axis.
+        self.dropout = nnx.Dropout(c.dropout, broadcast_dims=(1,) if c.tie_dropout else (), rngs=rngs) if c.dropout > 0 else None
         glu = c.postact == "glu"
         self.output_linear = Dense(h, 2 * h if glu else h, names=("heads", "embed"), dtype=dtype, rngs=rngs)
 
+    def _log_dt(self) -> jax.Array:
+        """``log dt (h,)``, whichever ``dt_transform`` parametrizes it (the ops take log dt)."""
+        if self.config.dt_transform == "exp":
+            return self.log_dt[...]
+        return jnp.log(jax.nn.softplus(self.inv_dt[...]))
+
+    def _ssm_param(self, value: jax.Array) -> nnx.Param:
+        """A kernel parameter of ``n_ssm`` copies: the first rows of a per-channel ``(h, ...)`` init
+        (identical rows: the HiPPO inits are deterministic)."""
+        names = ("heads" if self.n_ssm == self.d_model else None, "state") + (None,) * (value.ndim - 2)
+        return kernel_param(value[: self.n_ssm], names, lr_group=True)
+
+    def _tiled(self, p: nnx.Param) -> jax.Array:
+        """``(n_ssm, ...) -> (h, ...)``: channel ``c`` uses copy ``c % n_ssm`` (state-spaces/s4's order)."""
+        v = p[...]
+        return v if self.n_ssm == self.d_model else jnp.tile(v, (self.d_model // self.n_ssm,) + (1,) * (v.ndim - 1))
+
     def _store_A(self, A: jax.Array) -> None:
-        self.log_A_real = kernel_param(jnp.log(-jnp.real(A)).astype(jnp.float32), ("heads", "state"), lr_group=True)
-        self.A_imag = kernel_param(jnp.imag(A).astype(jnp.float32), ("heads", "state"), lr_group=True)
+        self.log_A_real = self._ssm_param(jnp.log(-jnp.real(A)).astype(jnp.float32))
+        self.A_imag = self._ssm_param(jnp.imag(A).astype(jnp.float32))
 
     def _A(self) -> jax.Array:
-        return jax.lax.complex(-jnp.exp(self.log_A_real[...]), self.A_imag[...])
+        return jax.lax.complex(-jnp.exp(self._tiled(self.log_A_real)), self._tiled(self.A_imag))
 
     def _Cs(self) -> list[jax.Array]:
         C = _r2c(self.C[...])
@@ -200,16 +225,18 @@ class S4D(_LTILayer):
     ============== ================= ==================================================
     parameter      shape             notes
     ============== ================= ==================================================
-    log_dt         (h,)              SSMKernelParam; log U[dt_min, dt_max]
-    log_A_real     (h, n)            SSMKernelParam; ``Re A = -exp(.)`` (-1/2 at init)
-    A_imag         (h, n)            SSMKernelParam
-    B              (h, n, 2)         SSMKernelParam; complex as [re, im]
+    log_dt         (h,)              SSMKernelParam; log U[dt_min, dt_max] (``inv_dt``,
+                                     softplus^-1 of it, with ``dt_transform="softplus"``)
+    log_A_real     (s, n)            SSMKernelParam; ``Re A = -exp(.)`` (-1/2 at init)
+    A_imag         (s, n)            SSMKernelParam
+    B              (s, n, 2)         SSMKernelParam; complex as [re, im]
     C              (c, h, n, 2)      SSMParam; c = 2 if bidirectional else 1
     D              (h,)              SSMParam; N(0, 1) as state-spaces/s4
     output_linear  (h, 2h) / (h, h)  GLU / no post-activation
     ============== ================= ==================================================
 
-    ``n = d_state / 2`` complex modes; ``h = d_model``. ``x (b, l, e) -> y (b, l, e)``.
+    ``n = d_state / 2`` complex modes; ``h = d_model``; ``s = n_ssm`` (default ``h``): A and B are
+    tiled over the channels. ``x (b, l, e) -> y (b, l, e)``.
     """
 
     name = "S4D"
@@ -218,13 +245,13 @@ class S4D(_LTILayer):
         self._init_common(d_model, config, dtype, rngs)
         A, B = s4d_init(d_model, self.n, config.init)
         self._store_A(A)
-        self.B = kernel_param(_c2r(B), ("heads", "state", None), lr_group=True)
+        self.B = self._ssm_param(_c2r(B))
 
     def _kernel(self, C, length):
-        return s4d_kernel(self.log_dt[...], self._A(), C, length, B=_r2c(self.B[...]), discretization=self.config.discretization)
+        return s4d_kernel(self._log_dt(), self._A(), C, length, B=_r2c(self._tiled(self.B)), discretization=self.config.discretization)
 
     def _discretize(self):
-        return s4d_discretize(self.log_dt[...], self._A(), _r2c(self.B[...]), discretization=self.config.discretization)
+        return s4d_discretize(self._log_dt(), self._A(), _r2c(self._tiled(self.B)), discretization=self.config.discretization)
 
     def _step_fn(self, u_t, state, dA, dB, C, D=None):
         return s4d_step(u_t, state, dA, dB, C, D=D)
@@ -238,11 +265,11 @@ class S4(_LTILayer):
     ============== ================= ==================================================
     parameter      shape             notes
     ============== ================= ==================================================
-    log_dt         (h,)              SSMKernelParam; log U[dt_min, dt_max]
-    log_A_real     (h, n)            SSMKernelParam; ``Re Λ = -exp(.)`` (-1/2 at init)
-    A_imag         (h, n)            SSMKernelParam; ``Im Λ``
-    P              (h, n, 2)         SSMKernelParam; low-rank term (Q = P)
-    B              (h, n, 2)         SSMKernelParam
+    log_dt         (h,)              SSMKernelParam; log U[dt_min, dt_max] (or ``inv_dt``)
+    log_A_real     (s, n)            SSMKernelParam; ``Re Λ = -exp(.)`` (-1/2 at init)
+    A_imag         (s, n)            SSMKernelParam; ``Im Λ``
+    P              (s, n, 2)         SSMKernelParam; low-rank term (Q = P)
+    B              (s, n, 2)         SSMKernelParam; ``s = n_ssm`` (default h), tiled
     C              (c, h, n, 2)      SSMParam; untilded C
     D              (h,)              SSMParam
     output_linear  (h, 2h) / (h, h)
@@ -255,14 +282,14 @@ class S4(_LTILayer):
         self._init_common(d_model, config, dtype, rngs)
         Lambda, P, B = s4_init(d_model, self.n)
         self._store_A(Lambda)
-        self.P = kernel_param(_c2r(P), ("heads", "state", None), lr_group=True)
-        self.B = kernel_param(_c2r(B), ("heads", "state", None), lr_group=True)
+        self.P = self._ssm_param(_c2r(P))
+        self.B = self._ssm_param(_c2r(B))
 
     def _kernel(self, C, length):
-        return s4_kernel(self.log_dt[...], self._A(), _r2c(self.P[...]), _r2c(self.B[...]), C, length)
+        return s4_kernel(self._log_dt(), self._A(), _r2c(self._tiled(self.P)), _r2c(self._tiled(self.B)), C, length)
 
     def _discretize(self):
-        return s4_discretize(self.log_dt[...], self._A(), _r2c(self.P[...]), _r2c(self.B[...]))
+        return s4_discretize(self._log_dt(), self._A(), _r2c(self._tiled(self.P)), _r2c(self._tiled(self.B)))
 
     def _step_fn(self, u_t, state, dA, dB, C, D=None):
         return s4_step(u_t, state, dA, dB, C, D=D)

@@ -25,25 +25,25 @@ trains S4D-LegS with the same ones). Where each setting comes from, in state-spa
 * ``configs/trainer/default.yaml``: ``gradient_clip_val: null`` -> ``optim.clip_norm = 0``
   (no clipping); ``configs/config.yaml``: no weight decay on biases and norm parameters
   (ours: decay only on matrices).
+* ``configs/model/layer/s4.yaml``: ``dt_transform: softplus`` -> ``dt_transform="softplus"``;
+  ``n_ssm: 1`` (A, B, P tied across channels; dt, C, D per channel), kept by ListOps, Text,
+  Retrieval and Image, ``n_ssm: null`` (one SSM per channel) on Pathfinder and Path-X.
 
 Post-norm has no final norm (state-spaces/s4's ``SequenceModel``): see
 :class:`ssm_jax.models.SequenceClassifierConfig`. Our BatchNorm leaves padding out of its
 statistics; state-spaces/s4's ``nn.BatchNorm1d`` counts padded positions (it has no mask).
 
-Not expressible yet, so not followed (each a difference from the published runs), except where said:
+Followed through our own mechanisms, or not expressible yet (each not-followed item a difference
+from the published runs):
 
-* the S4 kernel's ``dt_transform: softplus`` (``configs/model/layer/s4.yaml``); our S4/S4D
-  parametrize ``dt = exp(log_dt)`` (the "exp" transform of the original S4 runs);
-* ``n_ssm: 1`` on ListOps, Text, Retrieval and Image (A, B, P tied across channels; only dt, C, D
-  per channel); ours always has one SSM per channel (their ``n_ssm: null``, as on Pathfinder);
 * hyperparameters per SSM parameter (``Kernel.register`` in ``src/models/sequence/kernels``)
   are followed (:func:`s4_param_groups`, ``optim.ssm_param_groups``): ListOps, Text and Retrieval
   (``layer.lr: {dt: null, A: 0.001, B: 0.001}``) train A, B, P at 0.001 and dt, C at the global
   lr; Image, Pathfinder and Path-X (``layer.lr: 0.001``) train dt, A, B, P and C at 0.001; dt, A,
   B, P have no weight decay, C and D the optimizer's. One difference stays: our weight decay
   applies to matrices only, so D (a vector) is not decayed;
-* ``model.tie_dropout: true``: one dropout mask per channel for the whole sequence (it matters
-  on Image, dropout 0.1); ours drops each element independently;
+* ``model.tie_dropout: true`` (Image, the one task with dropout): one dropout mask per channel
+  for the whole sequence, in the S4 layers and the residual branches -> ``tie_dropout=True``;
 * the pixel tasks' real-valued linear encoder (see below).
 
 The S5 settings (lindermanlab/S5 ``bin/run_experiments/run_lra_*.sh``) are listed in
@@ -68,23 +68,23 @@ MIXERS = ("s4", "s4d", "mamba", "mamba2", "hydra")
 S4_PUBLISHED = {
     "listops": dict(file="listops", n_layers=6, d_model=256, norm="batch", prenorm=False, d_state=4, dt_min=1e-3,
                     dt_max=0.1, dropout=0.0, batch_size=32, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("A", "B"),
-                    weight_decay=0.05, total_steps=120_000, warmup_steps=12_000, epochs=40),
+                    weight_decay=0.05, total_steps=120_000, warmup_steps=12_000, epochs=40, n_ssm=1),
     "text": dict(file="imdb", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=4, dt_min=1e-3, dt_max=0.1,
                  dropout=0.0, batch_size=16, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("A", "B"), weight_decay=0.05, total_steps=50_000,
-                 warmup_steps=5_000, epochs=32),
+                 warmup_steps=5_000, epochs=32, n_ssm=1),
     "retrieval": dict(file="aan", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=4, dt_min=1e-3,
                       dt_max=0.1, dropout=0.0, batch_size=64, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("A", "B"),
-                      weight_decay=0.05, total_steps=50_000, warmup_steps=5_000, epochs=20),
+                      weight_decay=0.05, total_steps=50_000, warmup_steps=5_000, epochs=20, n_ssm=1),
     "image": dict(file="cifar", n_layers=6, d_model=512, norm="batch", prenorm=False, d_state=64, dt_min=1e-3,
                   dt_max=0.1, dropout=0.1, batch_size=50, lr=0.01, ssm_lr=1e-3, ssm_lr_roles=("dt", "A", "B", "C"), weight_decay=0.05,
-                  total_steps=180_000, warmup_steps=18_000, epochs=200),
+                  total_steps=180_000, warmup_steps=18_000, epochs=200, n_ssm=1, tie_dropout=True),
     "pathfinder": dict(file="pathfinder", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=64, dt_min=1e-3,
                        dt_max=0.1, dropout=0.0, batch_size=64, lr=0.004, ssm_lr=1e-3, ssm_lr_roles=("dt", "A", "B", "C"),
                        weight_decay=0.05,
-                       total_steps=500_000, warmup_steps=50_000, epochs=200),
+                       total_steps=500_000, warmup_steps=50_000, epochs=200, n_ssm=None),
     "pathx": dict(file="pathx", n_layers=6, d_model=256, norm="batch", prenorm=True, d_state=64, dt_min=1e-4,
                   dt_max=0.1, dropout=0.0, batch_size=16, lr=0.001, ssm_lr=1e-3, ssm_lr_roles=("dt", "A", "B", "C"), weight_decay=0.05,
-                  total_steps=500_000, warmup_steps=50_000, epochs=50),
+                  total_steps=500_000, warmup_steps=50_000, epochs=50, n_ssm=None),
 }
 # Every recipe: decoder.mode pool (configs/experiment/lra/s4-*.yaml, configs/pipeline/*.yaml) and
 # no gradient clipping (configs/trainer/default.yaml, gradient_clip_val: null).
@@ -143,7 +143,8 @@ def mixer_fields(mixer: str, p: dict, *, smoke: bool = False) -> dict:
     """The ``model_config`` keyword for ``mixer``'s sub-config on a task with settings ``p``."""
     if mixer in ("s4", "s4d"):
         sub = dict(d_state=4 if smoke else p["d_state"], dt_min=p["dt_min"], dt_max=p["dt_max"],
-                   bidirectional=True, dropout=p["dropout"], lr=p["ssm_lr"])
+                   bidirectional=True, dropout=p["dropout"], lr=p["ssm_lr"], dt_transform="softplus",
+                   n_ssm=p["n_ssm"], tie_dropout=p.get("tie_dropout", False))
         if mixer == "s4d":
             sub["init"] = "legs"
         return {mixer: sub}
@@ -157,9 +158,11 @@ def mixer_fields(mixer: str, p: dict, *, smoke: bool = False) -> dict:
 
 
 def block_fields(mixer: str, p: dict) -> dict:
-    """The ``model_config`` keywords of the residual blocks: S4's ``norm``/``prenorm`` for S4 and
-    S4D; nothing (pre-norm RMSNorm, the model default) for the other mixers."""
-    return dict(norm=p["norm"], prenorm=p["prenorm"]) if mixer in ("s4", "s4d") else {}
+    """The ``model_config`` keywords of the residual blocks: S4's ``norm``/``prenorm`` and
+    ``tie_dropout`` for S4 and S4D; nothing (pre-norm RMSNorm, the model default) for the others."""
+    if mixer not in ("s4", "s4d"):
+        return {}
+    return dict(norm=p["norm"], prenorm=p["prenorm"], tie_dropout=p.get("tie_dropout", False))
 
 
 def docstring_results(task: str) -> str:

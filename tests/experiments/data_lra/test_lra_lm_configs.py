@@ -42,6 +42,10 @@ def test_lra_full_configs_validate(task):
             assert sub.d_state == p["d_state"] and sub.bidirectional and sub.lr == p["ssm_lr"]
             assert (cfg.norm, cfg.prenorm) == ("batch", S4_PRENORM[task]) and c.optim.clip_norm == 0.0
             assert (sub.activation, sub.postact) == ("gelu", "glu")
+            # configs/model/layer/s4.yaml: softplus dt; n_ssm 1 except on the Pathfinder tasks;
+            # tied dropout on Image (the one task with dropout).
+            assert sub.dt_transform == "softplus" and sub.n_ssm == (None if task in ("pathfinder", "pathx") else 1)
+            assert sub.tie_dropout == cfg.tie_dropout == (task == "image")
             # state-spaces/s4's layer.lr: {dt: null, A, B} on the token tasks, a number (dt, A, B, C) on
             # the pixel tasks; no weight decay on dt, A, B; C and D keep the optimizer's.
             at_ssm_lr = {"listops": "AB", "text": "AB", "retrieval": "AB"}.get(task, "dtABC")
