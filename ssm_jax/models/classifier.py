@@ -69,7 +69,10 @@ class SequenceClassifier(nnx.Module):
         self.config = c
         e = c.d_model
         self.dtype = canonical_dtype("SequenceClassifier", c.dtype)
-        self.embedding = Embed(c.padded_vocab_size, e, dtype=c.dtype, rngs=rngs)
+        if c.encoder == "embed":
+            self.embedding = Embed(c.padded_vocab_size, e, dtype=c.dtype, rngs=rngs)
+        else:  # one real input per position (a normalized pixel) -> d_model
+            self.encoder = Dense(1, e, names=(None, "embed"), dtype=c.dtype, rngs=rngs)
         self.layers = make_layers(c, lambda kind: Block(kind, c, dropout=c.dropout, tie_dropout=c.tie_dropout, dtype=c.dtype, rngs=rngs))
         # Post-norm ends with the last block's norm; state-spaces/s4's SequenceModel has no final
         # norm then either.
@@ -92,13 +95,20 @@ class SequenceClassifier(nnx.Module):
             dims.bind(f"mask of {name}", mask, "b l")
         return inputs, mask
 
+    def _encode_inputs(self, inputs: jax.Array) -> jax.Array:
+        c = self.config
+        if c.encoder == "embed":
+            return self.embedding(inputs, num_valid=c.vocab_size)
+        x = (inputs.astype(jnp.float32) / 255.0 - c.pixel_mean) / c.pixel_std
+        return self.encoder(x[..., None].astype(self.dtype))
+
     def encode(self, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Pooled features ``(b, e)`` in the compute dtype."""
         inputs, mask = self._check("inputs", inputs, mask)
         return self._encode(inputs, None if mask is None else mask.astype(bool))
 
     def _encode(self, inputs: jax.Array, mask: jax.Array | None) -> jax.Array:
-        h = self.embedding(inputs, num_valid=self.config.vocab_size).astype(jnp.float32)
+        h = self._encode_inputs(inputs).astype(jnp.float32)
         h, _ = run_layers(self.layers, self.config, h, lambda block, h, _: (block(h, mask=mask), None), remat=self.config.remat)
         h = h.astype(self.dtype) if self.norm_f is None else apply_norm(self.norm_f, h, mask)
         return pool(h, mask, self.config.pooling)

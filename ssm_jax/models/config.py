@@ -8,6 +8,7 @@ unknown key raises a ``ValueError`` that lists the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ssm_jax.nn.config import (
     AttentionConfig,
@@ -169,6 +170,11 @@ class SequenceClassifierConfig(_StackConfig):
 
     ``tie_dropout``: the residual branches' dropout draws one mask per (example, channel) for the
     whole sequence (state-spaces/s4's ``tie_dropout``) instead of one per element.
+
+    ``encoder``: ``"embed"`` looks each input id up (a token vocabulary); ``"linear"`` reads the ids
+    as pixel intensities ``0..255``, normalizes them to ``(id / 255 - pixel_mean) / pixel_std`` and
+    maps that one real number to ``d_model`` by a linear layer (state-spaces/s4's real-valued
+    image inputs: torchvision's ``Normalize(pixel_mean, pixel_std)`` and a ``Linear(1, d_model)``).
     """
 
     num_classes: int = dataclasses.field(kw_only=True)
@@ -176,6 +182,9 @@ class SequenceClassifierConfig(_StackConfig):
     dual_encoder: bool = False
     dropout: float = 0.0
     tie_dropout: bool = False
+    encoder: str = "embed"
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.5
 
     def __post_init__(self):
         super().__post_init__()
@@ -185,3 +194,10 @@ class SequenceClassifierConfig(_StackConfig):
         _bool(type(self), self, "dual_encoder")
         check_dropout(type(self), self.dropout)
         _bool(type(self), self, "tie_dropout")
+        _check_choice(type(self), "encoder", self.encoder, ("embed", "linear"))
+        if self.encoder == "linear" and self.vocab_size != 256:
+            _fail(type(self), f"encoder='linear' reads pixel intensities 0..255: `vocab_size` must be 256; got {self.vocab_size}")
+        for name in ("pixel_mean", "pixel_std"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (name == "pixel_std" and v <= 0):
+                _fail(type(self), f"`{name}` must be a finite float{' > 0' if name == 'pixel_std' else ''}; got {v!r}")

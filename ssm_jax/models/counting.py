@@ -79,7 +79,8 @@ def _counts(config) -> tuple[int, int]:
     """``(total parameters, matmul weights used per token incl. the output head)``."""
     c = config
     e, v = c.d_model, c.padded_vocab_size
-    total, matmul = v * e + (_norm_params(c) if c.prenorm else 0), 0  # embedding, norm_f (none in post-norm)
+    encoder = 2 * e if getattr(c, "encoder", "embed") == "linear" else v * e  # Linear(1, e) or the embedding
+    total, matmul = encoder + (_norm_params(c) if c.prenorm else 0), 0  # norm_f: none in post-norm
     for kind in c.mixers:
         t, m = _block_params(kind, c)
         total += t

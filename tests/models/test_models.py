@@ -113,6 +113,9 @@ COUNT_CASES = [
     SequenceClassifierConfig(vocab_size=50, d_model=8, n_layers=2, mixer="s4d", num_classes=3, d_intermediate=8,
                              norm="batch", prenorm=False, **SMALL),
     SequenceClassifierConfig(vocab_size=50, d_model=8, n_layers=1, mixer="s4d", num_classes=3, norm="batch", **SMALL),
+    # A linear pixel encoder (2e) instead of the embedding; tied SSMs.
+    SequenceClassifierConfig(vocab_size=256, d_model=8, n_layers=1, mixer="s4", num_classes=3, encoder="linear",
+                             **{**SMALL, "s4": S4Config(d_state=4, n_ssm=1)}),
 ]
 
 

@@ -44,7 +44,7 @@ from the published runs):
   applies to matrices only, so D (a vector) is not decayed;
 * ``model.tie_dropout: true`` (Image, the one task with dropout): one dropout mask per channel
   for the whole sequence, in the S4 layers and the residual branches -> ``tie_dropout=True``;
-* the pixel tasks' real-valued linear encoder (see below).
+* the pixel tasks' real-valued inputs (S4/S4D: ``encoder="linear"``, :data:`S4_PIXEL_NORM`).
 
 The S5 settings (lindermanlab/S5 ``bin/run_experiments/run_lra_*.sh``) are listed in
 :data:`S5_PUBLISHED` for reference. Mamba, Mamba-2 and Hydra have no published LRA recipe; their
@@ -53,9 +53,10 @@ mixers' default state sizes, so they are comparisons at equal depth and width, n
 The S4 block design (``norm``, ``prenorm``) and the unclipped gradients are S4's and apply to
 S4/S4D only; the other mixers keep their own pre-norm RMSNorm blocks and global-norm clipping at 1.
 
-Token inputs: ListOps' 16-id vocabulary, bytes (257 ids) for Text and Retrieval, pixel values
-(256 ids) for Image and Pathfinder -- LRA's tokenized setting. (S4/S5 feed the pixels of Image
-and Pathfinder as real numbers through a linear encoder instead.)
+Inputs: ListOps' 16-id vocabulary, bytes (257 ids) for Text and Retrieval, pixel values (256
+ids) for Image and Pathfinder. S4 and S4D read the pixel ids as normalized real numbers through a
+linear encoder, as state-spaces/s4 (and S5) do; Mamba, Mamba-2 and Hydra embed them (LRA's
+tokenized setting).
 """
 
 from __future__ import annotations
@@ -165,6 +166,22 @@ def block_fields(mixer: str, p: dict) -> dict:
     return dict(norm=p["norm"], prenorm=p["prenorm"], tie_dropout=p.get("tie_dropout", False))
 
 
+# state-spaces/s4 feeds the pixel tasks as real numbers: src/dataloaders/lra.py (Pathfinder,
+# Path-X: ToTensor then Normalize(0.5, 0.5)) and src/dataloaders/vision.py (grayscale CIFAR:
+# Normalize(122.6 / 255, 61.0 / 255)), through the model's Linear(1, d_model) encoder.
+S4_PIXEL_NORM = {"image": (122.6 / 255.0, 61.0 / 255.0), "pathfinder": (0.5, 0.5), "pathx": (0.5, 0.5)}
+
+
+def encoder_fields(mixer: str, task: str) -> dict:
+    """The ``model_config`` keywords of the input encoder: S4/S4D read the pixel tasks' ids as
+    normalized intensities through a linear encoder (:data:`S4_PIXEL_NORM`); everything else
+    embeds ids."""
+    if mixer not in ("s4", "s4d") or task not in S4_PIXEL_NORM:
+        return {}
+    mean, std = S4_PIXEL_NORM[task]
+    return dict(encoder="linear", pixel_mean=mean, pixel_std=std)
+
+
 def docstring_results(task: str) -> str:
     a = ACCURACY[task]
     return f"S4 {a['s4']:.2f}, S4D-LegS {a['s4d']:.2f}, S5 {a['s5']:.2f}"
@@ -220,6 +237,7 @@ def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extr
         dropout=p["dropout"],
         **block_fields(a.mixer, p),
         **mixer_fields(a.mixer, p),
+        **encoder_fields(a.mixer, task),
     )
     if a.mixer in ("s4", "s4d"):
         c.optim.clip_norm = S4_CLIP_NORM

@@ -46,6 +46,10 @@ def test_lra_full_configs_validate(task):
             # tied dropout on Image (the one task with dropout).
             assert sub.dt_transform == "softplus" and sub.n_ssm == (None if task in ("pathfinder", "pathx") else 1)
             assert sub.tie_dropout == cfg.tie_dropout == (task == "image")
+            # Real-valued pixels through a linear encoder on the pixel tasks (state-spaces/s4's data).
+            assert cfg.encoder == ("linear" if task in ("image", "pathfinder", "pathx") else "embed")
+            if cfg.encoder == "linear":
+                assert (cfg.pixel_mean, cfg.pixel_std) == lra_base.S4_PIXEL_NORM[task]
             # state-spaces/s4's layer.lr: {dt: null, A, B} on the token tasks, a number (dt, A, B, C) on
             # the pixel tasks; no weight decay on dt, A, B; C and D keep the optimizer's.
             at_ssm_lr = {"listops": "AB", "text": "AB", "retrieval": "AB"}.get(task, "dtABC")
@@ -58,7 +62,7 @@ def test_lra_full_configs_validate(task):
             assert (smoke.norm, smoke.prenorm) == (cfg.norm, cfg.prenorm)  # smoke runs the same block design
         else:  # their own blocks: pre-norm RMSNorm, clipped, one SSM group
             assert (cfg.norm, cfg.prenorm) == ("rms", True) and c.optim.clip_norm == 1.0
-            assert not c.optim.ssm_param_groups
+            assert not c.optim.ssm_param_groups and cfg.encoder == "embed"
     assert "S4D-LegS" in module.__doc__ and "python -m experiments.run" in module.__doc__
     assert f"configs/experiment/lra/s4-{p['file']}.yaml" in module.__doc__  # the docstring names its source
     with pytest.raises(ValueError, match="mixer must be one of"):
