@@ -17,9 +17,10 @@ says otherwise, prepared in ``<workdir>/lra_data``.
 Hyperparameters of S4 and S4D: state-spaces/s4 ``configs/experiment/lra/s4-pathfinder.yaml`` (for
 every size) (:data:`base.S4_PUBLISHED`): 6 layers of width 256, pre-norm BatchNorm, no dropout,
 d_state 64, batch 64, lr 0.004 (SSM 0.001), 500k steps; mean pooling over the valid positions, no
-gradient clipping. What that recipe has and we cannot express yet is listed in ``base.py``. Mamba,
-Mamba-2 and Hydra keep the same depth, width, batch and schedule with their own pre-norm RMSNorm
-blocks (see ``base.py``).
+gradient clipping. Pixels enter as real numbers (``Normalize(0.5, 0.5)``, a linear encoder),
+softplus dt, one SSM per channel, dt/A/B/P/C at the SSM rate. What that recipe has and we cannot
+express yet is listed in ``base.py``. Mamba, Mamba-2 and Hydra keep the same depth, width, batch and
+schedule with their own pre-norm RMSNorm blocks (see ``base.py``).
 
 Expected test accuracy at 32x32 (%, published): S4 94.20, S4D-LegS 93.06, S5 95.33.
 Mamba, Mamba-2 and Hydra: no published LRA numbers to compare with.

@@ -14,9 +14,10 @@ arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``data=`` the bu
 Hyperparameters of S4 and S4D: state-spaces/s4 ``configs/experiment/lra/s4-pathx.yaml``
 (:data:`base.S4_PUBLISHED`): 6 layers of width 256, pre-norm BatchNorm, no dropout, d_state 64,
 dt_min 1e-4, batch 16, lr 0.001 (SSM 0.001), 500k steps; mean pooling over the valid positions, no
-gradient clipping. What that recipe has and we cannot express yet is listed in ``base.py``. Mamba,
-Mamba-2 and Hydra keep the same depth, width, batch and schedule with their own pre-norm RMSNorm
-blocks (see ``base.py``).
+gradient clipping. Pixels enter as real numbers (``Normalize(0.5, 0.5)``, a linear encoder),
+softplus dt, one SSM per channel, dt/A/B/P/C at the SSM rate. What that recipe has and we cannot
+express yet is listed in ``base.py``. Mamba, Mamba-2 and Hydra keep the same depth, width, batch and
+schedule with their own pre-norm RMSNorm blocks (see ``base.py``).
 
 Expected test accuracy (%, published): S4 96.35, S4D-LegS 91.95, S5 98.58.
 Mamba, Mamba-2 and Hydra: no published LRA numbers to compare with.
