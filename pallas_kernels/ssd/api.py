@@ -44,12 +44,7 @@ def why_not(ctx) -> str | None:
     reason = gpu_common.backend_reason(ctx)
     if reason:
         return reason
-    x, B = ctx["x"], ctx["B"]
-    _, _, _, p = x.shape
-    n = B.shape[-1]
-    bp = DEFAULT_BLOCKS.block_p
-    if p % bp:
-        return f"head dim p must be a multiple of {bp}; got p={p}"
+    n = ctx["B"].shape[-1]
     if n not in _SUPPORTED_N:
         return f"state size n must be one of {_SUPPORTED_N}; got n={n}"
     return gpu_common.dtype_reason(ctx, ("x", "B", "C", "z", "dt", "A", "D", "dt_bias", "initial_state"))
@@ -68,6 +63,10 @@ def why_not_auto(ctx) -> str | None:
             return (f"`{name}` is float32 and the kernel multiplies in bfloat16 (~3e-3 relative error); "
                     "impl='auto' keeps float32 inputs exact. Pass 16-bit inputs, or impl='pallas_gpu' "
                     "to accept the reduced precision")
+    p, bp = ctx["x"].shape[-1], DEFAULT_BLOCKS.block_p
+    if p % bp:
+        return (f"head dim p={p} is not a multiple of {bp}: the kernel would run on x zero-padded to "
+                f"{-(-p // bp) * bp} columns, not yet timed against XLA; impl='pallas_gpu' runs it")
     return None
 
 
@@ -138,6 +137,18 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     b, l, h, p = x.shape
+    # Head dims that are not a multiple of the kernels' tile run zero-padded: the p columns of a
+    # head are independent scans sharing dt, B and C, so zero columns of x (and of z, D, the
+    # initial state) leave the others unchanged and contribute nothing to dt/B/C's gradients.
+    P = -(-p // blocks.block_p) * blocks.block_p
+    if P != p:
+        pad_p = functools.partial(_prepare.pad_axis, length=P)
+        y, final = _ssd(x=pad_p(x, axis=3), dt=dt, A=A, B=B, C=C, D=None if D is None else pad_p(D, axis=1),
+                        z=None if z is None else pad_p(z, axis=3), dt_bias=dt_bias, dt_softplus=dt_softplus,
+                        initial_state=None if initial_state is None else pad_p(initial_state, axis=2),
+                        segment_ids=segment_ids, return_final_state=return_final_state, blocks=blocks,
+                        interpret=interpret)
+        return y[..., :p], (None if final is None else final[:, :, :p])
     q = blocks.chunk
     nc = -(-l // q)
     L = nc * q
