@@ -45,8 +45,8 @@ def why_not(ctx) -> str | None:
     if reason:
         return reason
     n = ctx["B"].shape[-1]
-    if n not in _SUPPORTED_N:
-        return f"state size n must be one of {_SUPPORTED_N}; got n={n}"
+    if n > _SUPPORTED_N[-1]:
+        return f"state size n must be at most {_SUPPORTED_N[-1]} (tiles {_SUPPORTED_N}, smaller n zero-padded); got n={n}"
     return gpu_common.dtype_reason(ctx, ("x", "B", "C", "z", "dt", "A", "D", "dt_bias", "initial_state"))
 
 
@@ -67,7 +67,15 @@ def why_not_auto(ctx) -> str | None:
     if p % bp:
         return (f"head dim p={p} is not a multiple of {bp}: the kernel would run on x zero-padded to "
                 f"{-(-p // bp) * bp} columns, not yet timed against XLA; impl='pallas_gpu' runs it")
+    n = ctx["B"].shape[-1]
+    if n not in _SUPPORTED_N:
+        return (f"state size n={n} is not one of {_SUPPORTED_N}: the kernel would run on B, C zero-padded to "
+                f"n={_padded_n(n)}, not yet timed against XLA; impl='pallas_gpu' runs it")
     return None
+
+
+def _padded_n(n: int) -> int:
+    return next(t for t in _SUPPORTED_N if t >= n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +148,20 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
     # Head dims that are not a multiple of the kernels' tile run zero-padded: the p columns of a
     # head are independent scans sharing dt, B and C, so zero columns of x (and of z, D, the
     # initial state) leave the others unchanged and contribute nothing to dt/B/C's gradients.
+    # Likewise state sizes below a tile: zero columns of B and C (and of the initial state) are
+    # states that receive no input and are never read.
     P = -(-p // blocks.block_p) * blocks.block_p
-    if P != p:
+    n = B.shape[-1]
+    N = _padded_n(n)
+    if (P, N) != (p, n):
         pad_p = functools.partial(_prepare.pad_axis, length=P)
-        y, final = _ssd(x=pad_p(x, axis=3), dt=dt, A=A, B=B, C=C, D=None if D is None else pad_p(D, axis=1),
+        pad_n = functools.partial(_prepare.pad_axis, length=N, axis=3)
+        h0 = None if initial_state is None else pad_n(pad_p(initial_state, axis=2))
+        y, final = _ssd(x=pad_p(x, axis=3), dt=dt, A=A, B=pad_n(B), C=pad_n(C), D=None if D is None else pad_p(D, axis=1),
                         z=None if z is None else pad_p(z, axis=3), dt_bias=dt_bias, dt_softplus=dt_softplus,
-                        initial_state=None if initial_state is None else pad_p(initial_state, axis=2),
-                        segment_ids=segment_ids, return_final_state=return_final_state, blocks=blocks,
-                        interpret=interpret)
-        return y[..., :p], (None if final is None else final[:, :, :p])
+                        initial_state=h0, segment_ids=segment_ids, return_final_state=return_final_state,
+                        blocks=blocks, interpret=interpret)
+        return y[..., :p], (None if final is None else final[:, :, :p, :n])
     q = blocks.chunk
     nc = -(-l // q)
     L = nc * q

@@ -38,6 +38,6 @@ def test_hydra_on_ssd_kernel_matches_xla(rng, impl, p):
 
 
 def test_hydra_kernel_refusal_names_the_constraint(rng):
-    kw = make_inputs(rng, b=1, l=8, h=2, p=64, g=1, n=32)
-    with pytest.raises(ImplementationUnavailableError, match="state size n"):
+    kw = make_inputs(rng, b=1, l=8, h=2, p=64, g=1, n=512)
+    with pytest.raises(ImplementationUnavailableError, match="state size n must be at most 256"):
         hydra(**kw, impl="pallas_gpu")

@@ -135,7 +135,7 @@ def test_kernel_equals_core_reference_on_prepared_operands(rng):
 @pytest.mark.parametrize(
     "change,match",
     [
-        (dict(n=32), r"state size n must be one of \(64, 128, 256\); got n=32"),
+        (dict(n=512), r"state size n must be at most 256 \(tiles \(64, 128, 256\), smaller n zero-padded\); got n=512"),
         (dict(backend="tpu"), r"backend is 'tpu'"),
     ],
 )
@@ -151,22 +151,25 @@ def test_why_not_names_the_constraint(rng, change, match):
             ssd(**kw, impl="pallas_gpu")
 
 
-@pytest.mark.parametrize("p", [16, 48])
-def test_head_dims_off_the_tile_run_zero_padded(rng, p):
-    """p not a multiple of 64 (the synthetic configs' Mamba-2 uses 16): the kernels run on x, z, D
-    and the initial state zero-padded to 64 columns; values and every gradient, every option."""
-    _grad_check(rng, dict(b=1, l=70, h=2, p=p, g=1, n=64), ("all",), np.float16, tol=4e-3, grad_tol=1e-2)
+@pytest.mark.parametrize("p, n", [(16, 64), (48, 64), (64, 16), (16, 96)])
+def test_head_dims_and_states_off_the_tile_run_zero_padded(rng, p, n):
+    """p not a multiple of 64 (the synthetic configs' Mamba-2 uses 16) or n not a tile (MQAR's
+    Mamba-2 uses 16): the kernels run on x, z, D, B, C and the initial state zero-padded; values
+    and every gradient (the final state's included), every option."""
+    _grad_check(rng, dict(b=1, l=70, h=2, p=p, g=1, n=n), ("all",), np.float16, tol=4e-3, grad_tol=1e-2)
 
 
-def test_auto_leaves_untimed_padded_head_dims_to_xla(rng):
+def test_auto_leaves_untimed_padded_shapes_to_xla(rng):
     kw = make_inputs(rng, b=1, l=4, h=2, p=16, g=1, n=64, dtype=jnp.bfloat16)
     reason = ssd_api.why_not_auto(canonicalize(**kw))
     assert reason is not None and "head dim p=16 is not a multiple of 64" in reason, reason
+    reason = ssd_api.why_not_auto(canonicalize(**make_inputs(rng, b=1, l=4, h=2, p=64, g=1, n=16, dtype=jnp.bfloat16)))
+    assert reason is not None and "state size n=16 is not one of (64, 128, 256)" in reason, reason
     assert ssd_api.why_not_auto(canonicalize(**make_inputs(rng, b=1, l=4, h=2, p=128, g=1, n=64, dtype=jnp.bfloat16))) is None
 
 
 def test_supported_shapes_pass_why_not(rng):
-    for p, n in ((64, 64), (128, 128), (64, 256), (16, 64), (3, 128)):
+    for p, n in ((64, 64), (128, 128), (64, 256), (16, 64), (3, 128), (64, 16), (64, 1)):
         kw = make_inputs(rng, b=1, l=4, h=2, p=p, g=1, n=n, dtype=jnp.bfloat16, options=("all",))
         assert ssd_api.why_not({**canonicalize(**kw), "backend": "cpu"}) is None
 
