@@ -11,7 +11,7 @@ from flax import nnx
 
 from ssm_jax import nn
 from tests.nn import oracles
-from tests.numerics import assert_close
+from tests.numerics import assert_close, check_directional_derivative
 
 E = 8  # d_model
 
@@ -412,16 +412,7 @@ def test_gradients_match_finite_differences(kind, rng):
         def loss(s, x):
             return jnp.sum(nnx.merge(graphdef, s)(x) * w)
 
-        g_state, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(state, x)
-        leaves, treedef = jax.tree.flatten(state)
-        dirs = [jnp.asarray(rng.standard_normal(np.shape(v))) for v in leaves]
-        dx = jnp.asarray(rng.standard_normal(x.shape))
-        eps = 1e-6
-        shift = lambda sign: (jax.tree.unflatten(treedef, [v + sign * eps * d for v, d in zip(leaves, dirs)]), x + sign * eps * dx)  # noqa: E731
-        jloss = jax.jit(loss)
-        fd = (jloss(*shift(+1)) - jloss(*shift(-1))) / (2 * eps)
-        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(g_state), dirs)) + jnp.vdot(g_x, dx)
-        assert abs(float(fd - analytic)) <= 1e-6 * max(1.0, abs(float(analytic))), (float(fd), float(analytic))
+        check_directional_derivative(loss, state, x, rng)
 
 
 def test_param_stores_strongly_typed_float32():
