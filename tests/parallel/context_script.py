@@ -131,19 +131,28 @@ def no_exchange(op, **kw):
     return fn
 
 
+def _scan_case(name, mesh, spec, ref_op, cp_op, args, base_kw, impl, ref_impl, tol=TOL):
+    """``ref_op`` on one device vs ``cp_op`` split over ``spec``, for the selective scan and SSD
+    (same argument layout), with and without segments; without segments also the uncorrected
+    per-shard run, which must differ (no initial state: each shard from zero)."""
+    for seg in (None, segments()):
+        kw = dict(base_kw, segment_ids=seg, return_final_state=True)
+        tag = "" if seg is None else "+segments"
+
+        def call(op, impl_, with_h0=True):
+            return lambda x, dt, z, A, B, C, bias, h0: op(
+                x, dt, A, B, C, z=z, dt_bias=bias, impl=impl_, **kw, **({"initial_state": h0} if with_h0 else {}))
+
+        check(f"{name}[{impl}]{tag}", mesh, spec, call(ref_op, ref_impl), call(cp_op, impl), args,
+              uncorrected=no_exchange(call(ref_op, impl, with_h0=False)) if seg is None else None, tol=tol)
+
+
 def case_selective_scan(mesh, spec, impl="xla", ref_impl="scan"):
     x, dt, z = normal(b, l, d), normal(b, l, d), normal(b, l, d)
     A, B, C = -jnp.exp(normal(d, n)), normal(b, l, g, n), normal(b, l, g, n)
     D, bias, h0 = normal(d), normal(d), normal(b, d, n)
-    for seg in (None, segments()):
-        kw = dict(D=D, dt_softplus=True, segment_ids=seg, return_final_state=True)
-        tag = "" if seg is None else "+segments"
-        check(f"selective_scan[{impl}]{tag}", mesh, spec,
-              lambda x, dt, z, A, B, C, bias, h0: ops.selective_scan(x, dt, A, B, C, z=z, dt_bias=bias, initial_state=h0, impl=ref_impl, **kw),
-              lambda x, dt, z, A, B, C, bias, h0: cp.selective_scan(x, dt, A, B, C, z=z, dt_bias=bias, initial_state=h0, impl=impl, **kw),
-              (x, dt, z, A, B, C, bias, h0),
-              uncorrected=no_exchange(lambda x, dt, z, A, B, C, bias, h0: ops.selective_scan(
-                  x, dt, A, B, C, z=z, dt_bias=bias, impl=impl, **{**kw, "segment_ids": None})) if seg is None else None)
+    _scan_case("selective_scan", mesh, spec, ops.selective_scan, cp.selective_scan, (x, dt, z, A, B, C, bias, h0),
+               dict(D=D, dt_softplus=True), impl, ref_impl)
 
 
 def case_ssd(mesh, spec, impl="xla", ref_impl="scan", head_dim=p, state=n, tol=TOL):
@@ -151,15 +160,8 @@ def case_ssd(mesh, spec, impl="xla", ref_impl="scan", head_dim=p, state=n, tol=T
     x, dt, z = normal(b, l, h, p), normal(b, l, h), normal(b, l, h, p)
     A, B, C = -jnp.exp(normal(h)), normal(b, l, g, n), normal(b, l, g, n)
     D, bias, h0 = normal(h), normal(h), normal(b, h, p, n)
-    for seg in (None, segments()):
-        kw = dict(chunk_size=4, D=D, dt_softplus=True, segment_ids=seg, return_final_state=True)
-        tag = "" if seg is None else "+segments"
-        check(f"ssd[{impl}]{tag}", mesh, spec,
-              lambda x, dt, z, A, B, C, bias, h0: ops.ssd(x, dt, A, B, C, z=z, dt_bias=bias, initial_state=h0, impl=ref_impl, **kw),
-              lambda x, dt, z, A, B, C, bias, h0: cp.ssd(x, dt, A, B, C, z=z, dt_bias=bias, initial_state=h0, impl=impl, **kw),
-              (x, dt, z, A, B, C, bias, h0),
-              uncorrected=no_exchange(lambda x, dt, z, A, B, C, bias, h0: ops.ssd(
-                  x, dt, A, B, C, z=z, dt_bias=bias, impl=impl, **kw)) if seg is None else None, tol=tol)
+    _scan_case("ssd", mesh, spec, ops.ssd, cp.ssd, (x, dt, z, A, B, C, bias, h0),
+               dict(chunk_size=4, D=D, dt_softplus=True), impl, ref_impl, tol=tol)
 
 
 def case_hydra(mesh, spec, impl="xla"):
