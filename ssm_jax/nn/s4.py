@@ -46,8 +46,8 @@ class SSMKernelParam(SSMParam):
     (``S4Config.lr``): ``log_dt`` (or ``inv_dt``), ``log_A_real``, ``A_imag``, ``B``, ``P``. An :class:`SSMParam`."""
 
 
-def kernel_param(value: jax.Array, names, *, lr_group: bool) -> nnx.Param:
-    return param(value, names, cls=SSMKernelParam if lr_group else SSMParam)
+def kernel_param(value: jax.Array, names) -> nnx.Param:
+    return param(value, names, cls=SSMKernelParam)
 
 
 class S4Cache(NamedTuple):
@@ -93,9 +93,9 @@ class _LTILayer(nnx.Module):
         u = jax.random.uniform(rngs.params(), (h,), jnp.float32)
         log_dt = u * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min)
         if c.dt_transform == "exp":
-            self.log_dt = kernel_param(log_dt, ("heads",), lr_group=True)
+            self.log_dt = kernel_param(log_dt, ("heads",))
         else:  # dt = softplus(inv_dt): inv_dt = log(expm1(dt))
-            self.inv_dt = kernel_param(jnp.log(jnp.expm1(jnp.exp(log_dt))), ("heads",), lr_group=True)
+            self.inv_dt = kernel_param(jnp.log(jnp.expm1(jnp.exp(log_dt))), ("heads",))
         # C ~ complex normal with unit variance; a second C for the anti-causal kernel.
         channels = 2 if c.bidirectional else 1
         C = jax.random.normal(rngs.params(), (channels, h, self.n, 2), jnp.float32) * math.sqrt(0.5)
@@ -116,7 +116,7 @@ class _LTILayer(nnx.Module):
         """A kernel parameter of ``n_ssm`` copies: the first rows of a per-channel ``(h, ...)`` init
         (identical rows: the HiPPO inits are deterministic)."""
         names = ("heads" if self.n_ssm == self.d_model else None, "state") + (None,) * (value.ndim - 2)
-        return kernel_param(value[: self.n_ssm], names, lr_group=True)
+        return kernel_param(value[: self.n_ssm], names)
 
     def _tiled(self, p: nnx.Param) -> jax.Array:
         """``(n_ssm, ...) -> (h, ...)``: channel ``c`` uses copy ``c % n_ssm`` (state-spaces/s4's order)."""
