@@ -53,12 +53,14 @@ MESHES = {
 _COLLECTIVE = re.compile(r"=\s*(\S+)\s+(all-reduce|all-to-all|collective-permute|reduce-scatter|all-gather)(-start)?\(")
 
 
-def _inputs(op: str, b: int):
+def _inputs(op: str, b: int, shape: str = "tile"):
     rng = np.random.default_rng(0)
     if op == "ssd":
         from tests.ops.test_ssd import make_inputs
 
-        kw = make_inputs(rng, b=b, l=21, h=4, p=64, g=2, n=64, options=("all",))
+        # "padded": a head dim and state size off the GPU kernel's tiles (run zero-padded per shard).
+        p, n = (16, 16) if shape == "padded" else (64, 64)
+        kw = make_inputs(rng, b=b, l=21, h=4, p=p, g=2, n=n, options=("all",))
         kw.pop("segment_ids")
         kw["segment_ids"] = np.asarray(np.cumsum(rng.random((b, 21)) < 0.2, axis=1), np.int32)
         arrays = {k: kw.pop(k) for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")}
@@ -100,24 +102,25 @@ def check_hlo(text: str, l: int, what: str) -> None:
             f"{what}: collective on a length axis: {m.group(0)}")
 
 
-def main(op: str, impl: str, mesh_name: str, values: str = "grad") -> None:
-    """``values="forward"``: the gradient's HLO is checked but its values are not computed."""
+def main(op: str, impl: str, mesh_name: str, values: str = "grad", shape: str = "tile") -> None:
+    """``values="forward"``: the gradient's HLO is checked but its values are not computed.
+    ``shape="padded"``: SSD at p = n = 16."""
     if impl == "pallas_gpu":
         gpu_interpret.per_device_state()
     # One simulated TensorCore per device: two would run each device's grid on threads that
     # compile and execute nested XLA computations inside a callback, which deadlocks across the
     # simulated CPU devices (jax 0.11.2).
     with strict_interpret(STRICT_1) if impl == "pallas_tpu" else contextlib.nullcontext():
-        _check(op, impl, mesh_name, values)
+        _check(op, impl, mesh_name, values, shape)
     print("OK")
 
 
-def _check(op: str, impl: str, mesh_name: str, values: str) -> None:
+def _check(op: str, impl: str, mesh_name: str, values: str, shape: str = "tile") -> None:
     sizes, names, kind, rules, x_spec = MESHES[mesh_name]
     assert jax.device_count() >= int(np.prod(sizes)), jax.devices()
     mesh = jax.make_mesh(sizes, names, axis_types=(kind,) * len(names))
     b = 8 if int(np.prod(sizes)) == 8 else 4
-    arrays, static, dims, fn = _inputs(op, b)
+    arrays, static, dims, fn = _inputs(op, b, shape)
     seg = static.pop("segment_ids")
     run = lambda a, s, impl: fn(**a, **static, segment_ids=s, return_final_state=True, impl=impl)  # noqa: E731
 
@@ -154,4 +157,4 @@ def _check(op: str, impl: str, mesh_name: str, values: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

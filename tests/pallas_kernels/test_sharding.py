@@ -73,10 +73,10 @@ def test_manual_axes_are_left_alone():
         assert _sharding.split_axes(X, DIMS) is None
 
 
-def _run(op: str, impl: str, mesh: str, devices: int):
+def _run(op: str, impl: str, mesh: str, devices: int, *extra: str):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "tests.pallas_kernels.sharding_check", op, impl, mesh],
+    proc = subprocess.run([sys.executable, "-m", "tests.pallas_kernels.sharding_check", op, impl, mesh, *extra],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -89,6 +89,13 @@ KERNELS = [("ssd", "pallas_gpu"), ("selective_scan", "pallas_gpu"), ("ssd", "pal
 _SLOW_FOUR_DEVICE = {("pallas_gpu", "explicit_2x2"), ("pallas_tpu", "auto_rows4")}
 FOUR_DEVICE = [pytest.param(op, impl, mesh, marks=[pytest.mark.slow] if (impl, mesh) in _SLOW_FOUR_DEVICE else [])
                for mesh in ("auto_rows4", "explicit_2x2") for op, impl in KERNELS]
+
+
+@pytest.mark.slow
+def test_padded_ssd_kernel_stays_sharded_four_devices():
+    """SSD at p = n = 16 (zero-padded to the GPU kernel's tiles inside each shard): the same
+    checks as the tiled shapes -- values and gradients equal one device, no all-gather."""
+    _run("ssd", "pallas_gpu", "auto_rows4", 4, "grad", "padded")
 
 
 @pytest.mark.parametrize("op,impl,mesh", FOUR_DEVICE)
