@@ -10,7 +10,6 @@ from flax import nnx
 
 from ssm_jax.models import (
     AttentionConfig,
-    HydraConfig,
     LanguageModel,
     LanguageModelConfig,
     Mamba2Config,
@@ -24,6 +23,7 @@ from ssm_jax.models import (
     pool,
 )
 from tests.numerics import assert_close
+from tests.small_models import SMALL
 
 # Calls go through jit: on CPU one compile per shape is cheaper than dispatching every op eagerly.
 # Models are built eagerly: XLA:CPU compiles a whole init program (dozens of threefry calls)
@@ -34,14 +34,6 @@ call = nnx.jit(lambda model, *args, **kw: model(*args, **kw))
 def build(cls, cfg, seed=0):
     return cls(cfg, rngs=nnx.Rngs(seed))
 
-SMALL = dict(
-    mamba=MambaConfig(d_state=4, d_conv=3),
-    mamba2=Mamba2Config(d_state=4, headdim=4, ngroups=2, chunk_size=3),
-    hydra=HydraConfig(d_state=4, headdim=4, d_conv=3, chunk_size=3),
-    s4=S4Config(d_state=4),
-    s4d=S4DConfig(d_state=4),
-    attention=AttentionConfig(num_heads=2),
-)
 
 
 # --------------------------------------------------------------------------------------------

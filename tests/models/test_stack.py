@@ -13,14 +13,8 @@ import pytest
 from flax import nnx
 
 from ssm_jax.models import (
-    AttentionConfig,
-    HydraConfig,
     LanguageModel,
     LanguageModelConfig,
-    Mamba2Config,
-    MambaConfig,
-    S4Config,
-    S4DConfig,
     SequenceClassifier,
     SequenceClassifierConfig,
     param_count,
@@ -30,15 +24,8 @@ from ssm_jax.models import (
 )
 from ssm_jax.parallel import logical_to_mesh
 from tests.numerics import assert_close
+from tests.small_models import SMALL
 
-SMALL = dict(
-    mamba=MambaConfig(d_state=4, d_conv=3),
-    mamba2=Mamba2Config(d_state=4, headdim=4, ngroups=2, chunk_size=3),
-    hydra=HydraConfig(d_state=4, headdim=4, d_conv=3, chunk_size=3),
-    s4=S4Config(d_state=4),
-    s4d=S4DConfig(d_state=4),
-    attention=AttentionConfig(num_heads=2),
-)
 V = 11
 
 # name -> (layer_mixers, d_intermediate); 'hybrid' repeats (mamba2, mamba2, attention) twice.

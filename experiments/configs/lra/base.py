@@ -188,10 +188,12 @@ def docstring_results(task: str) -> str:
 
 
 def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extra_args):
-    """The config of LRA ``task`` for the ``mixer=`` in ``arg`` (plus ``smoke``, ``data=``).
+    """The config of LRA ``task`` for the arguments in ``arg`` (the text after the config's ``:``).
 
-    ``data=`` is the TFDS builder config (default ``release``; with ``smoke``, our generated or
-    placeholder data); a name the builder does not have is refused here.
+    ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4). ``data=`` the TFDS builder config
+    (default ``release``; with ``smoke``, our generated or placeholder data); a name the builder
+    does not have is refused here. ``smoke`` runs 4 steps of a 1-layer model in seconds, its data
+    prepared in ``<workdir>/lra_data``. ``extra_args`` are a task's own (Pathfinder's ``size=``).
     """
     a = common.parse_arg(arg, mixer="s4", smoke=False, data="", **extra_args)
     if a.mixer not in MIXERS:

@@ -10,9 +10,7 @@ levels; ``data=generated`` builds 160k/20k/20k images with our generator.
     python -m experiments.run --config=experiments/configs/lra/pathfinder.py:mixer=s4 \
       --workdir=runs/lra/pathfinder/s4 --config.data.manual_dir=/path/to/lra
 
-arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``size=`` 32 | 64 | 128 | 256;
-``data=``; ``smoke`` runs 4 steps of a 1-layer model in seconds, on generated data unless ``data=``
-says otherwise, prepared in ``<workdir>/lra_data``.
+arg: ``size=`` 32 | 64 | 128 | 256 and those of :func:`base.lra_config` (``mixer=``, ``data=``, ``smoke``).
 
 Hyperparameters of S4 and S4D: state-spaces/s4 ``configs/experiment/lra/s4-pathfinder.yaml`` (for
 every size) (:data:`base.S4_PUBLISHED`): 6 layers of width 256, pre-norm BatchNorm, no dropout,

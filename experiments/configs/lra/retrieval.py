@@ -6,9 +6,7 @@ Data: ``data=release`` reads ``lra_release/tsv_data/new_aan_pairs.*.tsv`` under
     python -m experiments.run --config=experiments/configs/lra/retrieval.py:mixer=hydra \
       --workdir=runs/lra/retrieval/hydra --config.data.manual_dir=/path/to/lra
 
-arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``data=`` the builder config;
-``smoke`` runs 4 steps of a 1-layer model in seconds, on our generated / placeholder data unless
-``data=`` names another builder config, prepared in ``<workdir>/lra_data``.
+arg: ``mixer=`` (default s4), ``data=``, ``smoke`` (:func:`base.lra_config`).
 
 Hyperparameters of S4 and S4D: state-spaces/s4 ``configs/experiment/lra/s4-aan.yaml``
 (:data:`base.S4_PUBLISHED`): 6 layers of width 256, pre-norm BatchNorm, no dropout, d_state 4, batch

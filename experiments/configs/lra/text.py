@@ -7,9 +7,7 @@ in LRA.
     python -m experiments.run --config=experiments/configs/lra/text.py:mixer=s4d \
       --workdir=runs/lra/text/s4d --config.data.manual_dir=/path/to/lra
 
-arg: ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4); ``data=`` the builder config;
-``smoke`` runs 4 steps of a 1-layer model in seconds, on our generated / placeholder data unless
-``data=`` names another builder config, prepared in ``<workdir>/lra_data``.
+arg: ``mixer=`` (default s4), ``data=``, ``smoke`` (:func:`base.lra_config`).
 
 Hyperparameters of S4 and S4D: state-spaces/s4 ``configs/experiment/lra/s4-imdb.yaml``
 (:data:`base.S4_PUBLISHED`): 6 layers of width 256, BatchNorm before each mixer (pre-norm) and a
