@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from experiments import tasks as tasks_lib
 from experiments.data import registry
-from experiments.mesh import BATCH_AXES
+from experiments.mesh import batch_shards
 
 __all__ = ["Evaluation", "Evaluator", "batch_sharding", "chunked_sums", "evaluations", "parallel_sums", "put_batch"]
 
@@ -56,11 +56,10 @@ def evaluations(config) -> dict[str, Evaluation]:
     return out
 
 
-def batch_sharding(mesh: Mesh, batch_size: int) -> tuple[NamedSharding, bool]:
-    """Shard an eval batch over (data, fsdp) when it divides; else replicate (e.g. batch 1)."""
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % n == 0 and batch_size % jax.process_count() == 0:
-        return NamedSharding(mesh, P(BATCH_AXES)), True
+def batch_sharding(mesh: Mesh, batch_size: int, axes: tuple[str, ...]) -> tuple[NamedSharding, bool]:
+    """Shard an eval batch over the batch ``axes`` when it divides; else replicate (e.g. batch 1)."""
+    if batch_size % batch_shards(mesh, axes) == 0 and batch_size % jax.process_count() == 0:
+        return NamedSharding(mesh, P(axes)), True
     return NamedSharding(mesh, P()), False
 
 
@@ -68,9 +67,9 @@ def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def dataset(e: Evaluation, *, seed: int, mesh: Mesh):
+def dataset(e: Evaluation, *, seed: int, mesh: Mesh, axes: tuple[str, ...]):
     """The evaluation's batches; a replicated batch is read whole by every process."""
-    _, sharded = batch_sharding(mesh, e.batch_size)
+    _, sharded = batch_sharding(mesh, e.batch_size, axes)
     pid, nproc = jax.process_index(), jax.process_count()
     return registry.build(e.data, split=e.split, seed=seed, global_batch_size=e.batch_size,
                           process_index=pid if sharded else 0, process_count=nproc if sharded else 1)
@@ -106,7 +105,7 @@ def _chunk_sums(params, rest, rngs, cache, batch, *, graphdef, task, num_classes
 
 
 def parallel_sums(ev: "Evaluator", e: Evaluation, state, rngs, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    sharding, _ = batch_sharding(ev.mesh, e.batch_size)
+    sharding, _ = batch_sharding(ev.mesh, e.batch_size, ev.batch_axes)
     return ev.sums_fn(e.task)(state["params"], state["rest"], rngs, put_batch(batch, sharding))
 
 
@@ -114,7 +113,7 @@ def chunked_sums(ev: "Evaluator", e: Evaluation, state, rngs, batch: dict[str, n
     """Chunks of ``e.chunk`` tokens through the cache; a sequence is right when all its chunks are."""
     if not e.task.chunked_evaluation:
         raise ValueError(f"forward='chunked' evaluation needs task 'lm'; this dataset's task is {e.task.name!r}")
-    sharding, sharded = batch_sharding(ev.mesh, e.batch_size)
+    sharding, sharded = batch_sharding(ev.mesh, e.batch_size, ev.batch_axes)
     b, length = batch["inputs"].shape
     cache = ev.cache_init(state["params"], state["rest"], rngs, b * (jax.process_count() if sharded else 1), length)
     total, rows_right, rows_scored = None, None, None
@@ -134,8 +133,9 @@ class Evaluator:
     """Runs the evaluations of one training run on the state it is given."""
 
     def __init__(self, evals: dict[str, Evaluation], *, graphdef, num_classes: int, vocab_size: int, mesh: Mesh,
-                 seed: int):
+                 batch_axes: tuple[str, ...], seed: int):
         self.evaluations = evals
+        self.batch_axes = batch_axes
         self.graphdef, self.num_classes, self.vocab_size, self.mesh, self.seed = graphdef, num_classes, vocab_size, mesh, seed
         self._sums: dict[tasks_lib.Task, object] = {}  # the jitted parallel forward of each distinct task
         self._replicated = NamedSharding(mesh, P())
@@ -156,14 +156,14 @@ class Evaluator:
         """Build every evaluation's dataset once (not iterated): its data settings are the dataset's
         to check, and a bad one must fail at setup, not after the last step."""
         for e in self.evaluations.values():
-            dataset(e, seed=self.seed, mesh=self.mesh)
+            dataset(e, seed=self.seed, mesh=self.mesh, axes=self.batch_axes)
 
     def __call__(self, name: str, state, rngs) -> dict[str, float]:
         """The metrics of evaluation ``name`` of ``state``."""
         e = self.evaluations[name]
         kind = chunked_sums if e.chunk else parallel_sums
         total = None
-        for i, batch in enumerate(dataset(e, seed=self.seed, mesh=self.mesh)):
+        for i, batch in enumerate(dataset(e, seed=self.seed, mesh=self.mesh, axes=self.batch_axes)):
             if 0 <= e.num_batches <= i:
                 break
             e.task.check_batch(batch, self.vocab_size, self.num_classes, f"evaluation {name!r}, batch {i}")

@@ -2,8 +2,9 @@
 
 The mesh is built by the one :func:`ssm_jax.parallel.make_mesh` (``Auto`` axes) from the
 config's ``mesh`` section; the batch is split over the mesh axes of the first ``batch`` rule of
-:data:`ssm_jax.parallel.DEFAULT_RULES` (:data:`BATCH_AXES`), and ``length`` goes to ``context``
-(context parallelism, :mod:`ssm_jax.parallel.context`) by the same table.
+the config's ``sharding_rules`` (:func:`batch_axes`; :data:`ssm_jax.parallel.DEFAULT_RULES` by
+default), and ``length`` goes to ``context`` (context parallelism, :mod:`ssm_jax.parallel.context`)
+by the same table.
 """
 
 from __future__ import annotations
@@ -18,13 +19,31 @@ from jax.sharding import Mesh
 
 from ssm_jax import parallel
 
-__all__ = ["AXES", "BATCH_AXES", "describe", "initialize_distributed", "mesh_from_config", "resolve_mesh_shape"]
+__all__ = ["AXES", "batch_axes", "batch_shards", "describe", "initialize_distributed", "mesh_from_config", "resolve_mesh_shape"]
 
 AXES = ("data", "fsdp", "tensor", "context")
 
-# The mesh axes of the batch: those of the rules table's first `batch` rule (its later rules are
-# fallbacks for dimensions the product does not divide, which the trainer refuses instead).
-BATCH_AXES = next(tuple(a) if isinstance(a, tuple) else (a,) for name, a in parallel.DEFAULT_RULES if name == "batch")
+
+
+def batch_axes(rules: parallel.Rules = parallel.DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes the trainer splits the batch over: those of the first ``batch`` rule of
+    ``rules`` (later ``batch`` rules are fallbacks for batches the product does not divide, which
+    the trainer refuses instead); ``()`` (replicated) when the rule maps ``batch`` to None."""
+    for name, axes in rules:
+        if name == "batch":
+            if axes is None:
+                return ()
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            unknown = [a for a in axes if a not in AXES]
+            if unknown:
+                raise ValueError(f"sharding_rules: the batch rule names mesh axes {unknown}; the mesh has {AXES}")
+            return axes
+    return ()
+
+
+def batch_shards(mesh: Mesh, axes: tuple[str, ...]) -> int:
+    """How many pieces the batch is split into: the product of ``axes``' sizes in ``mesh``."""
+    return math.prod(mesh.shape[a] for a in axes)
 
 # Environment variables read when the flags are not given (JAX's own names where it has them).
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"

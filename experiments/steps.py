@@ -22,7 +22,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from experiments import tasks as tasks_lib
-from experiments.mesh import BATCH_AXES  # the batch axes of the one rules table
 
 __all__ = ["REST", "StepSpec", "make_train_steps", "reseed", "rest_of", "train_step"]
 
@@ -62,6 +61,7 @@ class StepSpec:
     accum: int  # optim.grad_accum_steps
     seed: int
     mesh: Mesh
+    batch_axes: tuple[str, ...]  # mesh axes of the batch dimension (experiments.mesh.batch_axes)
 
 
 def loss_fn(params, rest, rngs, batch, key, *, spec: StepSpec):
@@ -90,7 +90,7 @@ def train_step(state: dict, rngs: nnx.State, batch: dict[str, jax.Array], *, spe
         # Microbatch m = rows m, m + accum, ...: every device keeps a share of each one.
         micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
         micro = jax.lax.with_sharding_constraint(
-            micro, jax.tree.map(lambda _: NamedSharding(spec.mesh, P(None, BATCH_AXES)), micro))
+            micro, jax.tree.map(lambda _: NamedSharding(spec.mesh, P(None, spec.batch_axes)), micro))
 
         def body(carry, xs):
             total, rest = carry
@@ -122,13 +122,13 @@ def make_train_steps(spec: StepSpec, state_shardings, rngs_shardings):
     replicated = NamedSharding(spec.mesh, P())
     step = jax.jit(
         functools.partial(train_step, spec=spec),
-        in_shardings=(state_shardings, rngs_shardings, NamedSharding(spec.mesh, P(BATCH_AXES))),
+        in_shardings=(state_shardings, rngs_shardings, NamedSharding(spec.mesh, P(spec.batch_axes))),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
     steps = jax.jit(
         functools.partial(_scan_steps, spec=spec),
-        in_shardings=(state_shardings, rngs_shardings, NamedSharding(spec.mesh, P(None, BATCH_AXES))),
+        in_shardings=(state_shardings, rngs_shardings, NamedSharding(spec.mesh, P(None, spec.batch_axes))),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )

@@ -47,7 +47,6 @@ from ssm_jax.nn import SSMParam
 
 __all__ = ["load_model", "train_and_evaluate"]
 
-BATCH_AXES = mesh_lib.BATCH_AXES
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -86,13 +85,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Mesh.
     # ------------------------------------------------------------------------------------------
     mesh = mesh_lib.mesh_from_config(config.mesh)
-    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rules = tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in config.sharding_rules)
+    batch_axes = mesh_lib.batch_axes(rules)
+    n_batch_shards = mesh_lib.batch_shards(mesh, batch_axes)
     if (batch_size // accum) % n_batch_shards:
         raise ValueError(
             f"train: the microbatch data.batch_size / optim.grad_accum_steps = {batch_size // accum} must divide "
-            f"over mesh data x fsdp = {n_batch_shards} devices"
+            f"over the batch's mesh axes {' x '.join(batch_axes) or '(none)'} = {n_batch_shards} devices"
         )
-    rules = tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in config.sharding_rules)
     replicated = NamedSharding(mesh, P())
     logging.info("mesh: %s", mesh_lib.describe(mesh))
 
@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
         )
         evaluator = evaluator_lib.Evaluator(evaluator_lib.evaluations(config), graphdef=graphdef_eval,
-                                            num_classes=num_classes, vocab_size=vocab_size, mesh=mesh, seed=config.seed)
+                                            num_classes=num_classes, vocab_size=vocab_size, mesh=mesh, batch_axes=batch_axes, seed=config.seed)
         evaluator.check_datasets()
 
         # --------------------------------------------------------------------------------------
@@ -181,10 +181,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # Train steps: one step, or a scan of n steps per call (config.steps_per_call).
         # --------------------------------------------------------------------------------------
         spec = steps_lib.StepSpec(graphdef=graphdef, task=task, num_classes=num_classes, tx=tx, lr=schedules["other"],
-                                  accum=accum, seed=int(config.seed), mesh=mesh)
+                                  accum=accum, seed=int(config.seed), mesh=mesh, batch_axes=batch_axes)
         train_step, train_steps = steps_lib.make_train_steps(spec, state_shardings, rngs_shardings)
-        batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
-        stacked_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+        batch_sharding = NamedSharding(mesh, P(batch_axes))
+        stacked_sharding = NamedSharding(mesh, P(None, batch_axes))
 
         # --------------------------------------------------------------------------------------
         # Loop.

@@ -23,12 +23,18 @@ from ssm_jax.typing import Array, Bool, Float, Int
 __all__ = ["effective_dt", "segment_runs", "segment_starts"]
 
 
-def segment_starts(segment_ids: Int[Array, "b l"], *, first: bool = False) -> Bool[Array, "b l"]:
-    """True where the id differs from the previous position's; position 0 is ``first``."""
+def segment_starts(segment_ids: Int[Array, "b l"], *, first: bool | Bool[Array, "b 1"] = False) -> Bool[Array, "b l"]:
+    """True where the id differs from the previous position's; position 0 is ``first``.
+
+    ``first`` is a bool for every row, or a ``(b, 1)`` array (a context-parallel shard's start
+    depends on the id its neighbour ends with).
+    """
     changed = segment_ids[:, 1:] != segment_ids[:, :-1]
     # A pad, not a concatenate with a new column: under an Explicit mesh the column would be
     # replicated and the ids batch-sharded, and concatenate refuses mixed shardings.
-    return jnp.pad(changed, ((0, 0), (1, 0)), constant_values=first)
+    if isinstance(first, bool):
+        return jnp.pad(changed, ((0, 0), (1, 0)), constant_values=first)
+    return jnp.pad(changed, ((0, 0), (1, 0))).at[:, :1].set(first)
 
 
 def segment_runs(segment_ids: Int[Array, "b l"]) -> Int[Array, "b l"]:

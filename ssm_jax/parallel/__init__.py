@@ -10,14 +10,17 @@ from ssm_jax.parallel.rules import (
     logical_to_mesh,
     logical_to_sharding,
     make_mesh,
+    active_rules,
+    context_axis,
+    use_rules,
 )
 from ssm_jax.parallel import context
-from ssm_jax.parallel.context import context_axis, use_rules
 
 __all__ = [
     "DEFAULT_RULES",
     "Rules",
     "abstract_state",
+    "active_rules",
     "context",
     "context_axis",
     "init_sharded",

@@ -25,7 +25,7 @@ previous shard's last one (a one-id halo) to know whether the incoming state is 
 
 The functions take the arguments of their ``ssm_jax.ops`` namesakes plus ``axis``: the mesh
 axis the sequence is split over. ``axis=None`` asks :func:`context_axis`: the mesh axis that the
-active rules table (:func:`use_rules`, default :data:`~ssm_jax.parallel.DEFAULT_RULES`) maps
+active rules table (:func:`~ssm_jax.parallel.use_rules`, default :data:`~ssm_jax.parallel.DEFAULT_RULES`) maps
 ``length`` to, when the mesh set with ``jax.set_mesh`` has it with size > 1; without one the
 plain op runs, so layers call these unconditionally. Gradients are those of the single-device op
 (``jax.shard_map`` differentiates the exchanges: ``all_gather`` transposes to a reduce-scatter
@@ -34,10 +34,8 @@ of states, ``ppermute`` to the reverse permutation).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -45,71 +43,20 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ssm_jax import ops
-from ssm_jax.ops._prepare import effective_dt
-from ssm_jax.parallel.rules import DEFAULT_RULES, Rules, _check_rules
+from ssm_jax.ops._prepare import effective_dt, segment_starts
+from ssm_jax.parallel.rules import active_rules, context_axis
 
 __all__ = [
-    "active_rules",
     "causal_conv1d",
-    "context_axis",
     "conv1d",
     "hydra",
     "s4_scan",
     "s4d_scan",
     "selective_scan",
     "ssd",
-    "use_rules",
 ]
 
-_RULES: list[Rules] = [DEFAULT_RULES]
 _HI = lax.Precision.HIGHEST
-
-
-@contextlib.contextmanager
-def use_rules(rules: Rules) -> Iterator[None]:
-    """Make ``rules`` the table the ops read under a mesh (the trainer enters it with its mesh):
-    :func:`context_axis` (which mesh axis splits ``length``) and the Pallas kernels' shard_map
-    (which Auto mesh axes split ``batch`` and ``inner``/``heads``: ``pallas_kernels._sharding``,
-    handed the same validated table, since the kernel layer does not import ``ssm_jax``)."""
-    from pallas_kernels import _sharding  # a small JAX-only module: no kernel is imported
-
-    checked = _check_rules(rules)  # the same validation and list -> tuple as logical_to_mesh
-    _RULES.append(checked)
-    try:
-        with _sharding.use_rules(checked):
-            yield
-    finally:
-        _RULES.pop()
-
-
-def active_rules() -> Rules:
-    return _RULES[-1]
-
-
-def context_axis(rules: Rules | None = None) -> str | None:
-    """The mesh axis ``length`` is split over: the first rule for ``length`` whose (single) mesh
-    axis is in the ambient mesh (``jax.set_mesh``), not already manual, with size > 1; else None."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return None
-    types = dict(zip(mesh.axis_names, mesh.axis_types))
-    for name, axes in active_rules() if rules is None else rules:
-        if name != "length":
-            continue
-        if axes is None:
-            return None
-        tup = (axes,) if isinstance(axes, str) else tuple(axes)
-        if any(a not in mesh.shape for a in tup):
-            continue
-        if len(tup) != 1:
-            raise ValueError(f"context parallelism: `length` must map to one mesh axis; the rules give {axes!r}")
-        (a,) = tup
-        if types[a] == jax.sharding.AxisType.Manual or mesh.shape[a] <= 1:
-            return None
-        return a
-    return None
-
-
 _warned: set[str] = set()
 
 
@@ -233,7 +180,7 @@ def _alive(segment_ids, axis: str, *, reverse: bool = False):
     neighbour = (_from_next(segment_ids[:, :1], axis) if reverse else _from_prev(segment_ids[:, -1:], axis))
     edge = lax.axis_index(axis) == (lax.axis_size(axis) - 1 if reverse else 0)
     first = jnp.logical_and(seg[:, :1] != neighbour, jnp.logical_not(edge))
-    starts = jnp.concatenate([first, seg[:, 1:] != seg[:, :-1]], axis=1)
+    starts = segment_starts(seg, first=first)
     return (jnp.cumsum(starts.astype(jnp.int32), axis=1) == 0).astype(jnp.float32)
 
 

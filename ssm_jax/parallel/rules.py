@@ -11,11 +11,15 @@ replicated.
 The trainer's sequence (big_vision's): shapes with :func:`abstract_state` (``nnx.eval_shape``),
 shardings with :func:`logical_to_sharding`, then :func:`init_sharded` creates the parameters
 directly on the devices with ``jax.jit(..., out_shardings=...)``.
+
+:func:`use_rules` makes a table the one the ops read under a mesh (:func:`context_axis`: which axis
+splits ``length``; the Pallas kernels' shard_map: which axes split batch and heads).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 from flax import nnx
@@ -25,11 +29,14 @@ __all__ = [
     "DEFAULT_RULES",
     "Rules",
     "abstract_state",
+    "active_rules",
+    "context_axis",
     "init_sharded",
     "logical_spec",
     "logical_to_mesh",
     "logical_to_sharding",
     "make_mesh",
+    "use_rules",
 ]
 
 MeshAxes = str | tuple[str, ...] | None
@@ -174,3 +181,52 @@ def init_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules: Rules = 
 
     state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)
+
+
+# The table the ops read under a mesh: the trainer enters its own; the default otherwise.
+_RULES: list[Rules] = [DEFAULT_RULES]
+
+
+@contextlib.contextmanager
+def use_rules(rules: Rules) -> Iterator[None]:
+    """Make ``rules`` the table the ops read under a mesh (the trainer enters it with its mesh):
+    :func:`context_axis` (which mesh axis splits ``length``) and the Pallas kernels' shard_map
+    (which Auto mesh axes split ``batch`` and ``inner``/``heads``: ``pallas_kernels._sharding``,
+    handed the same validated table, since the kernel layer does not import ``ssm_jax``)."""
+    from pallas_kernels import _sharding  # a small JAX-only module: no kernel is imported
+
+    checked = _check_rules(rules)  # the same validation and list -> tuple as logical_to_mesh
+    _RULES.append(checked)
+    try:
+        with _sharding.use_rules(checked):
+            yield
+    finally:
+        _RULES.pop()
+
+
+def active_rules() -> Rules:
+    return _RULES[-1]
+
+
+def context_axis(rules: Rules | None = None) -> str | None:
+    """The mesh axis ``length`` is split over: the first rule for ``length`` whose (single) mesh
+    axis is in the ambient mesh (``jax.set_mesh``), not already manual, with size > 1; else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None
+    types = dict(zip(mesh.axis_names, mesh.axis_types))
+    for name, axes in active_rules() if rules is None else rules:
+        if name != "length":
+            continue
+        if axes is None:
+            return None
+        tup = (axes,) if isinstance(axes, str) else tuple(axes)
+        if any(a not in mesh.shape for a in tup):
+            continue
+        if len(tup) != 1:
+            raise ValueError(f"context parallelism: `length` must map to one mesh axis; the rules give {axes!r}")
+        (a,) = tup
+        if types[a] == jax.sharding.AxisType.Manual or mesh.shape[a] <= 1:
+            return None
+        return a
+    return None

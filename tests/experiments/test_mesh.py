@@ -33,11 +33,20 @@ def test_one_rules_table():
     assert common.DEFAULT_SHARDING_RULES is parallel.DEFAULT_RULES
     assert common.base_config().sharding_rules == parallel.DEFAULT_RULES
     assert ("length", "context") in parallel.DEFAULT_RULES
-    assert mesh.BATCH_AXES == ("data", "fsdp") == parallel.logical_spec(("batch",), parallel.DEFAULT_RULES)[0]
-    from experiments import train
-
-    assert train.BATCH_AXES is mesh.BATCH_AXES
+    assert mesh.batch_axes() == ("data", "fsdp") == parallel.logical_spec(("batch",), parallel.DEFAULT_RULES)[0]
     assert not hasattr(mesh, "make_mesh")  # one make_mesh: ssm_jax.parallel.make_mesh
+
+
+def test_batch_axes_follow_the_config_rules():
+    # The trainer splits the batch over the first `batch` rule of the config's own table.
+    assert mesh.batch_axes([("embed", "fsdp"), ("batch", "data"), ("batch", ("data", "fsdp"))]) == ("data",)
+    assert mesh.batch_axes([("batch", ["data", "context"])]) == ("data", "context")
+    assert mesh.batch_axes([("batch", None)]) == ()
+    assert mesh.batch_axes([("length", "context")]) == ()
+    with pytest.raises(ValueError, match=r"batch rule names mesh axes \['rows'\]"):
+        mesh.batch_axes([("batch", ("rows", "data"))])
+    m = jax.make_mesh((1, 1, 1, 1), mesh.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
+    assert mesh.batch_shards(m, ()) == 1 and mesh.batch_shards(m, ("data", "fsdp")) == 1
 
 
 def test_base_config_has_a_context_axis():

@@ -85,7 +85,8 @@ def test_sparse_train_step_matches_the_dense_one():
     with jax.default_matmul_precision("float32"), jax.set_mesh(mesh):
         for name, task in (("dense", tasks.LanguageModeling()), ("sparse", tasks.of(c.data, "train"))):
             spec = steps.StepSpec(graphdef=graphdef, task=task, num_classes=c.model.vocab_size, tx=tx,
-                                  lr=schedules["other"], accum=2, seed=0, mesh=mesh)
+                                  lr=schedules["other"], accum=2, seed=0, mesh=mesh,
+                                  batch_axes=("data", "fsdp"))
             out[name] = jax.jit(lambda s, r, b, spec=spec: steps.train_step(s, r, b, spec=spec))(state, rngs, batch)
     (dense_state, dense_m), (sparse_state, sparse_m) = out["dense"], out["sparse"]
     assert_close(sparse_m["loss_sum"], dense_m["loss_sum"], tol=1e-6, name="loss_sum")
