@@ -16,6 +16,7 @@ page) and writes one PNG per task into ``<dir>``:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 from collections import defaultdict
@@ -125,6 +126,13 @@ def mqar_width(task_dir: str, out: str, *, split: str = "L256_kv64") -> str:
     return _save(fig, ax, out)
 
 
+# Plots beyond the learning curves, per task directory name: (file suffix, plot function).
+TASK_PLOTS = {
+    "induction_heads": (("lengths", functools.partial(length_curves, train_length=256)),),
+    "mqar": (("width", mqar_width),),
+}
+
+
 def main(argv=None) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m experiments.reproductions", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="the directory holding runs/<task>/<run>/metrics.jsonl; PNGs are written there")
@@ -136,10 +144,8 @@ def main(argv=None) -> list[str]:
     for task in sorted(os.listdir(runs)):
         task_dir = os.path.join(runs, task)
         written.append(learning_curves(task_dir, os.path.join(a.dir, f"{task}_curves.png")))
-        if task == "induction_heads":
-            written.append(length_curves(task_dir, os.path.join(a.dir, "induction_heads_lengths.png"), train_length=256))
-        if task == "mqar":
-            written.append(mqar_width(task_dir, os.path.join(a.dir, "mqar_width.png")))
+        for suffix, plot in TASK_PLOTS.get(task, ()):
+            written.append(plot(task_dir, os.path.join(a.dir, f"{task}_{suffix}.png")))
     for path in written:
         print(path)
     return written
