@@ -79,7 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     recorded_config = checkpointing.check_config(workdir, config.to_dict())
     config_record = config.to_dict()
     # config.json keeps "{workdir}" as written; the data sees this run's directory.
-    config = _expand_workdir(config, workdir)
+    config = expand_workdir(config, workdir)
 
     # ------------------------------------------------------------------------------------------
     # Mesh.
@@ -438,7 +438,7 @@ def load_model(workdir: str, *, step: int | None = None) -> tuple[nnx.Module, ml
 WORKDIR_TOKEN = "{workdir}"
 
 
-def _expand_workdir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+def expand_workdir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """``config`` with ``"{workdir}"`` in the string values of ``data`` and of the evaluations'
     ``data`` overrides replaced by ``workdir`` (e.g. LRA smoke runs prepare their data inside
     the run's directory, not at a fixed shared path)."""

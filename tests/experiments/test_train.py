@@ -288,6 +288,34 @@ def test_load_model_reproduces_the_trainers_evaluation(tiny, tiny_reference):
     assert step3 == 3 and not np.allclose(model3.w_in[...], model.w_in[...])
 
 
+def test_evaluate_a_checkpoint_equals_the_rows_the_run_logged(tiny, tiny_reference, tmp_path, capsys):
+    # experiments.evaluate runs the config's evaluations on a checkpoint: every evaluation the
+    # run logged at steps 3 and 6 (validation, and the replicated odd-batch test split).
+    from experiments import evaluate
+
+    compared = []
+    for step in (3, 6):
+        got_step, got = evaluate.evaluate_checkpoint(tiny_reference, step=step)
+        assert got_step == step and sorted(got) == ["odd_batch", "validation"]
+        for name, metrics in got.items():
+            ref = {r["step"]: r for r in read_metrics(tiny_reference, name)}.get(step)
+            if ref is None:  # the extra evaluation runs at the end only
+                continue
+            np.testing.assert_allclose(metrics["loss"], ref["loss"], rtol=1e-5, err_msg=f"{name} at {step}")
+            assert metrics["accuracy"] == ref["accuracy"]
+            compared.append((name, step))
+    assert sorted(compared) == [("odd_batch", 6), ("validation", 3), ("validation", 6)]
+    # The CLI: the latest checkpoint, one named evaluation, one batch, a JSON file.
+    out = tmp_path / "eval.json"
+    evaluate.main([f"--workdir={tiny_reference}", "--eval=validation", "--num_batches=1", f"--json={out}"])
+    row = json.loads(out.read_text())
+    assert row["step"] == 6 and list(row) == ["step", "validation"] and "step 6 validation: " in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"--eval \['test'\] not among the run's evaluations \['odd_batch', 'validation'\]"):
+        evaluate.evaluate_checkpoint(tiny_reference, names=["test"])
+    with pytest.raises(ValueError, match="--num_batches must be -1"):
+        evaluate.evaluate_checkpoint(tiny_reference, num_batches=0)
+
+
 def test_keeps_the_latest_and_the_best_checkpoint(tiny, tmp_path):
     w = str(tmp_path)
     train.train_and_evaluate(
