@@ -212,12 +212,11 @@ def backward_smem_bytes(blocks: SelectiveScanBlocks, itemsize: int = 2) -> int:
 # smallest chunk the (chunk, ch) element-wise tiles allow at ch = 8.
 BACKWARD_CHUNK = 16
 BACKWARD_MAX_STATES_PER_THREAD = 4
-SMEM_MAX = gpu_common.SMEM_LIMIT
 
 
 def backward_fits(blocks: SelectiveScanBlocks) -> bool:
     """Whether the backward kernel's shared memory fits one H100 block (padded n <= 128)."""
-    return backward_smem_bytes(blocks) <= SMEM_MAX
+    return backward_smem_bytes(blocks) <= gpu_common.SMEM_LIMIT
 
 
 def choose_backward_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | None = None,
@@ -254,9 +253,9 @@ def choose_blocks(b: int, d: int, g: int, n: int, *, l: int | None = None, state
         chunk = 64
         while chunk > 32 and (smem(chunk) > SMEM_PER_BLOCK or (l and l <= chunk // 2)):
             chunk //= 2
-        while chunk > 16 and smem(chunk) > SMEM_MAX:
+        while chunk > 16 and smem(chunk) > gpu_common.SMEM_LIMIT:
             chunk //= 2
-        if smem(chunk) > SMEM_MAX:
+        if smem(chunk) > gpu_common.SMEM_LIMIT:
             raise ValueError(
                 f"selective_scan (pallas_gpu): no forward chunk fits shared memory for n={n}, "
                 f"{states_per_thread} states per thread, {itemsize}-byte inputs"

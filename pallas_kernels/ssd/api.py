@@ -221,7 +221,7 @@ def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
 def _buffering(spec, nbuf: int | None, smem_bytes):
     """``spec`` with ``nbuf`` slots per input stream; None: two (the next chunk's loads run behind
     the current chunk) when its buffers fit in shared memory, else one."""
-    if nbuf is None and smem_bytes(spec) > mosaic_gpu.SMEM_LIMIT:
+    if nbuf is None and smem_bytes(spec) > gpu_common.SMEM_LIMIT:
         return dataclasses.replace(spec, nbuf=1)
     return spec
 

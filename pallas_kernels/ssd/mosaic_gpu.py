@@ -89,25 +89,21 @@ def _mm(interpret: bool, *pairs):
     return tuple(o if isinstance(init, tuple) else o + init for o, (init, _) in zip(outs, pairs))
 
 
-def _seg_masks(r_row, r_col, r_last):
-    """Masks from the within-chunk reset counts ``r`` (see api.py): same segment, open to the
-    previous chunk, open to the chunk end."""
-    same = lax.broadcast_in_dim(r_row, _sq(r_row), [0]) == lax.broadcast_in_dim(r_col, _sq(r_row), [1])
-    return same, r_row == 0.0, r_col == r_last, r_last == 0.0
-
-
 def _cut_at_segment_starts(r, slot, q, mask, e_in, e_out, e_tot):
-    """A chunk's causal ``mask`` and decays cut where a segment starts, from the reset counts in
-    stage ``slot`` of the shared-memory ``r``: pairs in one segment only; ``e_in`` (from the chunk
-    start) only before the chunk's first start; ``e_out`` (to the chunk end; the forward's has dt
-    folded in) only in the chunk's last segment; ``e_tot`` only without a start in the chunk."""
+    """A chunk's causal ``mask`` and decays cut where a segment starts, from the within-chunk reset
+    counts (see api.py) in stage ``slot`` of the shared-memory ``r``: pairs in one segment only;
+    ``e_in`` (from the chunk start) only before the chunk's first start; ``e_out`` (to the chunk
+    end; the forward's has dt folded in) only in the chunk's last segment; ``e_tot`` only without
+    a start in the chunk."""
     r_row = plgpu.load(r.at[slot], layout=_ROW)
     r_col = plgpu.load(r.at[slot], layout=_COL)
     r_last = r[slot, q - 1]
-    same, open_in, open_out, open_tot = _seg_masks(r_row, r_col, r_last)
+    same = lax.broadcast_in_dim(r_row, _sq(r_row), [0]) == lax.broadcast_in_dim(r_col, _sq(r_row), [1])
+    open_in, open_tot = r_row == 0.0, r_last == 0.0  # open to the previous chunk / the whole chunk
     mask = mask & same
     e_in = jnp.where(open_in, e_in, 0.0)
-    e_out = jnp.where(r_row == r_last, e_out, 0.0)
+    open_out = r_row == r_last  # open to the chunk end
+    e_out = jnp.where(open_out, e_out, 0.0)
     e_tot = jnp.where(open_tot, e_tot, 0.0)
     return mask, e_in, e_out, e_tot
 
@@ -329,9 +325,6 @@ def _stream_src(ref, name, bi, hi, gi, t0, q, p0, bp):
 
 def _fwd_streams(spec: FwdSpec):
     return ["x", "B", "C", "dt", "cs"] + ["r"] * spec.has_seg + ["z"] * spec.has_z
-
-
-SMEM_LIMIT = gpu_common.SMEM_LIMIT
 
 
 def fwd_smem_bytes(spec: FwdSpec) -> int:

@@ -198,14 +198,15 @@ def test_shared_memory_counts_are_the_declared_buffers(monkeypatch):
 def test_forward_tiling_fits_shared_memory(itemsize):
     """choose_blocks counts the forward's shared memory for the input width (n = 256 with float32
     B, C needs 16-position chunks; 32 overflowed an H100 block)."""
-    from pallas_kernels.selective_scan.blocks import SMEM_MAX, forward_smem_bytes
+    from pallas_kernels.gpu_common import SMEM_LIMIT
+    from pallas_kernels.selective_scan.blocks import forward_smem_bytes
 
     for n in (1, 16, 64, 128, 200, 256):
         for b, d in ((1, 2), (4, 2048)):
             blk = choose_blocks(b, d, 1, n, l=4096, itemsize=itemsize)
             used = forward_smem_bytes(blk.chunk, blk.channels, blk.n, blk.states_per_thread, unroll=blk.unroll,
                                       itemsize=itemsize)
-            assert used <= SMEM_MAX, (n, b, d, blk, used)
+            assert used <= SMEM_LIMIT, (n, b, d, blk, used)
     assert choose_blocks(1, 2, 1, 256, itemsize=4).chunk == 16
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import gpu_common
 from pallas_kernels.ssd import api as ssd_api
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import SSDBlocks
@@ -206,7 +207,7 @@ def test_shared_memory_count_is_the_declared_buffers(monkeypatch):
         mosaic_gpu.ssd_bwd_call(bwd)
         assert mosaic_gpu.bwd_smem_bytes(bwd) == buffer_bytes(declared.pop()), bwd
         if nbuf == 2:
-            fits = mosaic_gpu.fwd_smem_bytes(fwd) <= mosaic_gpu.SMEM_LIMIT
+            fits = mosaic_gpu.fwd_smem_bytes(fwd) <= gpu_common.SMEM_LIMIT
             assert ssd_api._buffering(fwd, None, mosaic_gpu.fwd_smem_bytes).nbuf == (2 if fits else 1)
             assert ssd_api._buffering(fwd, 2, mosaic_gpu.fwd_smem_bytes).nbuf == 2  # SSDBlocks(fwd_nbuf=2) wins
     # The double-buffered forward fits up to n = 256 (not with the fp32 state tile for h0 / the
@@ -214,10 +215,10 @@ def test_shared_memory_count_is_the_declared_buffers(monkeypatch):
     spec = lambda **kw: mosaic_gpu.FwdSpec(**{**common, "n": 256, "dtype": "bfloat16", "y_dtype": "bfloat16",  # noqa: E731
                                               "has_seg": True, "has_D": True, "has_z": True, "has_h0": False,
                                               "want_final": False, "save_states": True, "nbuf": 2, **kw})
-    assert mosaic_gpu.fwd_smem_bytes(spec()) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.fwd_smem_bytes(spec(want_final=True))
+    assert mosaic_gpu.fwd_smem_bytes(spec()) <= gpu_common.SMEM_LIMIT < mosaic_gpu.fwd_smem_bytes(spec(want_final=True))
     bwd = lambda z: mosaic_gpu.BwdSpec(**{**common, "n": 128, "dtype": "bfloat16", "has_seg": True, "has_D": True,  # noqa: E731
                                           "has_z": z, "has_h0": True, "has_dfinal": True, "reduce_bc": True, "nbuf": 2})
-    assert mosaic_gpu.bwd_smem_bytes(bwd(False)) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.bwd_smem_bytes(bwd(True))
+    assert mosaic_gpu.bwd_smem_bytes(bwd(False)) <= gpu_common.SMEM_LIMIT < mosaic_gpu.bwd_smem_bytes(bwd(True))
 
 
 @pytest.mark.gpu
