@@ -124,13 +124,13 @@ def main(argv=None):
         default = choose_blocks(b, d, 1, n)
         default_bwd = choose_backward_blocks(b, d, 1, n)
         impls[f"pallas_gpu {_tiling(default)} b{_tiling(default_bwd)}"] = (kernel_fn(default), True)
-        for v in bwd_variants:
-            bb = choose_backward_blocks(b, d, 1, n, states_per_thread=v)
+        for spt in bwd_variants:
+            bb = choose_backward_blocks(b, d, 1, n, states_per_thread=spt)
             if bb != default_bwd:
                 impls[f"pallas_gpu {_tiling(default)} b{_tiling(bb)}"] = (kernel_fn(default, bb), False)
-        for v in variants or [default.states_per_thread]:
+        for spt in variants or [default.states_per_thread]:
             for u in unrolls or [default.unroll]:
-                blk = choose_blocks(b, d, 1, n, states_per_thread=v, unroll=u)
+                blk = choose_blocks(b, d, 1, n, states_per_thread=spt, unroll=u)
                 if blk != default:
                     impls[f"pallas_gpu {_tiling(blk)} fwd-only"] = (kernel_fn(blk), False)
         impls["xla"] = (op_fn("xla"), False)

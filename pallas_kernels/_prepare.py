@@ -6,7 +6,7 @@ the Mosaic GPU and Mosaic TPU kernels of both families lives here, once:
 * :func:`effective_dt` -- ``tau(dt + dt_bias)``, ``tau`` the softplus or the identity;
 * :func:`keep_mask` -- ``(b, l)`` float, 0 where a segment starts (the state forgets ``h_{t-1}``
   there), the selective scans' form of ``segment_ids``;
-* :func:`reset_counts` -- ``(b, L)`` segment starts counted from the start of each kernel chunk,
+* :func:`reset_counts` -- ``(b, l_pad)`` segment starts counted from the start of each kernel chunk,
   the chunked (SSD) kernels' form;
 * :func:`pad_axis` -- zero (or ``value``) padding of one axis to a length;
 * :func:`pad_groups`, :func:`unpad_groups` -- a channel axis of contiguous groups, each group
@@ -50,17 +50,17 @@ def keep_mask(segment_ids, dtype=jnp.float32) -> jax.Array | None:
     return 1 - _starts(segment_ids).astype(dtype)
 
 
-def reset_counts(segment_ids, L: int, q: int, dtype=jnp.float32) -> jax.Array:
-    """``(b, L)``: segment starts counted from the start of each ``q``-long chunk, inclusive.
+def reset_counts(segment_ids, l_pad: int, q: int, dtype=jnp.float32) -> jax.Array:
+    """``(b, l_pad)``: segment starts counted from the start of each ``q``-long chunk, inclusive.
 
     Within a chunk, positions ``s <= t`` are in one segment iff their counts agree; ``t`` still
     sees the state entering the chunk iff its count is 0; ``s`` reaches the chunk end iff its count
-    equals the last position's. The padding up to ``L`` continues the last segment. Integer-valued:
+    equals the last position's. The padding up to ``l_pad`` continues the last segment. Integer-valued:
     no gradient flows through it.
     """
     b, _ = segment_ids.shape
-    starts = pad_axis(_starts(segment_ids).astype(jnp.int32), L, axis=1)
-    counts = jnp.cumsum(starts.reshape(b, L // q, q), axis=-1).reshape(b, L)
+    starts = pad_axis(_starts(segment_ids).astype(jnp.int32), l_pad, axis=1)
+    counts = jnp.cumsum(starts.reshape(b, l_pad // q, q), axis=-1).reshape(b, l_pad)
     return jax.lax.stop_gradient(counts.astype(dtype))
 
 

@@ -173,9 +173,9 @@ def _kernel_inputs(s: _Static, blocks, x, dt, A, B, C, D, z, dt_bias, h0, keep, 
     return ins
 
 
-def _split_state(v_per_thread: int, v):
-    """``(..., n_pad) -> (..., n_pad / v, v)``: the state axis as a thread's registers hold it."""
-    return v.reshape(*v.shape[:-1], v.shape[-1] // v_per_thread, v_per_thread)
+def _split_state(spt: int, v):
+    """``(..., n_pad) -> (..., n_pad / spt, spt)``: the state axis as a thread's registers hold it."""
+    return v.reshape(*v.shape[:-1], v.shape[-1] // spt, spt)
 
 
 def _merge_state(v):
@@ -207,20 +207,20 @@ def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D,
     return y, h_final, outs.get("saved")
 
 
-def _backward(s: _Static, res, gy, gT):
+def _backward(s: _Static, res, gy, dfinal):
     """Cotangents of ``(x, dt, A, B, C, D, z, dt_bias, h0, keep)``."""
     (x, dt, A, B, C, D, z, dt_bias, h0, keep), saved = res
     B_in, C_in = B, C
     B, C = _same_bc_dtype(B, C)
     p = _problem(s, s.bwd, x, dt, B, D, z, dt_bias, h0, keep)
     ins = _kernel_inputs(s, s.bwd, x, dt, A, B, C, D, z, dt_bias, None, keep, g=gy.astype(x.dtype))
-    # `saved` holds float32 states as (b, l_pad / save_interval, d_pad, n_pad / v_fwd, v_fwd):
+    # `saved` holds float32 states as (b, l_pad / save_interval, d_pad, n_pad / spt_fwd, spt_fwd):
     # the same memory as (..., n_pad), re-split as the backward's threads hold the state.
     ins["saved"] = _split_state(s.bwd.states_per_thread, _merge_state(saved))
-    if gT is not None:
-        ins["gT"] = _split_state(s.bwd.states_per_thread, _pad_state(s, _pad_channels(s, gT.astype(jnp.float32), 1)))
-    outs = mosaic_gpu.backward(p, has_gT=gT is not None)(
-        *(ins[k] for k in mosaic_gpu.backward_operands(p, has_gT=gT is not None)))
+    if dfinal is not None:
+        ins["dfinal"] = _split_state(s.bwd.states_per_thread, _pad_state(s, _pad_channels(s, dfinal.astype(jnp.float32), 1)))
+    outs = mosaic_gpu.backward(p, has_dfinal=dfinal is not None)(
+        *(ins[k] for k in mosaic_gpu.backward_operands(p, has_dfinal=dfinal is not None)))
     outs = dict(zip(mosaic_gpu.backward_results(p), outs))
     dx, ddt, dz, dB, dC, dA = (outs.get(k) for k in ("dx", "ddt", "dz", "dB", "dC", "dA"))
     dD, dbias, dh0 = (outs.get(k) for k in ("dD", "dbias", "dh0"))
@@ -230,7 +230,7 @@ def _backward(s: _Static, res, gy, gT):
     dz = None if dz is None else unseq(dz)
 
     def per_group(v, like):
-        # (b, l_pad, d_pad / ch, n_pad / v, v): sum the channel blocks of each group.
+        # (b, l_pad, d_pad / ch, n_pad / spt, spt): sum the channel blocks of each group.
         b, lp, nb = v.shape[:3]
         v = v.reshape(b, lp, s.g, nb // s.g, -1).sum(axis=3)
         return v[:, : s.l, :, : s.n].astype(like.dtype)
@@ -256,11 +256,11 @@ def _backward(s: _Static, res, gy, gT):
 
 
 def _scan_bwd(s, want_final, res, cts):
-    gy, gT = cts
-    gT = gT if want_final else None
+    gy, dfinal = cts
+    dfinal = dfinal if want_final else None
     if not backward_fits(s.bwd):
-        return _backward_by_state_slices(s, res, gy, gT)
-    return _backward(s, res, gy, gT)
+        return _backward_by_state_slices(s, res, gy, dfinal)
+    return _backward(s, res, gy, dfinal)
 
 
 # _scan(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep) -> (y, h_final)
@@ -281,12 +281,12 @@ _scan = forward_saving_vjp(_forward, _scan_bwd, num_static=2)
 SLICE_N = 128
 
 
-def _backward_by_state_slices(s: _Static, res, gy, gT):
+def _backward_by_state_slices(s: _Static, res, gy, dfinal):
     (x, dt, A, B, C, D, z, dt_bias, h0, keep), saved = res
     n_p = s.blocks.n
     # Pad the state to the forward's n_p (zero A, B, C, h0 contribute nothing), then cut it.
     pad = lambda v: None if v is None else _pad_state(s, v)  # noqa: E731
-    A_p, B_p, C_p, h0_p, gT_p = pad(A), pad(B), pad(C), pad(h0), pad(gT)
+    A_p, B_p, C_p, h0_p, dfinal_p = pad(A), pad(B), pad(C), pad(h0), pad(dfinal)
     saved = _merge_state(saved)  # (b, l_pad / save_interval, d_pad, n_p)
     m = SLICE_N
     fwd_half = dataclasses.replace(s.blocks, n=m, states_per_thread=s.blocks.states_per_thread * m // n_p)
@@ -299,7 +299,7 @@ def _backward_by_state_slices(s: _Static, res, gy, gT):
         cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
         res_k = ((x, dt, cut(A_p), cut(B_p), cut(C_p), D if k == 0 else None, z, dt_bias, cut(h0_p), keep),
                  _split_state(1, cut(saved)))
-        parts.append(_backward(half, res_k, gy, cut(gT_p)))
+        parts.append(_backward(half, res_k, gy, cut(dfinal_p)))
     dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep = zip(*parts)
 
     def total(vs, like):

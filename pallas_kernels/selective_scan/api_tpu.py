@@ -2,7 +2,7 @@
 
 :func:`selective_scan` takes the op's canonical arguments (``docs/architecture.md``) and returns
 ``(y, final_state | None)``. It lays them out for :mod:`.mosaic_tpu` -- channels padded per group
-to the 128-lane tile, the length to whole blocks, ``B``/``C`` as ``(b, g, L, n)`` float32, ``A``
+to the 128-lane tile, the length to whole blocks, ``B``/``C`` as ``(b, g, l_pad, n)`` float32, ``A``
 and the states transposed to ``(n, d)`` -- and runs the forward kernel inside a
 ``jax.custom_vjp`` whose backward is the backward kernel. Every gradient (``x, dt, A, B, C, D, z,
 dt_bias, initial_state``, and through ``final_state``) comes from the kernels; the layout
@@ -119,31 +119,31 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
     g, n = B.shape[-2:]
     lay = _layout(d, g, blocks)
     tl = blocks.block_l if l > blocks.block_l else tpu_common.pad8(l)
-    L = -(-l // tl) * tl
+    l_pad = -(-l // tl) * tl
     f = jnp.promote_types(A.dtype, jnp.float32)  # float32; float64 only under x64 (interpret mode)
     p = mosaic_tpu.Problem(
-        b=b, L=L, dp=lay.dp, g=g, n=n, tl=tl, td=lay.td, l_valid=l, acc=jnp.dtype(f).name,
+        b=b, l_pad=l_pad, dp=lay.dp, g=g, n=n, tl=tl, td=lay.td, l_valid=l, acc=jnp.dtype(f).name,
         x_dtype=jnp.dtype(x.dtype).name, dt_dtype=jnp.dtype(dt.dtype).name, has_z=z is not None,
         has_bias=dt_bias is not None, has_D=D is not None, has_keep=segment_ids is not None,
         has_h0=initial_state is not None, softplus=dt_softplus, unroll=blocks.unroll, interpret=interpret,
     )
-    seq = lambda v: None if v is None else lay.pad(_prepare.pad_axis(v, L), 2)  # noqa: E731
+    seq = lambda v: None if v is None else lay.pad(_prepare.pad_axis(v, l_pad), 2)  # noqa: E731
     row = lambda v: None if v is None else lay.pad(v.astype(f), 0)[None, :]  # noqa: E731
-    bc = lambda v: jnp.swapaxes(_prepare.pad_axis(v.astype(f), L), 1, 2)  # (b, g, L, n)  # noqa: E731
+    bc = lambda v: jnp.swapaxes(_prepare.pad_axis(v.astype(f), l_pad), 1, 2)  # (b, g, l_pad, n)  # noqa: E731
     keep = None
     if segment_ids is not None:
         # 0 where a new segment starts: the state forgets h_{t-1} there (a reused id is new too).
-        keep = _prepare.pad_axis(_prepare.keep_mask(segment_ids, f), L, value=1.0)[..., None]
+        keep = _prepare.pad_axis(_prepare.keep_mask(segment_ids, f), l_pad, value=1.0)[..., None]
     h0 = None
     if initial_state is not None:
         h0 = jnp.swapaxes(lay.pad(initial_state.astype(f), 1), 1, 2)  # (b, n, dp)
     At = jnp.swapaxes(lay.pad(A.astype(f), 0), 0, 1)  # (n, dp)
-    y, hT = _core(p, bool(return_final_state), seq(x), seq(dt), seq(z), bc(B), bc(C), At, row(dt_bias), row(D),
+    y, final_state = _core(p, bool(return_final_state), seq(x), seq(dt), seq(z), bc(B), bc(C), At, row(dt_bias), row(D),
                   keep, h0)
     y = lay.unpad(y[:, :l], 2)
-    if hT is not None:
-        hT = lay.unpad(jnp.swapaxes(hT, 1, 2), 1)
-    return y, hT
+    if final_state is not None:
+        final_state = lay.unpad(jnp.swapaxes(final_state, 1, 2), 1)
+    return y, final_state
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,16 +159,16 @@ def _run_forward(p, want_final, save, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
 
 def _core_bwd(p, want_final, res, cts):
     (x, dt, z, Bt, Ct, At, bias, D, keep, _), hs = res
-    dy, dhT = cts
-    has_dfinal = want_final and dhT is not None
+    dy, dfinal = cts
+    has_dfinal = want_final and dfinal is not None
     ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep) if v is not None]
-    ins += [hs, dy.astype(x.dtype)] + ([dhT.astype(hs.dtype)] if has_dfinal else [])
+    ins += [hs, dy.astype(x.dtype)] + ([dfinal.astype(hs.dtype)] if has_dfinal else [])
     take = tpu_common.Taker(mosaic_tpu.backward(p, has_dfinal=has_dfinal)(*ins))
     dx, ddt, dz = take(), take(), take(p.has_z)
     dBt, dCt, dA = take(), take(), take()
     dbias, dD, dh0 = take(p.has_bias), take(p.has_D), take(p.has_h0)
-    # Per channel tile -> per group (tiles of one group are consecutive), (b, g, L, n) like Bt.
-    per_group = lambda v: jnp.swapaxes(v.reshape(p.b, p.g, p.tiles_per_group, p.n, p.L).sum(2), 2, 3)  # noqa: E731
+    # Per channel tile -> per group (tiles of one group are consecutive), (b, g, l_pad, n) like Bt.
+    per_group = lambda v: jnp.swapaxes(v.reshape(p.b, p.g, p.tiles_per_group, p.n, p.l_pad).sum(2), 2, 3)  # noqa: E731
     grads = (
         dx,
         ddt,

@@ -46,12 +46,12 @@ def _round_up(v: int, m: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def forward_buffers(q: int, ch: int, n: int, v: int, unroll: int, *, x_dtype, dt_dtype, z_dtype, bc_dtype,
+def forward_buffers(q: int, ch: int, n: int, spt: int, unroll: int, *, x_dtype, dt_dtype, z_dtype, bc_dtype,
                     has_z: bool, has_keep: bool) -> dict:
     """The forward kernel's shared-memory buffers by name, in allocation order (``q`` = chunk,
-    ``ch`` channels, ``n`` padded states, ``v`` states per thread). Absent inputs keep a small
+    ``ch`` channels, ``n`` padded states, ``spt`` states per thread). Absent inputs keep a small
     placeholder."""
-    nl = n // v
+    nl = n // spt
     return dict(
         # Two TMA stages of each per-chunk input.
         x=plgpu.SMEM((2, q, ch), x_dtype),
@@ -67,17 +67,17 @@ def forward_buffers(q: int, ch: int, n: int, v: int, unroll: int, *, x_dtype, dt
         delta=plgpu.SMEM((q + unroll, ch), F32),
         u=plgpu.SMEM((q + unroll, ch), F32),  # delta x
         part=plgpu.SMEM((q, ch, nl), F32),  # in-thread partial sums of h C
-        Bf=plgpu.SMEM((q + unroll, nl, v), F32),  # B in float32
-        Cf=plgpu.SMEM((q + unroll, nl, v), F32),  # C in float32
+        Bf=plgpu.SMEM((q + unroll, nl, spt), F32),  # B in float32
+        Cf=plgpu.SMEM((q + unroll, nl, spt), F32),  # C in float32
         y=plgpu.SMEM((q, ch), x_dtype),  # y tile for the TMA store
     )
 
 
-def backward_buffers(q: int, ch: int, n: int, v: int, *, x_dtype, dt_dtype, z_dtype, bc_dtype, has_z: bool,
+def backward_buffers(q: int, ch: int, n: int, spt: int, *, x_dtype, dt_dtype, z_dtype, bc_dtype, has_z: bool,
                      has_keep: bool) -> dict:
     """The backward kernel's shared-memory buffers by name, in allocation order (``q`` = the
     backward chunk)."""
-    nl = n // v
+    nl = n // spt
     small = (1, 8)
     return dict(
         # Two TMA stages of each per-chunk input.
@@ -91,10 +91,10 @@ def backward_buffers(q: int, ch: int, n: int, v: int, *, x_dtype, dt_dtype, z_dt
         delta=plgpu.SMEM((q, ch), F32),
         u=plgpu.SMEM((q, ch), F32),  # delta x
         dy=plgpu.SMEM((q, ch), F32),
-        Bf=plgpu.SMEM((q, nl, v), F32),  # B in float32
-        Cf=plgpu.SMEM((q, nl, v), F32),  # C in float32
-        h=plgpu.SMEM((q, ch, nl, v), F32),  # h_{t-1}, then the dC products dy h
-        dBp=plgpu.SMEM((q, ch, nl, v), F32),  # dB products lam delta x
+        Bf=plgpu.SMEM((q, nl, spt), F32),  # B in float32
+        Cf=plgpu.SMEM((q, nl, spt), F32),  # C in float32
+        h=plgpu.SMEM((q, ch, nl, spt), F32),  # h_{t-1}, then the dC products dy h
+        dBp=plgpu.SMEM((q, ch, nl, spt), F32),  # dB products lam delta x
         s1=plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam B
         s2=plgpu.SMEM((q, ch, nl), F32),  # partials of sum_n lam A a h
         yp=plgpu.SMEM((q, ch, nl) if has_z else small, F32),  # partials of h C
@@ -212,12 +212,11 @@ def backward_smem_bytes(blocks: SelectiveScanBlocks, itemsize: int = 2) -> int:
 # smallest chunk the (chunk, ch) element-wise tiles allow at ch = 8.
 BACKWARD_CHUNK = 16
 BACKWARD_MAX_STATES_PER_THREAD = 4
-SMEM_MAX = gpu_common.SMEM_LIMIT
 
 
 def backward_fits(blocks: SelectiveScanBlocks) -> bool:
     """Whether the backward kernel's shared memory fits one H100 block (padded n <= 128)."""
-    return backward_smem_bytes(blocks) <= SMEM_MAX
+    return backward_smem_bytes(blocks) <= gpu_common.SMEM_LIMIT
 
 
 def choose_backward_blocks(b: int, d: int, g: int, n: int, *, states_per_thread: int | None = None,
@@ -254,9 +253,9 @@ def choose_blocks(b: int, d: int, g: int, n: int, *, l: int | None = None, state
         chunk = 64
         while chunk > 32 and (smem(chunk) > SMEM_PER_BLOCK or (l and l <= chunk // 2)):
             chunk //= 2
-        while chunk > 16 and smem(chunk) > SMEM_MAX:
+        while chunk > 16 and smem(chunk) > gpu_common.SMEM_LIMIT:
             chunk //= 2
-        if smem(chunk) > SMEM_MAX:
+        if smem(chunk) > gpu_common.SMEM_LIMIT:
             raise ValueError(
                 f"selective_scan (pallas_gpu): no forward chunk fits shared memory for n={n}, "
                 f"{states_per_thread} states per thread, {itemsize}-byte inputs"
@@ -267,13 +266,14 @@ def choose_blocks(b: int, d: int, g: int, n: int, *, l: int | None = None, state
 
 def _rule(b: int, d: int, g: int, n_p: int) -> int:
     lo = max(1, n_p // 16)
-    valid = [v for v in (16, 8, 4, 2, 1) if lo <= v <= n_p]
+    valid = [spt for spt in (16, 8, 4, 2, 1) if lo <= spt <= n_p]
 
-    def blocks(v):
-        return b * g * -(-(d // g) // (WARPGROUP * v // n_p))
+    def blocks(spt):
+        return b * g * -(-(d // g) // (WARPGROUP * spt // n_p))
 
-    for threshold, candidates in ((FULL_BLOCKS, [v for v in valid if v > 1]), (HALF_BLOCKS, [v for v in valid if v > 1])):
-        for v in candidates:
-            if blocks(v) >= threshold:
-                return v
+    for threshold, candidates in ((FULL_BLOCKS, [spt for spt in valid if spt > 1]),
+                                  (HALF_BLOCKS, [spt for spt in valid if spt > 1])):
+        for spt in candidates:
+            if blocks(spt) >= threshold:
+                return spt
     return valid[-1]

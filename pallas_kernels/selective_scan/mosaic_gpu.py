@@ -1,20 +1,20 @@
 """Mamba-1 selective scan as Pallas Mosaic GPU kernels (Hopper), forward and backward.
 
-Every function here takes arrays already padded and laid out by :mod:`.api`; ``v`` is the
-tiling's states per thread and the state axis is passed split as ``(n/v, v)`` (a free reshape):
+Every function here takes arrays already padded and laid out by :mod:`.api`; ``spt`` is the
+tiling's states per thread and the state axis is passed split as ``(n/spt, spt)`` (a free reshape):
 
-==============  ==========================  ================================================
-array           shape                       notes
-==============  ==========================  ================================================
-``x, dt, z``    ``(b, l, d)``               input dtypes; ``l`` a multiple of the chunk,
-                                            each channel group padded to a multiple of ``ch``
-``B, C``        ``(b, l, g, n)``            one dtype, ``n`` zero-padded to a power of 2 >= 8
-``A2``          ``(d, n/v, v)`` float32     ``A * log2(e)``: the kernels use ``exp2``
-``bias``        ``(d / ch, q, ch)`` f32     ``dt_bias`` repeated over the chunk (optional)
-``Dt``          ``(d / ch, q, ch)`` f32     ``D`` repeated over the chunk (optional)
-``keep``        ``(b, l + 32)`` float32     0 where ``segment_ids`` changes, else 1 (optional)
-``h0``          ``(b, d, n/v, v)`` float32  initial state (optional)
-==============  ==========================  ================================================
+==============  ==============================  ==================================================
+array           shape                           notes
+==============  ==============================  ==================================================
+``x, dt, z``    ``(b, l, d)``                   input dtypes; ``l`` a multiple of the chunk,
+                                                each channel group padded to a multiple of ``ch``
+``B, C``        ``(b, l, g, n)``                one dtype, ``n`` zero-padded to a power of 2 >= 8
+``A2``          ``(d, n/spt, spt)`` float32     ``A * log2(e)``: the kernels use ``exp2``
+``bias``        ``(d / ch, q, ch)`` f32         ``dt_bias`` repeated over the chunk (optional)
+``Dt``          ``(d / ch, q, ch)`` f32         ``D`` repeated over the chunk (optional)
+``keep``        ``(b, l + 32)`` float32         0 where ``segment_ids`` changes, else 1 (optional)
+``h0``          ``(b, d, n/spt, spt)`` float32  initial state (optional)
+==============  ==============================  ==================================================
 
 The algorithm, the roofline and the measurements are in README.md; :func:`forward` and
 :func:`backward` say what each phase of a chunk does.
@@ -110,12 +110,12 @@ def forward_results(*, save_states: bool, want_final: bool) -> tuple[str, ...]:
     return _present(("y", True), ("final_state", want_final), ("saved", save_states))
 
 
-def backward_operands(p: Problem, *, has_gT: bool) -> tuple[str, ...]:
+def backward_operands(p: Problem, *, has_dfinal: bool) -> tuple[str, ...]:
     """The backward kernel's inputs: the forward's but ``h0``, the output cotangent ``g``, the
-    forward's ``saved`` states and the final state's cotangent ``gT``."""
+    forward's ``saved`` states and the final state's cotangent ``dfinal``."""
     return _present(("x", True), ("dt", True), ("z", p.has_z), ("g", True), ("B", True), ("C", True),
                     ("A2", True), ("bias", p.has_bias), ("D", p.has_D), ("keep", p.has_keep), ("saved", True),
-                    ("gT", has_gT))
+                    ("dfinal", has_dfinal))
 
 
 def backward_results(p: Problem) -> tuple[str, ...]:
@@ -144,13 +144,13 @@ def _canonical(tiles, warp_dims, lane_dims):
 class Layouts:
     """Register layouts of one tiling.
 
-    The state is held as ``(ch, n/v, v)``: thread ``w * 32 + lane`` of the warpgroup owns channel
-    ``w * ch/4 + lane // (n/v)`` and the ``v`` state indices ``(lane % (n/v)) * v ...`` as one
-    vector. ``row`` is a per-channel ``(ch,)`` vector (replicated over the ``n/v`` threads of a
-    channel), ``col`` a per-state ``(n/v, v)`` vector (replicated over channels), ``part`` the
-    ``(ch, n/v)`` in-thread partial sums over ``v`` (one value per thread, no replication).
-    ``tile3``/``tile`` lay out ``(q, ch, n/v)``/``(q, ch)`` chunk tiles so that a sum over the
-    ``n/v`` partials of a position is in-thread.
+    The state is held as ``(ch, n/spt, spt)``: thread ``w * 32 + lane`` of the warpgroup owns channel
+    ``w * ch/4 + lane // (n/spt)`` and the ``spt`` state indices ``(lane % (n/spt)) * spt ...`` as one
+    vector. ``row`` is a per-channel ``(ch,)`` vector (replicated over the ``n/spt`` threads of a
+    channel), ``col`` a per-state ``(n/spt, spt)`` vector (replicated over channels), ``part`` the
+    ``(ch, n/spt)`` in-thread partial sums over ``spt`` (one value per thread, no replication).
+    ``tile3``/``tile`` lay out ``(q, ch, n/spt)``/``(q, ch)`` chunk tiles so that a sum over the
+    ``n/spt`` partials of a position is in-thread.
     """
 
     state: object
@@ -162,9 +162,9 @@ class Layouts:
 
 
 @functools.lru_cache(maxsize=None)
-def layouts(q: int, ch: int, n: int, v: int) -> Layouts:
-    nl = n // v
-    st = _canonical(((ch, nl, v), (ch // 4, nl, v)), (-6,), (-3, -2))
+def layouts(q: int, ch: int, n: int, spt: int) -> Layouts:
+    nl = n // spt
+    st = _canonical(((ch, nl, spt), (ch // 4, nl, spt)), (-6,), (-3, -2))
     if ch >= 32:  # a warp per position, lanes over 32 channels
         t3 = _canonical(((4, ch, nl), (1, 32, nl)), (-6,), (-2,))
     else:  # a warp per 32 / ch positions
@@ -249,8 +249,8 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
 
     Operands :func:`forward_operands` ``(x, dt, [z], B, C, A2, [bias], [D], [keep], [h0])``,
     results :func:`forward_results` ``(y, [final_state], [saved])``, with ``B, C (b, l, g, n)``,
-    ``A2 (d, n/v, v)``, ``h0``/``final_state (b, d, n/v, v)`` and
-    ``saved (b, l / save_interval, d, n/v, v)``: the state axis split as the registers hold it
+    ``A2 (d, n/spt, spt)``, ``h0``/``final_state (b, d, n/spt, spt)`` and
+    ``saved (b, l / save_interval, d, n/spt, spt)``: the state axis split as the registers hold it
     (a free reshape of ``(.., n)``).
 
     Mamba paper eq. 2a/2b, Alg. 2. One warpgroup per (batch row, block of ``ch`` channels) walks
@@ -263,14 +263,14 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     :func:`backward`.
     """
     blk = p.blocks
-    q, ch, n, v = blk.chunk, p.ch, p.n, blk.states_per_thread
-    nl = n // v
+    q, ch, n, spt = blk.chunk, p.ch, p.n, blk.states_per_thread
+    nl = n // spt
     U = blk.unroll
     num_chunks = p.l // q
-    L = layouts(q, ch, n, v)
-    S3 = (ch, nl, v)
-    L_tile = plgpu.Layout.WG_STRIDED((q, ch), vec_size=blk.tile_vector)
-    L_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
+    lay = layouts(q, ch, n, spt)
+    S3 = (ch, nl, spt)
+    lay_strided = plgpu.Layout.WG_STRIDED((q, ch), vec_size=blk.tile_vector)
+    lay_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
     x_dt, dt_dt, z_dt = jnp.dtype(p.x_dtype), jnp.dtype(p.dt_dtype), jnp.dtype(p.z_dtype)
     bc_dt = jnp.dtype(p.bc_dtype)
     tail = p.l_valid < p.l
@@ -281,7 +281,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         raise ValueError(f"selective_scan forward: chunk/unroll = {q}/{U} must be even")
 
     names = forward_operands(p) + forward_results(save_states=save_states, want_final=want_final)
-    buffers = forward_buffers(q, ch, n, v, U, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
+    buffers = forward_buffers(q, ch, n, spt, U, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
                               has_z=p.has_z, has_keep=p.has_keep)
     streams = ("x", "dt") + ("z",) * p.has_z + ("B", "C")
 
@@ -302,13 +302,13 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
                 plgpu.copy_gmem_to_smem(keep_ref.at[bi, pl.ds(k * q, kq)], keep_s.at[slot, pl.ds(0, kq)], bar)
 
         issue(0, 0)
-        A2 = plgpu.load(A2_ref.at[pl.ds(c0, ch)], layout=L.state, optimized=False)
+        A2 = plgpu.load(A2_ref.at[pl.ds(c0, ch)], layout=lay.state, optimized=False)
         if p.has_h0:
-            h = plgpu.load(h0_ref.at[bi, pl.ds(c0, ch)], layout=L.state, optimized=False)
+            h = plgpu.load(h0_ref.at[bi, pl.ds(c0, ch)], layout=lay.state, optimized=False)
         else:
-            h = plgpu.layout_cast(jnp.zeros(S3, F32), L.state)
-        bias = plgpu.load(bias_ref.at[cb], layout=L_tile, optimized=False) if p.has_bias else None
-        Dt = plgpu.load(D_ref.at[cb], layout=L.tile, optimized=False) if p.has_D else None
+            h = plgpu.layout_cast(jnp.zeros(S3, F32), lay.state)
+        bias = plgpu.load(bias_ref.at[cb], layout=lay_strided, optimized=False) if p.has_bias else None
+        Dt = plgpu.load(D_ref.at[cb], layout=lay.tile, optimized=False) if p.has_D else None
 
         def save(h, index):
             hs_ref[bi, index, pl.ds(c0, ch)] = h
@@ -322,24 +322,24 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
                 issue(k + 1, 1 - slot)
 
             # 1. Discretization inputs for the whole chunk (Alg. 2 line 3), element-wise.
-            delta = plgpu.load(dt_s.at[slot], layout=L_tile, optimized=False).astype(F32)
+            delta = plgpu.load(dt_s.at[slot], layout=lay_strided, optimized=False).astype(F32)
             if p.has_bias:
                 delta = delta + bias
             if p.softplus:
                 delta = _softplus(delta)
             if tail:
-                row = plgpu.broadcasted_iota(jnp.int32, (q, ch), 0, layout=L_tile)
+                row = plgpu.broadcasted_iota(jnp.int32, (q, ch), 0, layout=lay_strided)
                 # Padding positions: delta = 0 is decay 1 and input 0, the state passes through.
                 delta = jnp.where(row < p.l_valid - k * q, delta, 0.0)
-            xv = plgpu.load(x_s.at[slot], layout=L_tile, optimized=False).astype(F32)
+            xv = plgpu.load(x_s.at[slot], layout=lay_strided, optimized=False).astype(F32)
             delta_s[rows_q] = delta
             u_s[rows_q] = delta * xv
-            # B, C in float32 and with the state axis split as the registers hold it, (q, n/v, v)
+            # B, C in float32 and with the state axis split as the registers hold it, (q, n/spt, spt)
             # (jax 0.11.2 interpret mode cannot reshape a ref, so the row loads cannot view the
             # (q, n) TMA tile that way).
-            split = lambda a: a.astype(F32).reshape(q, nl, v)  # noqa: E731
-            Bf_s[rows_q] = split(plgpu.load(B_s.at[slot], layout=L_bc, optimized=False))
-            Cf_s[rows_q] = split(plgpu.load(C_s.at[slot], layout=L_bc, optimized=False))
+            split = lambda a: a.astype(F32).reshape(q, nl, spt)  # noqa: E731
+            Bf_s[rows_q] = split(plgpu.load(B_s.at[slot], layout=lay_bc, optimized=False))
+            Cf_s[rows_q] = split(plgpu.load(C_s.at[slot], layout=lay_bc, optimized=False))
             plgpu.commit_smem()  # fence + warpgroup barrier: the rows are visible to every thread
 
             # 2. The recurrence (eq. 2a), in groups of `unroll` positions. A group's rows are
@@ -347,7 +347,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             # the compiler may not hoist a load above an earlier store, which would put
             # load -> exp -> FMA -> store on the critical path of every position. Groups come in
             # pairs so that the look-ahead registers alternate without copies. Each thread
-            # stores its in-thread partial of h . C (eq. 2b); the sum over the n/v threads of a
+            # stores its in-thread partial of h . C (eq. 2b); the sum over the n/spt threads of a
             # channel happens in step 3, vectorized, instead of warp shuffles per position.
             # Rows past the chunk (the last look-ahead) read the buffers' padding.
             def load_rows(t0):
@@ -355,10 +355,10 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
                 for i in range(U):
                     t = t0 + i
                     row = (
-                        plgpu.load(delta_s.at[t], layout=L.row, optimized=False),
-                        plgpu.load(u_s.at[t], layout=L.row, optimized=False),
-                        plgpu.load(Bf_s.at[t], layout=L.col, optimized=False),
-                        plgpu.load(Cf_s.at[t], layout=L.col, optimized=False),
+                        plgpu.load(delta_s.at[t], layout=lay.row, optimized=False),
+                        plgpu.load(u_s.at[t], layout=lay.row, optimized=False),
+                        plgpu.load(Bf_s.at[t], layout=lay.col, optimized=False),
+                        plgpu.load(Cf_s.at[t], layout=lay.col, optimized=False),
                     )
                     if p.has_keep:
                         row = row + (keep_s[slot, t],)
@@ -369,11 +369,11 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
                 nxt = load_rows((j + 1) * U)
                 for i, row in enumerate(rows):
                     d_t, u_t, B_t, C_t = row[:4]
-                    decay = jnp.exp2(_bcast(d_t, S3, (0,), L.state) * A2)
+                    decay = jnp.exp2(_bcast(d_t, S3, (0,), lay.state) * A2)
                     if p.has_keep:
                         decay = decay * row[4]
-                    h = decay * h + _bcast(u_t, S3, (0,), L.state) * _bcast(B_t, S3, (1, 2), L.state)
-                    part_s[j * U + i] = jnp.sum(h * _bcast(C_t, S3, (1, 2), L.state), axis=2)
+                    h = decay * h + _bcast(u_t, S3, (0,), lay.state) * _bcast(B_t, S3, (1, 2), lay.state)
+                    part_s[j * U + i] = jnp.sum(h * _bcast(C_t, S3, (1, 2), lay.state), axis=2)
                 if save_states and saves_per_chunk:
                     end = (j + 1) * U
 
@@ -396,11 +396,11 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             plgpu.commit_smem()
 
             # 3. y = (h C + D x) * silu(z), stored by TMA while the next chunk runs.
-            y = jnp.sum(plgpu.load(part_s, layout=L.tile3, optimized=False), axis=2)
+            y = jnp.sum(plgpu.load(part_s, layout=lay.tile3, optimized=False), axis=2)
             if p.has_D:
-                y = y + Dt * plgpu.load(x_s.at[slot], layout=L.tile, optimized=False).astype(F32)
+                y = y + Dt * plgpu.load(x_s.at[slot], layout=lay.tile, optimized=False).astype(F32)
             if p.has_z:
-                zv = plgpu.load(z_s.at[slot], layout=L.tile, optimized=False).astype(F32)
+                zv = plgpu.load(z_s.at[slot], layout=lay.tile, optimized=False).astype(F32)
                 y = y * (zv * _sigmoid(zv))
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's store has read out_s
             out_s[...] = y.astype(out_s.dtype)
@@ -416,8 +416,8 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
         plgpu.wait_smem_to_gmem(0)
 
     result_types = dict(y=jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt),
-                        final_state=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32),
-                        saved=jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, nl, v), F32))
+                        final_state=jax.ShapeDtypeStruct((p.b, p.d, nl, spt), F32),
+                        saved=jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, nl, spt), F32))
     out_types = [result_types[k] for k in forward_results(save_states=save_states, want_final=want_final)]
     # One barrier arrival per TMA copy of a stage: x, dt, B, C, and z, keep when present.
     scratch = [*buffers.values(), plgpu.Barrier(num_arrivals=4 + p.has_z + p.has_keep, num_barriers=2)]
@@ -430,41 +430,41 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def channel_sum_layout(q: int, ch: int, n: int, v: int):
-    """Layout of a ``(q, ch, n/v, v)`` block whose sum over ``ch`` is in-thread.
+def channel_sum_layout(q: int, ch: int, n: int, spt: int):
+    """Layout of a ``(q, ch, n/spt, spt)`` block whose sum over ``ch`` is in-thread.
 
     Warps split ``q``; lanes cover ``t_sub`` positions by ``n`` states; each thread holds all
     ``ch`` channels of its (position, state) pairs in registers. Returns ``(layout, rows)``:
     ``rows`` is the smallest ``q`` the layout tiles (sum a larger buffer in blocks of it).
     """
-    nl = n // v
+    nl = n // spt
     t_sub = max(1, 32 // n)
     lanes_n = 32 // t_sub
     vr = n // lanes_n
     rows = 4 * t_sub
-    tiles = ((rows, ch, nl, v), (t_sub, ch, nl, v), (t_sub, 1, nl, v), (1, 1, 1, vr))
+    tiles = ((rows, ch, nl, spt), (t_sub, ch, nl, spt), (t_sub, 1, nl, spt), (1, 1, 1, vr))
     lay = mgpu.TiledLayout(
         plgpu.Tiling(tiles), warp_dims=(-16,), lane_dims=(-8, -6, -5), vector_dim=-1, _check_canonical=False
     ).canonicalize()
     return _tiled(lay), rows
 
 
-def backward(p: Problem, *, has_gT: bool):
+def backward(p: Problem, *, has_dfinal: bool):
     """Build the backward kernel (reverse-mode of :func:`forward`).
 
     Operands :func:`backward_operands` ``(x, dt, [z], g, B, C, A2, [bias], [D], [keep], saved,
-    [gT])``, results :func:`backward_results` ``(dx, ddt, [dz], dB, dC, dA, [dD], [dbias],
-    [dh0])``, where ``g`` is the cotangent of ``y`` and ``gT`` that of the final state.
+    [dfinal])``, results :func:`backward_results` ``(dx, ddt, [dz], dB, dC, dA, [dD], [dbias],
+    [dh0])``, where ``g`` is the cotangent of ``y`` and ``dfinal`` that of the final state.
     ``p.blocks.chunk`` must equal the forward's ``save_interval``: chunk ``k`` restarts from
     ``saved[:, k]``.
 
-    Per-block partial results, summed by the caller: ``dB, dC (b, l, d/ch, n/v, v)`` (summed
-    over the channel blocks of each group), ``dA (b, d, n/v, v)`` (over the batch rows),
+    Per-block partial results, summed by the caller: ``dB, dC (b, l, d/ch, n/spt, spt)`` (summed
+    over the channel blocks of each group), ``dA (b, d, n/spt, spt)`` (over the batch rows),
     ``dD, dbias (b, d/ch, q, ch)``.
 
     With ``lam_t = dL/dh_t`` (eq. 2a run backwards) and ``a_t = keep_t exp(delta_t A)``::
 
-        lam_t   = a_{t+1} lam_{t+1} + C_t dy_t        (lam after the last position: gT)
+        lam_t   = a_{t+1} lam_{t+1} + C_t dy_t        (lam after the last position: dfinal)
         dC_t    = sum_c dy_t h_t        dB_t = sum_c lam_t delta_t x_t
         dx_t    = delta_t sum_n lam_t B_t + D dy_t
         ddelta_t = x_t sum_n lam_t B_t + sum_n lam_t A a_t h_{t-1}
@@ -477,14 +477,14 @@ def backward(p: Problem, *, has_gT: bool):
     and sum the ``dB``/``dC`` products over the block's channels.
     """
     blk = p.blocks
-    q, ch, n, v = blk.chunk, p.ch, p.n, blk.states_per_thread
-    nl = n // v
+    q, ch, n, spt = blk.chunk, p.ch, p.n, blk.states_per_thread
+    nl = n // spt
     U = blk.unroll
     K = p.l // q
-    L = layouts(q, ch, n, v)
-    R, rows_r = channel_sum_layout(q, ch, n, v)
-    S3 = (ch, nl, v)
-    L_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
+    lay = layouts(q, ch, n, spt)
+    R, rows_r = channel_sum_layout(q, ch, n, spt)
+    S3 = (ch, nl, spt)
+    lay_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
     x_dt, dt_dt, z_dt = jnp.dtype(p.x_dtype), jnp.dtype(p.dt_dtype), jnp.dtype(p.z_dtype)
     bc_dt = jnp.dtype(p.bc_dtype)
     tail = p.l_valid < p.l
@@ -492,14 +492,14 @@ def backward(p: Problem, *, has_gT: bool):
     if groups % 2 or q % rows_r:
         raise ValueError(f"selective_scan backward: chunk {q} must be a multiple of 2 x unroll and of {rows_r}")
 
-    names = backward_operands(p, has_gT=has_gT) + backward_results(p)
-    buffers = backward_buffers(q, ch, n, v, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
+    names = backward_operands(p, has_dfinal=has_dfinal) + backward_results(p)
+    buffers = backward_buffers(q, ch, n, spt, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
                                has_z=p.has_z, has_keep=p.has_keep)
     streams = ("x", "dt") + ("z",) * p.has_z + ("g", "B", "C")
 
     def selective_scan_bwd(*refs):
         io, smem, bars = _kernel_refs(names, buffers, refs)
-        A2_ref, bias_ref, D_ref, keep_ref, hs_ref, gT_ref = (io.get(k) for k in ("A2", "bias", "D", "keep", "saved", "gT"))
+        A2_ref, bias_ref, D_ref, keep_ref, hs_ref, dfinal_ref = (io.get(k) for k in ("A2", "bias", "D", "keep", "saved", "dfinal"))
         dx_ref, ddt_ref, dz_ref, dB_ref, dC_ref, dA_ref = (io.get(k) for k in ("dx", "ddt", "dz", "dB", "dC", "dA"))
         dD_ref, dbias_ref, dh0_ref = (io.get(k) for k in ("dD", "dbias", "dh0"))
         x_s, dt_s, z_s, g_s, B_s, C_s, keep_s = (smem[k] for k in ("x", "dt", "z", "g", "B", "C", "keep"))
@@ -515,35 +515,35 @@ def backward(p: Problem, *, has_gT: bool):
                 plgpu.copy_gmem_to_smem(keep_ref.at[bi, pl.ds(k * q, max(q, KEEP_MIN))], keep_s.at[slot], bar)
 
         issue(K - 1, (K - 1) % 2)
-        A2 = plgpu.load(A2_ref.at[cols], layout=L.state, optimized=False)
-        zeros = plgpu.layout_cast(jnp.zeros(S3, F32), L.state)
-        lam = plgpu.load(gT_ref.at[bi, cols], layout=L.state, optimized=False) if has_gT else zeros
-        a_next = plgpu.layout_cast(jnp.ones(S3, F32), L.state)
-        zeros_tile = plgpu.layout_cast(jnp.zeros((q, ch), F32), L.tile)
-        bias = plgpu.load(bias_ref.at[cb], layout=L.tile, optimized=False) if p.has_bias else None
-        Dt = plgpu.load(D_ref.at[cb], layout=L.tile, optimized=False) if p.has_D else None
+        A2 = plgpu.load(A2_ref.at[cols], layout=lay.state, optimized=False)
+        zeros = plgpu.layout_cast(jnp.zeros(S3, F32), lay.state)
+        lam = plgpu.load(dfinal_ref.at[bi, cols], layout=lay.state, optimized=False) if has_dfinal else zeros
+        a_next = plgpu.layout_cast(jnp.ones(S3, F32), lay.state)
+        zeros_tile = plgpu.layout_cast(jnp.zeros((q, ch), F32), lay.tile)
+        bias = plgpu.load(bias_ref.at[cb], layout=lay.tile, optimized=False) if p.has_bias else None
+        Dt = plgpu.load(D_ref.at[cb], layout=lay.tile, optimized=False) if p.has_D else None
 
         def rows_at(t, slot, with_h):
             row = (
-                plgpu.load(delta_s.at[t], layout=L.row, optimized=False),
-                plgpu.load(u_s.at[t], layout=L.row, optimized=False),
-                plgpu.load(Bf_s.at[t], layout=L.col, optimized=False),
-                plgpu.load(Cf_s.at[t], layout=L.col, optimized=False),
+                plgpu.load(delta_s.at[t], layout=lay.row, optimized=False),
+                plgpu.load(u_s.at[t], layout=lay.row, optimized=False),
+                plgpu.load(Bf_s.at[t], layout=lay.col, optimized=False),
+                plgpu.load(Cf_s.at[t], layout=lay.col, optimized=False),
                 keep_s[slot, t] if p.has_keep else None,
             )
             if with_h:
                 row = row + (
-                    plgpu.load(dy_s.at[t], layout=L.row, optimized=False),
-                    plgpu.load(h_s.at[t], layout=L.state, optimized=False),
+                    plgpu.load(dy_s.at[t], layout=lay.row, optimized=False),
+                    plgpu.load(h_s.at[t], layout=lay.state, optimized=False),
                 )
             return row
 
         def decay_of(row):
-            a = jnp.exp2(_bcast(row[0], S3, (0,), L.state) * A2)
+            a = jnp.exp2(_bcast(row[0], S3, (0,), lay.state) * A2)
             return a if row[4] is None else a * row[4]
 
-        row_b = lambda r: _bcast(r, S3, (0,), L.state)  # noqa: E731
-        col_b = lambda c: _bcast(c, S3, (1, 2), L.state)  # noqa: E731
+        row_b = lambda r: _bcast(r, S3, (0,), lay.state)  # noqa: E731
+        col_b = lambda c: _bcast(c, S3, (1, 2), lay.state)  # noqa: E731
 
         def chunk(i, carry):
             lam, a_next, dA, dD, dbias = carry
@@ -556,13 +556,13 @@ def backward(p: Problem, *, has_gT: bool):
                 issue(k - 1, 1 - slot)
 
             # Element-wise inputs of the chunk (as in the forward), and dy = g silu(z).
-            ld = lambda ref: plgpu.load(ref, layout=L.tile, optimized=False).astype(F32)  # noqa: E731
+            ld = lambda ref: plgpu.load(ref, layout=lay.tile, optimized=False).astype(F32)  # noqa: E731
             raw = ld(dt_s.at[slot])
             if p.has_bias:
                 raw = raw + bias
             delta = _softplus(raw) if p.softplus else raw
             if tail:
-                row = plgpu.broadcasted_iota(jnp.int32, (q, ch), 0, layout=L.tile)
+                row = plgpu.broadcasted_iota(jnp.int32, (q, ch), 0, layout=lay.tile)
                 delta = jnp.where(row < p.l_valid - k * q, delta, 0.0)
             xv = ld(x_s.at[slot])
             gv = ld(g_s.at[slot])
@@ -575,13 +575,13 @@ def backward(p: Problem, *, has_gT: bool):
             delta_s[...] = delta
             u_s[...] = delta * xv
             dy_s[...] = dy
-            split = lambda a: a.astype(F32).reshape(q, nl, v)  # noqa: E731
-            Bf_s[...] = split(plgpu.load(B_s.at[slot], layout=L_bc, optimized=False))
-            Cf_s[...] = split(plgpu.load(C_s.at[slot], layout=L_bc, optimized=False))
+            split = lambda a: a.astype(F32).reshape(q, nl, spt)  # noqa: E731
+            Bf_s[...] = split(plgpu.load(B_s.at[slot], layout=lay_bc, optimized=False))
+            Cf_s[...] = split(plgpu.load(C_s.at[slot], layout=lay_bc, optimized=False))
             plgpu.commit_smem()
 
             # (A) States of the chunk, forward from the stored one; h_s[t] = h_{t-1}.
-            h = plgpu.load(hs_ref.at[bi, k, cols], layout=L.state, optimized=False)
+            h = plgpu.load(hs_ref.at[bi, k, cols], layout=lay.state, optimized=False)
 
             def fwd_rows(j):
                 return [rows_at(jnp.minimum(j * U + i_, q - 1), slot, False) for i_ in range(U)]
@@ -634,8 +634,8 @@ def backward(p: Problem, *, has_gT: bool):
             plgpu.commit_smem()
 
             # (C) Per-channel results of the chunk.
-            s1 = jnp.sum(plgpu.load(s1_s, layout=L.tile3, optimized=False), axis=2)
-            s2 = jnp.sum(plgpu.load(s2_s, layout=L.tile3, optimized=False), axis=2) * LN2
+            s1 = jnp.sum(plgpu.load(s1_s, layout=lay.tile3, optimized=False), axis=2)
+            s2 = jnp.sum(plgpu.load(s2_s, layout=lay.tile3, optimized=False), axis=2) * LN2
             dx = delta * s1
             ddelta = xv * s1 + s2
             if p.has_D:
@@ -650,7 +650,7 @@ def backward(p: Problem, *, has_gT: bool):
             dx_o[...] = dx.astype(dx_o.dtype)
             ddt_o[...] = ddt.astype(ddt_o.dtype)
             if p.has_z:
-                y = jnp.sum(plgpu.load(yp_s, layout=L.tile3, optimized=False), axis=2)
+                y = jnp.sum(plgpu.load(yp_s, layout=lay.tile3, optimized=False), axis=2)
                 if p.has_D:
                     y = y + Dt * xv
                 dz_o[...] = (gv * y * (sz * (1.0 + zv * (1.0 - sz)))).astype(dz_o.dtype)
@@ -683,10 +683,10 @@ def backward(p: Problem, *, has_gT: bool):
     per_block = jax.ShapeDtypeStruct((p.b, nb, q, ch), F32)  # partial sums per channel block
     result_types = dict(dx=jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt), ddt=jax.ShapeDtypeStruct((p.b, p.l, p.d), dt_dt),
                         dz=jax.ShapeDtypeStruct((p.b, p.l, p.d), z_dt),
-                        dB=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, v), F32),
-                        dC=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, v), F32),
-                        dA=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32), dD=per_block, dbias=per_block,
-                        dh0=jax.ShapeDtypeStruct((p.b, p.d, nl, v), F32))
+                        dB=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, spt), F32),
+                        dC=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, spt), F32),
+                        dA=jax.ShapeDtypeStruct((p.b, p.d, nl, spt), F32), dD=per_block, dbias=per_block,
+                        dh0=jax.ShapeDtypeStruct((p.b, p.d, nl, spt), F32))
     out_types = [result_types[k] for k in backward_results(p)]
     # One barrier arrival per TMA copy of a stage: x, dt, g, B, C, and z, keep when present.
     scratch = [*buffers.values(), plgpu.Barrier(num_arrivals=5 + p.has_z + p.has_keep, num_barriers=2)]

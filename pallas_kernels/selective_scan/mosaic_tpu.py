@@ -7,7 +7,7 @@ Mamba paper (Gu & Dao 2023), Sec. 3.2 / Alg. 2; per channel ``d`` and state inde
     y_t  = sum_n h_t C_t + D x_t,   y <- y * silu(z)                            eq. 2b, Fig. 3
 
 Layout (the api module pads and transposes to it): channels on lanes, the state ``(n, td)`` with
-``n`` on sublanes. Grid ``(b, d / td, L / tl)``: batch rows and channel tiles are independent
+``n`` on sublanes. Grid ``(b, d / td, l_pad / tl)``: batch rows and channel tiles are independent
 ("parallel", split across the TensorCores of a megacore chip), the sequence axis is "arbitrary"
 and runs in order, the state carried in VMEM scratch between its steps.
 
@@ -44,13 +44,13 @@ __all__ = ["Problem", "backward", "forward"]
 class Problem:
     """Static description of one call (hashable: a jit static argument).
 
-    Shapes are the kernel layout's: ``L`` positions (a multiple of ``tl``), ``dp`` channels
+    Shapes are the kernel layout's: ``l_pad`` positions (a multiple of ``tl``), ``dp`` channels
     (``g`` groups of ``r_pad``, each a multiple of ``td`` unless ``td == dp``), ``n`` states.
     ``l_valid`` positions are real; the rest are padding the kernels treat as ``dt = 0``.
     """
 
     b: int
-    L: int
+    l_pad: int
     dp: int
     g: int
     n: int
@@ -71,7 +71,7 @@ class Problem:
 
     @property
     def grid(self):
-        return (self.b, self.dp // self.td, self.L // self.tl)
+        return (self.b, self.dp // self.td, self.l_pad // self.tl)
 
     @property
     def tiles_per_group(self) -> int:
@@ -87,7 +87,7 @@ class Problem:
 
 
 def _specs(p: Problem, *, reverse: bool):
-    nl = p.L // p.tl
+    nl = p.l_pad // p.tl
     blk = (lambda i: nl - 1 - i) if reverse else (lambda i: i)
     tpg = p.tiles_per_group
     return dict(
@@ -115,7 +115,7 @@ def _effective_dt(p: Problem, dt_raw, bias_ref, block):
     if p.has_bias:
         v = v + bias_ref[...].astype(f)
     dt = _softplus(v) if p.softplus else v
-    if p.l_valid < p.L:
+    if p.l_valid < p.l_pad:
         pos = lax.broadcasted_iota(jnp.int32, dt.shape, 0) + block * p.tl
         dt = jnp.where(pos < p.l_valid, dt, 0.0)
     return v, dt
@@ -235,10 +235,10 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     and returning ``y, [h_final], [hs]``."""
     s = _specs(p, reverse=False)
     f = jnp.dtype(p.acc)
-    nl = p.L // p.tl
+    nl = p.l_pad // p.tl
     in_specs = [s["seq"], s["seq"]] + [s["seq"]] * p.has_z + [s["bc"], s["bc"], s["A"]]
     in_specs += [s["row"]] * p.has_bias + [s["row"]] * p.has_D + [s["keep"]] * p.has_keep + [s["state"]] * p.has_h0
-    out = [(s["seq"], jax.ShapeDtypeStruct((p.b, p.L, p.dp), p.x_dtype))]
+    out = [(s["seq"], jax.ShapeDtypeStruct((p.b, p.l_pad, p.dp), p.x_dtype))]
     if want_final:
         out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
     if save_states:
@@ -261,9 +261,9 @@ def forward_cost(p: Problem) -> pl.CostEstimate:
     """From the reference arithmetic: per (position, channel, state) an exp, the decay multiply,
     the input multiply-add and the readout multiply-add; per (position, channel) the bias,
     softplus (exp + log), dt * x, D x and the gate (one sigmoid)."""
-    elems = p.b * p.L * p.dp
+    elems = p.b * p.l_pad * p.dp
     xb = p.x_bytes()
-    nbytes = elems * xb * (3 + p.has_z) + 2 * p.b * p.L * p.g * p.n * 4 + p.n * p.dp * 4
+    nbytes = elems * xb * (3 + p.has_z) + 2 * p.b * p.l_pad * p.g * p.n * 4 + p.n * p.dp * 4
     return pl.CostEstimate(
         flops=int(elems * (6 * p.n + 8)),
         transcendentals=int(elems * (p.n + 2 * p.softplus + p.has_z)),
@@ -383,7 +383,7 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
         dz_ref[...] = (dy * y_pre * sig_z * (1.0 + z * (1.0 - sig_z))).astype(dz_ref.dtype)
     if p.softplus:
         gdt = gdt * jax.nn.sigmoid(v)
-    if p.l_valid < p.L:
+    if p.l_valid < p.l_pad:
         pos = lax.broadcasted_iota(jnp.int32, gdt.shape, 0) + block * p.tl
         gdt = jnp.where(pos < p.l_valid, gdt, 0.0)
     if p.has_bias:
@@ -401,7 +401,7 @@ def backward(p: Problem, *, has_dfinal: bool):
     """``pallas_call`` taking ``x, dt, [z], Bt, Ct, At, [bias], [D], [keep], hs, dy, [dh_final]``
     and returning ``dx, ddt, [dz], dBt, dCt, dA, [dbias], [dD], [dh0]``.
 
-    ``dBt, dCt (b, d / td, n, L)`` are per-channel-tile partial sums, positions on lanes; ``dA
+    ``dBt, dCt (b, d / td, n, l_pad)`` are per-channel-tile partial sums, positions on lanes; ``dA
     (b, n, dp)``, ``dbias, dD (b, 1, dp)`` per batch row (the caller sums them).
     """
     s = _specs(p, reverse=True)
@@ -410,11 +410,11 @@ def backward(p: Problem, *, has_dfinal: bool):
     in_specs = [s["seq"], s["seq"]] + [s["seq"]] * p.has_z + [s["bc"], s["bc"], s["A"]]
     in_specs += [s["row"]] * p.has_bias + [s["row"]] * p.has_D + [s["keep"]] * p.has_keep
     in_specs += [s["saved"], s["seq"]] + [s["state"]] * has_dfinal
-    seq_out = lambda dtype: jax.ShapeDtypeStruct((p.b, p.L, p.dp), dtype)  # noqa: E731
+    seq_out = lambda dtype: jax.ShapeDtypeStruct((p.b, p.l_pad, p.dp), dtype)  # noqa: E731
     out = [(s["seq"], seq_out(p.x_dtype)), (s["seq"], seq_out(p.dt_dtype))]
     if p.has_z:
         out.append((s["seq"], seq_out(p.x_dtype)))
-    out += [(s["bc_t"], jax.ShapeDtypeStruct((p.b, nd, p.n, p.L), f))] * 2
+    out += [(s["bc_t"], jax.ShapeDtypeStruct((p.b, nd, p.n, p.l_pad), f))] * 2
     out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
     out += [(s["per_b_row"], jax.ShapeDtypeStruct((p.b, 1, p.dp), f))] * (p.has_bias + p.has_D)
     if p.has_h0:
@@ -437,9 +437,9 @@ def backward_cost(p: Problem) -> pl.CostEstimate:
     exp again, ~14 multiply-adds (lam update, dA, d(dt), dB, dC, d(dt x)) and the transposed
     dB/dC selects; reads the forward's inputs and dy, writes dx, d(dt), dz."""
     fwd = forward_cost(p)
-    elems = p.b * p.L * p.dp
+    elems = p.b * p.l_pad * p.dp
     xb = p.x_bytes()
-    extra = elems * xb * (3 + p.has_z) + 2 * p.b * (p.dp // p.td) * p.n * p.L * 4
+    extra = elems * xb * (3 + p.has_z) + 2 * p.b * (p.dp // p.td) * p.n * p.l_pad * 4
     return pl.CostEstimate(
         flops=int(fwd.flops + elems * (16 * p.n + 12)),
         transcendentals=int(fwd.transcendentals + elems * (p.n + 1)),

@@ -87,10 +87,10 @@ class _Config:
     cdtype: str
     y_dtype: str
     has_seg: bool
-    has_d: bool
+    has_D: bool
     has_z: bool
     has_h0: bool
-    final: bool
+    want_final: bool
     interpret: bool
 
 
@@ -157,14 +157,14 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
         pad_p = functools.partial(_prepare.pad_axis, length=P)
         pad_n = functools.partial(_prepare.pad_axis, length=N, axis=3)
         h0 = None if initial_state is None else pad_n(pad_p(initial_state, axis=2))
-        y, final = _ssd(x=pad_p(x, axis=3), dt=dt, A=A, B=pad_n(B), C=pad_n(C), D=None if D is None else pad_p(D, axis=1),
+        y, final_state = _ssd(x=pad_p(x, axis=3), dt=dt, A=A, B=pad_n(B), C=pad_n(C), D=None if D is None else pad_p(D, axis=1),
                         z=None if z is None else pad_p(z, axis=3), dt_bias=dt_bias, dt_softplus=dt_softplus,
                         initial_state=h0, segment_ids=segment_ids, return_final_state=return_final_state,
                         blocks=blocks, interpret=interpret)
-        return y[..., :p], (None if final is None else final[:, :, :p, :n])
+        return y[..., :p], (None if final_state is None else final_state[:, :, :p, :n])
     q = blocks.chunk
     nc = -(-l // q)
-    L = nc * q
+    l_pad = nc * q
     cdtype = _COMPUTE_DTYPES.get(jnp.dtype(x.dtype), jnp.bfloat16)
     cfg = _Config(
         q=q,
@@ -174,46 +174,46 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
         cdtype=jnp.dtype(cdtype).name,
         y_dtype=jnp.dtype(x.dtype).name,
         has_seg=segment_ids is not None,
-        has_d=D is not None,
+        has_D=D is not None,
         has_z=z is not None,
         has_h0=initial_state is not None,
-        final=bool(return_final_state),
+        want_final=bool(return_final_state),
         interpret=bool(interpret),
     )
 
-    pad_l = functools.partial(_prepare.pad_axis, length=L)
+    pad_len = functools.partial(_prepare.pad_axis, length=l_pad)
 
-    # dt after bias and softplus, (b, h, L) fp32; padded steps have dt = 0: no decay, no input,
+    # dt after bias and softplus, (b, h, l_pad) fp32; padded steps have dt = 0: no decay, no input,
     # so the state passes through the padding unchanged.
-    dtp = pad_l(jnp.swapaxes(_prepare.effective_dt(dt, dt_bias, dt_softplus), 1, 2), axis=2)
+    dtp = pad_len(jnp.swapaxes(_prepare.effective_dt(dt, dt_bias, dt_softplus), 1, 2), axis=2)
     # Cumulative log-decay inside each kernel chunk (Mamba-2 Sec. 6, the segsum's cumsum).
     a = dtp * A.astype(jnp.float32)[None, :, None]
-    cs = jnp.cumsum(a.reshape(b, h, nc, q), axis=-1).reshape(b, h, L)
+    cs = jnp.cumsum(a.reshape(b, h, nc, q), axis=-1).reshape(b, h, l_pad)
 
     arrays = dict(
-        x=pad_l(x.astype(cdtype)),
+        x=pad_len(x.astype(cdtype)),
         dt=dtp,
         cs=cs,
-        B=pad_l(B.astype(cdtype)),
-        C=pad_l(C.astype(cdtype)),
-        r=None if segment_ids is None else _prepare.reset_counts(segment_ids, L, q),
+        B=pad_len(B.astype(cdtype)),
+        C=pad_len(C.astype(cdtype)),
+        r=None if segment_ids is None else _prepare.reset_counts(segment_ids, l_pad, q),
         D=None if D is None else D.astype(jnp.float32),
-        z=None if z is None else pad_l(z.astype(cdtype)),
+        z=None if z is None else pad_len(z.astype(cdtype)),
         h0=None if initial_state is None else initial_state.astype(jnp.float32),
     )
-    y, final = _ssd_core(cfg, arrays)
+    y, final_state = _ssd_core(cfg, arrays)
     y = y[:, :l]
-    return y, (final if return_final_state else None)
+    return y, (final_state if return_final_state else None)
 
 
 
 def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
-    b, L, h, p = arrays["x"].shape
+    b, l_pad, h, p = arrays["x"].shape
     g, n = arrays["B"].shape[2:]
     spec = mosaic_gpu.FwdSpec(
-        b=b, nc=L // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
-        y_dtype=cfg.y_dtype, has_seg=cfg.has_seg, has_d=cfg.has_d, has_z=cfg.has_z, has_h0=cfg.has_h0,
-        final=cfg.final, save_states=save_states, nbuf=cfg.fwd_nbuf or 2, interpret=cfg.interpret,
+        b=b, nc=l_pad // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
+        y_dtype=cfg.y_dtype, has_seg=cfg.has_seg, has_D=cfg.has_D, has_z=cfg.has_z, has_h0=cfg.has_h0,
+        want_final=cfg.want_final, save_states=save_states, nbuf=cfg.fwd_nbuf or 2, interpret=cfg.interpret,
     )
     return _buffering(spec, cfg.fwd_nbuf, mosaic_gpu.fwd_smem_bytes)
 
@@ -221,7 +221,7 @@ def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
 def _buffering(spec, nbuf: int | None, smem_bytes):
     """``spec`` with ``nbuf`` slots per input stream; None: two (the next chunk's loads run behind
     the current chunk) when its buffers fit in shared memory, else one."""
-    if nbuf is None and smem_bytes(spec) > mosaic_gpu.SMEM_LIMIT:
+    if nbuf is None and smem_bytes(spec) > gpu_common.SMEM_LIMIT:
         return dataclasses.replace(spec, nbuf=1)
     return spec
 
@@ -230,7 +230,7 @@ def _run_fwd(cfg: _Config, save_states: bool, arrays):
     spec = _fwd_spec(cfg, arrays, save_states)
     outs = mosaic_gpu.ssd_fwd_call(spec, *[arrays[k] for k in spec.in_names])
     outs = dict(zip(spec.out_names, outs))
-    return outs["y"], outs.get("hT"), outs.get("states")
+    return outs["y"], outs.get("final_state"), outs.get("states")
 
 
 def _ssd_core_bwd(cfg: _Config, res, cts):
@@ -252,8 +252,8 @@ def _run_bwd_state_slices(cfg: _Config, arrays, states, dy, dfinal):
         cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
         part = dict(arrays, B=cut(arrays["B"]), C=cut(arrays["C"]), h0=cut(arrays["h0"]),
                     D=arrays["D"] if k == 0 else None)
-        part_cfg = dataclasses.replace(cfg, has_d=cfg.has_d and k == 0)
-        parts.append(_run_bwd(part_cfg, part, cut(states), dy, cut(dfinal) if cfg.final else dfinal))
+        part_cfg = dataclasses.replace(cfg, has_D=cfg.has_D and k == 0)
+        parts.append(_run_bwd(part_cfg, part, cut(states), dy, cut(dfinal) if cfg.want_final else dfinal))
 
     def total(name):
         if parts[0][name] is None:
@@ -274,21 +274,21 @@ _ssd_core = forward_saving_vjp(_run_fwd, _ssd_core_bwd, num_static=1)
 
 def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
     """The backward kernel, then the (small) reductions it leaves to XLA."""
-    b, L, h, p = arrays["x"].shape
+    b, l_pad, h, p = arrays["x"].shape
     g, n = arrays["B"].shape[2:]
     cdt = jnp.dtype(cfg.cdtype)
     reduce_bc = not cfg.interpret
     spec = _buffering(mosaic_gpu.BwdSpec(
-        b=b, nc=L // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
-        has_seg=cfg.has_seg, has_d=cfg.has_d, has_z=cfg.has_z, has_h0=cfg.has_h0,
-        has_dfinal=cfg.final, reduce_bc=reduce_bc, nbuf=cfg.bwd_nbuf or 2, interpret=cfg.interpret,
+        b=b, nc=l_pad // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
+        has_seg=cfg.has_seg, has_D=cfg.has_D, has_z=cfg.has_z, has_h0=cfg.has_h0,
+        has_dfinal=cfg.want_final, reduce_bc=reduce_bc, nbuf=cfg.bwd_nbuf or 2, interpret=cfg.interpret,
     ), cfg.bwd_nbuf, mosaic_gpu.bwd_smem_bytes)
     operands = dict(arrays, dout=dy.astype(cdt), states=states, dfinal=dfinal)
     args = [operands[k] for k in spec.in_names if k not in ("dB", "dC")]
     if reduce_bc:
         # Zero-initialized accumulators the kernel adds each head's tile into (TMA reductions).
-        dB_ref = jax.new_ref(jnp.zeros((b, L, g, n), jnp.float32))
-        dC_ref = jax.new_ref(jnp.zeros((b, L, g, n), jnp.float32))
+        dB_ref = jax.new_ref(jnp.zeros((b, l_pad, g, n), jnp.float32))
+        dC_ref = jax.new_ref(jnp.zeros((b, l_pad, g, n), jnp.float32))
         outs = mosaic_gpu.ssd_bwd_call(spec, *args, dB_ref, dC_ref)
         outs = dict(zip(spec.out_names, outs))
         dB, dC = dB_ref[...], dC_ref[...]
@@ -296,10 +296,10 @@ def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
         outs = dict(zip(spec.out_names, mosaic_gpu.ssd_bwd_call(spec, *args)))
         npt = spec.npt
         # Per (head, p-tile) partial sums -> per group.
-        dB = outs["dB"].reshape(b, L, g, (h // g) * npt, n).sum(axis=3)
-        dC = outs["dC"].reshape(b, L, g, (h // g) * npt, n).sum(axis=3)
+        dB = outs["dB"].reshape(b, l_pad, g, (h // g) * npt, n).sum(axis=3)
+        dC = outs["dC"].reshape(b, l_pad, g, (h // g) * npt, n).sum(axis=3)
     npt = spec.npt
-    per_head = lambda v: v.reshape(b, h, npt, L).sum(axis=2)
+    per_head = lambda v: v.reshape(b, h, npt, l_pad).sum(axis=2)
     grads = dict(
         x=outs["dx"],
         dt=per_head(outs["ddt"]),
@@ -307,7 +307,7 @@ def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
         B=dB.astype(cdt),
         C=dC.astype(cdt),
         r=None,
-        D=outs["dD"].sum(axis=0) if cfg.has_d else None,
+        D=outs["dD"].sum(axis=0) if cfg.has_D else None,
         z=outs["dz"] if cfg.has_z else None,
         h0=outs["dh0"] if cfg.has_h0 else None,
     )

@@ -10,7 +10,7 @@ holding ``cs`` fixed and the gradient with respect to ``cs``; JAX's autodiff of 
 turns them into the gradients of ``dt``, ``A`` and ``dt_bias``.
 
 ``x``, ``z`` and ``y`` keep their ``(b, l, h, p)`` HBM layout (viewed as ``(b, l, h * p)``);
-``B``, ``C`` become ``(b, g, L, n)``, the states ``(b, h, n, p)``.
+``B``, ``C`` become ``(b, g, l_pad, n)``, the states ``(b, h, n, p)``.
 
 On a TPU backend the kernels compile with Mosaic; on CPU they run in TPU interpret mode. Under
 a mesh the call runs inside ``jax.shard_map`` (see ``pallas_kernels._sharding``).
@@ -93,32 +93,32 @@ def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softpl
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     q = blocks.chunk if l > blocks.chunk else tpu_common.pad8(l)
-    L = -(-l // q) * q
+    l_pad = -(-l // q) * q
     f = jnp.promote_types(A.dtype, jnp.float32)
     mm = jnp.bfloat16 if x.dtype == jnp.bfloat16 else f
     hb = blocks_tpu.choose_heads_per_block(h, g, p, blocks.heads_per_block)
     prob = mosaic_tpu.Problem(
-        b=b, L=L, h=h, p=p, g=g, n=n, q=q, hb=hb, acc=jnp.dtype(f).name, mm=jnp.dtype(mm).name,
+        b=b, l_pad=l_pad, h=h, p=p, g=g, n=n, q=q, hb=hb, acc=jnp.dtype(f).name, mm=jnp.dtype(mm).name,
         x_dtype=jnp.dtype(x.dtype).name, has_seg=segment_ids is not None, has_D=D is not None, has_z=z is not None,
         has_h0=initial_state is not None, interpret=interpret,
     )
 
-    pad_l = functools.partial(_prepare.pad_axis, length=L)
+    pad_len = functools.partial(_prepare.pad_axis, length=l_pad)
 
-    # dt after bias and softplus, (b, h, L); the padding gets dt = 0 *after* the softplus.
-    dtp = pad_l(jnp.swapaxes(_prepare.effective_dt(dt, dt_bias, dt_softplus, f), 1, 2), axis=2)
+    # dt after bias and softplus, (b, h, l_pad); the padding gets dt = 0 *after* the softplus.
+    dtp = pad_len(jnp.swapaxes(_prepare.effective_dt(dt, dt_bias, dt_softplus, f), 1, 2), axis=2)
     # Cumulative log-decay inside each kernel chunk (Listing 1's segsum, as a cumsum).
-    cs = jnp.cumsum((dtp * A.astype(f)[None, :, None]).reshape(b, h, L // q, q), axis=-1).reshape(b, h, L)
-    seq = lambda v: None if v is None else pad_l(v).reshape(b, L, h * p)  # noqa: E731
-    bc = lambda v: jnp.swapaxes(pad_l(v.astype(mm)), 1, 2)  # (b, g, L, n)  # noqa: E731
-    r = None if segment_ids is None else _prepare.reset_counts(segment_ids, L, q, f)
+    cs = jnp.cumsum((dtp * A.astype(f)[None, :, None]).reshape(b, h, l_pad // q, q), axis=-1).reshape(b, h, l_pad)
+    seq = lambda v: None if v is None else pad_len(v).reshape(b, l_pad, h * p)  # noqa: E731
+    bc = lambda v: jnp.swapaxes(pad_len(v.astype(mm)), 1, 2)  # (b, g, l_pad, n)  # noqa: E731
+    r = None if segment_ids is None else _prepare.reset_counts(segment_ids, l_pad, q, f)
     Dv = None if D is None else D.astype(f).reshape(1, h * p)
     h0 = None if initial_state is None else jnp.swapaxes(initial_state.astype(f), 2, 3)  # (b, h, n, p)
-    y, hT = _core(prob, bool(return_final_state), seq(x), dtp, cs, bc(B), bc(C), r, Dv, seq(z), h0)
-    y = y.reshape(b, L, h, p)[:, :l]
-    if hT is not None:
-        hT = jnp.swapaxes(hT, 2, 3)
-    return y, hT
+    y, final_state = _core(prob, bool(return_final_state), seq(x), dtp, cs, bc(B), bc(C), r, Dv, seq(z), h0)
+    y = y.reshape(b, l_pad, h, p)[:, :l]
+    if final_state is not None:
+        final_state = jnp.swapaxes(final_state, 2, 3)
+    return y, final_state
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softpl
 
 
 def _layouts(dtp, cs, r):
-    """dt and cs as columns (b, h, L, 2) and rows (b, h, 2, L); reset counts likewise."""
+    """dt and cs as columns (b, h, l_pad, 2) and rows (b, h, 2, l_pad); reset counts likewise."""
     col = jnp.stack([cs, dtp], axis=-1)
     row = jnp.stack([cs, dtp], axis=2)
     seg = () if r is None else (r[:, :, None], r[:, None, :])
@@ -143,20 +143,20 @@ def _run_forward(prob, want_final, save, x, dtp, cs, Bt, Ct, r, D, z, h0):
 
 def _core_bwd(prob, want_final, res, cts):
     (x, dtp, cs, Bt, Ct, r, D, z, _), states = res
-    dy, dhT = cts
-    has_dfinal = want_final and dhT is not None
+    dy, dfinal = cts
+    has_dfinal = want_final and dfinal is not None
     col, row, seg = _layouts(dtp, cs, r)
     ins = [x, Bt, Ct, col, row, *seg] + [v for v in (D, z) if v is not None]
-    ins += [states, dy.astype(x.dtype)] + ([dhT.astype(states.dtype)] if has_dfinal else [])
+    ins += [states, dy.astype(x.dtype)] + ([dfinal.astype(states.dtype)] if has_dfinal else [])
     take = tpu_common.Taker(mosaic_tpu.backward(prob, has_dfinal=has_dfinal)(*ins))
     dx, dz, dB, dC, dcol, drow = take(), take(prob.has_z), take(), take(), take(), take()
     dD, dh0 = take(prob.has_D), take(prob.has_h0)
-    b, g, L, n = Bt.shape
+    b, g, l_pad, n = Bt.shape
 
-    def per_group(v):  # (b, h / hb, gb, L, n) partial sums -> (b, g, L, n)
+    def per_group(v):  # (b, h / hb, gb, l_pad, n) partial sums -> (b, g, l_pad, n)
         if prob.gb == g:
             return v.sum(1)
-        return v[:, :, 0].reshape(b, g, prob.nhb // g, L, n).sum(2)
+        return v[:, :, 0].reshape(b, g, prob.nhb // g, l_pad, n).sum(2)
 
     return (
         dx,

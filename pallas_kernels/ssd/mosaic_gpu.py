@@ -89,25 +89,21 @@ def _mm(interpret: bool, *pairs):
     return tuple(o if isinstance(init, tuple) else o + init for o, (init, _) in zip(outs, pairs))
 
 
-def _seg_masks(r_row, r_col, r_last):
-    """Masks from the within-chunk reset counts ``r`` (see api.py): same segment, open to the
-    previous chunk, open to the chunk end."""
-    same = lax.broadcast_in_dim(r_row, _sq(r_row), [0]) == lax.broadcast_in_dim(r_col, _sq(r_row), [1])
-    return same, r_row == 0.0, r_col == r_last, r_last == 0.0
-
-
 def _cut_at_segment_starts(r, slot, q, mask, e_in, e_out, e_tot):
-    """A chunk's causal ``mask`` and decays cut where a segment starts, from the reset counts in
-    stage ``slot`` of the shared-memory ``r``: pairs in one segment only; ``e_in`` (from the chunk
-    start) only before the chunk's first start; ``e_out`` (to the chunk end; the forward's has dt
-    folded in) only in the chunk's last segment; ``e_tot`` only without a start in the chunk."""
+    """A chunk's causal ``mask`` and decays cut where a segment starts, from the within-chunk reset
+    counts (see api.py) in stage ``slot`` of the shared-memory ``r``: pairs in one segment only;
+    ``e_in`` (from the chunk start) only before the chunk's first start; ``e_out`` (to the chunk
+    end; the forward's has dt folded in) only in the chunk's last segment; ``e_tot`` only without
+    a start in the chunk."""
     r_row = plgpu.load(r.at[slot], layout=_ROW)
     r_col = plgpu.load(r.at[slot], layout=_COL)
     r_last = r[slot, q - 1]
-    same, open_in, open_out, open_tot = _seg_masks(r_row, r_col, r_last)
+    same = lax.broadcast_in_dim(r_row, _sq(r_row), [0]) == lax.broadcast_in_dim(r_col, _sq(r_row), [1])
+    open_in, open_tot = r_row == 0.0, r_last == 0.0  # open to the previous chunk / the whole chunk
     mask = mask & same
     e_in = jnp.where(open_in, e_in, 0.0)
-    e_out = jnp.where(r_row == r_last, e_out, 0.0)
+    open_out = r_row == r_last  # open to the chunk end
+    e_out = jnp.where(open_out, e_out, 0.0)
     e_tot = jnp.where(open_tot, e_tot, 0.0)
     return mask, e_in, e_out, e_tot
 
@@ -193,10 +189,10 @@ class FwdSpec(_Call):
 
     y_dtype: str
     has_seg: bool
-    has_d: bool
+    has_D: bool
     has_z: bool
     has_h0: bool
-    final: bool  # emit the final state
+    want_final: bool  # emit the final state
     save_states: bool  # emit the bf16 state entering each chunk (residual for the backward)
     nbuf: int  # 2: prefetch the next chunk behind the current one; 1: load after the chunk
     interpret: bool
@@ -204,12 +200,12 @@ class FwdSpec(_Call):
     @property
     def in_names(self):
         names = ["x", "dt", "cs", "B", "C"]
-        names += ["r"] * self.has_seg + ["D"] * self.has_d + ["z"] * self.has_z + ["h0"] * self.has_h0
+        names += ["r"] * self.has_seg + ["D"] * self.has_D + ["z"] * self.has_z + ["h0"] * self.has_h0
         return names
 
     @property
     def out_names(self):
-        return ["y"] + ["hT"] * self.final + ["states"] * self.save_states
+        return ["y"] + ["final_state"] * self.want_final + ["states"] * self.save_states
 
 
 def _fwd_body(spec: FwdSpec, *refs, **s):
@@ -232,7 +228,7 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
 
     # Per-CTA constants: D for this head-dim tile, the initial state.
     one_bar = s["one_bar"]
-    if spec.has_d:
+    if spec.has_D:
         d_col = _load_tile(ins["D"].at[hi, pl.ds(p0, bp)], s["d"], one_bar.at[0], _COL)
     if spec.has_h0:
         h = _load_tile(ins["h0"].at[bi, hi, pl.ds(p0, bp)], s["h32"], one_bar.at[1], plgpu.Layout.WGMMA)
@@ -285,7 +281,7 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
         y_init = Ch * lax.broadcast_in_dim(e_in, (q, bp), [0])
         y, h = _mm(spec.interpret, (y_init, [(s["m"], x_s)]), (h * e_tot, [(s["xw"].T, b_s)]))
 
-        if spec.has_d:
+        if spec.has_D:
             y = y + x * lax.broadcast_in_dim(d_col, (q, bp), [1])
         if spec.has_z:
             z = plgpu.load(s["z"].at[slot], layout=plgpu.Layout.WGMMA).astype(jnp.float32)
@@ -306,11 +302,11 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
         return h
 
     h = lax.fori_loop(0, spec.nc, step, h)
-    if spec.final:
+    if spec.want_final:
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         s["h32"][...] = h
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(s["h32"], outs["hT"].at[bi, hi, pl.ds(p0, bp)])
+        plgpu.copy_smem_to_gmem(s["h32"], outs["final_state"].at[bi, hi, pl.ds(p0, bp)])
     plgpu.wait_smem_to_gmem(0)
 
 
@@ -329,9 +325,6 @@ def _stream_src(ref, name, bi, hi, gi, t0, q, p0, bp):
 
 def _fwd_streams(spec: FwdSpec):
     return ["x", "B", "C", "dt", "cs"] + ["r"] * spec.has_seg + ["z"] * spec.has_z
-
-
-SMEM_LIMIT = gpu_common.SMEM_LIMIT
 
 
 def fwd_smem_bytes(spec: FwdSpec) -> int:
@@ -361,9 +354,9 @@ def _fwd_scratch(spec: FwdSpec) -> dict:
         scratch["r"] = plgpu.SMEM((nb, q), jnp.float32)
     if spec.has_z:
         scratch["z"] = _tiled((nb, q, bp), cdt)
-    if spec.has_d:
+    if spec.has_D:
         scratch["d"] = plgpu.SMEM((bp,), jnp.float32)
-    if spec.has_h0 or spec.final:
+    if spec.has_h0 or spec.want_final:
         # Swizzled fp32 tiles: a WGMMA-layout register array loads/stores them without bank
         # conflicts (an unswizzled (64, n) fp32 tile has no conflict-free transfer plan).
         scratch["h32"] = _tiled((bp, n), jnp.float32)
@@ -373,9 +366,9 @@ def _fwd_scratch(spec: FwdSpec) -> dict:
 def ssd_fwd_call(spec: FwdSpec, *args):
     """Run the forward kernel on the prepared operands (see api.py for their layouts)."""
     n, cdt = spec.n, jnp.dtype(spec.dtype)
-    L = spec.nc * spec.q
-    out_type = [jax.ShapeDtypeStruct((spec.b, L, spec.h, spec.p), jnp.dtype(spec.y_dtype))]
-    if spec.final:
+    l_pad = spec.nc * spec.q
+    out_type = [jax.ShapeDtypeStruct((spec.b, l_pad, spec.h, spec.p), jnp.dtype(spec.y_dtype))]
+    if spec.want_final:
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.p, n), jnp.float32))
     if spec.save_states:
         out_type.append(jax.ShapeDtypeStruct((spec.b, spec.h, spec.nc, spec.p, n), cdt))
@@ -393,7 +386,7 @@ class BwdSpec(_Call):
     """Static description of one backward call."""
 
     has_seg: bool
-    has_d: bool
+    has_D: bool
     has_z: bool
     has_h0: bool  # emit d initial_state
     has_dfinal: bool  # a cotangent for the final state seeds dh
@@ -404,7 +397,7 @@ class BwdSpec(_Call):
     @property
     def in_names(self):
         names = ["x", "dout", "dt", "cs", "B", "C", "states"]
-        names += ["r"] * self.has_seg + ["D"] * self.has_d + ["z"] * self.has_z + ["dfinal"] * self.has_dfinal
+        names += ["r"] * self.has_seg + ["D"] * self.has_D + ["z"] * self.has_z + ["dfinal"] * self.has_dfinal
         # With in-kernel reductions dB/dC are zero-initialized refs passed in, added into in place.
         names += ["dB", "dC"] * self.reduce_bc
         return names
@@ -413,7 +406,7 @@ class BwdSpec(_Call):
     def out_names(self):
         names = ["dx", "ddt", "dcs_a", "dcs_b"]
         names += ["dB", "dC"] * (not self.reduce_bc)
-        names += ["dz"] * self.has_z + ["dD"] * self.has_d + ["dh0"] * self.has_h0
+        names += ["dz"] * self.has_z + ["dD"] * self.has_D + ["dh0"] * self.has_h0
         return names
 
 
@@ -451,7 +444,7 @@ def _bwd_body(spec: BwdSpec, *refs, **s):
     issue(spec.nc - 1, 0)
 
     one_bar = s["one_bar"]
-    if spec.has_d:
+    if spec.has_D:
         d_col = _load_tile(ins["D"].at[hi, pl.ds(p0, bp)], s["d"], one_bar.at[0], _COL)
     if spec.has_dfinal:
         # st32 is (q, n) fp32 staging; q == block_p, so it also holds a state tile.
@@ -504,7 +497,7 @@ def _bwd_body(spec: BwdSpec, *refs, **s):
             plgpu.commit_smem()
             (Yd,) = _mm(spec.interpret, ((q, bp), [(s["m"].T, x_s)]))
             y = Yd + Yin
-            if spec.has_d:
+            if spec.has_D:
                 y = y + x * lax.broadcast_in_dim(d_col, (q, bp), [1])
             zz = plgpu.load(s["z"].at[slot], layout=WG).astype(f32)
             sig = jax.nn.sigmoid(zz)
@@ -539,9 +532,9 @@ def _bwd_body(spec: BwdSpec, *refs, **s):
         dcs_a = dcs_a + jnp.where(last_row, tail, 0.0)
         dcs_b = jnp.sum(WT, axis=0)  # (t,), column layout
         dx = dx1 + dx2 * row_b(w, bp)
-        if spec.has_d:
+        if spec.has_D:
             dx = dx + G * lax.broadcast_in_dim(d_col, (q, bp), [1])
-        if spec.has_d:
+        if spec.has_D:
             dD = dD + jnp.sum(G * x, axis=0)
 
         # Previous chunk's stores must have read their SMEM before it is overwritten.
@@ -580,12 +573,12 @@ def _bwd_body(spec: BwdSpec, *refs, **s):
 
     dh, dD = lax.fori_loop(0, spec.nc, step, (dh, dD))
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-    if spec.has_d:
+    if spec.has_D:
         s["d"][...] = dD
     if spec.has_h0:
         s["st32"][...] = dh
     plgpu.commit_smem()
-    if spec.has_d:
+    if spec.has_D:
         plgpu.copy_smem_to_gmem(s["d"], outs["dD"].at[bi, hi, pl.ds(p0, bp)])
     if spec.has_h0:
         plgpu.copy_smem_to_gmem(s["st32"], outs["dh0"].at[bi, hi, pl.ds(p0, bp)])
@@ -636,7 +629,7 @@ def _bwd_scratch(spec: BwdSpec) -> dict:
         scratch["z"] = _tiled((nb, q, bp), cdt)
         scratch["g"] = _tiled((q, bp), cdt)
         scratch["dz"] = _tiled((q, bp), cdt)
-    if spec.has_d:
+    if spec.has_D:
         scratch["d"] = plgpu.SMEM((bp,), f32)
     return scratch
 
@@ -644,16 +637,16 @@ def _bwd_scratch(spec: BwdSpec) -> dict:
 def ssd_bwd_call(spec: BwdSpec, *args):
     """Run the backward kernel; ``args`` in ``spec.in_names`` order (dB/dC refs last if reducing)."""
     n, cdt, f32 = spec.n, jnp.dtype(spec.dtype), jnp.float32
-    L = spec.nc * spec.q
+    l_pad = spec.nc * spec.q
     rows = spec.h * spec.npt
     out_type = dict(
-        dx=jax.ShapeDtypeStruct((spec.b, L, spec.h, spec.p), cdt),
-        ddt=jax.ShapeDtypeStruct((spec.b, rows, L), f32),
-        dcs_a=jax.ShapeDtypeStruct((spec.b, rows, L), f32),
-        dcs_b=jax.ShapeDtypeStruct((spec.b, rows, L), f32),
-        dB=jax.ShapeDtypeStruct((spec.b, L, rows, n), f32),
-        dC=jax.ShapeDtypeStruct((spec.b, L, rows, n), f32),
-        dz=jax.ShapeDtypeStruct((spec.b, L, spec.h, spec.p), cdt),
+        dx=jax.ShapeDtypeStruct((spec.b, l_pad, spec.h, spec.p), cdt),
+        ddt=jax.ShapeDtypeStruct((spec.b, rows, l_pad), f32),
+        dcs_a=jax.ShapeDtypeStruct((spec.b, rows, l_pad), f32),
+        dcs_b=jax.ShapeDtypeStruct((spec.b, rows, l_pad), f32),
+        dB=jax.ShapeDtypeStruct((spec.b, l_pad, rows, n), f32),
+        dC=jax.ShapeDtypeStruct((spec.b, l_pad, rows, n), f32),
+        dz=jax.ShapeDtypeStruct((spec.b, l_pad, spec.h, spec.p), cdt),
         dD=jax.ShapeDtypeStruct((spec.b, spec.h, spec.p), f32),
         dh0=jax.ShapeDtypeStruct((spec.b, spec.h, spec.p, n), f32),
     )

@@ -14,18 +14,18 @@ from jax import lax
 __all__ = ["core_reference"]
 
 
-def core_reference(q: int, final: bool, y_dtype, arrays):
-    """``(y (b, L, h, p) in y_dtype, final_state (b, h, p, n) fp32 | None)`` from prepared operands.
+def core_reference(q: int, want_final: bool, y_dtype, arrays):
+    """``(y (b, l_pad, h, p) in y_dtype, final_state (b, h, p, n) fp32 | None)`` from prepared operands.
 
-    ``arrays``: x (b, L, h, p); dt, cs (b, h, L) fp32 (``cs`` the within-chunk cumulative sum of
-    ``dt * A``); B, C (b, L, g, n); r (b, L) within-chunk reset counts or None; D (h, p) | None;
-    z (b, L, h, p) | None; h0 (b, h, p, n) | None. ``L`` is a multiple of ``q``.
+    ``arrays``: x (b, l_pad, h, p); dt, cs (b, h, l_pad) fp32 (``cs`` the within-chunk cumulative sum of
+    ``dt * A``); B, C (b, l_pad, g, n); r (b, l_pad) within-chunk reset counts or None; D (h, p) | None;
+    z (b, l_pad, h, p) | None; h0 (b, h, p, n) | None. ``l_pad`` is a multiple of ``q``.
     """
     f32 = jnp.float32
     x = arrays["x"].astype(f32)
-    b, L, h, p = x.shape
+    b, l_pad, h, p = x.shape
     g, n = arrays["B"].shape[2:]
-    nc = L // q
+    nc = l_pad // q
     rep = lambda v: jnp.repeat(v.astype(f32), h // g, axis=2).reshape(b, nc, q, h, n)  # noqa: E731
     Bh, Ch = rep(arrays["B"]), rep(arrays["C"])
     xc = x.reshape(b, nc, q, h, p)
@@ -57,12 +57,12 @@ def core_reference(q: int, final: bool, y_dtype, arrays):
 
     h0 = arrays.get("h0")
     h0 = jnp.zeros((b, h, p, n), f32) if h0 is None else h0.astype(f32)
-    hT, h_in = lax.scan(pass_state, h0, (jnp.moveaxis(e_tot, 2, 0), chunk_states))
+    final_state, h_in = lax.scan(pass_state, h0, (jnp.moveaxis(e_tot, 2, 0), chunk_states))
     y = y + jnp.einsum("bcthn,cbhpn->bcthp", Ch, h_in) * jnp.moveaxis(e_in, (1, 2, 3), (3, 1, 2))[..., None]
-    y = y.reshape(b, L, h, p)
+    y = y.reshape(b, l_pad, h, p)
     if arrays.get("D") is not None:
         y = y + arrays["D"].astype(f32) * x
     if arrays.get("z") is not None:
         z = arrays["z"].astype(f32)
         y = y * z * jax.nn.sigmoid(z)
-    return y.astype(y_dtype), (hT if final else None)
+    return y.astype(y_dtype), (final_state if want_final else None)

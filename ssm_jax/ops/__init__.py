@@ -11,7 +11,8 @@ from ssm_jax.ops.registry import ImplementationUnavailableError, available_impls
 
 __all__ = ["ImplementationUnavailableError", "available_impls"]
 
-# S4 / S4D kernels and the convolutions (ssm_jax.ops.s4, .s4d, .conv).
+# S4 / S4D kernels and the convolutions (ssm_jax.ops.s4, .s4d, .conv; registries: `REGISTRY` of
+# .s4 and .s4d, `FFT_CONV_REGISTRY`, `CAUSAL_CONV1D_REGISTRY`, `CONV1D_REGISTRY` of .conv).
 from ssm_jax.ops.conv import causal_conv1d, causal_conv1d_init_state, causal_conv1d_step, conv1d, fft_conv  # noqa: E402
 from ssm_jax.ops.s4 import hippo_legs, nplr_legs, s4_discretize, s4_init, s4_kernel, s4_scan, s4_step  # noqa: E402
 from ssm_jax.ops.s4d import s4d_discretize, s4d_init, s4d_kernel, s4d_scan, s4d_step  # noqa: E402

@@ -33,6 +33,9 @@ from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array
 
 __all__ = [
+    "CAUSAL_CONV1D_REGISTRY",
+    "CONV1D_REGISTRY",
+    "FFT_CONV_REGISTRY",
     "causal_conv1d",
     "causal_conv1d_init_state",
     "causal_conv1d_step",
@@ -40,9 +43,10 @@ __all__ = [
     "fft_conv",
 ]
 
-FFT_CONV = Registry("fft_conv")
-CAUSAL_CONV1D = Registry("causal_conv1d")
-CONV1D = Registry("conv1d")
+# One registry per op of this module, named <OP>_REGISTRY (a module with one op calls it REGISTRY).
+FFT_CONV_REGISTRY = Registry("fft_conv")
+CAUSAL_CONV1D_REGISTRY = Registry("causal_conv1d")
+CONV1D_REGISTRY = Registry("conv1d")
 
 _ACTIVATIONS = (None, "silu", "swish")
 
@@ -99,7 +103,7 @@ def fft_conv(u, K, *, D=None, bidirectional: bool = False, impl: str = "auto") -
             f"([forward, backward] kernels); got {tuple(K.shape)}"
         )
     D = None if D is None else dims.array("D", D, "h")
-    _, fn = FFT_CONV.resolve(impl, {"u": u, "K": K, "D": D, "bidirectional": bidirectional})
+    _, fn = FFT_CONV_REGISTRY.resolve(impl, {"u": u, "K": K, "D": D, "bidirectional": bidirectional})
     return fn(u=u, K=K, D=D, bidirectional=bidirectional)
 
 
@@ -179,8 +183,8 @@ def _fft_conv_direct(*, u, K, D, bidirectional):
     return y.astype(u.dtype)
 
 
-FFT_CONV.register("xla", _fft_conv_xla, priority=10)  # real FFTs of length 2l
-FFT_CONV.register("direct", _fft_conv_direct, auto_backends=())  # O(l^2) lax.conv reference
+FFT_CONV_REGISTRY.register("xla", _fft_conv_xla, priority=10)  # real FFTs of length 2l
+FFT_CONV_REGISTRY.register("direct", _fft_conv_direct, auto_backends=())  # O(l^2) lax.conv reference
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ def causal_conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, im
     returns      (b, l, d)        ``x.dtype``
     ============ ================ ===========================================================
     """
-    return _short_conv(CAUSAL_CONV1D, x, weight, bias, segment_ids, activation, impl)
+    return _short_conv(CAUSAL_CONV1D_REGISTRY, x, weight, bias, segment_ids, activation, impl)
 
 
 def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str = "auto") -> Array:
@@ -266,7 +270,7 @@ def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str
     returns      (b, l, d)        ``x.dtype``
     ============ ================ ===========================================================
     """
-    return _short_conv(CONV1D, x, weight, bias, segment_ids, activation, impl)
+    return _short_conv(CONV1D_REGISTRY, x, weight, bias, segment_ids, activation, impl)
 
 
 def _short_conv(registry: Registry, x, weight, bias, segment_ids, activation, impl: str) -> Array:
@@ -288,8 +292,8 @@ def _taps_impl(left: Callable[[int], int]) -> Callable:
     return impl
 
 
-CAUSAL_CONV1D.register("xla", _taps_impl(lambda k: k - 1), priority=10)
-CONV1D.register("xla", _taps_impl(lambda k: (k - 1) // 2), priority=10)
+CAUSAL_CONV1D_REGISTRY.register("xla", _taps_impl(lambda k: k - 1), priority=10)
+CONV1D_REGISTRY.register("xla", _taps_impl(lambda k: (k - 1) // 2), priority=10)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """One switch for implementations: every public op resolves its ``impl=`` argument here.
 
-Each op owns a :class:`Registry`. An implementation is a callable taking the op's arguments in
+Each op owns a :class:`Registry`, a module constant: ``REGISTRY`` in a module with one op
+(``ssm_jax.ops.ssd.REGISTRY``, ``ssm_jax.ops.s4.REGISTRY``, ...), ``<OP>_REGISTRY`` where a module
+has several (``ssm_jax.ops.conv``: ``FFT_CONV_REGISTRY``, ``CAUSAL_CONV1D_REGISTRY``,
+``CONV1D_REGISTRY``) and where another module imports one (``REGISTRY as SSD_REGISTRY``). An
+implementation is a callable taking the op's arguments in
 canonical form (validated and normalized by the public function), optionally lazily imported
 from ``"module:attr"`` so that ``ssm_jax.ops`` never imports a kernel module until asked.
 

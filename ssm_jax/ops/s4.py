@@ -31,9 +31,9 @@ from ssm_jax.ops._lti_chunked import chunked_scan, last_chunk_length
 from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype, readout, run_scan, scan_with_resets
 from ssm_jax.typing import Array
 
-__all__ = ["hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
+__all__ = ["REGISTRY", "hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
 
-S4_KERNEL = Registry("s4_kernel")
+REGISTRY = Registry("s4_kernel")
 
 _HI = lax.Precision.HIGHEST
 
@@ -182,7 +182,7 @@ def s4_kernel(log_dt, Lambda, P, B, C, length: int, *, Q=None, impl: str = "auto
     length = check_positive_int(op, "length", length)
     log_dt, Lambda, P, B, C, Q = _canonical(op, log_dt, Lambda, P, B, C, Q)
     args = {"log_dt": log_dt, "Lambda": Lambda, "P": P, "Q": Q, "B": B, "C": C, "length": length}
-    _, fn = S4_KERNEL.resolve(impl, args)
+    _, fn = REGISTRY.resolve(impl, args)
     return fn(**args)
 
 
@@ -233,8 +233,8 @@ def _s4_kernel_dense(*, log_dt, Lambda, P, Q, B, C, length):
     return K.T.astype(log_dt.dtype)
 
 
-S4_KERNEL.register("xla", _s4_kernel_cauchy, priority=10)  # Cauchy + Woodbury at roots of unity, iFFT
-S4_KERNEL.register("dense", _s4_kernel_dense, auto_backends=())  # dense matrix powers, O(l n^2) reference
+REGISTRY.register("xla", _s4_kernel_cauchy, priority=10)  # Cauchy + Woodbury at roots of unity, iFFT
+REGISTRY.register("dense", _s4_kernel_dense, auto_backends=())  # dense matrix powers, O(l n^2) reference
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,9 +32,9 @@ from ssm_jax.ops._explicit import scan
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array
 
-__all__ = ["s4d_discretize", "s4d_init", "s4d_kernel", "s4d_scan", "s4d_step"]
+__all__ = ["REGISTRY", "s4d_discretize", "s4d_init", "s4d_kernel", "s4d_scan", "s4d_step"]
 
-S4D_KERNEL = Registry("s4d_kernel")
+REGISTRY = Registry("s4d_kernel")
 
 DISCRETIZATIONS = ("zoh", "bilinear")
 INITS = ("lin", "inv", "legs")
@@ -198,7 +198,7 @@ def s4d_kernel(log_dt, A, C, length: int, *, B=None, discretization: str = "zoh"
     length = check_positive_int(op, "length", length)
     _, log_dt, A, B, C = _canonical(op, log_dt, A, B, C)
     args = {"log_dt": log_dt, "A": A, "B": B, "C": C, "length": length, "discretization": discretization}
-    _, fn = S4D_KERNEL.resolve(impl, args)
+    _, fn = REGISTRY.resolve(impl, args)
     return fn(**args)
 
 
@@ -228,7 +228,7 @@ def _s4d_kernel_vandermonde(*, log_dt, A, B, C, length, discretization):
     return jnp.moveaxis(K, 0, 1).reshape(h, c * q)[:, :length]
 
 
-S4D_KERNEL.register("xla", _s4d_kernel_vandermonde, priority=10)  # Vandermonde sum, fused by XLA
+REGISTRY.register("xla", _s4d_kernel_vandermonde, priority=10)  # Vandermonde sum, fused by XLA
 
 
 # --------------------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     """
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
-    k = h // g
+    hpg = h // g  # heads per group (einsum letter r)
     f, dt = _discretize(x, dt, dt_bias, dt_softplus)
     mm = _matmul_dtype(x.dtype, f)
     # fp32 operands get full fp32 products (GPUs would use TF32 by default: ~4e-4 relative error
@@ -229,14 +229,14 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
         if run is not None:
             run = jnp.pad(run, [(0, 0), (0, pad)], mode="edge")
 
-    xc = reshape(x, (b, c, q, g, k, p)).astype(mm)
+    xc = reshape(x, (b, c, q, g, hpg, p)).astype(mm)
     Bc = reshape(B, (b, c, q, g, n)).astype(mm)
     Cc = reshape(C, (b, c, q, g, n)).astype(mm)
-    dtc = jnp.moveaxis(reshape(dt, (b, c, q, g, k)), 2, -1)  # (b, c, g, k, q)
-    a = dtc * A.reshape(g, k)[:, :, None].astype(f)  # log-decay per step
+    dtc = jnp.moveaxis(reshape(dt, (b, c, q, g, hpg)), 2, -1)  # (b, c, g, hpg, q)
+    a = dtc * A.reshape(g, hpg)[:, :, None].astype(f)  # log-decay per step
 
     # 1. Intra-chunk outputs: the quadratic form Y = (L o C B^T) (dt x) on each chunk.
-    S = segsum(a)  # (b, c, g, k, q, q)
+    S = segsum(a)  # (b, c, g, hpg, q, q)
     causal = jnp.tril(jnp.ones((q, q), dtype=bool))
     if run is None:
         same = causal
@@ -252,21 +252,21 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     L = _masked_exp(S, same)
     CB = ein("bcign,bcjgn->bcgij", Cc, Bc)
     scores = CB[:, :, :, None] * L * dtc[..., None, :]
-    y = ein("bcgkij,bcjgkp->bcigkp", scores.astype(mm), xc)
+    y = ein("bcgrij,bcjgrp->bcigrp", scores.astype(mm), xc)
 
     # 2. Chunk-end states from each chunk's own inputs. The decay from j to the chunk end is the
     # last row of the segment sums (stable; no cumsum difference).
-    w = _masked_exp(S[..., -1, :], last_same) * dtc  # (b, c, g, k, q)
+    w = _masked_exp(S[..., -1, :], last_same) * dtc  # (b, c, g, hpg, q)
     xw = (xc.astype(f) * jnp.moveaxis(w, -1, 2)[..., None]).astype(mm)
-    states = ein("bcjgn,bcjgkp->bcgkpn", Bc, xw)  # (b, c, g, k, p, n)
+    states = ein("bcjgn,bcjgrp->bcgrpn", Bc, xw)  # (b, c, g, hpg, p, n)
 
     # 3. Pass states between chunks (sequential over the l/q chunks, linear in length).
-    decay_in = _masked_exp(jnp.cumsum(a, axis=-1), into)  # chunk start -> i, (b, c, g, k, q)
+    decay_in = _masked_exp(jnp.cumsum(a, axis=-1), into)  # chunk start -> i, (b, c, g, hpg, q)
     decay_chunk = decay_in[..., -1]
     if initial_state is None:
-        h0 = jnp.zeros((b, g, k, p, n), f)
+        h0 = jnp.zeros((b, g, hpg, p, n), f)
     else:
-        h0 = reshape(initial_state, (b, g, k, p, n)).astype(f)
+        h0 = reshape(initial_state, (b, g, hpg, p, n)).astype(f)
 
     def pass_state(carry, inp):
         dec, st = inp
@@ -275,7 +275,7 @@ def ssd_chunked(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     final, h_in = scan(pass_state, h0, (jnp.moveaxis(decay_chunk, 1, 0), jnp.moveaxis(states.astype(f), 1, 0)))
 
     # 4. Outputs from the state entering each chunk.
-    y_off = ein("bcign,cbgkpn->bcigkp", Cc, h_in.astype(mm))
+    y_off = ein("bcign,cbgrpn->bcigrp", Cc, h_in.astype(mm))
     y = y + y_off * jnp.moveaxis(decay_in, -1, 2)[..., None]
 
     y = _finish(reshape(y, (b, c * q, h, p))[:, :l], x[:, :l], D, z)

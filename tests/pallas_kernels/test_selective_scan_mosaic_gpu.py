@@ -106,11 +106,11 @@ TILINGS = [pytest.param((1, 32, 1), marks=pytest.mark.slow), pytest.param((2, 64
 
 @pytest.mark.parametrize("tiling", TILINGS, ids=["v1q32bv1", "v2q64bv4", "v4q32bv2"])
 def test_tilings_values_and_gradients(rng, tiling):
-    v, q, vb = tiling
+    spt, q, spt_bwd = tiling
     b, l, d, n, g = 1, 45, 24, 16, 2  # 12 channels per group: padded to a multiple of ch
     args, kw = make_inputs(rng, b=b, l=l, d=d, n=n, g=g)
-    bwd = choose_backward_blocks(b, d, g, n, states_per_thread=vb)
-    fwd = choose_blocks(b, d, g, n, states_per_thread=v, chunk=q, save_interval=bwd.chunk)
+    bwd = choose_backward_blocks(b, d, g, n, states_per_thread=spt_bwd)
+    fwd = choose_blocks(b, d, g, n, states_per_thread=spt, chunk=q, save_interval=bwd.chunk)
     run = functools.partial(_run_api, blocks=fwd, backward_blocks=bwd)
     y_ref, h_ref = oracle(args, kw)
     y, h = run(args, kw)
@@ -180,17 +180,17 @@ def test_shared_memory_counts_are_the_declared_buffers(monkeypatch):
                                   interpret=True)
 
     for itemsize, dtype in ((2, "bfloat16"), (4, "float32")):
-        for n, v, chunk, unroll in ((16, 1, 64, 4), (16, 4, 32, 2), (64, 4, 16, 2), (128, 8, 16, 2), (256, 16, 16, 2)):
-            blk = SelectiveScanBlocks(n=n, states_per_thread=v, chunk=chunk, unroll=unroll, save_interval=chunk)
+        for n, spt, chunk, unroll in ((16, 1, 64, 4), (16, 4, 32, 2), (64, 4, 16, 2), (128, 8, 16, 2), (256, 16, 16, 2)):
+            blk = SelectiveScanBlocks(n=n, states_per_thread=spt, chunk=chunk, unroll=unroll, save_interval=chunk)
             mosaic_gpu.forward(problem(blk, dtype, True), save_states=True, want_final=True)
-            used = blocks_mod.forward_smem_bytes(chunk, blk.channels, n, v, unroll=unroll, itemsize=itemsize)
+            used = blocks_mod.forward_smem_bytes(chunk, blk.channels, n, spt, unroll=unroll, itemsize=itemsize)
             assert used == buffer_bytes(declared.pop()), blk
             mosaic_gpu.forward(problem(blk, dtype, False), save_states=True, want_final=True)
             assert buffer_bytes(declared.pop()) < used
-            mosaic_gpu.backward(problem(blk, dtype, True), has_gT=True)
+            mosaic_gpu.backward(problem(blk, dtype, True), has_dfinal=True)
             used = blocks_mod.backward_smem_bytes(blk, itemsize)
             assert used == buffer_bytes(declared.pop()), blk
-            mosaic_gpu.backward(problem(blk, dtype, False), has_gT=True)
+            mosaic_gpu.backward(problem(blk, dtype, False), has_dfinal=True)
             assert buffer_bytes(declared.pop()) < used
 
 
@@ -198,14 +198,15 @@ def test_shared_memory_counts_are_the_declared_buffers(monkeypatch):
 def test_forward_tiling_fits_shared_memory(itemsize):
     """choose_blocks counts the forward's shared memory for the input width (n = 256 with float32
     B, C needs 16-position chunks; 32 overflowed an H100 block)."""
-    from pallas_kernels.selective_scan.blocks import SMEM_MAX, forward_smem_bytes
+    from pallas_kernels.gpu_common import SMEM_LIMIT
+    from pallas_kernels.selective_scan.blocks import forward_smem_bytes
 
     for n in (1, 16, 64, 128, 200, 256):
         for b, d in ((1, 2), (4, 2048)):
             blk = choose_blocks(b, d, 1, n, l=4096, itemsize=itemsize)
             used = forward_smem_bytes(blk.chunk, blk.channels, blk.n, blk.states_per_thread, unroll=blk.unroll,
                                       itemsize=itemsize)
-            assert used <= SMEM_MAX, (n, b, d, blk, used)
+            assert used <= SMEM_LIMIT, (n, b, d, blk, used)
     assert choose_blocks(1, 2, 1, 256, itemsize=4).chunk == 16
 
 

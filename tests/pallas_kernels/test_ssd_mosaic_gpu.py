@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import gpu_common
 from pallas_kernels.ssd import api as ssd_api
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import SSDBlocks
@@ -125,11 +126,11 @@ def test_kernel_equals_core_reference_on_prepared_operands(rng):
     arrays = dict(x=f(b, l, h, p).astype(jnp.bfloat16), dt=dt, cs=cs, B=f(b, l, g, n).astype(jnp.bfloat16) * 0.3,
                   C=f(b, l, g, n).astype(jnp.bfloat16) * 0.3, r=jnp.asarray(r), D=f(h, p), z=None, h0=f(b, h, p, n))
     cfg = ssd_api._Config(q=q, block_p=64, fwd_nbuf=None, bwd_nbuf=None, cdtype="bfloat16", y_dtype="float32",
-                          has_seg=True, has_d=True, has_z=False, has_h0=True, final=True, interpret=not ON_GPU)
-    y, final, _ = ssd_api._run_fwd(cfg, False, arrays)
+                          has_seg=True, has_D=True, has_z=False, has_h0=True, want_final=True, interpret=not ON_GPU)
+    y, final_state, _ = ssd_api._run_fwd(cfg, False, arrays)
     y_ref, final_ref = core_reference(q, True, jnp.float32, arrays)
     assert_close(y, y_ref, tol=1e-2, name="y")
-    assert_close(final, final_ref, tol=1e-2, name="final_state")
+    assert_close(final_state, final_ref, tol=1e-2, name="final_state")
 
 
 @pytest.mark.parametrize(
@@ -195,29 +196,29 @@ def test_shared_memory_count_is_the_declared_buffers(monkeypatch):
         return sum(math.prod(t.shape) * jnp.dtype(t.dtype).itemsize for t in buffers)
 
     common = dict(b=1, nc=2, h=2, g=1, p=64, q=64, block_p=64, interpret=True)
-    for n, nbuf, dtype, seg, d, z, h0, final in itertools.product(
+    for n, nbuf, dtype, seg, D, z, h0, want_final in itertools.product(
             (64, 128, 256), (1, 2), ("bfloat16", "float16"), *[(False, True)] * 5):
-        fwd = mosaic_gpu.FwdSpec(**common, n=n, dtype=dtype, y_dtype="float32" if final else dtype, has_seg=seg,
-                                 has_d=d, has_z=z, has_h0=h0, final=final, save_states=True, nbuf=nbuf)
+        fwd = mosaic_gpu.FwdSpec(**common, n=n, dtype=dtype, y_dtype="float32" if want_final else dtype, has_seg=seg,
+                                 has_D=D, has_z=z, has_h0=h0, want_final=want_final, save_states=True, nbuf=nbuf)
         mosaic_gpu.ssd_fwd_call(fwd)
         assert mosaic_gpu.fwd_smem_bytes(fwd) == buffer_bytes(declared.pop()), fwd
-        bwd = mosaic_gpu.BwdSpec(**common, n=n, dtype=dtype, has_seg=seg, has_d=d, has_z=z, has_h0=h0,
-                                 has_dfinal=final, reduce_bc=False, nbuf=nbuf)
+        bwd = mosaic_gpu.BwdSpec(**common, n=n, dtype=dtype, has_seg=seg, has_D=D, has_z=z, has_h0=h0,
+                                 has_dfinal=want_final, reduce_bc=False, nbuf=nbuf)
         mosaic_gpu.ssd_bwd_call(bwd)
         assert mosaic_gpu.bwd_smem_bytes(bwd) == buffer_bytes(declared.pop()), bwd
         if nbuf == 2:
-            fits = mosaic_gpu.fwd_smem_bytes(fwd) <= mosaic_gpu.SMEM_LIMIT
+            fits = mosaic_gpu.fwd_smem_bytes(fwd) <= gpu_common.SMEM_LIMIT
             assert ssd_api._buffering(fwd, None, mosaic_gpu.fwd_smem_bytes).nbuf == (2 if fits else 1)
             assert ssd_api._buffering(fwd, 2, mosaic_gpu.fwd_smem_bytes).nbuf == 2  # SSDBlocks(fwd_nbuf=2) wins
     # The double-buffered forward fits up to n = 256 (not with the fp32 state tile for h0 / the
     # final state there); the double-buffered backward up to n = 128 without z.
     spec = lambda **kw: mosaic_gpu.FwdSpec(**{**common, "n": 256, "dtype": "bfloat16", "y_dtype": "bfloat16",  # noqa: E731
-                                              "has_seg": True, "has_d": True, "has_z": True, "has_h0": False,
-                                              "final": False, "save_states": True, "nbuf": 2, **kw})
-    assert mosaic_gpu.fwd_smem_bytes(spec()) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.fwd_smem_bytes(spec(final=True))
-    bwd = lambda z: mosaic_gpu.BwdSpec(**{**common, "n": 128, "dtype": "bfloat16", "has_seg": True, "has_d": True,  # noqa: E731
+                                              "has_seg": True, "has_D": True, "has_z": True, "has_h0": False,
+                                              "want_final": False, "save_states": True, "nbuf": 2, **kw})
+    assert mosaic_gpu.fwd_smem_bytes(spec()) <= gpu_common.SMEM_LIMIT < mosaic_gpu.fwd_smem_bytes(spec(want_final=True))
+    bwd = lambda z: mosaic_gpu.BwdSpec(**{**common, "n": 128, "dtype": "bfloat16", "has_seg": True, "has_D": True,  # noqa: E731
                                           "has_z": z, "has_h0": True, "has_dfinal": True, "reduce_bc": True, "nbuf": 2})
-    assert mosaic_gpu.bwd_smem_bytes(bwd(False)) <= mosaic_gpu.SMEM_LIMIT < mosaic_gpu.bwd_smem_bytes(bwd(True))
+    assert mosaic_gpu.bwd_smem_bytes(bwd(False)) <= gpu_common.SMEM_LIMIT < mosaic_gpu.bwd_smem_bytes(bwd(True))
 
 
 @pytest.mark.gpu
