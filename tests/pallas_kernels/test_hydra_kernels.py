@@ -19,7 +19,7 @@ def test_hydra_on_ssd_kernel_matches_xla(rng, impl, p):
     # l not a multiple of any chunk; segments (the flipped half restarts per segment); per-head D;
     # p = 16 runs zero-padded to the GPU kernel's 64-column tile.
     kw = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v
-          for k, v in make_inputs(rng, b=1, l=70, h=2, p=p, g=1, n=64, segments=True).items()}
+          for k, v in make_inputs(rng, b=1, l=70, h=2, p=p, g=1, n=64, segment_ids=True).items()}
     y = hydra(**kw, chunk_size=64, impl=impl)
     y_ref = hydra(**kw, chunk_size=64, impl="xla")
     assert_close(y, y_ref, tol=2e-2, name=f"y ({impl})")  # bf16 tensor-core operands on GPU
