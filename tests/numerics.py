@@ -83,3 +83,32 @@ def check_directional_derivative(loss, params, x, rng, *, x_mask=None, eps=1e-6,
     analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(g_p), dirs)) + jnp.vdot(g_x, dx)
     assert abs(float(fd - analytic)) <= rtol * max(1.0, abs(float(analytic))), (float(fd), float(analytic))
     return g_p, g_x
+
+
+def check_values_and_grads(run, reference, arrays, expected, rng, *, tol, grad_tol, names=("y", "final_state")):
+    """The one values-and-gradients check of the op contracts and kernel tests.
+
+    ``run(arrays)`` returns a tuple of outputs (e.g. ``(y, final_state)``) of the differentiable
+    inputs ``arrays`` (a dict, any float dtype). Its outputs must match ``expected`` (the float64
+    oracle's, named ``names``) to ``tol``; the gradient of every input, of a random weighting
+    ``sum_i sum(float32(out_i) * w_i)`` of the outputs, must keep that input's dtype and match
+    ``reference``'s (an independent implementation, run on ``arrays`` widened to float32) to
+    ``grad_tol``. One forward pass of ``run`` gives both (:func:`jax.vjp`). Returns the outputs.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    outs, pullback = jax.vjp(run, {k: jnp.asarray(v) for k, v in arrays.items()})
+    for out, want, name in zip(outs, expected, names, strict=True):
+        assert_close(out, want, tol=tol, name=name)
+    weights = [rng.standard_normal(out.shape).astype(np.float32) for out in outs]
+    cotangents = lambda outs: tuple(jnp.asarray(w, out.dtype) for out, w in zip(outs, weights, strict=True))  # noqa: E731
+    (grads,) = pullback(cotangents(outs))
+    low = {np.dtype(np.float16), np.dtype(jnp.bfloat16)}
+    wide = {k: (jnp.asarray(v, jnp.float32) if np.dtype(v.dtype) in low else jnp.asarray(v)) for k, v in arrays.items()}
+    outs_ref, pullback_ref = jax.vjp(reference, wide)
+    (grads_ref,) = pullback_ref(cotangents(outs_ref))
+    for k, v in arrays.items():
+        assert grads[k].dtype == jnp.asarray(v).dtype, f"d{k}: dtype {grads[k].dtype}, input {jnp.asarray(v).dtype}"
+        assert_close(jnp.asarray(grads[k], jnp.float32), grads_ref[k], tol=grad_tol, name=f"d{k}")
+    return outs

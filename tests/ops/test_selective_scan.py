@@ -17,7 +17,7 @@ import pytest
 
 from ssm_jax.ops import selective_scan, selective_scan_step
 from ssm_jax.ops.selective_scan import REGISTRY, XLA_CHUNK_SIZE, _canonicalize, _xla_impl, selective_scan_ref
-from tests.numerics import assert_close
+from tests.numerics import assert_close, check_values_and_grads
 from tests.ops.oracles_selective_scan import selective_scan_oracle
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +75,42 @@ def split_kw(args, kw):
     return arrays, {k: v for k, v in kw.items() if k not in ARRAY_ARGS}
 
 
+def canonical(a):
+    """The kernels' canonical arguments (``api.selective_scan``'s) for the op's keyword arguments
+    ``a``: x, dt, A, B, C and any of D, z, dt_bias, initial_state, segment_ids (others ignored)."""
+    return _canonicalize(
+        "selective_scan", x=a["x"], dt=a["dt"], A=a["A"], B=a["B"], C=a["C"], D=a.get("D"), z=a.get("z"),
+        dt_bias=a.get("dt_bias"), state=a.get("initial_state"), state_name="initial_state",
+        segment_ids=a.get("segment_ids"), step=False,
+    )
+
+
+def kernel_op(api_fn, **tiling):
+    """A kernel's api function (canonical arguments in, ``(y, final_state | None)`` out) with
+    :func:`selective_scan`'s signature, for :func:`values_and_grads`."""
+
+    def op(*, dt_softplus=False, return_final_state=False, **a):
+        y, h = api_fn(**canonical(a), dt_softplus=dt_softplus, return_final_state=return_final_state, **tiling)
+        return (y, h) if return_final_state else y
+
+    return op
+
+
+def values_and_grads(rng, dims, op, *, dtype=np.float32, tol, grad_tol, reference_impl="scan"):
+    """``op`` (with :func:`selective_scan`'s signature) on :func:`make_inputs` ``(**dims)`` with
+    every option, at ``dtype``: y and the final state against the float64 oracle (on the inputs
+    widened to float32), every gradient against ``impl=reference_impl``
+    (:func:`tests.numerics.check_values_and_grads`)."""
+    args, kw = make_inputs(rng, **dims, dtype=dtype)
+    up = lambda v: np.asarray(jnp.asarray(v, jnp.float32))  # noqa: E731
+    expected = oracle({k: up(v) for k, v in args.items()}, {**kw, "z": up(kw["z"])})
+    arrays, static = split_kw(args, kw)
+    run = lambda fn: lambda a: fn(**a, **static, return_final_state=True)  # noqa: E731
+    y, h = check_values_and_grads(run(op), run(functools.partial(selective_scan, impl=reference_impl)), arrays,
+                                  expected, rng, tol=tol, grad_tol=grad_tol)
+    assert y.dtype == jnp.dtype(dtype) and h.dtype == jnp.float32
+
+
 def _as(dtype, tree):
     return jax.tree.map(lambda v: np.asarray(v, dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else v, tree)
 
@@ -109,24 +145,27 @@ def test_option_grid_covers_every_triple():
 
 
 class SelectiveScanContract:
-    """Tests shared by every implementation; subclasses set ``impl`` (and may loosen tolerances)."""
+    """Tests shared by every implementation; subclasses set ``impl`` (and may loosen tolerances).
+
+    Settings, named as in the SSD and Hydra contracts: ``impl``; ``reference_impl``, the
+    implementation whose float32 gradients this one's are compared with; ``tol`` (float32
+    values), ``grad_tol`` (gradients), ``low_precision_tol`` (values, by input dtype).
+    """
 
     impl: str = None
-    # An independent implementation to compare float32 gradients with.
     reference_impl: str = "scan"
-    tol_fp32 = 2e-5
-    tol_grad = 1e-4
-    tol_low = {"bfloat16": 2e-2, "float16": 4e-3}
+    tol = 2e-5
+    grad_tol = 1e-4
+    low_precision_tol = {"bfloat16": 2e-2, "float16": 4e-3}
 
     def op(self, *args, **kw):
         return selective_scan(*args, impl=self.impl, **kw)
 
-    def loss_fn(self, static, weights, impl=None):
+    def loss_fn(self, static, weights):
         """A scalar of the nine float inputs, through ``y`` and (if returned) the final state."""
-        run = self.op if impl is None else functools.partial(selective_scan, impl=impl)
 
         def loss(arrays):
-            out = run(**arrays, **static)
+            out = self.op(**arrays, **static)
             y, h = out if static.get("return_final_state") else (out, None)
             total = jnp.sum(y.astype(jnp.promote_types(y.dtype, jnp.float32)) * weights[0])  # f64 stays f64
             return total if h is None else total + jnp.sum(h * weights[1])
@@ -149,11 +188,11 @@ class SelectiveScanContract:
         if opts["return_final_state"]:
             y, h = out
             assert h.dtype == jnp.float32
-            assert_close(h, h_ref, tol=self.tol_fp32, name="final_state")
+            assert_close(h, h_ref, tol=self.tol, name="final_state")
         else:
             y = out
         assert y.dtype == jnp.float32
-        assert_close(y, y_ref, tol=self.tol_fp32, name="y")
+        assert_close(y, y_ref, tol=self.tol, name="y")
 
     # ---- modes that must agree ----
 
@@ -177,9 +216,9 @@ class SelectiveScanContract:
         y_ref, h_ref = oracle(args, kw)
         y_full, h_full = full(arrays)
         y_chain, h_chain = chained(arrays)
-        assert_close(y_full, y_ref, tol=self.tol_fp32, name="y")
-        assert_close(y_chain, y_ref, tol=self.tol_fp32, name="y (chained)")
-        assert_close(h_chain, h_ref, tol=self.tol_fp32, name="final_state (chained)")
+        assert_close(y_full, y_ref, tol=self.tol, name="y")
+        assert_close(y_chain, y_ref, tol=self.tol, name="y (chained)")
+        assert_close(h_chain, h_ref, tol=self.tol, name="final_state (chained)")
 
         # Gradients of every input agree too, initial_state included.
         wy, wh = rng.standard_normal(y_ref.shape), rng.standard_normal(h_ref.shape)
@@ -187,7 +226,7 @@ class SelectiveScanContract:
         g_full = jax.grad(loss(full))(arrays)
         g_chain = jax.grad(loss(chained))(arrays)
         for k in ARRAY_ARGS:
-            assert_close(g_chain[k], g_full[k], tol=self.tol_grad, name=f"d loss / d {k} (chained)")
+            assert_close(g_chain[k], g_full[k], tol=self.grad_tol, name=f"d loss / d {k} (chained)")
 
     def test_segments_equal_separate_runs(self, rng):
         b, l, d, n = STD["b"], STD["l"], STD["d"], STD["n"]
@@ -204,8 +243,8 @@ class SelectiveScanContract:
                 # initial_state applies to the first segment only; later ones start from zero.
                 piece["initial_state"] = kw["initial_state"][i : i + 1] if s == 0 else np.zeros((1, d, n), np.float32)
                 y_s, h_s = self.op(**piece, **static, return_final_state=True)
-                assert_close(y[i : i + 1, t0:t1], y_s, tol=self.tol_fp32, name=f"row {i} segment {s}")
-            assert_close(h[i : i + 1], h_s, tol=self.tol_fp32, name=f"row {i} final state")
+                assert_close(y[i : i + 1, t0:t1], y_s, tol=self.tol, name=f"row {i} segment {s}")
+            assert_close(h[i : i + 1], h_s, tol=self.tol, name=f"row {i} final state")
 
     def test_step_folded_equals_parallel(self, rng):
         args, kw = make_inputs(rng, **STD, segment_ids=False)
@@ -219,8 +258,8 @@ class SelectiveScanContract:
             )
             ys.append(y_t)
         assert h.dtype == jnp.float32
-        assert_close(jnp.stack(ys, axis=1), y, tol=self.tol_fp32, name="y (step-folded)")
-        assert_close(h, h_final, tol=self.tol_fp32, name="state (step-folded)")
+        assert_close(jnp.stack(ys, axis=1), y, tol=self.tol, name="y (step-folded)")
+        assert_close(h, h_final, tol=self.tol, name="state (step-folded)")
 
     def test_jit_and_vmap(self, rng):
         args, kw = make_inputs(rng, **STD)
@@ -229,8 +268,8 @@ class SelectiveScanContract:
         run = lambda a, s: self.op(**a, segment_ids=s, **static, return_final_state=True)  # noqa: E731
         y, h = run(arrays, seg)
         y_jit, h_jit = jax.jit(run)(arrays, seg)
-        assert_close(y_jit, y, tol=self.tol_fp32, name="jit y")
-        assert_close(h_jit, h, tol=self.tol_fp32, name="jit final_state")
+        assert_close(y_jit, y, tol=self.tol, name="jit y")
+        assert_close(h_jit, h, tol=self.tol, name="jit final_state")
         # vmap over a new leading axis of the per-example inputs; A, D, dt_bias shared.
         per_example = ("x", "dt", "B", "C", "z", "initial_state")
         stacked = {k: np.stack([v, -0.5 * v]) if k in per_example else v for k, v in arrays.items()}
@@ -239,21 +278,14 @@ class SelectiveScanContract:
         y_v, h_v = jax.vmap(run, in_axes=axes)(stacked, seg2)
         for j in range(2):
             y_j, h_j = run({k: v[j] if k in per_example else v for k, v in stacked.items()}, seg2[j])
-            assert_close(y_v[j], y_j, tol=self.tol_fp32, name=f"vmap y[{j}]")
-            assert_close(h_v[j], h_j, tol=self.tol_fp32, name=f"vmap final_state[{j}]")
+            assert_close(y_v[j], y_j, tol=self.tol, name=f"vmap y[{j}]")
+            assert_close(h_v[j], h_j, tol=self.tol, name=f"vmap final_state[{j}]")
 
     # ---- gradients ----
 
     def test_gradients_match_reference(self, rng):
-        args, kw = make_inputs(rng, **STD)
-        arrays, static = split_kw(args, kw)
-        static["return_final_state"] = True
-        weights = (rng.standard_normal(args["x"].shape).astype(np.float32),
-                   rng.standard_normal(kw["initial_state"].shape).astype(np.float32))
-        grads = jax.grad(self.loss_fn(static, weights))(arrays)
-        expected = jax.grad(self.loss_fn(static, weights, impl=self.reference_impl))(arrays)
-        for k in ARRAY_ARGS:
-            assert_close(grads[k], expected[k], tol=self.tol_grad, name=f"d loss / d {k}")
+        """Every option: values against the oracle, every gradient against ``reference_impl``."""
+        values_and_grads(rng, STD, self.op, tol=self.tol, grad_tol=self.grad_tol, reference_impl=self.reference_impl)
 
     def test_gradients_match_float64_finite_differences(self, rng):
         args, kw = make_inputs(rng, b=1, l=5, d=4, n=2, g=2, segment_ids=False)
@@ -288,8 +320,8 @@ class SelectiveScanContract:
         # (plus rounding y to `low`); the float32 state must be as accurate as in float32.
         rounded = lambda v: np.asarray(jnp.asarray(v, jnp.float32))  # noqa: E731
         y_ref, h_ref = oracle({k: rounded(v) for k, v in args_low.items()}, dict(kw, z=rounded(kw_low["z"])))
-        assert_close(y, y_ref, tol=self.tol_low[dtype], name="y")
-        assert_close(h, h_ref, tol=10 * self.tol_fp32, name="final_state")
+        assert_close(y, y_ref, tol=self.low_precision_tol[dtype], name="y")
+        assert_close(h, h_ref, tol=10 * self.tol, name="final_state")
         grads = jax.grad(lambda a: jnp.sum(self.op(**a, **kw_low).astype(jnp.float32) ** 2))(args_low)
         for k, g in grads.items():
             assert g.dtype == args_low[k].dtype and bool(jnp.all(jnp.isfinite(g))), k
@@ -314,8 +346,8 @@ class SelectiveScanContract:
         static["return_final_state"] = True
         y_ref, h_ref = oracle(args, kw)
         y, h = self.op(**arrays, **static)
-        assert_close(y, y_ref, tol=10 * self.tol_fp32, name="y")
-        assert_close(h, h_ref, tol=10 * self.tol_fp32, name="final_state")
+        assert_close(y, y_ref, tol=10 * self.tol, name="y")
+        assert_close(h, h_ref, tol=10 * self.tol, name="final_state")
         weights = (np.ones(y_ref.shape, np.float32), np.ones(h_ref.shape, np.float32))
         grads = jax.grad(self.loss_fn(static, weights))(arrays)
         for k, g in grads.items():
@@ -337,12 +369,8 @@ class TestXLA(SelectiveScanContract):
 
 
 def _xla_chunked(chunk_size, *args, return_final_state=False, dt_softplus=False, segment_ids=None, **kw):
-    canonical = _canonicalize(
-        "selective_scan", **dict(zip(("x", "dt", "A", "B", "C"), args)), D=kw.get("D"), z=kw.get("z"),
-        dt_bias=kw.get("dt_bias"), state=kw.get("initial_state"), state_name="initial_state",
-        segment_ids=segment_ids, step=False,
-    )
-    return _xla_impl(**canonical, dt_softplus=dt_softplus, return_final_state=True, chunk_size=chunk_size)
+    c = canonical({**dict(zip(("x", "dt", "A", "B", "C"), args)), **kw, "segment_ids": segment_ids})
+    return _xla_impl(**c, dt_softplus=dt_softplus, return_final_state=True, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 5, 15, 16, XLA_CHUNK_SIZE])
@@ -399,10 +427,8 @@ def test_registry_auto_and_names():
     assert {"auto", "scan", "xla"} <= set(REGISTRY.names())
     assert REGISTRY["scan"].auto_backends == ()  # the reference is never picked by "auto"
     args, _ = make_inputs(np.random.default_rng(0), l=3)
-    canonical = _canonicalize("selective_scan", **args, D=None, z=None, dt_bias=None, state=None,
-                              state_name="initial_state", segment_ids=None, step=False)
     if jax.default_backend() == "cpu":
-        assert REGISTRY.resolve("auto", canonical)[0] == "xla"
+        assert REGISTRY.resolve("auto", canonical(args))[0] == "xla"
 
 
 def test_shared_B_with_grouped_C(rng):

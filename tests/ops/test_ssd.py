@@ -6,23 +6,27 @@ tests too: set ``impl``, and override ``dims``/``chunk_sizes``/``op`` for what t
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ssm_jax.ops.ssd import REGISTRY, canonicalize, ssd, ssd_matrix, ssd_step
-from tests.numerics import assert_close
+from tests.numerics import assert_close, check_values_and_grads
 from tests.ops.oracles_ssd import ssd_oracle
 
 ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
 
 
 def make_inputs(rng, *, b, l, h, p, g, n, dtype=np.float32, options=("all",), dt_softplus=None, flat_bc=False):
-    """Random SSD arguments. ``options``: subset of D_head, D, z, dt_bias, state, segments (or "all")."""
+    """Random SSD arguments. ``options``: a subset of the optional arguments D (per head and
+    channel, ``(h, p)``), z, dt_bias, initial_state, segment_ids -- or "all" of them -- and
+    D_head (``D`` per head, ``(h,)``)."""
     opts = set(options)
     if "all" in opts:
-        opts |= {"D", "z", "dt_bias", "state", "segments"}
+        opts |= {"D", "z", "dt_bias", "initial_state", "segment_ids"}
     softplus = "dt_bias" in opts if dt_softplus is None else dt_softplus
     cast = lambda v: np.asarray(v, np.float32).astype(dtype)
     kw = dict(
@@ -42,9 +46,9 @@ def make_inputs(rng, *, b, l, h, p, g, n, dtype=np.float32, options=("all",), dt
         kw["z"] = cast(rng.standard_normal((b, l, h, p)))
     if "dt_bias" in opts:
         kw["dt_bias"] = (0.5 * rng.standard_normal(h)).astype(np.float32)
-    if "state" in opts:
+    if "initial_state" in opts:
         kw["initial_state"] = rng.standard_normal((b, h, p, n)).astype(np.float32)
-    if "segments" in opts:
+    if "segment_ids" in opts:
         # Three runs per row, one reusing an earlier id (a new segment all the same), and a row
         # with a single segment; boundaries fall inside and at the edges of chunks.
         ids = np.zeros((b, l), np.int32)
@@ -66,45 +70,36 @@ def f64(v):
     return np.asarray(jnp.asarray(v, jnp.float32), np.float64)
 
 
-def check_values_and_gradients(rng, kw, run, impl: str, *, tol: float, grad_tol: float) -> None:
-    """``run(impl, base, changes) -> (y, final_state)`` on the arguments ``{**base, **changes}``:
-    ``impl``'s values on ``kw`` against the float64 oracle, its every gradient (of a random
-    weighting of y and the final state) against impl="scan" on ``kw`` widened to float32."""
-    dtype = kw["x"].dtype
+def values_and_grads(rng, dims, op, *, options=("all",), dtype=np.float32, tol, grad_tol, reference_impl="scan"):
+    """``op`` (with :func:`ssd`'s signature) on :func:`make_inputs` ``(dims, options, dtype)``:
+    y and the final state against the float64 oracle (on the inputs widened to float32), every
+    gradient against ``impl=reference_impl`` (:func:`tests.numerics.check_values_and_grads`)."""
+    kw = make_inputs(rng, **dims, dtype=dtype, options=options)
     up = {k: (np.asarray(jnp.asarray(v, jnp.float32)) if getattr(v, "dtype", None) == dtype else v) for k, v in kw.items()}
-    y, final = run(impl, kw, {})
-    y_ref, final_ref = oracle(up)
+    arrays = {k: kw[k] for k in ARGS if k in kw}
+    static = {k: v for k, v in kw.items() if k not in arrays}
+    run = lambda fn: lambda a: fn(**a, **static, return_final_state=True)  # noqa: E731
+    y, final = check_values_and_grads(run(op), run(functools.partial(ssd, impl=reference_impl)), arrays, oracle(up),
+                                      rng, tol=tol, grad_tol=grad_tol)
     assert y.dtype == jnp.dtype(dtype) and final.dtype == jnp.float32
-    assert_close(y, y_ref, tol=tol, name="y")
-    assert_close(final, final_ref, tol=tol, name="final_state")
-    wy = rng.standard_normal(y.shape).astype(np.float32)
-    wf = rng.standard_normal(final.shape).astype(np.float32)
-    names = [k for k in ARGS if k in kw]
-
-    def loss(impl, base):
-        def f(p):
-            y, fs = run(impl, base, p)
-            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(fs * wf)
-        return f
-
-    g = jax.grad(loss(impl, kw))({k: jnp.asarray(kw[k]) for k in names})
-    g_ref = jax.grad(loss("scan", up))({k: jnp.asarray(up[k]) for k in names})
-    for k in names:
-        assert g[k].dtype == jnp.asarray(kw[k]).dtype, k
-        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=grad_tol, name=f"d{k}")
 
 
 class SSDContract:
-    """The behaviour every SSD implementation must have."""
+    """The behaviour every SSD implementation must have.
+
+    Settings, named as in the selective-scan and Hydra contracts: ``impl``; ``reference_impl``,
+    the implementation whose float32 gradients this one's are compared with; ``tol`` (float32
+    values), ``grad_tol`` (gradients), ``low_precision_tol`` (values, by input dtype).
+    """
 
     impl: str | None = None
     dims = dict(b=2, l=12, h=4, p=3, g=2, n=5)
     chunk_sizes = (1, 12, 64)  # 1, l, more than l (default_chunk=5 is a non-divisor of l)
     default_chunk = 5
-    grad_reference = "scan"  # gradients (fp32) are compared with this implementation's
+    reference_impl = "scan"  # gradients (fp32) are compared with this implementation's
     tol = 2e-5
     grad_tol = 1e-4
-    bf16_tol = 3e-2
+    low_precision_tol = {"bfloat16": 3e-2}
 
     def op(self, *args, **kwargs):
         return ssd(*args, impl=self.impl, **kwargs)
@@ -118,7 +113,7 @@ class SSDContract:
 
     @pytest.mark.parametrize(
         "options",
-        [(), ("D_head", "z", "flat_bc", "dt_bias"), ("state",), ("segments",), ("all",)],
+        [(), ("D_head", "z", "flat_bc", "dt_bias"), ("initial_state",), ("segment_ids",), ("all",)],
         ids=lambda o: "+".join(o) or "plain",
     )
     def test_matches_oracle(self, rng, options):
@@ -175,16 +170,16 @@ class SSDContract:
         params = {k: jnp.asarray(kw[k]) for k in ARGS}
         g_whole, (y_whole, f_whole) = grad(whole)(params)
         g_chain, (y_chain, f_chain) = grad(chained)(params)
-        g_ref, (y_ref, f_ref) = grad(lambda p: whole(p, self.grad_reference))(params)
+        g_ref, (y_ref, f_ref) = grad(lambda p: whole(p, self.reference_impl))(params)
         assert_close(y_chain, y_whole, tol=self.tol, name="y, chained vs one call")
         assert_close(f_chain, f_whole, tol=self.tol, name="final_state, chained vs one call")
-        assert_close(y_whole, y_ref, tol=self.tol, name=f"y vs impl={self.grad_reference!r}")
+        assert_close(y_whole, y_ref, tol=self.tol, name=f"y vs impl={self.reference_impl!r}")
         for k in ARGS:
             assert_close(g_chain[k], g_whole[k], tol=self.grad_tol, name=f"d{k}, chained vs one call")
-            assert_close(g_whole[k], g_ref[k], tol=self.grad_tol, name=f"d{k} vs impl={self.grad_reference!r}")
+            assert_close(g_whole[k], g_ref[k], tol=self.grad_tol, name=f"d{k} vs impl={self.reference_impl!r}")
 
     def test_segments_equal_per_segment_runs(self, rng):
-        kw = make_inputs(rng, **self.dims, options=("D", "z", "dt_bias", "state", "segments"))
+        kw = make_inputs(rng, **self.dims, options=("D", "z", "dt_bias", "initial_state", "segment_ids"))
         y, final = self.run(kw, return_final_state=True)
         ids = kw["segment_ids"]
         for bi in range(ids.shape[0]):
@@ -199,7 +194,7 @@ class SSDContract:
             assert_close(final[bi : bi + 1], f_s, tol=self.tol, name=f"final_state row {bi}")
 
     def test_step_folded_equals_parallel(self, rng):
-        kw = make_inputs(rng, **self.dims, options=("D_head", "z", "dt_bias", "state"))
+        kw = make_inputs(rng, **self.dims, options=("D_head", "z", "dt_bias", "initial_state"))
         y, final = self.run(kw, return_final_state=True)
 
         def fold(state, t):
@@ -213,7 +208,7 @@ class SSDContract:
         assert_close(final_s, final, tol=self.tol, name="final_state")
 
     def test_jit_and_vmap(self, rng):
-        kw = make_inputs(rng, **self.dims, options=("D", "z", "dt_bias", "state", "segments"))
+        kw = make_inputs(rng, **self.dims, options=("D", "z", "dt_bias", "initial_state", "segment_ids"))
         arrays = {k: v for k, v in kw.items() if isinstance(v, np.ndarray)}
         static = {k: v for k, v in kw.items() if k not in arrays}
         stacked = {k: np.stack([v, v[::-1] if v.ndim > 1 else v]) for k, v in arrays.items()}  # 2 problems
@@ -226,6 +221,11 @@ class SSDContract:
 
     # -- gradients -----------------------------------------------------------------------------
 
+    def test_gradients_all_options(self, rng):
+        """Values against the float64 oracle, every gradient against ``reference_impl``; every
+        option, float32 inputs."""
+        values_and_grads(rng, self.dims, self.op, tol=self.tol, grad_tol=self.grad_tol, reference_impl=self.reference_impl)
+
     def _loss(self, kw, impl_op, wy, wf):
         def loss(p):
             y, f = impl_op(**{**kw, **p}, return_final_state=True)
@@ -237,7 +237,7 @@ class SSDContract:
         """Directional derivatives along a random direction per input, float64 central differences."""
         with jax.enable_x64(True):
             tiny = dict(b=1, l=5, h=2, p=2, g=1, n=3)
-            kw = make_inputs(rng, **tiny, options=("D_head", "z", "dt_bias", "state", "segments"))
+            kw = make_inputs(rng, **tiny, options=("D_head", "z", "dt_bias", "initial_state", "segment_ids"))
             kw["segment_ids"] = np.array([[0, 0, 0, 1, 1]])
             kw = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32 else v) for k, v in kw.items()}
             kw["chunk_size"] = 2
@@ -262,8 +262,8 @@ class SSDContract:
         y, final = self.run(kw, return_final_state=True)
         assert y.dtype == jnp.bfloat16 and final.dtype == jnp.float32
         y_ref, final_ref = oracle({k: (f64(v) if getattr(v, "dtype", None) == jnp.bfloat16 else v) for k, v in kw.items()})
-        assert_close(y, y_ref, tol=self.bf16_tol, name="y")
-        assert_close(final, final_ref, tol=self.bf16_tol, name="final_state")
+        assert_close(y, y_ref, tol=self.low_precision_tol["bfloat16"], name="y")
+        assert_close(final, final_ref, tol=self.low_precision_tol["bfloat16"], name="final_state")
         grads = jax.grad(lambda x: jnp.sum(self.run({**kw, "x": x}).astype(jnp.float32)))(jnp.asarray(kw["x"]))
         assert grads.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grads.astype(jnp.float32))))
 
@@ -281,7 +281,7 @@ class SSDContract:
         """A long sequence whose heads have dt -> 0, dt huge (decay underflows to exactly 0),
         A -> 0, and ordinary values: outputs match the oracle, gradients are finite."""
         assert self.dims["h"] >= 4
-        kw = make_inputs(rng, **{**self.dims, "l": 384}, options=("D", "dt_bias", "state", "segments"))
+        kw = make_inputs(rng, **{**self.dims, "l": 384}, options=("D", "dt_bias", "initial_state", "segment_ids"))
         kw["dt_softplus"] = True
         kw["dt"][..., 0] = -40.0  # softplus(-40 + bias) ~ 1e-17
         kw["dt"][..., 1] = 1e4
@@ -304,7 +304,7 @@ class TestXLA(SSDContract):
 class TestScan(SSDContract):
     impl = "scan"
     chunk_sizes = ()
-    grad_reference = "quadratic"  # gradients of the ground truth checked against another form
+    reference_impl = "quadratic"  # gradients of the ground truth checked against another form
 
 
 class TestQuadratic(SSDContract):
@@ -329,7 +329,7 @@ def test_auto_resolves_and_matches_oracle(rng):
 
 
 def test_ssd_matrix_times_x_equals_oracle(rng):
-    kw = make_inputs(rng, **SSDContract.dims, options=("dt_bias", "segments"))
+    kw = make_inputs(rng, **SSDContract.dims, options=("dt_bias", "segment_ids"))
     M = ssd_matrix(kw["dt"], kw["A"], kw["B"], kw["C"], dt_bias=kw["dt_bias"], dt_softplus=True,
                    segment_ids=kw["segment_ids"])
     assert M.shape == (2, 4, 12, 12)

@@ -10,8 +10,6 @@ cannot run.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,9 +23,18 @@ from pallas_kernels.selective_scan.blocks import (
     choose_blocks,
 )
 from ssm_jax.ops import ImplementationUnavailableError, selective_scan
-from ssm_jax.ops.selective_scan import REGISTRY, _canonicalize
+from ssm_jax.ops.selective_scan import REGISTRY
 from tests.numerics import assert_close
-from tests.ops.test_selective_scan import ARRAY_ARGS, SelectiveScanContract, make_inputs, oracle, split_kw
+from tests.ops.test_selective_scan import (
+    ARRAY_ARGS,
+    SelectiveScanContract,
+    canonical,
+    kernel_op,
+    make_inputs,
+    oracle,
+    split_kw,
+    values_and_grads,
+)
 
 
 # Interpret mode runs one position at a time (~5 ms each on CPU, plus tracing per signature), so
@@ -84,21 +91,6 @@ class TestMosaicGPU(SelectiveScanContract):
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical(args, kw):
-    a = {**args, **kw}
-    return _canonicalize(
-        "selective_scan", x=a["x"], dt=a["dt"], A=a["A"], B=a["B"], C=a["C"], D=a.get("D"), z=a.get("z"),
-        dt_bias=a.get("dt_bias"), state=a.get("initial_state"), state_name="initial_state",
-        segment_ids=a.get("segment_ids"), step=False,
-    )
-
-
-def _run_api(args, kw, **tiling):
-    """The kernels through api.selective_scan with an explicit tiling; ``(y, final_state)``."""
-    c = _canonical(args, kw)
-    return api.selective_scan(**c, dt_softplus={**args, **kw}["dt_softplus"], return_final_state=True, **tiling)
-
-
 # (fwd states_per_thread, fwd chunk, bwd states_per_thread) at n = 16: 8, 16 and 32 channels per
 # block, one or several chunks, and a length that is not a multiple of either chunk.
 TILINGS = [pytest.param((1, 32, 1), marks=pytest.mark.slow), pytest.param((2, 64, 4), marks=pytest.mark.slow), (4, 32, 2)]
@@ -108,25 +100,10 @@ TILINGS = [pytest.param((1, 32, 1), marks=pytest.mark.slow), pytest.param((2, 64
 def test_tilings_values_and_gradients(rng, tiling):
     spt, q, spt_bwd = tiling
     b, l, d, n, g = 1, 45, 24, 16, 2  # 12 channels per group: padded to a multiple of ch
-    args, kw = make_inputs(rng, b=b, l=l, d=d, n=n, g=g)
     bwd = choose_backward_blocks(b, d, g, n, states_per_thread=spt_bwd)
     fwd = choose_blocks(b, d, g, n, states_per_thread=spt, chunk=q, save_interval=bwd.chunk)
-    run = functools.partial(_run_api, blocks=fwd, backward_blocks=bwd)
-    y_ref, h_ref = oracle(args, kw)
-    y, h = run(args, kw)
-    assert_close(y, y_ref, name="y")
-    assert_close(h, h_ref, name="final_state")
-
-    arrays, static = split_kw(args, kw)
-    wy, wh = rng.standard_normal(y_ref.shape), rng.standard_normal(h_ref.shape)
-
-    def loss(fn):
-        return lambda a: (lambda y, h: jnp.sum(y * wy) + jnp.sum(h * wh))(*fn(a, static))
-
-    got = jax.grad(loss(run))(arrays)
-    ref = jax.grad(loss(lambda a, s: selective_scan(**a, **s, return_final_state=True, impl="scan")))(arrays)
-    for k in ARRAY_ARGS:
-        assert_close(got[k], ref[k], tol=1e-4, name=f"d loss / d {k}")
+    op = kernel_op(api.selective_scan, blocks=fwd, backward_blocks=bwd)
+    values_and_grads(rng, dict(b=b, l=l, d=d, n=n, g=g), op, tol=2e-5, grad_tol=1e-4)
 
 
 @pytest.mark.parametrize("n", [1, pytest.param(5, marks=pytest.mark.slow), 33, pytest.param(128, marks=pytest.mark.slow), 256])
@@ -225,7 +202,7 @@ def test_registry():
     assert "pallas_gpu" in REGISTRY.names()
     assert REGISTRY["pallas_gpu"].auto_backends == ("gpu",)
     args, _ = make_inputs(np.random.default_rng(0), l=3)
-    c = _canonical(args, {})
+    c = canonical(args)
     if jax.default_backend() == "cpu":
         # "auto" never picks interpret mode; an explicit request runs it.
         assert REGISTRY.resolve("auto", c)[0] != "pallas_gpu"
@@ -283,5 +260,5 @@ def test_long_sequence_on_gpu(rng):
 @pytest.mark.gpu
 def test_auto_picks_the_kernel_on_hopper():
     args, _ = make_inputs(np.random.default_rng(0), l=3)
-    if api.why_not({**_canonical(args, {}), "backend": "gpu"}) is None:
-        assert REGISTRY.resolve("auto", _canonical(args, {}))[0] == "pallas_gpu"
+    if api.why_not({**canonical(args), "backend": "gpu"}) is None:
+        assert REGISTRY.resolve("auto", canonical(args))[0] == "pallas_gpu"

@@ -24,9 +24,16 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels import tpu_common
 from pallas_kernels.selective_scan import api_tpu, blocks_tpu
 from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
-from ssm_jax.ops.selective_scan import REGISTRY, _canonicalize, _scan_impl, selective_scan
+from ssm_jax.ops.selective_scan import REGISTRY, selective_scan
 from tests.numerics import assert_close
-from tests.ops.test_selective_scan import ARRAY_ARGS, OPTION_ROWS, SelectiveScanContract, make_inputs, oracle
+from tests.ops.test_selective_scan import (
+    OPTION_ROWS,
+    SelectiveScanContract,
+    canonical,
+    kernel_op,
+    make_inputs,
+    values_and_grads,
+)
 from tests.pallas_kernels.tpu_interpret import (
     ON_TPU,
     global_x64,
@@ -41,13 +48,6 @@ pytestmark = pallas_tpu_backends
 # mixed row (z, dt_bias without softplus, initial_state, segment_ids; l = 5); the other thirteen
 # are `slow` off TPU.
 CI_ROWS = (0, 15, 6)
-
-
-def _canonical(args, kw):
-    return _canonicalize(
-        "selective_scan", **args, D=kw.get("D"), z=kw.get("z"), dt_bias=kw.get("dt_bias"),
-        state=kw.get("initial_state"), state_name="initial_state", segment_ids=kw.get("segment_ids"), step=False,
-    )
 
 
 # Slow off TPU: the initial/final state gradients are test_gradients_match_reference; bfloat16 in
@@ -85,48 +85,20 @@ class TestSelectiveScanMosaicTPU(SelectiveScanContract):
 # --------------------------------------------------------------------------------------------
 
 
-def _values_and_grads(rng, *, b, l, d, n, g, blocks, dtype=np.float32, tol=2e-5, grad_tol=1e-4):
-    """Kernel vs the float64 oracle (values) and vs impl="scan" (every gradient), all options."""
-    args, kw = make_inputs(rng, b=b, l=l, d=d, n=n, g=g, dtype=dtype)
-    can = _canonical(args, kw)
-    y, h = api_tpu.selective_scan(**can, dt_softplus=True, return_final_state=True, blocks=blocks)
-    up = lambda v: np.asarray(jnp.asarray(v, jnp.float32))  # noqa: E731
-    y_ref, h_ref = oracle({k: up(v) for k, v in args.items()}, {**kw, "z": up(kw["z"])})
-    assert y.dtype == jnp.dtype(dtype) and h.dtype == jnp.float32
-    assert_close(y, y_ref, tol=tol, name="y")
-    assert_close(h, h_ref, tol=tol, name="final_state")
-    wy = rng.standard_normal(y.shape).astype(np.float32)
-    wh = rng.standard_normal(h.shape).astype(np.float32)
-    diff = {k: can[k] for k in ARRAY_ARGS}
-    static = {k: v for k, v in can.items() if k not in diff}
-
-    def loss(fn):
-        def f(a):
-            y, h = fn(**a, **static, dt_softplus=True, return_final_state=True)
-            return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(h * wh)
-        return f
-
-    got = jax.grad(loss(lambda **a: api_tpu.selective_scan(**a, blocks=blocks)))(diff)
-    up_diff = {k: (jnp.asarray(v, jnp.float32) if v.dtype == jnp.dtype(dtype) else v) for k, v in diff.items()}
-    want = jax.grad(loss(_scan_impl))(up_diff)
-    for k in ARRAY_ARGS:
-        assert got[k].dtype == diff[k].dtype, k
-        assert_close(jnp.asarray(got[k], jnp.float32), want[k], tol=grad_tol, name=f"d{k}")
-
-
 @pytest.mark.usefixtures("strict")
 def test_bf16_several_blocks_channel_tiles_and_padding(rng):
     """bf16 inputs; l = 272 over blocks of 128 (three blocks, the last mostly padding); d = 200 in
     one group, padded to two 128-lane tiles; every option; values and every gradient."""
-    _values_and_grads(rng, b=1, l=272, d=200, n=3, g=None, blocks=SelectiveScanTPUBlocks(block_l=128),
-                      dtype=jnp.bfloat16, tol=1e-2, grad_tol=2e-2)
+    op = kernel_op(api_tpu.selective_scan, blocks=SelectiveScanTPUBlocks(block_l=128))
+    values_and_grads(rng, dict(b=1, l=272, d=200, n=3, g=None), op, dtype=jnp.bfloat16, tol=1e-2, grad_tol=2e-2)
 
 
 @slow_off_tpu
 @pytest.mark.usefixtures("strict")
 def test_groups_spanning_tiles(rng):
     """Two groups of 130 channels (each padded to two tiles: B/C picked per tile), three blocks."""
-    _values_and_grads(rng, b=2, l=300, d=260, n=5, g=2, blocks=SelectiveScanTPUBlocks(block_l=128, unroll=2))
+    op = kernel_op(api_tpu.selective_scan, blocks=SelectiveScanTPUBlocks(block_l=128, unroll=2))
+    values_and_grads(rng, dict(b=2, l=300, d=260, n=5, g=2), op, tol=2e-5, grad_tol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,15 +139,15 @@ def test_interpret_harness_catches_races_and_unwritten_memory():
 
 def test_why_not_and_registry(rng):
     args, kw = make_inputs(rng, b=1, l=4, d=4, n=2)
-    ctx = {**_canonical(args, kw), "backend": "gpu"}
+    ctx = {**canonical({**args, **kw}), "backend": "gpu"}
     assert re.search(r"runs on TPUs .* backend is 'gpu'", api_tpu.why_not(ctx))
     assert api_tpu.why_not({**ctx, "backend": "tpu"}) is None
     assert REGISTRY["pallas_tpu"].auto_backends == ("tpu",)
-    name, _ = REGISTRY.resolve("auto", _canonical(args, kw))
+    name, _ = REGISTRY.resolve("auto", canonical({**args, **kw}))
     assert (name == "pallas_tpu") == ON_TPU
     with jax.enable_x64(True):
         args64 = {k: np.asarray(v, np.float64) for k, v in args.items()}
-        ctx64 = {**_canonical(args64, {}), "backend": "tpu"}
+        ctx64 = {**canonical(args64), "backend": "tpu"}
         assert "float64" in api_tpu.why_not(ctx64)
     big = {**ctx, "backend": "tpu", "A": jnp.zeros((4, 4096), jnp.float32)}
     assert "VMEM" in api_tpu.why_not(big)

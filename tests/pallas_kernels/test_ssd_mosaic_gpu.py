@@ -11,6 +11,7 @@ fp32 inputs are checked at bf16-level tolerances.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import math
@@ -29,7 +30,7 @@ from pallas_kernels.ssd.reference import core_reference
 from ssm_jax.ops.registry import ImplementationUnavailableError
 from ssm_jax.ops.ssd import canonicalize, ssd
 from tests.numerics import assert_close
-from tests.ops.test_ssd import SSDContract, check_values_and_gradients, make_inputs
+from tests.ops.test_ssd import SSDContract, make_inputs, values_and_grads
 
 ON_GPU = jax.default_backend() == "gpu"
 slow_on_cpu = pytest.mark.slow if not ON_GPU else (lambda f: f)
@@ -43,15 +44,11 @@ class TestSSDMosaicGPU(SSDContract):
     default_chunk = 64
     tol = 1e-2
     grad_tol = 3e-2
-    bf16_tol = 3e-2
+    low_precision_tol = {"bfloat16": 3e-2}
 
     @slow_on_cpu
     def test_chaining_halves_and_gradients(self, rng):
         super().test_chaining_halves_and_gradients(rng)
-
-    def test_gradients_all_options(self, rng):
-        """Every gradient, every option, fp32 inputs, against the scan reference."""
-        _grad_check(rng, self.dims, ("all",), np.float32, tol=self.tol, grad_tol=self.grad_tol)
 
     def test_gradients_finite_differences_float64(self, rng):
         """float64 is outside the kernel's domain (16-bit tensor-core operands): an explicit
@@ -63,18 +60,14 @@ class TestSSDMosaicGPU(SSDContract):
                 ssd(**kw, impl="pallas_gpu")
 
 
-def _grad_check(rng, dims, options, dtype, tol, grad_tol):
-    """Values and every gradient of the kernel against the float64 oracle / the scan reference."""
-    kw = make_inputs(rng, **dims, dtype=dtype, options=options)
-    run = lambda impl, base, p: ssd(**{**base, **p}, return_final_state=True, impl=impl)  # noqa: E731
-    check_values_and_gradients(rng, kw, run, "pallas_gpu", tol=tol, grad_tol=grad_tol)
+kernel = functools.partial(ssd, impl="pallas_gpu")
 
 
 def test_head_dim_tiles_groups_and_fp16(rng):
     """p = 128 (two head-dim tiles per head, their partial dB/dC/dt sums), n = 128, two heads per
     group of B/C, fp16 operands; every option; values and gradients."""
     dims = dict(b=1, l=70, h=2, p=128, g=1, n=128)
-    _grad_check(rng, dims, ("all",), np.float16, tol=4e-3, grad_tol=1e-2)
+    values_and_grads(rng, dims, kernel, dtype=np.float16, tol=4e-3, grad_tol=1e-2)
 
 
 def test_state_256_backward_by_state_slices(rng):
@@ -82,7 +75,7 @@ def test_state_256_backward_by_state_slices(rng):
     slices' gradients are summed or concatenated; every option, every gradient."""
     assert ssd_api.BWD_KERNEL_MAX_N == 128
     dims = dict(b=1, l=70, h=2, p=64, g=1, n=256)
-    _grad_check(rng, dims, ("all",), jnp.bfloat16, tol=3e-2, grad_tol=3e-2)
+    values_and_grads(rng, dims, kernel, dtype=jnp.bfloat16, tol=3e-2, grad_tol=3e-2)
 
 
 @pytest.mark.parametrize("nbuf", [1, 2])
@@ -91,26 +84,8 @@ def test_single_and_double_buffered_pipelines(rng, nbuf):
     every option. The shapes `auto` picks single buffering for are large (n = 256 with z in the
     forward, z in the backward), so the small shapes here force it."""
     blocks = SSDBlocks(fwd_nbuf=nbuf, bwd_nbuf=nbuf)
-    kw = make_inputs(rng, b=1, l=150, h=2, p=64, g=1, n=64, dtype=jnp.bfloat16, options=("all",))
-    canon = canonicalize(**kw)
-    del canon["return_final_state"]
-    canon32 = {k: (v.astype(jnp.float32) if getattr(v, "dtype", None) == jnp.bfloat16 else v) for k, v in canon.items()}
-    w = rng.standard_normal(kw["x"].shape).astype(np.float32)
-    names = [k for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state") if canon.get(k) is not None]
-
-    def kernel_loss(p):
-        y, fs = ssd_api.ssd(**{**canon, **p}, return_final_state=True, blocks=blocks)
-        return jnp.sum(y.astype(jnp.float32) * w) + jnp.sum(fs)
-
-    def ref_loss(p):
-        y, fs = ssd(**{**canon32, **p}, return_final_state=True, impl="scan")
-        return jnp.sum(y * w) + jnp.sum(fs)
-
-    v, g = jax.value_and_grad(kernel_loss)({k: canon[k] for k in names})
-    v_ref, g_ref = jax.value_and_grad(ref_loss)({k: canon32[k] for k in names})
-    assert_close(v, v_ref, tol=3e-2, name="loss")
-    for k in names:
-        assert_close(jnp.asarray(g[k], jnp.float32), g_ref[k], tol=3e-2, name=f"d{k}")
+    op = lambda **kw: ssd_api.ssd(**canonicalize(**kw), blocks=blocks)  # noqa: E731
+    values_and_grads(rng, dict(b=1, l=150, h=2, p=64, g=1, n=64), op, dtype=jnp.bfloat16, tol=3e-2, grad_tol=3e-2)
 
 
 def test_kernel_equals_core_reference_on_prepared_operands(rng):
@@ -157,7 +132,7 @@ def test_head_dims_and_states_off_the_tile_run_zero_padded(rng, p, n):
     """p not a multiple of 64 (the synthetic configs' Mamba-2 uses 16) or n not a tile (MQAR's
     Mamba-2 uses 16): the kernels run on x, z, D, B, C and the initial state zero-padded; values
     and every gradient (the final state's included), every option."""
-    _grad_check(rng, dict(b=1, l=70, h=2, p=p, g=1, n=n), ("all",), np.float16, tol=4e-3, grad_tol=1e-2)
+    values_and_grads(rng, dict(b=1, l=70, h=2, p=p, g=1, n=n), kernel, dtype=np.float16, tol=4e-3, grad_tol=1e-2)
 
 
 def test_auto_leaves_untimed_padded_shapes_to_xla(rng):
@@ -229,4 +204,4 @@ def test_gpu_larger_shapes_every_option(rng, n):
     a scalar loss: a sum over the 262144 mixed-sign final-state entries at n = 256 cancels, and
     its relative error amplified bf16 rounding past any sensible tolerance.)"""
     dims = dict(b=2, l=777, h=4, p=128, g=2, n=n)
-    _grad_check(rng, dims, ("all",), jnp.bfloat16, tol=3e-2, grad_tol=5e-2)
+    values_and_grads(rng, dims, kernel, dtype=jnp.bfloat16, tol=3e-2, grad_tol=5e-2)

@@ -13,6 +13,7 @@ On a TPU backend the same tests compile the kernels with Mosaic.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -25,7 +26,7 @@ from pallas_kernels import tpu_common
 from pallas_kernels.ssd import api_tpu, blocks_tpu
 from pallas_kernels.ssd.blocks_tpu import SSDTPUBlocks
 from ssm_jax.ops.ssd import REGISTRY, canonicalize, ssd
-from tests.ops.test_ssd import SSDContract, check_values_and_gradients, make_inputs
+from tests.ops.test_ssd import SSDContract, make_inputs, values_and_grads
 from tests.pallas_kernels.tpu_interpret import ON_TPU, global_x64, pallas_tpu_backends, slow_off_tpu, slow_off_tpu_inherited
 
 pytestmark = pallas_tpu_backends
@@ -47,7 +48,7 @@ class TestSSDMosaicTPU(SSDContract):
     @pytest.mark.parametrize(
         "options",
         [(), ("all",)] + [pytest.param(o, marks=slow_off_tpu)
-                          for o in (("D_head", "z", "flat_bc", "dt_bias"), ("state",), ("segments",))],
+                          for o in (("D_head", "z", "flat_bc", "dt_bias"), ("initial_state",), ("segment_ids",))],
         ids=lambda o: "+".join(o) or "plain",
     )
     def test_matches_oracle(self, rng, options):
@@ -59,18 +60,12 @@ class TestSSDMosaicTPU(SSDContract):
         with global_x64():
             super().test_gradients_finite_differences_float64(rng)
 
-    def test_gradients_all_options(self, rng):
-        """Values against the float64 oracle and every gradient against impl="scan", all options."""
-        _values_and_grads(rng, self.dims, ("all",), np.float32, tol=self.tol, grad_tol=self.grad_tol)
 
-
-def _values_and_grads(rng, dims, options, dtype, *, tol, grad_tol, blocks=None):
-    kw = make_inputs(rng, **dims, dtype=dtype, options=options)
-    run = lambda impl, base, p: ssd(**{**base, **p}, return_final_state=True, impl=impl)  # noqa: E731
-    if blocks is not None:
-        run = lambda impl, base, p: (api_tpu.ssd(**canonicalize(**{**base, **p}, return_final_state=True), blocks=blocks)  # noqa: E731
-                                     if impl == "pallas_tpu" else ssd(**{**base, **p}, return_final_state=True, impl=impl))
-    check_values_and_gradients(rng, kw, run, "pallas_tpu", tol=tol, grad_tol=grad_tol)
+def kernel(blocks=None):
+    """impl="pallas_tpu", or the kernels with an explicit tiling, with :func:`ssd`'s signature."""
+    if blocks is None:
+        return functools.partial(ssd, impl="pallas_tpu")
+    return lambda **kw: api_tpu.ssd(**canonicalize(**kw), blocks=blocks)
 
 
 @pytest.mark.usefixtures("strict")
@@ -79,7 +74,7 @@ def test_bf16_two_heads_per_block_one_group_each(rng):
     as two head blocks, each reading only its own group of B/C; l = 300 = three chunks of 128,
     segments crossing chunk boundaries; every option, values and every gradient."""
     dims = dict(b=1, l=300, h=4, p=64, g=2, n=16)
-    _values_and_grads(rng, dims, ("all",), jnp.bfloat16, tol=2e-2, grad_tol=3e-2)
+    values_and_grads(rng, dims, kernel(), dtype=jnp.bfloat16, tol=2e-2, grad_tol=3e-2)
 
 
 @slow_off_tpu
@@ -87,7 +82,7 @@ def test_bf16_two_heads_per_block_one_group_each(rng):
 def test_fp16_and_chunk_256(rng):
     """fp16 inputs (float32 MXU operands: v5e's MXU has no fp16), chunk 256, n = 128."""
     dims = dict(b=1, l=300, h=2, p=64, g=1, n=128)
-    _values_and_grads(rng, dims, ("all",), np.float16, tol=4e-3, grad_tol=1e-2, blocks=SSDTPUBlocks(chunk=256))
+    values_and_grads(rng, dims, kernel(SSDTPUBlocks(chunk=256)), dtype=np.float16, tol=4e-3, grad_tol=1e-2)
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,11 +46,11 @@ pallas_tpu_backends = pytest.mark.skipif(
 slow_off_tpu = pytest.mark.slow if not ON_TPU else (lambda f: f)
 
 
-def slow_off_tpu_inherited(*names: str):
-    """Class decorator: the named tests the class inherits (from an op's contract) are ``slow``
-    off a TPU; the contract's own class keeps them as they are."""
+def mark_inherited(mark, *names: str):
+    """Class decorator: the named tests the class inherits (from an op's contract) get ``mark``
+    (e.g. ``slow`` off the kernel's backend); the contract's own class keeps them as they are."""
 
-    def mark(cls):
+    def decorate(cls):
         for name in names:
             inherited = getattr(cls, name)
 
@@ -58,10 +58,15 @@ def slow_off_tpu_inherited(*names: str):
             def test(self, *args, _inherited=inherited, **kwargs):
                 return _inherited(self, *args, **kwargs)
 
-            setattr(cls, name, slow_off_tpu(test))
+            setattr(cls, name, mark(test))
         return cls
 
-    return mark
+    return decorate
+
+
+def slow_off_tpu_inherited(*names: str):
+    """:func:`mark_inherited` with :data:`slow_off_tpu`."""
+    return mark_inherited(slow_off_tpu, *names)
 
 
 @contextlib.contextmanager
