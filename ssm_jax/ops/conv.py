@@ -36,6 +36,7 @@ __all__ = [
     "CAUSAL_CONV1D_REGISTRY",
     "CONV1D_REGISTRY",
     "FFT_CONV_REGISTRY",
+    "canonicalize",
     "causal_conv1d",
     "causal_conv1d_init_state",
     "causal_conv1d_step",
@@ -192,7 +193,14 @@ FFT_CONV_REGISTRY.register("direct", _fft_conv_direct, auto_backends=())  # O(l^
 # --------------------------------------------------------------------------------------------
 
 
-def _check_short_conv(op: str, x, weight, bias, segment_ids, activation):
+def canonicalize(x, weight, bias=None, *, segment_ids=None, activation=None, op: str = "causal_conv1d") -> dict:
+    """Validate the arguments of the short convolutions (:func:`causal_conv1d`, :func:`conv1d`);
+    return the keyword arguments their implementations take.
+
+    Canonical: ``x (b, l, d)`` and ``weight (d, k)`` real, dtypes kept; ``bias (d,)`` or None;
+    ``segment_ids (b, l)`` int32 or None; ``activation`` checked. :func:`fft_conv` checks its
+    own (transposed, per-channel kernel) arguments.
+    """
     x = to_array(op, "x", x)
     weight = to_array(op, "weight", weight)
     check_real(op, "x", x)
@@ -207,7 +215,7 @@ def _check_short_conv(op: str, x, weight, bias, segment_ids, activation):
         )
     dims.bind("weight", weight, "d k")
     bias = None if bias is None else dims.array("bias", bias, "d")
-    return x, weight, bias, check_segment_ids(op, dims, segment_ids)
+    return dict(x=x, weight=weight, bias=bias, segment_ids=check_segment_ids(op, dims, segment_ids), activation=activation)
 
 
 def _shifted_taps(x, weight, bias, segment_ids, left: int):
@@ -275,9 +283,9 @@ def conv1d(x, weight, bias=None, *, segment_ids=None, activation=None, impl: str
 
 def _short_conv(registry: Registry, x, weight, bias, segment_ids, activation, impl: str) -> Array:
     """A short convolution op: check the arguments, resolve ``impl`` in the op's ``registry``, run."""
-    x, weight, bias, segment_ids = _check_short_conv(registry.op, x, weight, bias, segment_ids, activation)
-    _, fn = registry.resolve(impl, {"x": x, "weight": weight, "bias": bias, "segment_ids": segment_ids})
-    return fn(x=x, weight=weight, bias=bias, segment_ids=segment_ids, activation=activation)
+    args = canonicalize(x, weight, bias, segment_ids=segment_ids, activation=activation, op=registry.op)
+    _, fn = registry.resolve(impl, {k: v for k, v in args.items() if k != "activation"})
+    return fn(**args)
 
 
 def _taps_impl(left: Callable[[int], int]) -> Callable:

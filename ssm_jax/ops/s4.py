@@ -31,7 +31,7 @@ from ssm_jax.ops._lti_chunked import chunked_scan, last_chunk_length
 from ssm_jax.ops.s4d import as_param, check_log_dt, check_step_args, complex_dtype, readout, run_scan, scan_with_resets
 from ssm_jax.typing import Array
 
-__all__ = ["REGISTRY", "hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
+__all__ = ["REGISTRY", "canonicalize", "hippo_legs", "nplr_legs", "s4_discretize", "s4_init", "s4_kernel", "s4_scan", "s4_step"]
 
 REGISTRY = Registry("s4_kernel")
 
@@ -94,7 +94,12 @@ def s4_init(h: int, n: int, *, dtype=jnp.complex64) -> tuple[Array, Array, Array
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical(op, log_dt, Lambda, P, B, C=None, Q=None):
+def canonicalize(log_dt, Lambda, P, B, C=None, *, Q=None, op: str = "s4_kernel") -> dict[str, Array | None]:
+    """Validate the parameters of :func:`s4_kernel` / :func:`s4_discretize`; return them canonical.
+
+    Canonical: ``log_dt (h,)`` real; ``Lambda, P, B, C, Q (h, n)`` in one complex dtype
+    (complex128 when any is 64-bit, else complex64); ``Q`` defaults to ``P``; ``C`` may be None.
+    """
     dims = Dims(op)
     named = (("log_dt", log_dt), ("Lambda", Lambda), ("P", P), ("B", B), ("C", C), ("Q", Q))
     log_dt, Lambda, P, B, C, Q = (None if x is None else to_array(op, name, x) for name, x in named)
@@ -111,7 +116,7 @@ def _canonical(op, log_dt, Lambda, P, B, C=None, Q=None):
     rtype = jnp.finfo(ctype).dtype
     cast = lambda x: None if x is None else x.astype(ctype)  # noqa: E731
     Q = P if Q is None else Q
-    return log_dt.astype(rtype), cast(Lambda), cast(P), cast(B), cast(C), cast(Q)
+    return dict(log_dt=log_dt.astype(rtype), Lambda=cast(Lambda), P=cast(P), B=cast(B), C=cast(C), Q=cast(Q))
 
 
 def _full(x: Array) -> Array:
@@ -180,8 +185,7 @@ def s4_kernel(log_dt, Lambda, P, B, C, length: int, *, Q=None, impl: str = "auto
     """
     op = "s4_kernel"
     length = check_positive_int(op, "length", length)
-    log_dt, Lambda, P, B, C, Q = _canonical(op, log_dt, Lambda, P, B, C, Q)
-    args = {"log_dt": log_dt, "Lambda": Lambda, "P": P, "Q": Q, "B": B, "C": C, "length": length}
+    args = {**canonicalize(log_dt, Lambda, P, B, C, Q=Q, op=op), "length": length}
     _, fn = REGISTRY.resolve(impl, args)
     return fn(**args)
 
@@ -248,9 +252,9 @@ def s4_discretize(log_dt, Lambda, P, B, *, Q=None) -> tuple[Array, Array]:
     ``dA`` holds the rows of the full ``2n × 2n`` bilinear matrix that update the kept half of
     the state; it acts on ``[x, conj(x)]``.
     """
-    log_dt, Lambda, P, B, _, Q = _canonical("s4_discretize", log_dt, Lambda, P, B, None, Q)
-    n = Lambda.shape[-1]
-    dA, dB = _dense_bilinear(log_dt, Lambda, P, Q, B)
+    c = canonicalize(log_dt, Lambda, P, B, Q=Q, op="s4_discretize")
+    n = c["Lambda"].shape[-1]
+    dA, dB = _dense_bilinear(c["log_dt"], c["Lambda"], c["P"], c["Q"], c["B"])
     return dA[:, :n, :], dB[:, :n]
 
 

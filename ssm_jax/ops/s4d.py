@@ -32,7 +32,7 @@ from ssm_jax.ops._explicit import scan
 from ssm_jax.ops.registry import Registry
 from ssm_jax.typing import Array
 
-__all__ = ["REGISTRY", "s4d_discretize", "s4d_init", "s4d_kernel", "s4d_scan", "s4d_step"]
+__all__ = ["REGISTRY", "canonicalize", "s4d_discretize", "s4d_init", "s4d_kernel", "s4d_scan", "s4d_step"]
 
 REGISTRY = Registry("s4d_kernel")
 
@@ -138,7 +138,12 @@ def _discretize(log_dt: Array, A: Array, B: Array, discretization: str) -> tuple
     return dA, dt * B / denom, jnp.log(dA)
 
 
-def _canonical(op, log_dt, A, B, C=None):
+def canonicalize(log_dt, A, B=None, C=None, *, op: str = "s4d_kernel") -> dict[str, Array | None]:
+    """Validate the parameters of :func:`s4d_kernel` / :func:`s4d_discretize`; return them canonical.
+
+    Canonical: ``log_dt (h,)`` real; ``A, B, C (h, n)`` in one complex dtype (complex128 when any
+    is 64-bit, else complex64); ``B`` defaults to ones; ``C`` may be None.
+    """
     dims = Dims(op)
     named = (("log_dt", log_dt), ("A", A), ("B", B), ("C", C))
     log_dt, A, B, C = (None if x is None else to_array(op, name, x) for name, x in named)
@@ -154,7 +159,7 @@ def _canonical(op, log_dt, A, B, C=None):
     A = A.astype(ctype)
     B = jnp.ones(A.shape, ctype) if B is None else B.astype(ctype)
     C = None if C is None else C.astype(ctype)
-    return dims, log_dt.astype(rtype), A, B, C
+    return dict(log_dt=log_dt.astype(rtype), A=A, B=B, C=C)
 
 
 def s4d_discretize(log_dt, A, B=None, *, discretization: str = "zoh") -> tuple[Array, Array]:
@@ -167,8 +172,8 @@ def s4d_discretize(log_dt, A, B=None, *, discretization: str = "zoh") -> tuple[A
     """
     op = "s4d_discretize"
     check_discretization(op, discretization)
-    _, log_dt, A, B, _ = _canonical(op, log_dt, A, B)
-    dA, dB, _ = _discretize(log_dt, A, B, discretization)
+    c = canonicalize(log_dt, A, B, op=op)
+    dA, dB, _ = _discretize(c["log_dt"], c["A"], c["B"], discretization)
     return dA, dB
 
 
@@ -196,8 +201,7 @@ def s4d_kernel(log_dt, A, C, length: int, *, B=None, discretization: str = "zoh"
     op = "s4d_kernel"
     check_discretization(op, discretization)
     length = check_positive_int(op, "length", length)
-    _, log_dt, A, B, C = _canonical(op, log_dt, A, B, C)
-    args = {"log_dt": log_dt, "A": A, "B": B, "C": C, "length": length, "discretization": discretization}
+    args = {**canonicalize(log_dt, A, B, C, op=op), "length": length, "discretization": discretization}
     _, fn = REGISTRY.resolve(impl, args)
     return fn(**args)
 

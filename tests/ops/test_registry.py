@@ -3,6 +3,8 @@
 import logging
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ssm_jax.ops.registry import ImplementationUnavailableError, Registry
@@ -104,3 +106,25 @@ def test_lazy_target_is_imported_on_use():
     reg = Registry("toy_lazy_for_tests")
     reg.register("lazy", "math:sqrt")
     assert reg.resolve("lazy", {})[1](9.0) == 3.0
+
+
+def test_every_op_module_has_a_public_canonicalize():
+    # The canonical keyword arguments each op module's implementations receive, from one public
+    # function per module (the op's signature plus `op=` for messages).
+    import importlib
+
+    s4d, s4, conv = (importlib.import_module(f"ssm_jax.ops.{m}") for m in ("s4d", "s4", "conv"))
+    h, n = 3, 2
+    c = s4d.canonicalize(np.zeros(h, np.float32), np.full((h, n), -0.5, np.float32))
+    assert c["A"].dtype == jnp.complex64 and c["C"] is None
+    np.testing.assert_array_equal(c["B"], np.ones((h, n), np.complex64))
+    with pytest.raises(ValueError, match=r"^s4d_discretize: "):
+        s4d.canonicalize(np.zeros(h), np.zeros((h + 1, n)), op="s4d_discretize")
+    lam, P, B = (np.ones((h, n), np.complex64) for _ in range(3))
+    c = s4.canonicalize(np.zeros(h, np.float32), lam, P, B)
+    assert c["Q"] is c["P"] and c["C"] is None and c["log_dt"].dtype == jnp.float32
+    c = conv.canonicalize(np.zeros((2, 5, h), np.float32), np.zeros((h, 4), np.float32),
+                          segment_ids=np.zeros((2, 5), np.int64), activation="silu", op="conv1d")
+    assert c["segment_ids"].dtype == jnp.int32 and c["bias"] is None and c["activation"] == "silu"
+    with pytest.raises(ValueError, match=r"conv1d: `weight` must have shape \(d, k\) = \(3, \?\)"):
+        conv.canonicalize(np.zeros((2, 5, h)), np.zeros((h, 1, 4)), op="conv1d")
