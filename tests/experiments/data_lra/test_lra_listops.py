@@ -89,6 +89,17 @@ def test_generator_is_deterministic():
     assert a == b and a != c
 
 
+def test_generator_blocks_in_parallel_give_the_same_pool(monkeypatch):
+    # Blocks of 3 trees: 7 examples span 3 blocks; 2 worker processes draw the same pool as 1.
+    monkeypatch.setattr(listops, "BLOCK", 3)
+    kw = dict(seed=5, min_length=10, max_length=120)
+    one = [listops.to_source(t) for t, _ in listops.generate(7, **kw)]
+    assert len(set(one)) == 7
+    assert [listops.to_source(t) for t, _ in listops.generate(7, workers=2, **kw)] == one
+    # A prefix property: the first blocks do not depend on how many examples are asked for.
+    assert [listops.to_source(t) for t, _ in listops.generate(4, **kw)] == one[:4]
+
+
 def test_release_parenthesization_and_tokenizer():
     tree = ("[MAX", (2, ("[MIN", (4, 3)), 9))
     assert listops.to_source(tree) == "( ( ( ( [MAX 2 ) ( ( ( [MIN 4 ) 3 ) ] ) ) 9 ) ] )"
