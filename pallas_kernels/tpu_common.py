@@ -6,11 +6,12 @@
   detect_races=True, num_cores_or_threads=2))``, which overrides the value passed here (that
   context is part of jax's jit key, so a cached trace is never reused across modes).
 * :func:`batchable` -- ``jax.vmap`` of a kernel in interpret mode, as a loop.
-* :class:`Taker` -- a kernel's operands, results or refs handed out in order, the optional ones
-  only when present.
+* :func:`present` -- a kernel's operand or result names, the optional ones only when present:
+  each kernel module lists them once (``forward_operands`` etc.), in call order.
 * :func:`sequence_call` -- the ``pallas_call`` of a kernel over a ``(batch, tile, sequence
-  block)`` grid, as both families build theirs; :func:`enter_block`, how their forward kernels
-  start each step of it.
+  block)`` grid, as both families build theirs, taking and returning arrays by those names and
+  handing the kernel its refs by name; :func:`enter_block`, how their forward kernels start each
+  step of it.
 * :func:`dtype_reason` -- the dtype rule of both families.
 * :data:`LANES`, :data:`SUBLANES`, :func:`pad8`, :func:`pad128` -- the ``(8, 128)`` vreg tile that
   block shapes and VMEM footprints round to.
@@ -21,7 +22,7 @@ Under a mesh the kernel calls run inside ``jax.shard_map``, as every backend's d
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,6 @@ from jax.experimental.pallas import tpu as pltpu
 __all__ = [
     "LANES",
     "SUBLANES",
-    "Taker",
     "backend_reason",
     "batchable",
     "dtype_reason",
@@ -39,6 +39,7 @@ __all__ = [
     "interpret_params",
     "pad8",
     "pad128",
+    "present",
     "sequence_call",
     "vmem_limit_bytes",
 ]
@@ -106,31 +107,57 @@ def batchable(call: Callable, interpret) -> Callable:
     return jax.custom_batching.sequential_vmap(call)
 
 
-def sequence_call(kernel: Callable, *, grid, in_specs, outs, scratch, vmem_bytes: int, cost: pl.CostEstimate,
-                  interpret, name: str) -> Callable:
-    """The ``pallas_call`` of ``kernel`` over a ``(batch, tile, sequence block)`` grid.
+def present(*named: tuple[str, bool]) -> tuple[str, ...]:
+    """The names whose flag is set, in the order given: a kernel's operands or results in call
+    order, the optional ones only when present."""
+    return tuple(name for name, here in named if here)
+
+
+def sequence_call(kernel: Callable, problem, *, operands: Sequence[str], results: Sequence[str],
+                  specs: Mapping[str, pl.BlockSpec], shapes: Mapping[str, jax.ShapeDtypeStruct], scratch,
+                  vmem_bytes: int, cost: pl.CostEstimate, name: str) -> Callable:
+    """The ``pallas_call`` of ``kernel`` over a ``(batch, tile, sequence block)`` grid, by name.
+
+    ``problem`` is the call's ``Problem``: its ``grid`` and ``interpret`` mode. ``operands`` and
+    ``results`` are the kernel's input and output names in call order (the kernel module's
+    ``*_operands``/``*_results``); ``specs`` maps each to its ``BlockSpec``, ``shapes`` each result
+    to its ``ShapeDtypeStruct``. ``kernel(refs, *scratch_refs)`` gets its operand and result refs
+    as one dict by name. The returned function takes a mapping holding exactly the ``operands``
+    and returns a dict of the ``results``.
 
     The batch and tile axes are "parallel"; the sequence axis is "arbitrary" (it carries the state
-    in VMEM scratch from block to block). ``outs`` lists ``(BlockSpec, ShapeDtypeStruct)`` per
-    result; ``vmem_bytes`` is the blocks' and scratch's footprint (:func:`vmem_limit_bytes`). The
-    call survives ``jax.vmap`` in interpret mode (:func:`batchable`).
+    in VMEM scratch from block to block). ``vmem_bytes`` is the blocks' and scratch's footprint
+    (:func:`vmem_limit_bytes`). The call survives ``jax.vmap`` in interpret mode (:func:`batchable`).
     """
+    operands, results = tuple(operands), tuple(results)
+    names = operands + results
+
+    def body(*refs):
+        kernel(dict(zip(names, refs)), *refs[len(names):])
+
     call = pl.pallas_call(
-        kernel,
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=[spec for spec, _ in outs],
-        out_shape=[shape for _, shape in outs],
+        body,
+        grid=problem.grid,
+        in_specs=[specs[k] for k in operands],
+        out_specs=[specs[k] for k in results],
+        out_shape=[shapes[k] for k in results],
         scratch_shapes=scratch,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "arbitrary"),
             vmem_limit_bytes=vmem_limit_bytes(vmem_bytes),
         ),
         cost_estimate=cost,
-        interpret=interpret,
+        interpret=problem.interpret,
         name=name,
     )
-    return batchable(call, interpret)
+    call = batchable(call, problem.interpret)
+
+    def run(values: Mapping[str, Any]) -> dict[str, Any]:
+        if set(values) != set(operands):
+            raise ValueError(f"{name}: takes {operands}; got {tuple(values)}")
+        return dict(zip(results, call(*(values[k] for k in operands))))
+
+    return run
 
 
 def enter_block(state_scr, initial_ref, step, dtype, saved_ref=None) -> None:
@@ -148,18 +175,3 @@ def enter_block(state_scr, initial_ref, step, dtype, saved_ref=None) -> None:
 
     if saved_ref is not None:
         saved_ref[...] = state_scr[...]
-
-
-class Taker:
-    """A kernel's operands, results or refs, handed out in their order: ``take()`` is the next,
-    ``take(present)`` the next if ``present`` (an optional one that exists) else None;
-    ``take.rest()`` what is left (a kernel's scratch refs)."""
-
-    def __init__(self, values):
-        self._values = list(values)
-
-    def __call__(self, present: bool = True):
-        return self._values.pop(0) if present else None
-
-    def rest(self) -> tuple:
-        return tuple(self._values)

@@ -14,7 +14,6 @@ a mesh the call runs inside ``jax.shard_map`` (see ``pallas_kernels._sharding``)
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -27,7 +26,24 @@ from pallas_kernels.selective_scan.blocks_tpu import SelectiveScanTPUBlocks
 
 __all__ = ["selective_scan", "why_not"]
 
-_ARRAYS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state", "segment_ids")
+
+# --------------------------------------------------------------------------------------------
+# Settings: how the channels are padded and tiled (the rest is the kernels' Problem)
+# --------------------------------------------------------------------------------------------
+
+
+def _channel_tiles(d: int, g: int, blocks: SelectiveScanTPUBlocks) -> tuple[int, int]:
+    """``(r_pad, td)``: each of the ``g`` groups of ``d / g`` channels is zero-padded to ``r_pad``
+    channels (``mosaic_tpu.Problem.dp = g * r_pad``), run in tiles of ``td``."""
+    if g == 1 and d <= tpu_common.LANES:
+        return d, d  # one full-width block: any width is a legal block
+    r_pad = tpu_common.pad128(d // g)
+    return r_pad, next(w for w in (blocks.block_d, 256, 128) if r_pad % w == 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The wrapper
+# --------------------------------------------------------------------------------------------
 
 
 def why_not(ctx) -> str | None:
@@ -73,62 +89,25 @@ def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, se
     return _sharding.run(_selective_scan, args, static, _sharding.selective_scan_specs(x, B))
 
 
-# --------------------------------------------------------------------------------------------
-# Layout
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """Channel padding: ``g`` groups of ``r`` channels, each padded to ``r_pad``; tile ``td``."""
-
-    d: int
-    g: int
-    r_pad: int
-    td: int
-
-    @property
-    def r(self) -> int:
-        return self.d // self.g
-
-    @property
-    def dp(self) -> int:
-        return self.g * self.r_pad
-
-    def pad(self, v, axis: int):
-        """``(..., d, ...)`` -> ``(..., g * r_pad, ...)`` with zeros after each group's channels."""
-        return _prepare.pad_groups(v, axis, self.g, self.r_pad)
-
-    def unpad(self, v, axis: int):
-        return _prepare.unpad_groups(v, axis, self.g, self.r)
-
-
-def _layout(d: int, g: int, blocks: SelectiveScanTPUBlocks) -> _Layout:
-    r = d // g
-    if g == 1 and d <= tpu_common.LANES:
-        return _Layout(d, g, d, d)  # one full-width block: any width is a legal block
-    r_pad = tpu_common.pad128(r)
-    td = next(w for w in (blocks.block_d, 256, 128) if r_pad % w == 0)
-    return _Layout(d, g, r_pad, td)
-
-
 @functools.partial(jax.jit, static_argnames=("dt_softplus", "return_final_state", "blocks", "interpret"))
 def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softplus, return_final_state,
                     blocks, interpret):
     b, l, d = x.shape
     g, n = B.shape[-2:]
-    lay = _layout(d, g, blocks)
+    r_pad, td = _channel_tiles(d, g, blocks)
+    pad = functools.partial(_prepare.pad_groups, groups=g, size=r_pad)  # (.., d, ..) -> (.., g * r_pad, ..)
+    unpad = functools.partial(_prepare.unpad_groups, groups=g, size=d // g)
     tl = blocks.block_l if l > blocks.block_l else tpu_common.pad8(l)
     l_pad = -(-l // tl) * tl
     f = jnp.promote_types(A.dtype, jnp.float32)  # float32; float64 only under x64 (interpret mode)
     p = mosaic_tpu.Problem(
-        b=b, l_pad=l_pad, dp=lay.dp, g=g, n=n, tl=tl, td=lay.td, l_valid=l, acc=jnp.dtype(f).name,
+        b=b, l_pad=l_pad, dp=g * r_pad, g=g, n=n, tl=tl, td=td, l_valid=l, acc=jnp.dtype(f).name,
         x_dtype=jnp.dtype(x.dtype).name, dt_dtype=jnp.dtype(dt.dtype).name, has_z=z is not None,
         has_bias=dt_bias is not None, has_D=D is not None, has_keep=segment_ids is not None,
         has_h0=initial_state is not None, softplus=dt_softplus, unroll=blocks.unroll, interpret=interpret,
     )
-    seq = lambda v: None if v is None else lay.pad(_prepare.pad_axis(v, l_pad), 2)  # noqa: E731
-    row = lambda v: None if v is None else lay.pad(v.astype(f), 0)[None, :]  # noqa: E731
+    seq = lambda v: None if v is None else pad(_prepare.pad_axis(v, l_pad), 2)  # noqa: E731
+    row = lambda v: None if v is None else pad(v.astype(f), 0)[None, :]  # noqa: E731
     bc = lambda v: jnp.swapaxes(_prepare.pad_axis(v.astype(f), l_pad), 1, 2)  # (b, g, l_pad, n)  # noqa: E731
     keep = None
     if segment_ids is not None:
@@ -136,13 +115,14 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
         keep = _prepare.pad_axis(_prepare.keep_mask(segment_ids, f), l_pad, value=1.0)[..., None]
     h0 = None
     if initial_state is not None:
-        h0 = jnp.swapaxes(lay.pad(initial_state.astype(f), 1), 1, 2)  # (b, n, dp)
-    At = jnp.swapaxes(lay.pad(A.astype(f), 0), 0, 1)  # (n, dp)
-    y, final_state = _core(p, bool(return_final_state), seq(x), seq(dt), seq(z), bc(B), bc(C), At, row(dt_bias), row(D),
-                  keep, h0)
-    y = lay.unpad(y[:, :l], 2)
+        h0 = jnp.swapaxes(pad(initial_state.astype(f), 1), 1, 2)  # (b, n, dp)
+    At = jnp.swapaxes(pad(A.astype(f), 0), 0, 1)  # (n, dp)
+    operands = dict(x=seq(x), dt=seq(dt), z=seq(z), Bt=bc(B), Ct=bc(C), At=At, bias=row(dt_bias), D=row(D), keep=keep,
+                    h0=h0)
+    y, final_state = _core(p, bool(return_final_state), *(operands[k] for k in mosaic_tpu.forward_operands(p)))
+    y = unpad(y[:, :l], 2)
     if final_state is not None:
-        final_state = lay.unpad(jnp.swapaxes(final_state, 1, 2), 1)
+        final_state = unpad(jnp.swapaxes(final_state, 1, 2), 1)
     return y, final_state
 
 
@@ -151,38 +131,38 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *
 # --------------------------------------------------------------------------------------------
 
 
-def _run_forward(p, want_final, save, x, dt, z, Bt, Ct, At, bias, D, keep, h0):
-    ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep, h0) if v is not None]
-    take = tpu_common.Taker(mosaic_tpu.forward(p, save_states=save, want_final=want_final)(*ins))
-    return take(), take(want_final), take(save)  # y, h_final, the states entering each block
+def _run_forward(p, want_final, save, *operands):
+    operands = dict(zip(mosaic_tpu.forward_operands(p), operands))
+    outs = mosaic_tpu.forward(p, save_states=save, want_final=want_final)(operands)
+    return outs["y"], outs.get("final_state"), outs.get("saved")  # saved: the states entering each block
 
 
 def _core_bwd(p, want_final, res, cts):
-    (x, dt, z, Bt, Ct, At, bias, D, keep, _), hs = res
+    names = mosaic_tpu.forward_operands(p)
+    operands, saved = res
+    operands = dict(zip(names, operands))
     dy, dfinal = cts
     has_dfinal = want_final and dfinal is not None
-    ins = [v for v in (x, dt, z, Bt, Ct, At, bias, D, keep) if v is not None]
-    ins += [hs, dy.astype(x.dtype)] + ([dfinal.astype(hs.dtype)] if has_dfinal else [])
-    take = tpu_common.Taker(mosaic_tpu.backward(p, has_dfinal=has_dfinal)(*ins))
-    dx, ddt, dz = take(), take(), take(p.has_z)
-    dBt, dCt, dA = take(), take(), take()
-    dbias, dD, dh0 = take(p.has_bias), take(p.has_D), take(p.has_h0)
+    ins = {k: v for k, v in operands.items() if k != "h0"}
+    ins.update(saved=saved, dy=dy.astype(operands["x"].dtype))
+    if has_dfinal:
+        ins["dfinal"] = dfinal.astype(saved.dtype)
+    outs = mosaic_tpu.backward(p, has_dfinal=has_dfinal)(ins)
     # Per channel tile -> per group (tiles of one group are consecutive), (b, g, l_pad, n) like Bt.
     per_group = lambda v: jnp.swapaxes(v.reshape(p.b, p.g, p.tiles_per_group, p.n, p.l_pad).sum(2), 2, 3)  # noqa: E731
-    grads = (
-        dx,
-        ddt,
-        dz,
-        per_group(dBt).astype(Bt.dtype),
-        per_group(dCt).astype(Ct.dtype),
-        dA.sum(0).astype(At.dtype),
-        None if dbias is None else dbias.sum(0).astype(bias.dtype),
-        None if dD is None else dD.sum(0).astype(D.dtype),
-        None if keep is None else jnp.zeros_like(keep),  # segment starts are data
-        dh0,
-    )
-    return grads
+    per_batch_row = lambda v: v.sum(0)  # noqa: E731
+    reduce = dict(Bt=per_group, Ct=per_group, At=per_batch_row, bias=per_batch_row, D=per_batch_row)
+    grads = []
+    for name in names:  # the backward's result "d" + name is the gradient of operand `name`
+        v = operands[name]
+        if name == "keep":
+            grads.append(jnp.zeros_like(v))  # segment starts are data
+        elif name in reduce:
+            grads.append(reduce[name](outs["d" + name]).astype(v.dtype))
+        else:
+            grads.append(outs["d" + name])
+    return tuple(grads)
 
 
-# _core(p, want_final, x, dt, z, Bt, Ct, At, bias, D, keep, h0) -> (y, h_final)
+# _core(p, want_final, *operands) -> (y, final_state | None), operands in mosaic_tpu.forward_operands(p) order
 _core = forward_saving_vjp(_run_forward, _core_bwd, num_static=2)

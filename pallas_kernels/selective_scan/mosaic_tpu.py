@@ -17,7 +17,7 @@ itself steps through positions: per position an ``(n, td)`` exp, multiply-add an
 ``B_t``, ``C_t`` are read as rows of their ``(tl, n)`` block and turned into ``(n, 1)`` columns
 (the dynamic row load + ``expand_dims`` that apple/axlearn's TPU Mamba kernel also uses).
 
-The forward optionally stores the state entering every sequence block (``hs``), the only
+The forward optionally stores the state entering every sequence block (``saved``), the only
 residual of the backward besides the inputs: the backward re-runs each block's recurrence from it
 into VMEM, then runs the adjoint recurrence (``lam_t = C_t dy_t + a_{t+1} lam_{t+1}``, as
 ``ssm_jax.ops.selective_scan``'s XLA backward) from the last position to the first.
@@ -37,7 +37,8 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels import tpu_common
 from pallas_kernels.selective_scan import blocks_tpu
 
-__all__ = ["Problem", "backward", "forward"]
+__all__ = ["Problem", "backward", "backward_operands", "backward_results", "forward", "forward_operands",
+           "forward_results"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,24 +83,63 @@ class Problem:
 
 
 # --------------------------------------------------------------------------------------------
-# Block specs (grid indices: b, channel tile j, sequence block i)
+# Operands by name: the one place that fixes their order (the api module passes and receives
+# them by these names; the wrappers build their specs and the kernels get their refs by them)
 # --------------------------------------------------------------------------------------------
 
 
-def _specs(p: Problem, *, reverse: bool):
+def forward_operands(p: Problem) -> tuple[str, ...]:
+    """The forward kernel's inputs in kernel layout, in call order (the optional ones only when
+    present): ``x, dt, z (b, l_pad, dp)``, ``Bt, Ct (b, g, l_pad, n)``, ``At (n, dp)``, ``bias, D
+    (1, dp)``, ``keep (b, l_pad, 1)`` (0 where a segment starts), ``h0 (b, n, dp)``."""
+    return tpu_common.present(("x", True), ("dt", True), ("z", p.has_z), ("Bt", True), ("Ct", True), ("At", True),
+                              ("bias", p.has_bias), ("D", p.has_D), ("keep", p.has_keep), ("h0", p.has_h0))
+
+
+def forward_results(*, save_states: bool, want_final: bool) -> tuple[str, ...]:
+    """``y (b, l_pad, dp)``, ``final_state (b, n, dp)``, ``saved (b, l_pad / tl, n, dp)``: the
+    state entering every sequence block."""
+    return tpu_common.present(("y", True), ("final_state", want_final), ("saved", save_states))
+
+
+def backward_operands(p: Problem, *, has_dfinal: bool) -> tuple[str, ...]:
+    """The forward's inputs but ``h0``, then the forward's ``saved`` states, the output cotangent
+    ``dy`` and the final state's cotangent ``dfinal``."""
+    return tpu_common.present(("x", True), ("dt", True), ("z", p.has_z), ("Bt", True), ("Ct", True), ("At", True),
+                              ("bias", p.has_bias), ("D", p.has_D), ("keep", p.has_keep), ("saved", True),
+                              ("dy", True), ("dfinal", has_dfinal))
+
+
+def backward_results(p: Problem) -> tuple[str, ...]:
+    """``dBt, dCt (b, dp / td, n, l_pad)`` are per-channel-tile partial sums, positions on lanes;
+    ``dAt (b, n, dp)``, ``dbias, dD (b, 1, dp)`` per batch row (the caller sums them)."""
+    return tpu_common.present(("dx", True), ("ddt", True), ("dz", p.has_z), ("dBt", True), ("dCt", True),
+                              ("dAt", True), ("dbias", p.has_bias), ("dD", p.has_D), ("dh0", p.has_h0))
+
+
+# --------------------------------------------------------------------------------------------
+# Block specs by operand and result name (grid indices: b, channel tile j, sequence block i)
+# --------------------------------------------------------------------------------------------
+
+
+def _specs(p: Problem, *, reverse: bool) -> dict[str, pl.BlockSpec]:
     nl = p.l_pad // p.tl
     blk = (lambda i: nl - 1 - i) if reverse else (lambda i: i)
     tpg = p.tiles_per_group
+    seq = pl.BlockSpec((None, p.tl, p.td), lambda b, j, i: (b, blk(i), j))
+    bc = pl.BlockSpec((None, None, p.tl, p.n), lambda b, j, i: (b, j // tpg, blk(i), 0))
+    row = pl.BlockSpec((1, p.td), lambda b, j, i: (0, j))
+    state = pl.BlockSpec((None, p.n, p.td), lambda b, j, i: (b, 0, j))
+    per_b_row = pl.BlockSpec((None, 1, p.td), lambda b, j, i: (b, 0, j))
+    bc_t = pl.BlockSpec((None, None, p.n, p.tl), lambda b, j, i: (b, j, 0, blk(i)))
     return dict(
-        seq=pl.BlockSpec((None, p.tl, p.td), lambda b, j, i: (b, blk(i), j)),
-        bc=pl.BlockSpec((None, None, p.tl, p.n), lambda b, j, i: (b, j // tpg, blk(i), 0)),
-        A=pl.BlockSpec((p.n, p.td), lambda b, j, i: (0, j)),
-        row=pl.BlockSpec((1, p.td), lambda b, j, i: (0, j)),
+        x=seq, dt=seq, z=seq, y=seq, dy=seq, dx=seq, ddt=seq, dz=seq,
+        Bt=bc, Ct=bc, dBt=bc_t, dCt=bc_t,
+        At=pl.BlockSpec((p.n, p.td), lambda b, j, i: (0, j)),
+        bias=row, D=row, dbias=per_b_row, dD=per_b_row,
         keep=pl.BlockSpec((None, p.tl, 1), lambda b, j, i: (b, blk(i), 0)),
-        state=pl.BlockSpec((None, p.n, p.td), lambda b, j, i: (b, 0, j)),
+        h0=state, final_state=state, dfinal=state, dAt=state, dh0=state,
         saved=pl.BlockSpec((None, None, p.n, p.td), lambda b, j, i: (b, blk(i), 0, j)),
-        per_b_row=pl.BlockSpec((None, 1, p.td), lambda b, j, i: (b, 0, j)),
-        bc_t=pl.BlockSpec((None, None, p.n, p.tl), lambda b, j, i: (b, j, 0, blk(i))),
     )
 
 
@@ -152,13 +192,13 @@ def _set_row(block, j, row):
 class _Group:
     """The inputs of positions ``8k .. 8k + 7``, loaded once per loop iteration."""
 
-    def __init__(self, p: Problem, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A):
+    def __init__(self, p: Problem, k, dt_scr, u_scr, refs, A):
         f = jnp.dtype(p.acc)
         self.dt = _rows(dt_scr, k)  # (8, td)
         self.u = _rows(u_scr, k)
-        self.B = _rows(B_ref, k).astype(f)  # (8, n)
-        self.C = _rows(C_ref, k).astype(f)
-        self.keep = _rows(keep_ref, k).astype(f) if p.has_keep else None  # (8, 1)
+        self.B = _rows(refs["Bt"], k).astype(f)  # (8, n)
+        self.C = _rows(refs["Ct"], k).astype(f)
+        self.keep = _rows(refs["keep"], k).astype(f) if p.has_keep else None  # (8, 1)
         self.A = A
 
     def decay(self, j):
@@ -187,25 +227,20 @@ def _silu_parts(z):
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
-    take = tpu_common.Taker(refs)
-    x_ref, dt_ref, z_ref = take(), take(), take(p.has_z)
-    B_ref, C_ref, A_ref = take(), take(), take()
-    bias_ref, D_ref, keep_ref, h0_ref = take(p.has_bias), take(p.has_D), take(p.has_keep), take(p.has_h0)
-    y_ref, hT_ref, hs_ref = take(), take(want_final), take(save_states)
-    h_scr, dt_scr, u_scr, y_scr = take.rest()
+def _forward_kernel(refs, h_scr, dt_scr, u_scr, y_scr, *, p: Problem, want_final: bool):
+    """``refs``: the refs of :func:`forward_operands` and :func:`forward_results` by name."""
     f = jnp.dtype(p.acc)
     i = pl.program_id(2)
-    tpu_common.enter_block(h_scr, h0_ref, i, f, saved_ref=hs_ref)
+    tpu_common.enter_block(h_scr, refs.get("h0"), i, f, saved_ref=refs.get("saved"))
 
-    x = x_ref[...].astype(f)
-    _, dt = _effective_dt(p, dt_ref[...], bias_ref, i)
+    x = refs["x"][...].astype(f)
+    _, dt = _effective_dt(p, refs["dt"][...], refs.get("bias"), i)
     dt_scr[...] = dt
     u_scr[...] = dt * x
-    A = A_ref[...].astype(f)
+    A = refs["At"][...].astype(f)
 
     def group(k, h):
-        grp = _Group(p, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A)
+        grp = _Group(p, k, dt_scr, u_scr, refs, A)
         ys = jnp.zeros((GROUP, p.td), f)
         for j in range(GROUP):  # unrolled: static row indices
             h = grp.step(j, h)
@@ -219,40 +254,35 @@ def _forward_kernel(*refs, p: Problem, save_states: bool, want_final: bool):
 
     y = y_scr[...]
     if p.has_D:
-        y = y + D_ref[...].astype(f) * x
+        y = y + refs["D"][...].astype(f) * x
     if p.has_z:
-        y = y * _silu_parts(z_ref[...].astype(f))[0]
-    y_ref[...] = y.astype(y_ref.dtype)
+        y = y * _silu_parts(refs["z"][...].astype(f))[0]
+    refs["y"][...] = y.astype(refs["y"].dtype)
 
     if want_final:
         @pl.when(i == pl.num_programs(2) - 1)
         def _():
-            hT_ref[...] = h
+            refs["final_state"][...] = h
 
 
 def forward(p: Problem, *, save_states: bool, want_final: bool):
-    """``pallas_call`` taking ``x, dt, [z], Bt, Ct, At, [bias], [D], [keep], [h0]`` (kernel layout)
-    and returning ``y, [h_final], [hs]``."""
-    s = _specs(p, reverse=False)
+    """The forward ``pallas_call``: takes a dict of :func:`forward_operands` and returns one of
+    :func:`forward_results`."""
     f = jnp.dtype(p.acc)
     nl = p.l_pad // p.tl
-    in_specs = [s["seq"], s["seq"]] + [s["seq"]] * p.has_z + [s["bc"], s["bc"], s["A"]]
-    in_specs += [s["row"]] * p.has_bias + [s["row"]] * p.has_D + [s["keep"]] * p.has_keep + [s["state"]] * p.has_h0
-    out = [(s["seq"], jax.ShapeDtypeStruct((p.b, p.l_pad, p.dp), p.x_dtype))]
-    if want_final:
-        out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
-    if save_states:
-        out.append((s["saved"], jax.ShapeDtypeStruct((p.b, nl, p.n, p.dp), f)))
     return tpu_common.sequence_call(
-        functools.partial(_forward_kernel, p=p, save_states=save_states, want_final=want_final),
-        grid=p.grid,
-        in_specs=in_specs,
-        outs=out,
+        functools.partial(_forward_kernel, p=p, want_final=want_final),
+        p,
+        operands=forward_operands(p),
+        results=forward_results(save_states=save_states, want_final=want_final),
+        specs=_specs(p, reverse=False),
+        shapes=dict(y=jax.ShapeDtypeStruct((p.b, p.l_pad, p.dp), p.x_dtype),
+                    final_state=jax.ShapeDtypeStruct((p.b, p.n, p.dp), f),
+                    saved=jax.ShapeDtypeStruct((p.b, nl, p.n, p.dp), f)),
         scratch=[pltpu.VMEM((p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 3,
         vmem_bytes=blocks_tpu.forward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z,
                                                  save_states=save_states),
         cost=forward_cost(p),
-        interpret=p.interpret,
         name="selective_scan_fwd_tpu",
     )
 
@@ -276,48 +306,42 @@ def forward_cost(p: Problem) -> pl.CostEstimate:
 # --------------------------------------------------------------------------------------------
 
 
-def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
-    take = tpu_common.Taker(refs)
-    x_ref, dt_ref, z_ref = take(), take(), take(p.has_z)
-    B_ref, C_ref, A_ref = take(), take(), take()
-    bias_ref, D_ref, keep_ref = take(p.has_bias), take(p.has_D), take(p.has_keep)
-    hs_ref, dy_ref, dhT_ref = take(), take(), take(has_dfinal)
-    dx_ref, ddt_ref, dz_ref = take(), take(), take(p.has_z)
-    dBt_ref, dCt_ref, dA_ref = take(), take(), take()
-    dbias_ref, dD_ref, dh0_ref = take(p.has_bias), take(p.has_D), take(p.has_h0)
-    lam_scr, H_scr, dt_scr, u_scr, g_scr, yp_scr, gdt_scr, gu_scr = take.rest()
+def _backward_kernel(refs, lam_scr, H_scr, dt_scr, u_scr, g_scr, yp_scr, gdt_scr, gu_scr, *, p: Problem,
+                     has_dfinal: bool):
+    """``refs``: the refs of :func:`backward_operands` and :func:`backward_results` by name."""
+    dA_ref, dbias_ref, dD_ref = refs["dAt"], refs.get("dbias"), refs.get("dD")
     f = jnp.dtype(p.acc)
     i = pl.program_id(2)
     block = pl.num_programs(2) - 1 - i  # sequence block of this step: last first
 
     @pl.when(i == 0)
     def _():
-        lam_scr[...] = dhT_ref[...].astype(f) if has_dfinal else jnp.zeros(lam_scr.shape, f)
+        lam_scr[...] = refs["dfinal"][...].astype(f) if has_dfinal else jnp.zeros(lam_scr.shape, f)
         dA_ref[...] = jnp.zeros(dA_ref.shape, dA_ref.dtype)
         if p.has_bias:
             dbias_ref[...] = jnp.zeros(dbias_ref.shape, dbias_ref.dtype)
         if p.has_D:
             dD_ref[...] = jnp.zeros(dD_ref.shape, dD_ref.dtype)
 
-    x = x_ref[...].astype(f)
-    v, dt = _effective_dt(p, dt_ref[...], bias_ref, block)
+    x = refs["x"][...].astype(f)
+    v, dt = _effective_dt(p, refs["dt"][...], refs.get("bias"), block)
     dt_scr[...] = dt
     u_scr[...] = dt * x
-    dy = dy_ref[...].astype(f)
+    dy = refs["dy"][...].astype(f)
     if p.has_z:
-        z = z_ref[...].astype(f)
+        z = refs["z"][...].astype(f)
         silu_z, sig_z = _silu_parts(z)
         g_scr[...] = dy * silu_z  # dL/d(y before the gate)
     else:
         g_scr[...] = dy
-    A = A_ref[...].astype(f)
+    A = refs["At"][...].astype(f)
 
     # 1. The block's states again, from the state that entered it: H[t + 1] = h_t, H[0] = entry.
-    H_scr[0] = hs_ref[...]
+    H_scr[0] = refs["saved"][...]
     ngroups = p.tl // GROUP
 
     def recompute(k, h):
-        grp = _Group(p, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A)
+        grp = _Group(p, k, dt_scr, u_scr, refs, A)
         hs, ys = [], jnp.zeros((GROUP, p.td), f)
         for j in range(GROUP):
             h = grp.step(j, h)
@@ -328,7 +352,7 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
             _put_rows(yp_scr, k, ys)
         return h
 
-    lax.fori_loop(0, ngroups, recompute, hs_ref[...].astype(f), unroll=min(p.unroll, ngroups))
+    lax.fori_loop(0, ngroups, recompute, refs["saved"][...].astype(f), unroll=min(p.unroll, ngroups))
 
     # 2. The adjoint recurrence, last position first. lam = dL/dh_t; dB_t, dC_t are (n, 1) lane
     # sums written into column t of the transposed (n, tl) tiles.
@@ -337,7 +361,7 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
     def adjoint(i_rev, carry):
         lam, dA, dBt, dCt = carry
         k = ngroups - 1 - i_rev
-        grp = _Group(p, k, dt_scr, u_scr, B_ref, C_ref, keep_ref, A)
+        grp = _Group(p, k, dt_scr, u_scr, refs, A)
         g = _rows(g_scr, k)
         states = H_scr[pl.ds(pl.multiple_of(k * GROUP, GROUP), GROUP + 1)]  # h_{t-1}, h_t of the group
         gus = gdts = jnp.zeros((GROUP, p.td), f)
@@ -365,8 +389,8 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
         unroll=min(p.unroll, ngroups),
     )
     lam_scr[...] = lam
-    dBt_ref[...] = dBt
-    dCt_ref[...] = dCt
+    refs["dBt"][...] = dBt
+    refs["dCt"][...] = dCt
     dA_ref[...] += dA
 
     # 3. Element-wise pullbacks on the whole block.
@@ -375,12 +399,12 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
     gdt = gdt_scr[...] + gu * x  # dL/d(dt) after softplus
     dx = gu * dt
     if p.has_D:
-        D = D_ref[...].astype(f)
+        D = refs["D"][...].astype(f)
         dx = dx + g * D
         dD_ref[...] += jnp.sum(g * x, axis=0, keepdims=True)
     if p.has_z:
         y_pre = yp_scr[...] + (D * x if p.has_D else 0.0)
-        dz_ref[...] = (dy * y_pre * sig_z * (1.0 + z * (1.0 - sig_z))).astype(dz_ref.dtype)
+        refs["dz"][...] = (dy * y_pre * sig_z * (1.0 + z * (1.0 - sig_z))).astype(refs["dz"].dtype)
     if p.softplus:
         gdt = gdt * jax.nn.sigmoid(v)
     if p.l_valid < p.l_pad:
@@ -388,46 +412,35 @@ def _backward_kernel(*refs, p: Problem, has_dfinal: bool):
         gdt = jnp.where(pos < p.l_valid, gdt, 0.0)
     if p.has_bias:
         dbias_ref[...] += jnp.sum(gdt, axis=0, keepdims=True)
-    dx_ref[...] = dx.astype(dx_ref.dtype)
-    ddt_ref[...] = gdt.astype(ddt_ref.dtype)
+    refs["dx"][...] = dx.astype(refs["dx"].dtype)
+    refs["ddt"][...] = gdt.astype(refs["ddt"].dtype)
 
     if p.has_h0:
         @pl.when(i == pl.num_programs(2) - 1)
         def _():
-            dh0_ref[...] = lam
+            refs["dh0"][...] = lam
 
 
 def backward(p: Problem, *, has_dfinal: bool):
-    """``pallas_call`` taking ``x, dt, [z], Bt, Ct, At, [bias], [D], [keep], hs, dy, [dh_final]``
-    and returning ``dx, ddt, [dz], dBt, dCt, dA, [dbias], [dD], [dh0]``.
-
-    ``dBt, dCt (b, d / td, n, l_pad)`` are per-channel-tile partial sums, positions on lanes; ``dA
-    (b, n, dp)``, ``dbias, dD (b, 1, dp)`` per batch row (the caller sums them).
-    """
-    s = _specs(p, reverse=True)
+    """The backward ``pallas_call``: takes a dict of :func:`backward_operands` and returns one of
+    :func:`backward_results`."""
     f = jnp.dtype(p.acc)
     nd = p.dp // p.td
-    in_specs = [s["seq"], s["seq"]] + [s["seq"]] * p.has_z + [s["bc"], s["bc"], s["A"]]
-    in_specs += [s["row"]] * p.has_bias + [s["row"]] * p.has_D + [s["keep"]] * p.has_keep
-    in_specs += [s["saved"], s["seq"]] + [s["state"]] * has_dfinal
-    seq_out = lambda dtype: jax.ShapeDtypeStruct((p.b, p.l_pad, p.dp), dtype)  # noqa: E731
-    out = [(s["seq"], seq_out(p.x_dtype)), (s["seq"], seq_out(p.dt_dtype))]
-    if p.has_z:
-        out.append((s["seq"], seq_out(p.x_dtype)))
-    out += [(s["bc_t"], jax.ShapeDtypeStruct((p.b, nd, p.n, p.l_pad), f))] * 2
-    out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
-    out += [(s["per_b_row"], jax.ShapeDtypeStruct((p.b, 1, p.dp), f))] * (p.has_bias + p.has_D)
-    if p.has_h0:
-        out.append((s["state"], jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)))
+    seq = lambda dtype: jax.ShapeDtypeStruct((p.b, p.l_pad, p.dp), dtype)  # noqa: E731
+    bc_t = jax.ShapeDtypeStruct((p.b, nd, p.n, p.l_pad), f)
+    state = jax.ShapeDtypeStruct((p.b, p.n, p.dp), f)
+    per_b_row = jax.ShapeDtypeStruct((p.b, 1, p.dp), f)
     return tpu_common.sequence_call(
         functools.partial(_backward_kernel, p=p, has_dfinal=has_dfinal),
-        grid=p.grid,
-        in_specs=in_specs,
-        outs=out,
+        p,
+        operands=backward_operands(p, has_dfinal=has_dfinal),
+        results=backward_results(p),
+        specs=_specs(p, reverse=True),
+        shapes=dict(dx=seq(p.x_dtype), ddt=seq(p.dt_dtype), dz=seq(p.x_dtype), dBt=bc_t, dCt=bc_t, dAt=state,
+                    dbias=per_b_row, dD=per_b_row, dh0=state),
         scratch=[pltpu.VMEM((p.n, p.td), f), pltpu.VMEM((p.tl + 1, p.n, p.td), f)] + [pltpu.VMEM((p.tl, p.td), f)] * 6,
         vmem_bytes=blocks_tpu.backward_vmem_bytes(p.tl, p.td, p.n, x_bytes=p.x_bytes(), has_z=p.has_z),
         cost=backward_cost(p),
-        interpret=p.interpret,
         name="selective_scan_bwd_tpu",
     )
 

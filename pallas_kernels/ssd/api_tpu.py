@@ -33,6 +33,11 @@ __all__ = ["ssd", "why_not"]
 DEFAULT_BLOCKS = SSDTPUBlocks()
 
 
+# --------------------------------------------------------------------------------------------
+# The wrapper
+# --------------------------------------------------------------------------------------------
+
+
 def why_not(ctx, blocks: SSDTPUBlocks | None = None) -> str | None:
     """None if the kernels can run on ``ctx`` (canonical arguments + "backend"), else the reason."""
     reason = tpu_common.backend_reason(ctx) or tpu_common.dtype_reason(
@@ -114,7 +119,8 @@ def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softpl
     r = None if segment_ids is None else _prepare.reset_counts(segment_ids, l_pad, q, f)
     Dv = None if D is None else D.astype(f).reshape(1, h * p)
     h0 = None if initial_state is None else jnp.swapaxes(initial_state.astype(f), 2, 3)  # (b, h, n, p)
-    y, final_state = _core(prob, bool(return_final_state), seq(x), dtp, cs, bc(B), bc(C), r, Dv, seq(z), h0)
+    operands = dict(x=seq(x), dtp=dtp, cs=cs, Bt=bc(B), Ct=bc(C), r=r, D=Dv, z=seq(z), h0=h0)
+    y, final_state = _core(prob, bool(return_final_state), *(operands[k] for k in _core_operands(prob)))
     y = y.reshape(b, l_pad, h, p)[:, :l]
     if final_state is not None:
         final_state = jnp.swapaxes(final_state, 2, 3)
@@ -126,31 +132,45 @@ def _ssd(x, dt, A, B, C, D, z, dt_bias, initial_state, segment_ids, *, dt_softpl
 # --------------------------------------------------------------------------------------------
 
 
-def _layouts(dtp, cs, r):
-    """dt and cs as columns (b, h, l_pad, 2) and rows (b, h, 2, l_pad); reset counts likewise."""
-    col = jnp.stack([cs, dtp], axis=-1)
-    row = jnp.stack([cs, dtp], axis=2)
-    seg = () if r is None else (r[:, :, None], r[:, None, :])
-    return col, row, seg
+def _core_operands(prob) -> tuple[str, ...]:
+    """The custom_vjp's operands, in order: ``x``, ``z`` as the kernels take them, ``dtp`` (dt
+    after bias and softplus) and ``cs`` (the cumulative log-decay) ``(b, h, l_pad)``, ``Bt``,
+    ``Ct``, the reset counts ``r (b, l_pad)``, ``D (1, h * p)``, ``h0 (b, h, n, p)``."""
+    return tpu_common.present(("x", True), ("dtp", True), ("cs", True), ("Bt", True), ("Ct", True),
+                              ("r", prob.has_seg), ("D", prob.has_D), ("z", prob.has_z), ("h0", prob.has_h0))
 
 
-def _run_forward(prob, want_final, save, x, dtp, cs, Bt, Ct, r, D, z, h0):
-    col, row, seg = _layouts(dtp, cs, r)
-    ins = [x, Bt, Ct, col, row, *seg] + [v for v in (D, z, h0) if v is not None]
-    take = tpu_common.Taker(mosaic_tpu.forward(prob, save_states=save, want_final=want_final)(*ins))
-    return take(), take(want_final), take(save)  # y, h_final, the states entering each chunk
+def _kernel_operands(operands) -> dict:
+    """The operands both kernels take, by name, from the core's: ``dtp`` and ``cs`` as columns
+    ``col (b, h, l_pad, 2)`` and rows ``row (b, h, 2, l_pad)``, the reset counts likewise."""
+    ins = dict(x=operands["x"], Bt=operands["Bt"], Ct=operands["Ct"],
+               col=jnp.stack([operands["cs"], operands["dtp"]], axis=-1),
+               row=jnp.stack([operands["cs"], operands["dtp"]], axis=2))
+    if "r" in operands:
+        ins.update(rcol=operands["r"][:, :, None], rrow=operands["r"][:, None, :])
+    ins.update({k: operands[k] for k in ("D", "z", "h0") if k in operands})
+    return ins
+
+
+def _run_forward(prob, want_final, save, *operands):
+    ins = _kernel_operands(dict(zip(_core_operands(prob), operands)))
+    outs = mosaic_tpu.forward(prob, save_states=save, want_final=want_final)(ins)
+    return outs["y"], outs.get("final_state"), outs.get("saved")  # saved: the states entering each chunk
 
 
 def _core_bwd(prob, want_final, res, cts):
-    (x, dtp, cs, Bt, Ct, r, D, z, _), states = res
+    names = _core_operands(prob)
+    operands, saved = res
+    operands = dict(zip(names, operands))
     dy, dfinal = cts
     has_dfinal = want_final and dfinal is not None
-    col, row, seg = _layouts(dtp, cs, r)
-    ins = [x, Bt, Ct, col, row, *seg] + [v for v in (D, z) if v is not None]
-    ins += [states, dy.astype(x.dtype)] + ([dfinal.astype(states.dtype)] if has_dfinal else [])
-    take = tpu_common.Taker(mosaic_tpu.backward(prob, has_dfinal=has_dfinal)(*ins))
-    dx, dz, dB, dC, dcol, drow = take(), take(prob.has_z), take(), take(), take(), take()
-    dD, dh0 = take(prob.has_D), take(prob.has_h0)
+    ins = _kernel_operands(operands)
+    ins.pop("h0", None)  # the backward starts from `saved`
+    ins.update(saved=saved, dy=dy.astype(operands["x"].dtype))
+    if has_dfinal:
+        ins["dfinal"] = dfinal.astype(saved.dtype)
+    outs = mosaic_tpu.backward(prob, has_dfinal=has_dfinal)(ins)
+    Bt = operands["Bt"]
     b, g, l_pad, n = Bt.shape
 
     def per_group(v):  # (b, h / hb, gb, l_pad, n) partial sums -> (b, g, l_pad, n)
@@ -158,18 +178,19 @@ def _core_bwd(prob, want_final, res, cts):
             return v.sum(1)
         return v[:, :, 0].reshape(b, g, prob.nhb // g, l_pad, n).sum(2)
 
-    return (
-        dx,
-        dcol[..., 1] + drow[:, :, 1],
-        dcol[..., 0] + drow[:, :, 0],
-        per_group(dB).astype(Bt.dtype),
-        per_group(dC).astype(Ct.dtype),
-        None if r is None else jnp.zeros_like(r),  # reset counts are data
-        None if dD is None else dD.sum(0).astype(D.dtype),
-        dz,
-        dh0,
-    )
+    dcol, drow = outs["dcol"], outs["drow"]
+    grads = dict(x=outs["dx"], dtp=dcol[..., 1] + drow[:, :, 1], cs=dcol[..., 0] + drow[:, :, 0],
+                 Bt=per_group(outs["dBt"]).astype(Bt.dtype), Ct=per_group(outs["dCt"]).astype(operands["Ct"].dtype))
+    if prob.has_seg:
+        grads["r"] = jnp.zeros_like(operands["r"])  # reset counts are data
+    if prob.has_D:
+        grads["D"] = outs["dD"].sum(0).astype(operands["D"].dtype)
+    if prob.has_z:
+        grads["z"] = outs["dz"]
+    if prob.has_h0:
+        grads["h0"] = outs["dh0"]
+    return tuple(grads[k] for k in names)
 
 
-# _core(prob, want_final, x, dtp, cs, Bt, Ct, r, D, z, h0) -> (y, h_final)
+# _core(prob, want_final, *operands) -> (y, final_state | None), operands in _core_operands(prob) order
 _core = forward_saving_vjp(_run_forward, _core_bwd, num_static=2)

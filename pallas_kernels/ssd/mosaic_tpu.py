@@ -39,7 +39,8 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels import tpu_common
 from pallas_kernels.ssd import blocks_tpu
 
-__all__ = ["Problem", "backward", "forward"]
+__all__ = ["Problem", "backward", "backward_operands", "backward_results", "forward", "forward_operands",
+           "forward_results"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,23 +86,74 @@ class Problem:
         return hh // (self.h // self.g) if self.gb > 1 else 0
 
 
-def _specs(prob: Problem, *, reverse: bool):
+# --------------------------------------------------------------------------------------------
+# Operands by name: the one place that fixes their order (the api module passes and receives
+# them by these names; the wrappers build their specs and the kernels get their refs by them)
+# --------------------------------------------------------------------------------------------
+
+
+def forward_operands(prob: Problem) -> tuple[str, ...]:
+    """The forward kernel's inputs, in call order (the optional ones only when present): ``x, z
+    (b, l_pad, h * p)``, ``Bt, Ct (b, g, l_pad, n)``, the cumulative log-decay and dt as columns
+    ``col (b, h, l_pad, 2)`` and rows ``row (b, h, 2, l_pad)``, the reset counts likewise ``rcol (b,
+    l_pad, 1)``, ``rrow (b, 1, l_pad)``, ``D (1, h * p)``, ``h0 (b, h, n, p)``."""
+    return tpu_common.present(("x", True), ("Bt", True), ("Ct", True), ("col", True), ("row", True),
+                              ("rcol", prob.has_seg), ("rrow", prob.has_seg), ("D", prob.has_D), ("z", prob.has_z),
+                              ("h0", prob.has_h0))
+
+
+def forward_results(*, save_states: bool, want_final: bool) -> tuple[str, ...]:
+    """``y (b, l_pad, h * p)``, ``final_state (b, h, n, p)``, ``saved (b, h, nc, n, p)``: the state
+    entering every chunk."""
+    return tpu_common.present(("y", True), ("final_state", want_final), ("saved", save_states))
+
+
+def backward_operands(prob: Problem, *, has_dfinal: bool) -> tuple[str, ...]:
+    """The forward's inputs but ``h0``, then the forward's ``saved`` states, the output cotangent
+    ``dy`` and the final state's cotangent ``dfinal``."""
+    return tpu_common.present(("x", True), ("Bt", True), ("Ct", True), ("col", True), ("row", True),
+                              ("rcol", prob.has_seg), ("rrow", prob.has_seg), ("D", prob.has_D), ("z", prob.has_z),
+                              ("saved", True), ("dy", True), ("dfinal", has_dfinal))
+
+
+def backward_results(prob: Problem) -> tuple[str, ...]:
+    """``dx, dz`` like ``x``; ``dBt, dCt (b, h / hb, gb, l_pad, n)``, ``dD (b, 1, h * p)``: partial
+    sums the caller reduces; ``dcol, drow`` like ``col, row``; ``dh0 (b, h, n, p)``."""
+    return tpu_common.present(("dx", True), ("dz", prob.has_z), ("dBt", True), ("dCt", True), ("dcol", True),
+                              ("drow", True), ("dD", prob.has_D), ("dh0", prob.has_h0))
+
+
+# --------------------------------------------------------------------------------------------
+# Block specs by operand and result name (grid indices: b, head block j, chunk c)
+# --------------------------------------------------------------------------------------------
+
+
+def _specs(prob: Problem, *, reverse: bool) -> dict[str, pl.BlockSpec]:
     blk = (lambda c: prob.nc - 1 - c) if reverse else (lambda c: c)
     heads_per_group_blocks = (prob.h // prob.g) // prob.hb if prob.gb == 1 else 1
     cols = prob.hb * prob.p
+    seq = pl.BlockSpec((None, prob.q, cols), lambda b, j, c: (b, blk(c), j))
+    bc = pl.BlockSpec((None, prob.gb, prob.q, prob.n), lambda b, j, c: (b, j // heads_per_group_blocks, blk(c), 0))
+    col = pl.BlockSpec((None, prob.hb, prob.q, 2), lambda b, j, c: (b, j, blk(c), 0))
+    row = pl.BlockSpec((None, prob.hb, 2, prob.q), lambda b, j, c: (b, j, 0, blk(c)))
+    state = pl.BlockSpec((None, prob.hb, prob.n, prob.p), lambda b, j, c: (b, j, 0, 0))
+    dbc = pl.BlockSpec((None, None, prob.gb, prob.q, prob.n), lambda b, j, c: (b, j, 0, blk(c), 0))
     return dict(
-        seq=pl.BlockSpec((None, prob.q, cols), lambda b, j, c: (b, blk(c), j)),
-        bc=pl.BlockSpec((None, prob.gb, prob.q, prob.n), lambda b, j, c: (b, j // heads_per_group_blocks, blk(c), 0)),
-        col=pl.BlockSpec((None, prob.hb, prob.q, 2), lambda b, j, c: (b, j, blk(c), 0)),
-        row=pl.BlockSpec((None, prob.hb, 2, prob.q), lambda b, j, c: (b, j, 0, blk(c))),
+        x=seq, z=seq, y=seq, dy=seq, dx=seq, dz=seq,
+        Bt=bc, Ct=bc, dBt=dbc, dCt=dbc,
+        col=col, dcol=col, row=row, drow=row,
         rcol=pl.BlockSpec((None, prob.q, 1), lambda b, j, c: (b, blk(c), 0)),
         rrow=pl.BlockSpec((None, 1, prob.q), lambda b, j, c: (b, 0, blk(c))),
         D=pl.BlockSpec((1, cols), lambda b, j, c: (0, j)),
-        state=pl.BlockSpec((None, prob.hb, prob.n, prob.p), lambda b, j, c: (b, j, 0, 0)),
-        saved=pl.BlockSpec((None, prob.hb, None, prob.n, prob.p), lambda b, j, c: (b, j, blk(c), 0, 0)),
-        dbc=pl.BlockSpec((None, None, prob.gb, prob.q, prob.n), lambda b, j, c: (b, j, 0, blk(c), 0)),
         dD=pl.BlockSpec((None, 1, cols), lambda b, j, c: (b, 0, j)),
+        h0=state, final_state=state, dfinal=state, dh0=state,
+        saved=pl.BlockSpec((None, prob.hb, None, prob.n, prob.p), lambda b, j, c: (b, j, blk(c), 0, 0)),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces of both kernels
+# --------------------------------------------------------------------------------------------
 
 
 def _dot(prob: Problem, a, b, *, ta: bool = False, tb: bool = False):
@@ -116,12 +168,12 @@ def _dot(prob: Problem, a, b, *, ta: bool = False, tb: bool = False):
 class _Chunk:
     """The per-chunk quantities of one head shared by forward and backward."""
 
-    def __init__(self, prob: Problem, col_ref, row_ref, masks, hh: int):
+    def __init__(self, prob: Problem, refs, masks, hh: int):
         f = jnp.dtype(prob.acc)
-        self.cs_c = col_ref[hh, :, 0:1].astype(f)  # (q, 1)
-        self.dt_c = col_ref[hh, :, 1:2].astype(f)
-        self.cs_r = row_ref[hh, 0:1, :].astype(f)  # (1, q)
-        self.dt_r = row_ref[hh, 1:2, :].astype(f)
+        self.cs_c = refs["col"][hh, :, 0:1].astype(f)  # (q, 1)
+        self.dt_c = refs["col"][hh, :, 1:2].astype(f)
+        self.cs_r = refs["row"][hh, 0:1, :].astype(f)  # (1, q)
+        self.dt_r = refs["row"][hh, 1:2, :].astype(f)
         self.cs_last = self.cs_r[:, prob.q - 1 : prob.q]  # (1, 1)
         same, open_in, open_out, open_tot = masks
         # exp of the masked difference only: entries with s > t (or across segments) would be
@@ -137,12 +189,12 @@ class _Chunk:
         self.w = self.w_decay * self.dt_c  # (q, 1): weight of x_s in the chunk-end state
 
 
-def _masks(prob: Problem, rcol_ref, rrow_ref):
+def _masks(prob: Problem, refs):
     q = prob.q
     causal = lax.broadcasted_iota(jnp.int32, (q, q), 0) >= lax.broadcasted_iota(jnp.int32, (q, q), 1)
     if not prob.has_seg:
         return causal, None, None, None
-    rc, rr = rcol_ref[...], rrow_ref[...]  # (q, 1), (1, q)
+    rc, rr = refs["rcol"][...], refs["rrow"][...]  # (q, 1), (1, q)
     r_last = rr[:, q - 1 : q]
     return causal & (rc == rr), rc == 0.0, rc == r_last, r_last == 0.0
 
@@ -156,32 +208,28 @@ def _head_cols(prob: Problem, hh: int):
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_kernel(*refs, prob: Problem, save_states: bool, want_final: bool):
-    take = tpu_common.Taker(refs)
-    x_ref, B_ref, C_ref, col_ref, row_ref = take(), take(), take(), take(), take()
-    rcol_ref, rrow_ref = take(prob.has_seg), take(prob.has_seg)
-    D_ref, z_ref, h0_ref = take(prob.has_D), take(prob.has_z), take(prob.has_h0)
-    y_ref, hT_ref, st_ref = take(), take(want_final), take(save_states)
-    (S_scr,) = take.rest()
+def _forward_kernel(refs, S_scr, *, prob: Problem, want_final: bool):
+    """``refs``: the refs of :func:`forward_operands` and :func:`forward_results` by name."""
     f = jnp.dtype(prob.acc)
     c = pl.program_id(2)
-    tpu_common.enter_block(S_scr, h0_ref, c, f, saved_ref=st_ref)
+    tpu_common.enter_block(S_scr, refs.get("h0"), c, f, saved_ref=refs.get("saved"))
 
-    masks = _masks(prob, rcol_ref, rrow_ref)
+    masks = _masks(prob, refs)
+    B_ref, C_ref, y_ref = refs["Bt"], refs["Ct"], refs["y"]
     G = [_dot(prob, C_ref[gg], B_ref[gg], tb=True) for gg in range(prob.gb)]  # (q, q) per group
     for hh in range(prob.hb):
         gg = prob.group_of(hh)
         cols = _head_cols(prob, hh)
-        ch = _Chunk(prob, col_ref, row_ref, masks, hh)
-        x = x_ref[:, cols]
+        ch = _Chunk(prob, refs, masks, hh)
+        x = refs["x"][:, cols]
         S = S_scr[hh]
         M = G[gg] * ch.Lm * ch.dt_r
         y = _dot(prob, M, x) + _dot(prob, C_ref[gg], S) * ch.e_in
         xf = x.astype(f)
         if prob.has_D:
-            y = y + D_ref[:, cols].astype(f) * xf
+            y = y + refs["D"][:, cols].astype(f) * xf
         if prob.has_z:
-            z = z_ref[:, cols].astype(f)
+            z = refs["z"][:, cols].astype(f)
             y = y * (z * jax.nn.sigmoid(z))
         y_ref[:, cols] = y.astype(y_ref.dtype)
         S_scr[hh] = ch.E * S + _dot(prob, B_ref[gg], ch.w * xf, ta=True)
@@ -189,31 +237,26 @@ def _forward_kernel(*refs, prob: Problem, save_states: bool, want_final: bool):
     if want_final:
         @pl.when(c == pl.num_programs(2) - 1)
         def _():
-            hT_ref[...] = S_scr[...]
+            refs["final_state"][...] = S_scr[...]
 
 
 def forward(prob: Problem, *, save_states: bool, want_final: bool):
-    """``pallas_call`` taking ``x, B, C, col, row, [rcol, rrow], [D], [z], [h0]`` and returning
-    ``y, [h_final (b, h, n, p)], [states (b, h, nc, n, p)]``."""
-    s = _specs(prob, reverse=False)
+    """The forward ``pallas_call``: takes a dict of :func:`forward_operands` and returns one of
+    :func:`forward_results`."""
     f = jnp.dtype(prob.acc)
-    in_specs = [s["seq"], s["bc"], s["bc"], s["col"], s["row"]] + [s["rcol"], s["rrow"]] * prob.has_seg
-    in_specs += [s["D"]] * prob.has_D + [s["seq"]] * prob.has_z + [s["state"]] * prob.has_h0
-    out = [(s["seq"], jax.ShapeDtypeStruct((prob.b, prob.l_pad, prob.h * prob.p), prob.x_dtype))]
-    if want_final:
-        out.append((s["state"], jax.ShapeDtypeStruct((prob.b, prob.h, prob.n, prob.p), f)))
-    if save_states:
-        out.append((s["saved"], jax.ShapeDtypeStruct((prob.b, prob.h, prob.nc, prob.n, prob.p), f)))
     xb = jnp.dtype(prob.x_dtype).itemsize
     return tpu_common.sequence_call(
-        functools.partial(_forward_kernel, prob=prob, save_states=save_states, want_final=want_final),
-        grid=prob.grid,
-        in_specs=in_specs,
-        outs=out,
+        functools.partial(_forward_kernel, prob=prob, want_final=want_final),
+        prob,
+        operands=forward_operands(prob),
+        results=forward_results(save_states=save_states, want_final=want_final),
+        specs=_specs(prob, reverse=False),
+        shapes=dict(y=jax.ShapeDtypeStruct((prob.b, prob.l_pad, prob.h * prob.p), prob.x_dtype),
+                    final_state=jax.ShapeDtypeStruct((prob.b, prob.h, prob.n, prob.p), f),
+                    saved=jax.ShapeDtypeStruct((prob.b, prob.h, prob.nc, prob.n, prob.p), f)),
         scratch=[pltpu.VMEM((prob.hb, prob.n, prob.p), f)],
         vmem_bytes=blocks_tpu.forward_vmem_bytes(prob.q, prob.hb, prob.p, prob.n, prob.gb, x_bytes=xb, has_z=prob.has_z),
         cost=forward_cost(prob, save_states),
-        interpret=prob.interpret,
         name="ssd_fwd_tpu",
     )
 
@@ -238,26 +281,20 @@ def forward_cost(prob: Problem, save_states: bool = False) -> pl.CostEstimate:
 # --------------------------------------------------------------------------------------------
 
 
-def _backward_kernel(*refs, prob: Problem, has_dfinal: bool):
-    take = tpu_common.Taker(refs)
-    x_ref, B_ref, C_ref, col_ref, row_ref = take(), take(), take(), take(), take()
-    rcol_ref, rrow_ref = take(prob.has_seg), take(prob.has_seg)
-    D_ref, z_ref = take(prob.has_D), take(prob.has_z)
-    st_ref, dy_ref, dhT_ref = take(), take(), take(has_dfinal)
-    dx_ref, dz_ref, dB_ref, dC_ref, dcol_ref, drow_ref = take(), take(prob.has_z), take(), take(), take(), take()
-    dD_ref, dh0_ref = take(prob.has_D), take(prob.has_h0)
-    (dS_scr,) = take.rest()
+def _backward_kernel(refs, dS_scr, *, prob: Problem, has_dfinal: bool):
+    """``refs``: the refs of :func:`backward_operands` and :func:`backward_results` by name."""
+    B_ref, C_ref, dD_ref = refs["Bt"], refs["Ct"], refs.get("dD")
     f = jnp.dtype(prob.acc)
     i = pl.program_id(2)
     q = prob.q
 
     @pl.when(i == 0)
     def _():
-        dS_scr[...] = dhT_ref[...].astype(f) if has_dfinal else jnp.zeros(dS_scr.shape, f)
+        dS_scr[...] = refs["dfinal"][...].astype(f) if has_dfinal else jnp.zeros(dS_scr.shape, f)
         if prob.has_D:
             dD_ref[...] = jnp.zeros(dD_ref.shape, dD_ref.dtype)
 
-    masks = _masks(prob, rcol_ref, rrow_ref)
+    masks = _masks(prob, refs)
     last_row = lax.broadcasted_iota(jnp.int32, (q, 1), 0) == q - 1
     G = [_dot(prob, C_ref[gg], B_ref[gg], tb=True) for gg in range(prob.gb)]
     dB = [jnp.zeros((q, prob.n), f) for _ in range(prob.gb)]
@@ -265,18 +302,18 @@ def _backward_kernel(*refs, prob: Problem, has_dfinal: bool):
     for hh in range(prob.hb):
         gg = prob.group_of(hh)
         cols = _head_cols(prob, hh)
-        ch = _Chunk(prob, col_ref, row_ref, masks, hh)
+        ch = _Chunk(prob, refs, masks, hh)
         Bg, Cg = B_ref[gg], C_ref[gg]
-        x = x_ref[:, cols]
+        x = refs["x"][:, cols]
         xf = x.astype(f)
-        S = st_ref[hh]  # state entering this chunk (saved by the forward)
+        S = refs["saved"][hh]  # state entering this chunk (saved by the forward)
         dSn = dS_scr[hh]  # dL/d(state leaving this chunk)
-        dy = dy_ref[:, cols].astype(f)
+        dy = refs["dy"][:, cols].astype(f)
         M = G[gg] * ch.Lm * ch.dt_r
 
         # Epilogue: y = (y_pre + D x) silu(z). g = dL/d(y_pre + D x).
         if prob.has_z:
-            z = z_ref[:, cols].astype(f)
+            z = refs["z"][:, cols].astype(f)
             sz = jax.nn.sigmoid(z)
             g = dy * (z * sz)
         else:
@@ -284,12 +321,12 @@ def _backward_kernel(*refs, prob: Problem, has_dfinal: bool):
         CS = _dot(prob, Cg, S)  # (q, p)
         dxf = _dot(prob, M, g, ta=True)  # M^T g: the intra-chunk term
         if prob.has_D:
-            Dh = D_ref[:, cols].astype(f)
+            Dh = refs["D"][:, cols].astype(f)
             dxf = dxf + g * Dh
             dD_ref[:, cols] += jnp.sum(g * xf, axis=0, keepdims=True)
         if prob.has_z:
             y_pre = _dot(prob, M, x) + CS * ch.e_in + (Dh * xf if prob.has_D else 0.0)
-            dz_ref[:, cols] = (dy * y_pre * sz * (1.0 + z * (1.0 - sz))).astype(dz_ref.dtype)
+            refs["dz"][:, cols] = (dy * y_pre * sz * (1.0 + z * (1.0 - sz))).astype(refs["dz"].dtype)
 
         # State -> output: y += e_in (C S).
         gE = g * ch.e_in
@@ -320,49 +357,42 @@ def _backward_kernel(*refs, prob: Problem, has_dfinal: bool):
         dcs_last = jnp.sum(dw * ch.w, axis=0, keepdims=True) + dE * ch.E
         dcs_c = dcs_c + jnp.where(last_row, dcs_last, 0.0)
 
-        dx_ref[:, cols] = dxf.astype(dx_ref.dtype)
-        dcol_ref[hh, :, 0:1] = dcs_c
-        dcol_ref[hh, :, 1:2] = ddt_c
-        drow_ref[hh, 0:1, :] = dcs_r
-        drow_ref[hh, 1:2, :] = ddt_r
+        refs["dx"][:, cols] = dxf.astype(refs["dx"].dtype)
+        refs["dcol"][hh, :, 0:1] = dcs_c
+        refs["dcol"][hh, :, 1:2] = ddt_c
+        refs["drow"][hh, 0:1, :] = dcs_r
+        refs["drow"][hh, 1:2, :] = ddt_r
 
     for gg in range(prob.gb):
-        dB_ref[gg] = dB[gg]
-        dC_ref[gg] = dC[gg]
+        refs["dBt"][gg] = dB[gg]
+        refs["dCt"][gg] = dC[gg]
 
     if prob.has_h0:
         @pl.when(i == pl.num_programs(2) - 1)
         def _():
-            dh0_ref[...] = dS_scr[...]
+            refs["dh0"][...] = dS_scr[...]
 
 
 def backward(prob: Problem, *, has_dfinal: bool):
-    """``pallas_call`` taking ``x, B, C, col, row, [rcol, rrow], [D], [z], states, dy, [dh_final]``
-    and returning ``dx, [dz], dB, dC (b, h / hb, gb, l_pad, n), dcol (b, h, l_pad, 2), drow (b, h, 2, l_pad),
-    [dD (b, 1, h * p)], [dh0 (b, h, n, p)]`` (dB, dC, dD: partial sums the caller reduces)."""
-    s = _specs(prob, reverse=True)
+    """The backward ``pallas_call``: takes a dict of :func:`backward_operands` and returns one of
+    :func:`backward_results`."""
     f = jnp.dtype(prob.acc)
-    in_specs = [s["seq"], s["bc"], s["bc"], s["col"], s["row"]] + [s["rcol"], s["rrow"]] * prob.has_seg
-    in_specs += [s["D"]] * prob.has_D + [s["seq"]] * prob.has_z + [s["saved"], s["seq"]] + [s["state"]] * has_dfinal
     seq = jax.ShapeDtypeStruct((prob.b, prob.l_pad, prob.h * prob.p), prob.x_dtype)
-    out = [(s["seq"], seq)] + [(s["seq"], seq)] * prob.has_z
-    out += [(s["dbc"], jax.ShapeDtypeStruct((prob.b, prob.nhb, prob.gb, prob.l_pad, prob.n), f))] * 2
-    out += [(s["col"], jax.ShapeDtypeStruct((prob.b, prob.h, prob.l_pad, 2), f)),
-            (s["row"], jax.ShapeDtypeStruct((prob.b, prob.h, 2, prob.l_pad), f))]
-    if prob.has_D:
-        out.append((s["dD"], jax.ShapeDtypeStruct((prob.b, 1, prob.h * prob.p), f)))
-    if prob.has_h0:
-        out.append((s["state"], jax.ShapeDtypeStruct((prob.b, prob.h, prob.n, prob.p), f)))
+    dbc = jax.ShapeDtypeStruct((prob.b, prob.nhb, prob.gb, prob.l_pad, prob.n), f)
     xb = jnp.dtype(prob.x_dtype).itemsize
     return tpu_common.sequence_call(
         functools.partial(_backward_kernel, prob=prob, has_dfinal=has_dfinal),
-        grid=prob.grid,
-        in_specs=in_specs,
-        outs=out,
+        prob,
+        operands=backward_operands(prob, has_dfinal=has_dfinal),
+        results=backward_results(prob),
+        specs=_specs(prob, reverse=True),
+        shapes=dict(dx=seq, dz=seq, dBt=dbc, dCt=dbc, dcol=jax.ShapeDtypeStruct((prob.b, prob.h, prob.l_pad, 2), f),
+                    drow=jax.ShapeDtypeStruct((prob.b, prob.h, 2, prob.l_pad), f),
+                    dD=jax.ShapeDtypeStruct((prob.b, 1, prob.h * prob.p), f),
+                    dh0=jax.ShapeDtypeStruct((prob.b, prob.h, prob.n, prob.p), f)),
         scratch=[pltpu.VMEM((prob.hb, prob.n, prob.p), f)],
         vmem_bytes=blocks_tpu.backward_vmem_bytes(prob.q, prob.hb, prob.p, prob.n, prob.gb, x_bytes=xb, has_z=prob.has_z),
         cost=backward_cost(prob),
-        interpret=prob.interpret,
         name="ssd_bwd_tpu",
     )
 
