@@ -90,8 +90,10 @@ def check_experiment(config) -> tasks.Task:
         k = f"optim.ssm_param_groups.{role}"
         if role not in roles:
             _fail("optim.ssm_param_groups", role, f"keyed by roles among {roles}")
-        if not hasattr(hp, "keys") or set(hp.keys()) - {"lr", "weight_decay"}:
-            _fail(k, hp, "a dict with keys lr and/or weight_decay")
+        if not hasattr(hp, "keys") or set(hp.keys()) - {"lr", "weight_decay", "decay_vectors"}:
+            _fail(k, hp, "a dict with keys lr, weight_decay and/or decay_vectors")
+        if not isinstance(hp.get("decay_vectors", False), bool):
+            _fail(f"{k}.decay_vectors", hp["decay_vectors"], "a bool")
         if hp.get("lr") is not None:
             _float(f"{k}.lr", hp["lr"], lo_open=True, allowed="None (optim.lr) or a positive float")
         if hp.get("weight_decay") is not None:

@@ -12,7 +12,8 @@ applies only to matrices (ndim >= 2); biases, norm scales and other vectors are 
 (:data:`SSM_ROLES`: ``dt``, ``A``, ``B``, ``C``, ``D``), each with its own ``lr`` and
 ``weight_decay`` (None: the global ``optim.lr`` / ``optim.weight_decay``), as state-spaces/s4
 registers each kernel parameter with its own hyperparameters (``Kernel.register``); roles it does
-not list keep ``optim.ssm_lr`` / ``optim.ssm_weight_decay``.
+not list keep ``optim.ssm_lr`` / ``optim.ssm_weight_decay``. A group's ``decay_vectors: True``
+decays its vectors too (state-spaces/s4 decays the per-channel ``D``, a plain parameter).
 """
 
 from __future__ import annotations
@@ -75,14 +76,15 @@ def make_schedule(optim, total_steps: int, peak: float) -> optax.Schedule:
     )
 
 
-def _adamw(optim, schedule, weight_decay: float) -> optax.GradientTransformation:
+def _adamw(optim, schedule, weight_decay: float, *, decay_vectors: bool = False) -> optax.GradientTransformation:
+    """AdamW; weight decay on matrices only, or on every parameter with ``decay_vectors``."""
     return optax.adamw(
         schedule,
         b1=float(optim.b1),
         b2=float(optim.b2),
         eps=float(optim.eps),
         weight_decay=weight_decay,
-        mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
+        mask=lambda params: jax.tree.map(lambda p: decay_vectors or p.ndim >= 2, params),
     )
 
 
@@ -101,7 +103,7 @@ def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformatio
         role_lr = lr if hp.get("lr") is None else float(hp["lr"])
         wd = float(optim.weight_decay) if hp.get("weight_decay") is None else float(hp["weight_decay"])
         schedules[f"ssm_{role}"] = make_schedule(optim, total_steps, role_lr)
-        transforms[f"ssm_{role}"] = _adamw(optim, schedules[f"ssm_{role}"], wd)
+        transforms[f"ssm_{role}"] = _adamw(optim, schedules[f"ssm_{role}"], wd, decay_vectors=bool(hp.get("decay_vectors")))
 
     def labels(params):
         ssm = jax.tree_util.tree_map_with_path(

@@ -145,7 +145,8 @@ def test_every_config_passes_the_trainers_checks():
     ("data.batch_size", -8, r"config.data.batch_size must be a positive int; got -8"),
     ("optim.ssm_param_groups", {"Z": {"lr": 1.0}}, r"config.optim.ssm_param_groups must be keyed by roles among \['A', 'B', 'C', 'D', 'dt'\]; got 'Z'"),
     ("optim.ssm_param_groups", {"A": {"lr": -1.0}}, r"config.optim.ssm_param_groups.A.lr must be None \(optim.lr\) or a positive float; got -1.0"),
-    ("optim.ssm_param_groups", {"A": {"rate": 1.0}}, r"config.optim.ssm_param_groups.A must be a dict with keys lr and/or weight_decay"),
+    ("optim.ssm_param_groups", {"A": {"rate": 1.0}}, r"config.optim.ssm_param_groups.A must be a dict with keys lr, weight_decay and/or decay_vectors"),
+    ("optim.ssm_param_groups", {"D": {"decay_vectors": 1}}, r"config.optim.ssm_param_groups.D.decay_vectors must be a bool; got 1"),
 ])
 def test_bad_experiment_settings_fail_at_setup_naming_the_key(key, value, match, tmp_path):
     """Checked before anything is built or written (issue 19): an eval.extra entry is otherwise

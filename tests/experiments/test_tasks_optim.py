@@ -129,6 +129,12 @@ def test_ssm_param_groups_give_each_role_its_lr_and_weight_decay():
     assert set(got) == set(want)
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, err_msg=name)
+    # decay_vectors: the D vector is decayed too (state-spaces/s4's plain D parameter).
+    cfg.ssm_param_groups.D.decay_vectors = True
+    tx, _ = optim.make_optimizer(cfg, total_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["ssm"]["D"].value, -0.15, rtol=1e-4)
+    np.testing.assert_allclose(updates["ssm"]["log_dt"].value, -0.5, rtol=1e-4)  # other groups unchanged
 
 
 def test_ssm_param_groups_refuse_a_parameter_without_a_role():

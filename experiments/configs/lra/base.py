@@ -24,7 +24,7 @@ trains S4D-LegS with the same ones). Where each setting comes from, in state-spa
   defaults), ``norm`` eps 1e-5 and BatchNorm1d's momentum (``torch.nn.BatchNorm1d`` defaults).
 * ``configs/trainer/default.yaml``: ``gradient_clip_val: null`` -> ``optim.clip_norm = 0``
   (no clipping); ``configs/config.yaml``: no weight decay on biases and norm parameters
-  (ours: decay only on matrices).
+  (ours: decay on matrices, and on S4's ``D`` vector, below).
 * ``configs/model/layer/s4.yaml``: ``dt_transform: softplus`` -> ``dt_transform="softplus"``;
   ``n_ssm: 1`` (A, B, P tied across channels; dt, C, D per channel), kept by ListOps, Text,
   Retrieval and Image, ``n_ssm: null`` (one SSM per channel) on Pathfinder and Path-X.
@@ -40,8 +40,8 @@ from the published runs):
   are followed (:func:`s4_param_groups`, ``optim.ssm_param_groups``): ListOps, Text and Retrieval
   (``layer.lr: {dt: null, A: 0.001, B: 0.001}``) train A, B, P at 0.001 and dt, C at the global
   lr; Image, Pathfinder and Path-X (``layer.lr: 0.001``) train dt, A, B, P and C at 0.001; dt, A,
-  B, P have no weight decay, C and D the optimizer's. One difference stays: our weight decay
-  applies to matrices only, so D (a vector) is not decayed;
+  B, P have no weight decay, C and D the optimizer's (D, a vector, through ``decay_vectors``:
+  otherwise our weight decay applies to matrices only);
 * ``model.tie_dropout: true`` (Image, the one task with dropout): one dropout mask per channel
   for the whole sequence, in the S4 layers and the residual branches -> ``tie_dropout=True``;
 * the pixel tasks' real-valued inputs (S4/S4D: ``encoder="linear"``, :data:`S4_PIXEL_NORM`).
@@ -96,9 +96,11 @@ def s4_param_groups(p: dict) -> dict:
     """``optim.ssm_param_groups`` of an S4/S4D recipe: state-spaces/s4's ``Kernel.register`` gives
     ``layer.lr`` to the roles it names (``ssm_lr_roles``: a dict ``{dt: null, A: .., B: ..}`` names A
     and B; a number names dt, A, B and C), the global lr to the rest; no weight decay on dt, A, B
-    (and P, with A), the optimizer's on C and D (``FFTConv.D`` is a plain parameter)."""
+    (and P, with A), the optimizer's on C and D (``FFTConv.D`` is a plain parameter, decayed
+    although it is a vector: ``decay_vectors``)."""
     return {role: dict(lr=p["ssm_lr"] if role in p["ssm_lr_roles"] else None,
-                       weight_decay=0.0 if role in ("dt", "A", "B") else None)
+                       weight_decay=0.0 if role in ("dt", "A", "B") else None,
+                       **({"decay_vectors": True} if role == "D" else {}))
             for role in ("dt", "A", "B", "C", "D")}
 S4_CLIP_NORM = 0.0
 

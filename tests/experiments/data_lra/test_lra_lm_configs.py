@@ -57,6 +57,7 @@ def test_lra_full_configs_validate(task):
             for role, hp in groups.items():
                 assert hp["lr"] == (p["ssm_lr"] if role in at_ssm_lr and role != "D" else None), (role, hp)
                 assert hp["weight_decay"] == (0.0 if role in ("dt", "A", "B") else None), (role, hp)
+                assert hp.get("decay_vectors", False) == (role == "D"), (role, hp)  # s4's D is decayed
             assert set(groups) == {"dt", "A", "B", "C", "D"}
             smoke = SequenceClassifierConfig.from_dict(module.get_config(f"mixer={mixer},smoke").model.to_dict())
             assert (smoke.norm, smoke.prenorm) == (cfg.norm, cfg.prenorm)  # smoke runs the same block design
