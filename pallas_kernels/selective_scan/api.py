@@ -275,13 +275,15 @@ _scan = forward_saving_vjp(_forward, _scan_bwd, num_static=2)
 # an H100 block. Every state channel evolves on its own (h_n <- exp(delta A_n) h_n + delta B_n x),
 # and y, hence every gradient of x, dt, z and dt_bias, is a sum over n; so the backward kernel
 # runs on each half of the (padded) state with D in one half only, and the halves' gradients of
-# x, dt, z, dt_bias add while those of A, B, C and the initial state sit side by side. (The
-# z-gate gradient is linear in the pre-gate output, so it splits the same way.)
+# x, dt, z, dt_bias add while those of A, B, C and the initial state sit side by side
+# (gpu_common.backward_by_state_slices). The z-gate gradient is linear in the pre-gate output, so
+# it splits the same way.
 
 SLICE_N = 128
 
 
 def _backward_by_state_slices(s: _Static, res, gy, dfinal):
+    """:func:`_backward` once per ``SLICE_N`` states, for a backward that does not fit one block."""
     (x, dt, A, B, C, D, z, dt_bias, h0, keep), saved = res
     n_p = s.blocks.n
     # Pad the state to the forward's n_p (zero A, B, C, h0 contribute nothing), then cut it.
@@ -294,19 +296,14 @@ def _backward_by_state_slices(s: _Static, res, gy, dfinal):
     half = dataclasses.replace(s, n=m, blocks=fwd_half, bwd=bwd_half)
     if (half.r_pad, half.l_pad) != (s.r_pad, s.l_pad) or not backward_fits(bwd_half):
         raise AssertionError(f"selective_scan: state slices of {m} change the padding ({half} vs {s})")
-    parts = []
-    for k in range(n_p // m):
-        cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
+    # How each operand's cotangent combines over the slices, in _backward's order.
+    how = dict(x="sum", dt="sum", A="concat", B="concat", C="concat", D="first", z="sum", dt_bias="sum",
+               h0="concat", keep="first")
+
+    def backward(k, cut):
         res_k = ((x, dt, cut(A_p), cut(B_p), cut(C_p), D if k == 0 else None, z, dt_bias, cut(h0_p), keep),
                  _split_state(1, cut(saved)))
-        parts.append(_backward(half, res_k, gy, cut(dfinal_p)))
-    dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep = zip(*parts)
+        return dict(zip(how, _backward(half, res_k, gy, cut(dfinal_p))))
 
-    def total(vs, like):
-        return None if vs[0] is None else sum(v.astype(jnp.float32) for v in vs).astype(like.dtype)
-
-    def side_by_side(vs):
-        return None if vs[0] is None else jnp.concatenate(vs, axis=-1)[..., : s.n]
-
-    return (total(dx, x), total(ddt, dt), side_by_side(dA), side_by_side(dB), side_by_side(dC), dD[0],
-            total(dz, z), total(dbias, dt_bias), side_by_side(dh0), dkeep[0])
+    cts = gpu_common.backward_by_state_slices(backward, how, n=n_p, slice_n=m, n_valid=s.n)
+    return tuple(cts[name] for name in how)

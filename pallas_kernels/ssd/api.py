@@ -245,27 +245,15 @@ def _ssd_core_bwd(cfg: _Config, res, cts):
 def _run_bwd_state_slices(cfg: _Config, arrays, states, dy, dfinal):
     """The backward kernel on each slice of ``BWD_KERNEL_MAX_N`` state channels (see the note at
     BWD_KERNEL_MAX_N): summed gradients of x, z, dt, cs; concatenated gradients of B, C, h0."""
-    n = arrays["B"].shape[-1]
-    m = BWD_KERNEL_MAX_N
-    parts = []
-    for k in range(n // m):
-        cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
+
+    def backward(k, cut):
         part = dict(arrays, B=cut(arrays["B"]), C=cut(arrays["C"]), h0=cut(arrays["h0"]),
                     D=arrays["D"] if k == 0 else None)
         part_cfg = dataclasses.replace(cfg, has_D=cfg.has_D and k == 0)
-        parts.append(_run_bwd(part_cfg, part, cut(states), dy, cut(dfinal) if cfg.want_final else dfinal))
+        return _run_bwd(part_cfg, part, cut(states), dy, cut(dfinal) if cfg.want_final else dfinal)
 
-    def total(name):
-        if parts[0][name] is None:
-            return None
-        acc = sum(p[name].astype(jnp.float32) for p in parts)
-        return acc.astype(parts[0][name].dtype)
-
-    def side_by_side(name):
-        return None if parts[0][name] is None else jnp.concatenate([p[name] for p in parts], axis=-1)
-
-    return dict(x=total("x"), dt=total("dt"), cs=total("cs"), z=total("z"), B=side_by_side("B"),
-                C=side_by_side("C"), h0=side_by_side("h0"), D=parts[0]["D"], r=None)
+    how = dict(x="sum", dt="sum", cs="sum", z="sum", B="concat", C="concat", h0="concat", D="first", r="first")
+    return gpu_common.backward_by_state_slices(backward, how, n=arrays["B"].shape[-1], slice_n=BWD_KERNEL_MAX_N)
 
 
 # _ssd_core(cfg, arrays) -> (y, final_state)
