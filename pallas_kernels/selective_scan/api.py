@@ -29,6 +29,8 @@ from pallas_kernels.selective_scan.blocks import (
 __all__ = ["selective_scan", "why_not", "MAX_STATE"]
 
 MAX_STATE = 256
+# The largest (padded) state the backward kernel takes in one block; larger states run it per slice.
+SLICE_N = 128
 
 
 def why_not(ctx) -> str | None:
@@ -47,43 +49,8 @@ def why_not(ctx) -> str | None:
     return None
 
 
-def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
-                   *, blocks: SelectiveScanBlocks | None = None, backward_blocks: SelectiveScanBlocks | None = None):
-    """Canonical arguments in, ``(y, final_state | None)`` out (see ``ssm_jax.ops.selective_scan``).
-
-    ``blocks``/``backward_blocks`` override the tiling rules of :mod:`.blocks` (benchmarks).
-    """
-    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
-                segment_ids=segment_ids)
-    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
-                  backward_blocks=backward_blocks)
-    return _sharding.run(_selective_scan, args, static, _sharding.selective_scan_specs(x, B))
-
-
-def _selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
-                    blocks, backward_blocks):
-    """:func:`selective_scan` on one device's shard (the tiling is chosen for the shard)."""
-    b, l, d = x.shape
-    g, n = B.shape[-2:]
-    if backward_blocks is None:
-        backward_blocks = choose_backward_blocks(b, d, g, n)
-    if blocks is None:
-        itemsize = max(jnp.dtype(v.dtype).itemsize for v in (x, dt, z, B, C) if v is not None)
-        blocks = choose_blocks(b, d, g, n, l=l, save_interval=backward_blocks.chunk, itemsize=itemsize)
-    if blocks.save_interval != backward_blocks.chunk:
-        raise ValueError(
-            f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "
-            f"the backward chunk ({backward_blocks.chunk})"
-        )
-    keep = _prepare.keep_mask(segment_ids)
-    static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, bwd=backward_blocks, softplus=bool(dt_softplus),
-                     interpret=jax.default_backend() != "gpu")
-    y, h_final = _scan(static, bool(return_final_state), x, dt, A, B, C, D, z, dt_bias, initial_state, keep)
-    return y, (h_final if return_final_state else None)
-
-
 # --------------------------------------------------------------------------------------------
-# Padding
+# Settings and padding
 # --------------------------------------------------------------------------------------------
 
 
@@ -193,6 +160,11 @@ def _same_bc_dtype(B, C):
     return B.astype(bc_dtype), C.astype(bc_dtype)
 
 
+# --------------------------------------------------------------------------------------------
+# The kernels' calls
+# --------------------------------------------------------------------------------------------
+
+
 def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D, z, dt_bias, h0, keep):
     B, C = _same_bc_dtype(B, C)
     p = _problem(s, s.blocks, x, dt, B, D, z, dt_bias, h0, keep)
@@ -250,27 +222,6 @@ def _backward(s: _Static, res, gy, dfinal):
     return dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep
 
 
-# --------------------------------------------------------------------------------------------
-# custom_vjp
-# --------------------------------------------------------------------------------------------
-
-
-def _scan_bwd(s, want_final, res, cts):
-    gy, dfinal = cts
-    dfinal = dfinal if want_final else None
-    if not backward_fits(s.bwd):
-        return _backward_by_state_slices(s, res, gy, dfinal)
-    return _backward(s, res, gy, dfinal)
-
-
-# _scan(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep) -> (y, h_final)
-_scan = forward_saving_vjp(_forward, _scan_bwd, num_static=2)
-
-
-# --------------------------------------------------------------------------------------------
-# Large states: the backward kernel once per slice of the state
-# --------------------------------------------------------------------------------------------
-#
 # For a padded state size above 128 the backward kernel's per-position shared memory does not fit
 # an H100 block. Every state channel evolves on its own (h_n <- exp(delta A_n) h_n + delta B_n x),
 # and y, hence every gradient of x, dt, z and dt_bias, is a sum over n; so the backward kernel
@@ -278,8 +229,6 @@ _scan = forward_saving_vjp(_forward, _scan_bwd, num_static=2)
 # x, dt, z, dt_bias add while those of A, B, C and the initial state sit side by side
 # (gpu_common.backward_by_state_slices). The z-gate gradient is linear in the pre-gate output, so
 # it splits the same way.
-
-SLICE_N = 128
 
 
 def _backward_by_state_slices(s: _Static, res, gy, dfinal):
@@ -307,3 +256,60 @@ def _backward_by_state_slices(s: _Static, res, gy, dfinal):
 
     cts = gpu_common.backward_by_state_slices(backward, how, n=n_p, slice_n=m, n_valid=s.n)
     return tuple(cts[name] for name in how)
+
+
+# --------------------------------------------------------------------------------------------
+# Wrapper
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
+                   *, blocks: SelectiveScanBlocks | None = None, backward_blocks: SelectiveScanBlocks | None = None):
+    """Canonical arguments in, ``(y, final_state | None)`` out (see ``ssm_jax.ops.selective_scan``).
+
+    ``blocks``/``backward_blocks`` override the tiling rules of :mod:`.blocks` (benchmarks).
+    """
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                segment_ids=segment_ids)
+    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
+                  backward_blocks=backward_blocks)
+    return _sharding.run(_selective_scan, args, static, _sharding.selective_scan_specs(x, B))
+
+
+def _selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
+                    blocks, backward_blocks):
+    """:func:`selective_scan` on one device's shard (the tiling is chosen for the shard)."""
+    b, l, d = x.shape
+    g, n = B.shape[-2:]
+    if backward_blocks is None:
+        backward_blocks = choose_backward_blocks(b, d, g, n)
+    if blocks is None:
+        itemsize = max(jnp.dtype(v.dtype).itemsize for v in (x, dt, z, B, C) if v is not None)
+        blocks = choose_blocks(b, d, g, n, l=l, save_interval=backward_blocks.chunk, itemsize=itemsize)
+    if blocks.save_interval != backward_blocks.chunk:
+        raise ValueError(
+            f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "
+            f"the backward chunk ({backward_blocks.chunk})"
+        )
+    keep = _prepare.keep_mask(segment_ids)
+    static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, bwd=backward_blocks, softplus=bool(dt_softplus),
+                     interpret=jax.default_backend() != "gpu")
+    y, h_final = _scan(static, bool(return_final_state), x, dt, A, B, C, D, z, dt_bias, initial_state, keep)
+    return y, (h_final if return_final_state else None)
+
+
+# --------------------------------------------------------------------------------------------
+# custom_vjp
+# --------------------------------------------------------------------------------------------
+
+
+def _scan_bwd(s, want_final, res, cts):
+    gy, dfinal = cts
+    dfinal = dfinal if want_final else None
+    if not backward_fits(s.bwd):
+        return _backward_by_state_slices(s, res, gy, dfinal)
+    return _backward(s, res, gy, dfinal)
+
+
+# _scan(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep) -> (y, h_final)
+_scan = forward_saving_vjp(_forward, _scan_bwd, num_static=2)
