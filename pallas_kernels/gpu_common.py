@@ -6,6 +6,8 @@
 * :func:`interpret_params` -- ``plgpu.InterpretGPUParams()`` in interpret mode, else None.
 * :data:`SMEM_LIMIT` -- the shared memory every kernel's tiling rules stay under, and
   :func:`smem_bytes`, what a kernel's declared buffers take of it.
+* :func:`backward_by_state_slices` -- a backward kernel run once per slice of a state too large
+  for it, the slices' cotangents summed or set side by side.
 
 Under a mesh the kernel calls run inside ``jax.shard_map``, as every backend's do: see
 ``pallas_kernels._sharding``. The TPU counterpart is ``pallas_kernels.tpu_common``.
@@ -14,13 +16,14 @@ Under a mesh the kernel calls run inside ``jax.shard_map``, as every backend's d
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ["SMEM_LIMIT", "SUPPORTED_DTYPES", "backend_reason", "dtype_reason", "interpret_params", "smem_bytes"]
+__all__ = ["SMEM_LIMIT", "SUPPORTED_DTYPES", "backend_reason", "backward_by_state_slices", "dtype_reason",
+           "interpret_params", "smem_bytes"]
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 # Shared memory a kernel's buffers may take: of the 227 KiB a Hopper block may hold, the rest is
@@ -62,3 +65,42 @@ def dtype_reason(ctx: Mapping[str, Any], names: Iterable[str]) -> str | None:
 def interpret_params(interpret: bool):
     """The ``interpret=`` argument of ``plgpu.kernel``/``pallas_call``: the interpreter or None."""
     return plgpu.InterpretGPUParams() if interpret else None
+
+
+def backward_by_state_slices(backward: Callable[[int, Callable], Mapping[str, Any]], how: Mapping[str, str], *,
+                             n: int, slice_n: int, n_valid: int | None = None) -> dict:
+    """A backward kernel once per slice of ``slice_n`` of the ``n`` state channels, the slices'
+    cotangents combined.
+
+    For states too large for one backward kernel. Each state channel evolves on its own (the
+    decay is per channel or per head), and the output is a sum over the state, so a gradient of
+    an operand shared by every state (x, dt, z, ...) is the sum of the slices' gradients, while
+    that of a per-state operand (B, C, the initial state, ...) is the slices' side by side.
+
+    ``backward(k, cut)`` runs the backward on slice ``k`` of ``n // slice_n``, where ``cut(v)`` is
+    ``v[..., k * slice_n:(k + 1) * slice_n]`` (None stays None), and returns the slice's
+    cotangents by name. ``how`` names the cotangents returned, in the order they are combined,
+    and how: ``"sum"`` (added in float32, returned in the slices' dtype), ``"concat"`` (along the
+    last axis, then the first ``n_valid`` states kept when given) or ``"first"`` (slice 0's: for
+    an operand given to the first slice only, like D, so that it counts once, or one whose
+    cotangent every slice gives alike). A None cotangent stays None.
+    """
+    if n % slice_n:
+        raise ValueError(f"backward_by_state_slices: n={n} is not a multiple of the slice {slice_n}")
+    parts = []
+    for k in range(n // slice_n):
+        cut = lambda v: None if v is None else v[..., k * slice_n:(k + 1) * slice_n]  # noqa: E731,B023
+        parts.append(backward(k, cut))
+    out = {}
+    for name, rule in how.items():
+        vs = [part[name] for part in parts]
+        if vs[0] is None or rule == "first":
+            out[name] = vs[0]
+        elif rule == "sum":
+            out[name] = sum(v.astype(jnp.float32) for v in vs).astype(vs[0].dtype)
+        elif rule == "concat":
+            v = jnp.concatenate(vs, axis=-1)
+            out[name] = v if n_valid is None else v[..., :n_valid]
+        else:
+            raise ValueError(f"backward_by_state_slices: unknown rule {rule!r} for {name!r}")
+    return out

@@ -29,6 +29,8 @@ from pallas_kernels.selective_scan.blocks import (
 __all__ = ["selective_scan", "why_not", "MAX_STATE"]
 
 MAX_STATE = 256
+# The largest (padded) state the backward kernel takes in one block; larger states run it per slice.
+SLICE_N = 128
 
 
 def why_not(ctx) -> str | None:
@@ -47,43 +49,8 @@ def why_not(ctx) -> str | None:
     return None
 
 
-def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
-                   *, blocks: SelectiveScanBlocks | None = None, backward_blocks: SelectiveScanBlocks | None = None):
-    """Canonical arguments in, ``(y, final_state | None)`` out (see ``ssm_jax.ops.selective_scan``).
-
-    ``blocks``/``backward_blocks`` override the tiling rules of :mod:`.blocks` (benchmarks).
-    """
-    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
-                segment_ids=segment_ids)
-    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
-                  backward_blocks=backward_blocks)
-    return _sharding.run(_selective_scan, args, static, _sharding.selective_scan_specs(x, B))
-
-
-def _selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
-                    blocks, backward_blocks):
-    """:func:`selective_scan` on one device's shard (the tiling is chosen for the shard)."""
-    b, l, d = x.shape
-    g, n = B.shape[-2:]
-    if backward_blocks is None:
-        backward_blocks = choose_backward_blocks(b, d, g, n)
-    if blocks is None:
-        itemsize = max(jnp.dtype(v.dtype).itemsize for v in (x, dt, z, B, C) if v is not None)
-        blocks = choose_blocks(b, d, g, n, l=l, save_interval=backward_blocks.chunk, itemsize=itemsize)
-    if blocks.save_interval != backward_blocks.chunk:
-        raise ValueError(
-            f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "
-            f"the backward chunk ({backward_blocks.chunk})"
-        )
-    keep = _prepare.keep_mask(segment_ids)
-    static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, bwd=backward_blocks, softplus=bool(dt_softplus),
-                     interpret=jax.default_backend() != "gpu")
-    y, h_final = _scan(static, bool(return_final_state), x, dt, A, B, C, D, z, dt_bias, initial_state, keep)
-    return y, (h_final if return_final_state else None)
-
-
 # --------------------------------------------------------------------------------------------
-# Padding
+# Settings and padding
 # --------------------------------------------------------------------------------------------
 
 
@@ -193,6 +160,11 @@ def _same_bc_dtype(B, C):
     return B.astype(bc_dtype), C.astype(bc_dtype)
 
 
+# --------------------------------------------------------------------------------------------
+# The kernels' calls
+# --------------------------------------------------------------------------------------------
+
+
 def _forward(s: _Static, want_final: bool, save_states: bool, x, dt, A, B, C, D, z, dt_bias, h0, keep):
     B, C = _same_bc_dtype(B, C)
     p = _problem(s, s.blocks, x, dt, B, D, z, dt_bias, h0, keep)
@@ -250,6 +222,82 @@ def _backward(s: _Static, res, gy, dfinal):
     return dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep
 
 
+# For a padded state size above 128 the backward kernel's per-position shared memory does not fit
+# an H100 block. Every state channel evolves on its own (h_n <- exp(delta A_n) h_n + delta B_n x),
+# and y, hence every gradient of x, dt, z and dt_bias, is a sum over n; so the backward kernel
+# runs on each half of the (padded) state with D in one half only, and the halves' gradients of
+# x, dt, z, dt_bias add while those of A, B, C and the initial state sit side by side
+# (gpu_common.backward_by_state_slices). The z-gate gradient is linear in the pre-gate output, so
+# it splits the same way.
+
+
+def _backward_by_state_slices(s: _Static, res, gy, dfinal):
+    """:func:`_backward` once per ``SLICE_N`` states, for a backward that does not fit one block."""
+    (x, dt, A, B, C, D, z, dt_bias, h0, keep), saved = res
+    n_p = s.blocks.n
+    # Pad the state to the forward's n_p (zero A, B, C, h0 contribute nothing), then cut it.
+    pad = lambda v: None if v is None else _pad_state(s, v)  # noqa: E731
+    A_p, B_p, C_p, h0_p, dfinal_p = pad(A), pad(B), pad(C), pad(h0), pad(dfinal)
+    saved = _merge_state(saved)  # (b, l_pad / save_interval, d_pad, n_p)
+    m = SLICE_N
+    fwd_half = dataclasses.replace(s.blocks, n=m, states_per_thread=s.blocks.states_per_thread * m // n_p)
+    bwd_half = choose_backward_blocks(s.b, s.d, s.g, m)
+    half = dataclasses.replace(s, n=m, blocks=fwd_half, bwd=bwd_half)
+    if (half.r_pad, half.l_pad) != (s.r_pad, s.l_pad) or not backward_fits(bwd_half):
+        raise AssertionError(f"selective_scan: state slices of {m} change the padding ({half} vs {s})")
+    # How each operand's cotangent combines over the slices, in _backward's order.
+    how = dict(x="sum", dt="sum", A="concat", B="concat", C="concat", D="first", z="sum", dt_bias="sum",
+               h0="concat", keep="first")
+
+    def backward(k, cut):
+        res_k = ((x, dt, cut(A_p), cut(B_p), cut(C_p), D if k == 0 else None, z, dt_bias, cut(h0_p), keep),
+                 _split_state(1, cut(saved)))
+        return dict(zip(how, _backward(half, res_k, gy, cut(dfinal_p))))
+
+    cts = gpu_common.backward_by_state_slices(backward, how, n=n_p, slice_n=m, n_valid=s.n)
+    return tuple(cts[name] for name in how)
+
+
+# --------------------------------------------------------------------------------------------
+# Wrapper
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
+                   *, blocks: SelectiveScanBlocks | None = None, backward_blocks: SelectiveScanBlocks | None = None):
+    """Canonical arguments in, ``(y, final_state | None)`` out (see ``ssm_jax.ops.selective_scan``).
+
+    ``blocks``/``backward_blocks`` override the tiling rules of :mod:`.blocks` (benchmarks).
+    """
+    args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                segment_ids=segment_ids)
+    static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
+                  backward_blocks=backward_blocks)
+    return _sharding.run(_selective_scan, args, static, _sharding.selective_scan_specs(x, B))
+
+
+def _selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_ids, return_final_state,
+                    blocks, backward_blocks):
+    """:func:`selective_scan` on one device's shard (the tiling is chosen for the shard)."""
+    b, l, d = x.shape
+    g, n = B.shape[-2:]
+    if backward_blocks is None:
+        backward_blocks = choose_backward_blocks(b, d, g, n)
+    if blocks is None:
+        itemsize = max(jnp.dtype(v.dtype).itemsize for v in (x, dt, z, B, C) if v is not None)
+        blocks = choose_blocks(b, d, g, n, l=l, save_interval=backward_blocks.chunk, itemsize=itemsize)
+    if blocks.save_interval != backward_blocks.chunk:
+        raise ValueError(
+            f"selective_scan (pallas_gpu): the forward's save_interval ({blocks.save_interval}) must equal "
+            f"the backward chunk ({backward_blocks.chunk})"
+        )
+    keep = _prepare.keep_mask(segment_ids)
+    static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, bwd=backward_blocks, softplus=bool(dt_softplus),
+                     interpret=jax.default_backend() != "gpu")
+    y, h_final = _scan(static, bool(return_final_state), x, dt, A, B, C, D, z, dt_bias, initial_state, keep)
+    return y, (h_final if return_final_state else None)
+
+
 # --------------------------------------------------------------------------------------------
 # custom_vjp
 # --------------------------------------------------------------------------------------------
@@ -265,48 +313,3 @@ def _scan_bwd(s, want_final, res, cts):
 
 # _scan(s, want_final, x, dt, A, B, C, D, z, dt_bias, h0, keep) -> (y, h_final)
 _scan = forward_saving_vjp(_forward, _scan_bwd, num_static=2)
-
-
-# --------------------------------------------------------------------------------------------
-# Large states: the backward kernel once per slice of the state
-# --------------------------------------------------------------------------------------------
-#
-# For a padded state size above 128 the backward kernel's per-position shared memory does not fit
-# an H100 block. Every state channel evolves on its own (h_n <- exp(delta A_n) h_n + delta B_n x),
-# and y, hence every gradient of x, dt, z and dt_bias, is a sum over n; so the backward kernel
-# runs on each half of the (padded) state with D in one half only, and the halves' gradients of
-# x, dt, z, dt_bias add while those of A, B, C and the initial state sit side by side. (The
-# z-gate gradient is linear in the pre-gate output, so it splits the same way.)
-
-SLICE_N = 128
-
-
-def _backward_by_state_slices(s: _Static, res, gy, dfinal):
-    (x, dt, A, B, C, D, z, dt_bias, h0, keep), saved = res
-    n_p = s.blocks.n
-    # Pad the state to the forward's n_p (zero A, B, C, h0 contribute nothing), then cut it.
-    pad = lambda v: None if v is None else _pad_state(s, v)  # noqa: E731
-    A_p, B_p, C_p, h0_p, dfinal_p = pad(A), pad(B), pad(C), pad(h0), pad(dfinal)
-    saved = _merge_state(saved)  # (b, l_pad / save_interval, d_pad, n_p)
-    m = SLICE_N
-    fwd_half = dataclasses.replace(s.blocks, n=m, states_per_thread=s.blocks.states_per_thread * m // n_p)
-    bwd_half = choose_backward_blocks(s.b, s.d, s.g, m)
-    half = dataclasses.replace(s, n=m, blocks=fwd_half, bwd=bwd_half)
-    if (half.r_pad, half.l_pad) != (s.r_pad, s.l_pad) or not backward_fits(bwd_half):
-        raise AssertionError(f"selective_scan: state slices of {m} change the padding ({half} vs {s})")
-    parts = []
-    for k in range(n_p // m):
-        cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
-        res_k = ((x, dt, cut(A_p), cut(B_p), cut(C_p), D if k == 0 else None, z, dt_bias, cut(h0_p), keep),
-                 _split_state(1, cut(saved)))
-        parts.append(_backward(half, res_k, gy, cut(dfinal_p)))
-    dx, ddt, dA, dB, dC, dD, dz, dbias, dh0, dkeep = zip(*parts)
-
-    def total(vs, like):
-        return None if vs[0] is None else sum(v.astype(jnp.float32) for v in vs).astype(like.dtype)
-
-    def side_by_side(vs):
-        return None if vs[0] is None else jnp.concatenate(vs, axis=-1)[..., : s.n]
-
-    return (total(dx, x), total(ddt, dt), side_by_side(dA), side_by_side(dB), side_by_side(dC), dD[0],
-            total(dz, z), total(dbias, dt_bias), side_by_side(dh0), dkeep[0])

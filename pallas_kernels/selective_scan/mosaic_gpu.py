@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -239,6 +240,35 @@ def _copy_inputs(io, smem, names, bi, t, cols, gi, slot, bar):
         plgpu.copy_gmem_to_smem(src, smem[name].at[slot], bar)
 
 
+class _Setup(NamedTuple):
+    """What both kernels derive from a :class:`Problem` at trace time."""
+
+    q: int  # chunk
+    ch: int  # channels per block
+    n: int  # padded state size
+    spt: int  # states per thread
+    nl: int  # threads per channel, n / spt
+    U: int  # positions per unrolled group
+    num_chunks: int  # l / q
+    groups: int  # unrolled groups per chunk, q / U
+    lay: Layouts
+    S3: tuple[int, int, int]  # the state's register shape (ch, nl, spt)
+    lay_bc: object  # a (q, n) B or C tile as loaded from shared memory
+    tail: bool  # the last chunk has padding positions
+    dtypes: dict  # x_dtype, dt_dtype, z_dtype, bc_dtype (the keywords of forward/backward_buffers)
+
+
+def _setup(p: Problem) -> _Setup:
+    blk = p.blocks
+    q, ch, n, spt = blk.chunk, p.ch, p.n, blk.states_per_thread
+    return _Setup(
+        q=q, ch=ch, n=n, spt=spt, nl=n // spt, U=blk.unroll, num_chunks=p.l // q, groups=q // blk.unroll,
+        lay=layouts(q, ch, n, spt), S3=(ch, n // spt, spt),
+        lay_bc=plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP)), tail=p.l_valid < p.l,
+        dtypes={k: jnp.dtype(getattr(p, k)) for k in ("x_dtype", "dt_dtype", "z_dtype", "bc_dtype")},
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
@@ -263,26 +293,15 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
     :func:`backward`.
     """
     blk = p.blocks
-    q, ch, n, spt = blk.chunk, p.ch, p.n, blk.states_per_thread
-    nl = n // spt
-    U = blk.unroll
-    num_chunks = p.l // q
-    lay = layouts(q, ch, n, spt)
-    S3 = (ch, nl, spt)
+    q, ch, n, spt, nl, U, num_chunks, groups, lay, S3, lay_bc, tail, dtypes = _setup(p)
     lay_strided = plgpu.Layout.WG_STRIDED((q, ch), vec_size=blk.tile_vector)
-    lay_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
-    x_dt, dt_dt, z_dt = jnp.dtype(p.x_dtype), jnp.dtype(p.dt_dtype), jnp.dtype(p.z_dtype)
-    bc_dt = jnp.dtype(p.bc_dtype)
-    tail = p.l_valid < p.l
     saves_per_chunk = q // blk.save_interval  # 0 when states are saved less than once a chunk
     chunks_per_save = max(1, blk.save_interval // q)
-    groups = q // U
     if groups % 2:
         raise ValueError(f"selective_scan forward: chunk/unroll = {q}/{U} must be even")
 
     names = forward_operands(p) + forward_results(save_states=save_states, want_final=want_final)
-    buffers = forward_buffers(q, ch, n, spt, U, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
-                              has_z=p.has_z, has_keep=p.has_keep)
+    buffers = forward_buffers(q, ch, n, spt, U, **dtypes, has_z=p.has_z, has_keep=p.has_keep)
     streams = ("x", "dt") + ("z",) * p.has_z + ("B", "C")
 
     def selective_scan_fwd(*refs):
@@ -415,7 +434,7 @@ def forward(p: Problem, *, save_states: bool, want_final: bool):
             hT_ref[bi, pl.ds(c0, ch)] = h
         plgpu.wait_smem_to_gmem(0)
 
-    result_types = dict(y=jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt),
+    result_types = dict(y=jax.ShapeDtypeStruct((p.b, p.l, p.d), dtypes["x_dtype"]),
                         final_state=jax.ShapeDtypeStruct((p.b, p.d, nl, spt), F32),
                         saved=jax.ShapeDtypeStruct((p.b, p.num_saved, p.d, nl, spt), F32))
     out_types = [result_types[k] for k in forward_results(save_states=save_states, want_final=want_final)]
@@ -476,25 +495,13 @@ def backward(p: Problem, *, has_dfinal: bool):
     ``lam``; (C) element-wise: finish the per-channel sums, the softplus and silu derivatives,
     and sum the ``dB``/``dC`` products over the block's channels.
     """
-    blk = p.blocks
-    q, ch, n, spt = blk.chunk, p.ch, p.n, blk.states_per_thread
-    nl = n // spt
-    U = blk.unroll
-    K = p.l // q
-    lay = layouts(q, ch, n, spt)
+    q, ch, n, spt, nl, U, K, groups, lay, S3, lay_bc, tail, dtypes = _setup(p)
     R, rows_r = channel_sum_layout(q, ch, n, spt)
-    S3 = (ch, nl, spt)
-    lay_bc = plgpu.Layout.WG_STRIDED((q, n), vec_size=min(4, q * n // WARPGROUP))
-    x_dt, dt_dt, z_dt = jnp.dtype(p.x_dtype), jnp.dtype(p.dt_dtype), jnp.dtype(p.z_dtype)
-    bc_dt = jnp.dtype(p.bc_dtype)
-    tail = p.l_valid < p.l
-    groups = q // U
     if groups % 2 or q % rows_r:
         raise ValueError(f"selective_scan backward: chunk {q} must be a multiple of 2 x unroll and of {rows_r}")
 
     names = backward_operands(p, has_dfinal=has_dfinal) + backward_results(p)
-    buffers = backward_buffers(q, ch, n, spt, x_dtype=x_dt, dt_dtype=dt_dt, z_dtype=z_dt, bc_dtype=bc_dt,
-                               has_z=p.has_z, has_keep=p.has_keep)
+    buffers = backward_buffers(q, ch, n, spt, **dtypes, has_z=p.has_z, has_keep=p.has_keep)
     streams = ("x", "dt") + ("z",) * p.has_z + ("g", "B", "C")
 
     def selective_scan_bwd(*refs):
@@ -681,8 +688,9 @@ def backward(p: Problem, *, has_dfinal: bool):
 
     nb = p.channel_blocks
     per_block = jax.ShapeDtypeStruct((p.b, nb, q, ch), F32)  # partial sums per channel block
-    result_types = dict(dx=jax.ShapeDtypeStruct((p.b, p.l, p.d), x_dt), ddt=jax.ShapeDtypeStruct((p.b, p.l, p.d), dt_dt),
-                        dz=jax.ShapeDtypeStruct((p.b, p.l, p.d), z_dt),
+    result_types = dict(dx=jax.ShapeDtypeStruct((p.b, p.l, p.d), dtypes["x_dtype"]),
+                        ddt=jax.ShapeDtypeStruct((p.b, p.l, p.d), dtypes["dt_dtype"]),
+                        dz=jax.ShapeDtypeStruct((p.b, p.l, p.d), dtypes["z_dtype"]),
                         dB=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, spt), F32),
                         dC=jax.ShapeDtypeStruct((p.b, p.l, nb, nl, spt), F32),
                         dA=jax.ShapeDtypeStruct((p.b, p.d, nl, spt), F32), dD=per_block, dbias=per_block,

@@ -94,6 +94,98 @@ class _Config:
     interpret: bool
 
 
+# ---------------------------------------------------------------------------------------------
+# The kernels' calls
+# ---------------------------------------------------------------------------------------------
+
+
+def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
+    b, l_pad, h, p = arrays["x"].shape
+    g, n = arrays["B"].shape[2:]
+    spec = mosaic_gpu.FwdSpec(
+        b=b, nc=l_pad // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
+        y_dtype=cfg.y_dtype, has_seg=cfg.has_seg, has_D=cfg.has_D, has_z=cfg.has_z, has_h0=cfg.has_h0,
+        want_final=cfg.want_final, save_states=save_states, nbuf=cfg.fwd_nbuf or 2, interpret=cfg.interpret,
+    )
+    return _buffering(spec, cfg.fwd_nbuf, mosaic_gpu.fwd_smem_bytes)
+
+
+def _buffering(spec, nbuf: int | None, smem_bytes):
+    """``spec`` with ``nbuf`` slots per input stream; None: two (the next chunk's loads run behind
+    the current chunk) when its buffers fit in shared memory, else one."""
+    if nbuf is None and smem_bytes(spec) > gpu_common.SMEM_LIMIT:
+        return dataclasses.replace(spec, nbuf=1)
+    return spec
+
+
+def _run_fwd(cfg: _Config, save_states: bool, arrays):
+    spec = _fwd_spec(cfg, arrays, save_states)
+    outs = mosaic_gpu.ssd_fwd_call(spec, *[arrays[k] for k in spec.in_names])
+    outs = dict(zip(spec.out_names, outs))
+    return outs["y"], outs.get("final_state"), outs.get("states")
+
+
+def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
+    """The backward kernel, then the (small) reductions it leaves to XLA."""
+    b, l_pad, h, p = arrays["x"].shape
+    g, n = arrays["B"].shape[2:]
+    cdt = jnp.dtype(cfg.cdtype)
+    reduce_bc = not cfg.interpret
+    spec = _buffering(mosaic_gpu.BwdSpec(
+        b=b, nc=l_pad // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
+        has_seg=cfg.has_seg, has_D=cfg.has_D, has_z=cfg.has_z, has_h0=cfg.has_h0,
+        has_dfinal=cfg.want_final, reduce_bc=reduce_bc, nbuf=cfg.bwd_nbuf or 2, interpret=cfg.interpret,
+    ), cfg.bwd_nbuf, mosaic_gpu.bwd_smem_bytes)
+    operands = dict(arrays, dout=dy.astype(cdt), states=states, dfinal=dfinal)
+    args = [operands[k] for k in spec.in_names if k not in ("dB", "dC")]
+    if reduce_bc:
+        # Zero-initialized accumulators the kernel adds each head's tile into (TMA reductions).
+        dB_ref = jax.new_ref(jnp.zeros((b, l_pad, g, n), jnp.float32))
+        dC_ref = jax.new_ref(jnp.zeros((b, l_pad, g, n), jnp.float32))
+        outs = mosaic_gpu.ssd_bwd_call(spec, *args, dB_ref, dC_ref)
+        outs = dict(zip(spec.out_names, outs))
+        dB, dC = dB_ref[...], dC_ref[...]
+    else:
+        outs = dict(zip(spec.out_names, mosaic_gpu.ssd_bwd_call(spec, *args)))
+        npt = spec.npt
+        # Per (head, p-tile) partial sums -> per group.
+        dB = outs["dB"].reshape(b, l_pad, g, (h // g) * npt, n).sum(axis=3)
+        dC = outs["dC"].reshape(b, l_pad, g, (h // g) * npt, n).sum(axis=3)
+    npt = spec.npt
+    per_head = lambda v: v.reshape(b, h, npt, l_pad).sum(axis=2)
+    grads = dict(
+        x=outs["dx"],
+        dt=per_head(outs["ddt"]),
+        cs=per_head(outs["dcs_a"] + outs["dcs_b"]),
+        B=dB.astype(cdt),
+        C=dC.astype(cdt),
+        r=None,
+        D=outs["dD"].sum(axis=0) if cfg.has_D else None,
+        z=outs["dz"] if cfg.has_z else None,
+        h0=outs["dh0"] if cfg.has_h0 else None,
+    )
+    return grads
+
+
+def _run_bwd_state_slices(cfg: _Config, arrays, states, dy, dfinal):
+    """The backward kernel on each slice of ``BWD_KERNEL_MAX_N`` state channels (see the note at
+    BWD_KERNEL_MAX_N): summed gradients of x, z, dt, cs; concatenated gradients of B, C, h0."""
+
+    def backward(k, cut):
+        part = dict(arrays, B=cut(arrays["B"]), C=cut(arrays["C"]), h0=cut(arrays["h0"]),
+                    D=arrays["D"] if k == 0 else None)
+        part_cfg = dataclasses.replace(cfg, has_D=cfg.has_D and k == 0)
+        return _run_bwd(part_cfg, part, cut(states), dy, cut(dfinal) if cfg.want_final else dfinal)
+
+    how = dict(x="sum", dt="sum", cs="sum", z="sum", B="concat", C="concat", h0="concat", D="first", r="first")
+    return gpu_common.backward_by_state_slices(backward, how, n=arrays["B"].shape[-1], slice_n=BWD_KERNEL_MAX_N)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrapper
+# ---------------------------------------------------------------------------------------------
+
+
 def ssd(
     *,
     x,
@@ -206,31 +298,9 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
     return y, (final_state if return_final_state else None)
 
 
-
-def _fwd_spec(cfg: _Config, arrays, save_states: bool) -> mosaic_gpu.FwdSpec:
-    b, l_pad, h, p = arrays["x"].shape
-    g, n = arrays["B"].shape[2:]
-    spec = mosaic_gpu.FwdSpec(
-        b=b, nc=l_pad // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
-        y_dtype=cfg.y_dtype, has_seg=cfg.has_seg, has_D=cfg.has_D, has_z=cfg.has_z, has_h0=cfg.has_h0,
-        want_final=cfg.want_final, save_states=save_states, nbuf=cfg.fwd_nbuf or 2, interpret=cfg.interpret,
-    )
-    return _buffering(spec, cfg.fwd_nbuf, mosaic_gpu.fwd_smem_bytes)
-
-
-def _buffering(spec, nbuf: int | None, smem_bytes):
-    """``spec`` with ``nbuf`` slots per input stream; None: two (the next chunk's loads run behind
-    the current chunk) when its buffers fit in shared memory, else one."""
-    if nbuf is None and smem_bytes(spec) > gpu_common.SMEM_LIMIT:
-        return dataclasses.replace(spec, nbuf=1)
-    return spec
-
-
-def _run_fwd(cfg: _Config, save_states: bool, arrays):
-    spec = _fwd_spec(cfg, arrays, save_states)
-    outs = mosaic_gpu.ssd_fwd_call(spec, *[arrays[k] for k in spec.in_names])
-    outs = dict(zip(spec.out_names, outs))
-    return outs["y"], outs.get("final_state"), outs.get("states")
+# ---------------------------------------------------------------------------------------------
+# custom_vjp
+# ---------------------------------------------------------------------------------------------
 
 
 def _ssd_core_bwd(cfg: _Config, res, cts):
@@ -242,73 +312,5 @@ def _ssd_core_bwd(cfg: _Config, res, cts):
     return (_run_bwd_state_slices(cfg, arrays, states, dy, dfinal),)
 
 
-def _run_bwd_state_slices(cfg: _Config, arrays, states, dy, dfinal):
-    """The backward kernel on each slice of ``BWD_KERNEL_MAX_N`` state channels (see the note at
-    BWD_KERNEL_MAX_N): summed gradients of x, z, dt, cs; concatenated gradients of B, C, h0."""
-    n = arrays["B"].shape[-1]
-    m = BWD_KERNEL_MAX_N
-    parts = []
-    for k in range(n // m):
-        cut = lambda v: None if v is None else v[..., k * m:(k + 1) * m]  # noqa: E731,B023
-        part = dict(arrays, B=cut(arrays["B"]), C=cut(arrays["C"]), h0=cut(arrays["h0"]),
-                    D=arrays["D"] if k == 0 else None)
-        part_cfg = dataclasses.replace(cfg, has_D=cfg.has_D and k == 0)
-        parts.append(_run_bwd(part_cfg, part, cut(states), dy, cut(dfinal) if cfg.want_final else dfinal))
-
-    def total(name):
-        if parts[0][name] is None:
-            return None
-        acc = sum(p[name].astype(jnp.float32) for p in parts)
-        return acc.astype(parts[0][name].dtype)
-
-    def side_by_side(name):
-        return None if parts[0][name] is None else jnp.concatenate([p[name] for p in parts], axis=-1)
-
-    return dict(x=total("x"), dt=total("dt"), cs=total("cs"), z=total("z"), B=side_by_side("B"),
-                C=side_by_side("C"), h0=side_by_side("h0"), D=parts[0]["D"], r=None)
-
-
 # _ssd_core(cfg, arrays) -> (y, final_state)
 _ssd_core = forward_saving_vjp(_run_fwd, _ssd_core_bwd, num_static=1)
-
-
-def _run_bwd(cfg: _Config, arrays, states, dy, dfinal):
-    """The backward kernel, then the (small) reductions it leaves to XLA."""
-    b, l_pad, h, p = arrays["x"].shape
-    g, n = arrays["B"].shape[2:]
-    cdt = jnp.dtype(cfg.cdtype)
-    reduce_bc = not cfg.interpret
-    spec = _buffering(mosaic_gpu.BwdSpec(
-        b=b, nc=l_pad // cfg.q, h=h, g=g, p=p, n=n, q=cfg.q, block_p=cfg.block_p, dtype=cfg.cdtype,
-        has_seg=cfg.has_seg, has_D=cfg.has_D, has_z=cfg.has_z, has_h0=cfg.has_h0,
-        has_dfinal=cfg.want_final, reduce_bc=reduce_bc, nbuf=cfg.bwd_nbuf or 2, interpret=cfg.interpret,
-    ), cfg.bwd_nbuf, mosaic_gpu.bwd_smem_bytes)
-    operands = dict(arrays, dout=dy.astype(cdt), states=states, dfinal=dfinal)
-    args = [operands[k] for k in spec.in_names if k not in ("dB", "dC")]
-    if reduce_bc:
-        # Zero-initialized accumulators the kernel adds each head's tile into (TMA reductions).
-        dB_ref = jax.new_ref(jnp.zeros((b, l_pad, g, n), jnp.float32))
-        dC_ref = jax.new_ref(jnp.zeros((b, l_pad, g, n), jnp.float32))
-        outs = mosaic_gpu.ssd_bwd_call(spec, *args, dB_ref, dC_ref)
-        outs = dict(zip(spec.out_names, outs))
-        dB, dC = dB_ref[...], dC_ref[...]
-    else:
-        outs = dict(zip(spec.out_names, mosaic_gpu.ssd_bwd_call(spec, *args)))
-        npt = spec.npt
-        # Per (head, p-tile) partial sums -> per group.
-        dB = outs["dB"].reshape(b, l_pad, g, (h // g) * npt, n).sum(axis=3)
-        dC = outs["dC"].reshape(b, l_pad, g, (h // g) * npt, n).sum(axis=3)
-    npt = spec.npt
-    per_head = lambda v: v.reshape(b, h, npt, l_pad).sum(axis=2)
-    grads = dict(
-        x=outs["dx"],
-        dt=per_head(outs["ddt"]),
-        cs=per_head(outs["dcs_a"] + outs["dcs_b"]),
-        B=dB.astype(cdt),
-        C=dC.astype(cdt),
-        r=None,
-        D=outs["dD"].sum(axis=0) if cfg.has_D else None,
-        z=outs["dz"] if cfg.has_z else None,
-        h0=outs["dh0"] if cfg.has_h0 else None,
-    )
-    return grads

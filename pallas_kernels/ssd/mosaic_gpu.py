@@ -43,6 +43,26 @@ _ROW = plgpu.Layout.WGMMA.reduce(1)  # a (q,) vector indexed by the row of a WGM
 _COL = plgpu.Layout.WGMMA.reduce(0)  # indexed by the column
 
 
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """The shapes both kernels' calls share: grid ``(b, h, npt)``, ``nc`` chunks of ``q``."""
+
+    b: int
+    nc: int  # chunks (the sequence is padded to nc * q)
+    h: int
+    g: int
+    p: int
+    n: int
+    q: int
+    block_p: int
+    dtype: str  # compute (operand) dtype: bfloat16 or float16
+
+    @property
+    def npt(self):
+        """Head-dim tiles per head."""
+        return self.p // self.block_p
+
+
 def _tiled(shape, dtype):
     """SMEM tile laid out for TMA + wgmma: (8, 128 bytes) tiles, 128-byte swizzle."""
     elems = _SWIZZLE // jnp.dtype(dtype).itemsize
@@ -121,6 +141,19 @@ def _cta_position(spec):
     return bi, hi, pti, gi, p0
 
 
+def _stream_src(ref, name, bi, hi, gi, t0, q, p0, bp):
+    """The GMEM tile of one per-chunk input stream."""
+    if name in ("x", "z", "dout"):  # (b, l, h, p)
+        return ref.at[bi, pl.ds(t0, q), hi, pl.ds(p0, bp)]
+    if name in ("B", "C"):  # (b, l, g, n)
+        return ref.at[bi, pl.ds(t0, q), gi]
+    if name in ("dt", "cs"):  # (b, h, l) fp32
+        return ref.at[bi, hi, pl.ds(t0, q)]
+    if name == "r":  # (b, l) fp32
+        return ref.at[bi, pl.ds(t0, q)]
+    raise AssertionError(name)
+
+
 def _copy_streams(ins, s, streams, bars, stride, c, slot, pos):
     """TMA copies of chunk ``c`` of each per-chunk input stream into its stage ``slot``; stream
     ``k`` arrives on barrier ``slot * stride + k``. ``pos``: ``(bi, hi, gi, p0, q, bp)``."""
@@ -158,26 +191,6 @@ def _kernel(body, spec, out_type, scratch, grid):
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Call:
-    """The shapes both kernels' calls share: grid ``(b, h, npt)``, ``nc`` chunks of ``q``."""
-
-    b: int
-    nc: int  # chunks (the sequence is padded to nc * q)
-    h: int
-    g: int
-    p: int
-    n: int
-    q: int
-    block_p: int
-    dtype: str  # compute (operand) dtype: bfloat16 or float16
-
-    @property
-    def npt(self):
-        """Head-dim tiles per head."""
-        return self.p // self.block_p
-
-
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +219,46 @@ class FwdSpec(_Call):
     @property
     def out_names(self):
         return ["y"] + ["final_state"] * self.want_final + ["states"] * self.save_states
+
+
+def _fwd_streams(spec: FwdSpec):
+    return ["x", "B", "C", "dt", "cs"] + ["r"] * spec.has_seg + ["z"] * spec.has_z
+
+
+def fwd_smem_bytes(spec: FwdSpec) -> int:
+    """Shared memory of the forward kernel's buffers (:func:`_fwd_scratch`) for ``spec``."""
+    return gpu_common.smem_bytes(_fwd_scratch(spec))
+
+
+def _fwd_scratch(spec: FwdSpec) -> dict:
+    """The forward kernel's shared-memory buffers and barriers, by name."""
+    q, bp, n, cdt = spec.q, spec.block_p, spec.n, jnp.dtype(spec.dtype)
+    nb = spec.nbuf
+    streams = _fwd_streams(spec)
+    scratch = dict(
+        x=_tiled((nb, q, bp), cdt),
+        B=_tiled((nb, q, n), cdt),
+        C=_tiled((nb, q, n), cdt),
+        dt=plgpu.SMEM((nb, q), jnp.float32),
+        cs=plgpu.SMEM((nb, q), jnp.float32),
+        m=_tiled((q, q), cdt),
+        xw=_tiled((q, bp), cdt),
+        hb=_tiled((bp, n), cdt),
+        y=_tiled((q, bp), jnp.dtype(spec.y_dtype)),
+        bars=plgpu.Barrier(num_barriers=nb * len(streams)),
+        one_bar=plgpu.Barrier(num_barriers=2),
+    )
+    if spec.has_seg:
+        scratch["r"] = plgpu.SMEM((nb, q), jnp.float32)
+    if spec.has_z:
+        scratch["z"] = _tiled((nb, q, bp), cdt)
+    if spec.has_D:
+        scratch["d"] = plgpu.SMEM((bp,), jnp.float32)
+    if spec.has_h0 or spec.want_final:
+        # Swizzled fp32 tiles: a WGMMA-layout register array loads/stores them without bank
+        # conflicts (an unswizzled (64, n) fp32 tile has no conflict-free transfer plan).
+        scratch["h32"] = _tiled((bp, n), jnp.float32)
+    return scratch
 
 
 def _fwd_body(spec: FwdSpec, *refs, **s):
@@ -310,59 +363,6 @@ def _fwd_body(spec: FwdSpec, *refs, **s):
     plgpu.wait_smem_to_gmem(0)
 
 
-def _stream_src(ref, name, bi, hi, gi, t0, q, p0, bp):
-    """The GMEM tile of one per-chunk input stream."""
-    if name in ("x", "z", "dout"):  # (b, l, h, p)
-        return ref.at[bi, pl.ds(t0, q), hi, pl.ds(p0, bp)]
-    if name in ("B", "C"):  # (b, l, g, n)
-        return ref.at[bi, pl.ds(t0, q), gi]
-    if name in ("dt", "cs"):  # (b, h, l) fp32
-        return ref.at[bi, hi, pl.ds(t0, q)]
-    if name == "r":  # (b, l) fp32
-        return ref.at[bi, pl.ds(t0, q)]
-    raise AssertionError(name)
-
-
-def _fwd_streams(spec: FwdSpec):
-    return ["x", "B", "C", "dt", "cs"] + ["r"] * spec.has_seg + ["z"] * spec.has_z
-
-
-def fwd_smem_bytes(spec: FwdSpec) -> int:
-    """Shared memory of the forward kernel's buffers (:func:`_fwd_scratch`) for ``spec``."""
-    return gpu_common.smem_bytes(_fwd_scratch(spec))
-
-
-def _fwd_scratch(spec: FwdSpec) -> dict:
-    """The forward kernel's shared-memory buffers and barriers, by name."""
-    q, bp, n, cdt = spec.q, spec.block_p, spec.n, jnp.dtype(spec.dtype)
-    nb = spec.nbuf
-    streams = _fwd_streams(spec)
-    scratch = dict(
-        x=_tiled((nb, q, bp), cdt),
-        B=_tiled((nb, q, n), cdt),
-        C=_tiled((nb, q, n), cdt),
-        dt=plgpu.SMEM((nb, q), jnp.float32),
-        cs=plgpu.SMEM((nb, q), jnp.float32),
-        m=_tiled((q, q), cdt),
-        xw=_tiled((q, bp), cdt),
-        hb=_tiled((bp, n), cdt),
-        y=_tiled((q, bp), jnp.dtype(spec.y_dtype)),
-        bars=plgpu.Barrier(num_barriers=nb * len(streams)),
-        one_bar=plgpu.Barrier(num_barriers=2),
-    )
-    if spec.has_seg:
-        scratch["r"] = plgpu.SMEM((nb, q), jnp.float32)
-    if spec.has_z:
-        scratch["z"] = _tiled((nb, q, bp), cdt)
-    if spec.has_D:
-        scratch["d"] = plgpu.SMEM((bp,), jnp.float32)
-    if spec.has_h0 or spec.want_final:
-        # Swizzled fp32 tiles: a WGMMA-layout register array loads/stores them without bank
-        # conflicts (an unswizzled (64, n) fp32 tile has no conflict-free transfer plan).
-        scratch["h32"] = _tiled((bp, n), jnp.float32)
-    return scratch
-
-
 def ssd_fwd_call(spec: FwdSpec, *args):
     """Run the forward kernel on the prepared operands (see api.py for their layouts)."""
     n, cdt = spec.n, jnp.dtype(spec.dtype)
@@ -412,6 +412,47 @@ class BwdSpec(_Call):
 
 def _bwd_streams(spec: BwdSpec):
     return ["x", "dout", "B", "C", "dt", "cs"] + ["r"] * spec.has_seg + ["z"] * spec.has_z
+
+
+def bwd_smem_bytes(spec: BwdSpec) -> int:
+    """Shared memory of the backward kernel's buffers (:func:`_bwd_scratch`) for ``spec``."""
+    return gpu_common.smem_bytes(_bwd_scratch(spec))
+
+
+def _bwd_scratch(spec: BwdSpec) -> dict:
+    """The backward kernel's shared-memory buffers and barriers, by name."""
+    q, bp, n, cdt, nb = spec.q, spec.block_p, spec.n, jnp.dtype(spec.dtype), spec.nbuf
+    streams = _bwd_streams(spec)
+    f32 = jnp.float32
+    scratch = dict(
+        x=_tiled((nb, q, bp), cdt),
+        dout=_tiled((nb, q, bp), cdt),
+        B=_tiled((nb, q, n), cdt),
+        C=_tiled((nb, q, n), cdt),
+        hp=_tiled((nb, bp, n), cdt),
+        dt=plgpu.SMEM((nb, q), f32),
+        cs=plgpu.SMEM((nb, q), f32),
+        m=_tiled((q, q), cdt),
+        ge=_tiled((q, bp), cdt),
+        xw=_tiled((q, bp), cdt),
+        dhb=_tiled((bp, n), cdt),
+        dx=_tiled((q, bp), cdt),
+        st32=_tiled((q, n), f32),
+        v_ddt=plgpu.SMEM((q,), f32),
+        v_a=plgpu.SMEM((q,), f32),
+        v_b=plgpu.SMEM((q,), f32),
+        bars=plgpu.Barrier(num_barriers=nb * (len(streams) + 1)),
+        one_bar=plgpu.Barrier(num_barriers=2),
+    )
+    if spec.has_seg:
+        scratch["r"] = plgpu.SMEM((nb, q), f32)
+    if spec.has_z:
+        scratch["z"] = _tiled((nb, q, bp), cdt)
+        scratch["g"] = _tiled((q, bp), cdt)
+        scratch["dz"] = _tiled((q, bp), cdt)
+    if spec.has_D:
+        scratch["d"] = plgpu.SMEM((bp,), f32)
+    return scratch
 
 
 def _bwd_body(spec: BwdSpec, *refs, **s):
@@ -591,47 +632,6 @@ def _store_bc(spec: BwdSpec, s, val, dst):
     s["st32"][...] = val
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(s["st32"], dst, reduction_op="add" if spec.reduce_bc else None)
-
-
-def bwd_smem_bytes(spec: BwdSpec) -> int:
-    """Shared memory of the backward kernel's buffers (:func:`_bwd_scratch`) for ``spec``."""
-    return gpu_common.smem_bytes(_bwd_scratch(spec))
-
-
-def _bwd_scratch(spec: BwdSpec) -> dict:
-    """The backward kernel's shared-memory buffers and barriers, by name."""
-    q, bp, n, cdt, nb = spec.q, spec.block_p, spec.n, jnp.dtype(spec.dtype), spec.nbuf
-    streams = _bwd_streams(spec)
-    f32 = jnp.float32
-    scratch = dict(
-        x=_tiled((nb, q, bp), cdt),
-        dout=_tiled((nb, q, bp), cdt),
-        B=_tiled((nb, q, n), cdt),
-        C=_tiled((nb, q, n), cdt),
-        hp=_tiled((nb, bp, n), cdt),
-        dt=plgpu.SMEM((nb, q), f32),
-        cs=plgpu.SMEM((nb, q), f32),
-        m=_tiled((q, q), cdt),
-        ge=_tiled((q, bp), cdt),
-        xw=_tiled((q, bp), cdt),
-        dhb=_tiled((bp, n), cdt),
-        dx=_tiled((q, bp), cdt),
-        st32=_tiled((q, n), f32),
-        v_ddt=plgpu.SMEM((q,), f32),
-        v_a=plgpu.SMEM((q,), f32),
-        v_b=plgpu.SMEM((q,), f32),
-        bars=plgpu.Barrier(num_barriers=nb * (len(streams) + 1)),
-        one_bar=plgpu.Barrier(num_barriers=2),
-    )
-    if spec.has_seg:
-        scratch["r"] = plgpu.SMEM((nb, q), f32)
-    if spec.has_z:
-        scratch["z"] = _tiled((nb, q, bp), cdt)
-        scratch["g"] = _tiled((q, bp), cdt)
-        scratch["dz"] = _tiled((q, bp), cdt)
-    if spec.has_D:
-        scratch["d"] = plgpu.SMEM((bp,), f32)
-    return scratch
 
 
 def ssd_bwd_call(spec: BwdSpec, *args):
