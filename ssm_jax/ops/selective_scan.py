@@ -64,128 +64,6 @@ XLA_CHUNK_SIZE = 256
 
 
 # --------------------------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------------------------
-
-
-def selective_scan(
-    x: Float[Array, "b l d"],
-    dt: Float[Array, "b l d"],
-    A: Float[Array, "d n"],
-    B: Float[Array, "b l n"] | Float[Array, "b l g n"],
-    C: Float[Array, "b l n"] | Float[Array, "b l g n"],
-    *,
-    D: Float[Array, "d"] | None = None,
-    z: Float[Array, "b l d"] | None = None,
-    dt_bias: Float[Array, "d"] | None = None,
-    dt_softplus: bool = False,
-    initial_state: Float[Array, "b d n"] | None = None,
-    segment_ids: Int[Array, "b l"] | None = None,
-    return_final_state: bool = False,
-    impl: str = "auto",
-):
-    """Mamba-1 selective scan (S6), Mamba paper Sec. 3.2 / Algorithm 2.
-
-    ==================  ===========================  ==========================================
-    argument            shape                        meaning
-    ==================  ===========================  ==========================================
-    ``x``               ``(b, l, d)``                input sequence
-    ``dt``              ``(b, l, d)``                step size Delta (before bias/softplus)
-    ``A``               ``(d, n)`` real              state matrix (diagonal per channel); keep
-                                                     it negative, as Mamba's ``-exp(A_log)``
-    ``B``, ``C``        ``(b, l, n)``/``(b, l, g, n)``  input/output projections; ``g`` groups
-                                                     of ``d // g`` contiguous channels
-    ``D``               ``(d,)``                     skip connection
-    ``z``               ``(b, l, d)``                gate: ``y <- y * silu(z)``
-    ``dt_bias``         ``(d,)``                     added to ``dt`` (before softplus)
-    ``dt_softplus``     bool                         ``dt <- softplus(dt + dt_bias)``
-    ``initial_state``   ``(b, d, n)``                state before position 0
-    ``segment_ids``     ``(b, l)`` integer           packed sequences (see below)
-    ``return_final_state``  bool                     also return the state after position l-1
-    ``impl``            str                          ``"auto"``, ``"xla"``, ``"scan"``, ...
-    ==================  ===========================  ==========================================
-
-    ``dt_bias`` is added whenever given, with or without ``dt_softplus`` (Alg. 2 line 3 with
-    ``tau_dt`` the identity when ``dt_softplus=False``).
-
-    ``segment_ids`` packs several sequences in one row: the state resets to zero (not to
-    ``initial_state``, which applies at position 0 only) wherever the id differs from the
-    previous position's, so each segment is scanned as if it were alone. With
-    ``return_final_state`` the final state is that of the last segment.
-
-    Returns ``y`` of shape ``(b, l, d)`` and dtype ``x.dtype``, or ``(y, final_state)`` with
-    ``final_state (b, d, n)`` float32 when ``return_final_state``.
-
-    Raises ``ValueError``/``TypeError`` naming the argument on bad shapes or dtypes, and
-    :class:`~ssm_jax.ops.registry.ImplementationUnavailableError` when ``impl`` names an
-    implementation that cannot run here.
-    """
-    canonical = canonicalize(
-        x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
-        segment_ids=segment_ids, return_final_state=return_final_state,
-    )
-    name, fn = REGISTRY.resolve(impl, canonical)
-    y, final_state = call(REGISTRY[name], fn, canonical)
-    return (y, final_state) if canonical["return_final_state"] else y
-
-
-def selective_scan_step(
-    x_t: Float[Array, "b d"],
-    dt_t: Float[Array, "b d"],
-    A: Float[Array, "d n"],
-    B_t: Float[Array, "b n"] | Float[Array, "b g n"],
-    C_t: Float[Array, "b n"] | Float[Array, "b g n"],
-    state: Float[Array, "b d n"],
-    *,
-    D: Float[Array, "d"] | None = None,
-    z_t: Float[Array, "b d"] | None = None,
-    dt_bias: Float[Array, "d"] | None = None,
-    dt_softplus: bool = False,
-):
-    """One position of :func:`selective_scan`, for decoding: ``(y_t, new_state)``.
-
-    ============  ============================  ====================================
-    argument      shape                         meaning
-    ============  ============================  ====================================
-    ``x_t``       ``(b, d)``                    input at this position
-    ``dt_t``      ``(b, d)``                    step size (before bias/softplus)
-    ``A``         ``(d, n)`` real               as in :func:`selective_scan`
-    ``B_t, C_t``  ``(b, n)`` or ``(b, g, n)``   projections at this position
-    ``state``     ``(b, d, n)``                 state after the previous position
-    ``D``         ``(d,)``                      skip connection
-    ``z_t``       ``(b, d)``                    gate
-    ``dt_bias``   ``(d,)``                      added to ``dt_t``
-    ============  ============================  ====================================
-
-    Folding this over positions ``0..l-1`` from ``initial_state`` reproduces
-    ``selective_scan(..., return_final_state=True)``. There are no ``segment_ids``: to start a
-    new sequence, pass a zero ``state``. ``y_t`` has ``x_t.dtype``; ``new_state`` is float32.
-    """
-    op = "selective_scan_step"
-    canonical = _canonicalize(
-        op,
-        x=x_t, dt=dt_t, A=A, B=B_t, C=C_t, D=D, z=z_t, dt_bias=dt_bias, state=state,
-        state_name="state", segment_ids=None, step=True,
-        names={"x": "x_t", "dt": "dt_t", "B": "B_t", "C": "C_t", "z": "z_t"},
-    )
-    del canonical["segment_ids"]
-    canonical["state"] = canonical.pop("initial_state")
-    canonical["dt_softplus"] = check_bool(op, "dt_softplus", dt_softplus)
-    return _step_impl(**canonical)
-
-
-def selective_scan_ref(
-    x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None, segment_ids=None,
-    return_final_state=False,
-):
-    """:func:`selective_scan` with ``impl="scan"``: the sequential ``lax.scan`` ground truth."""
-    return selective_scan(
-        x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
-        segment_ids=segment_ids, return_final_state=return_final_state, impl="scan",
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Validation and canonical form (docs/architecture.md, "Canonical arguments")
 # --------------------------------------------------------------------------------------------
 
@@ -481,3 +359,125 @@ REGISTRY.register("pallas_tpu", "pallas_kernels.selective_scan.api_tpu:selective
                   check="pallas_kernels.selective_scan.api_tpu:why_not", auto_backends=("tpu",), priority=10,
                   manual_sharding=True)
 REGISTRY.alias("pallas", {"gpu": "pallas_gpu", "tpu": "pallas_tpu"})
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan(
+    x: Float[Array, "b l d"],
+    dt: Float[Array, "b l d"],
+    A: Float[Array, "d n"],
+    B: Float[Array, "b l n"] | Float[Array, "b l g n"],
+    C: Float[Array, "b l n"] | Float[Array, "b l g n"],
+    *,
+    D: Float[Array, "d"] | None = None,
+    z: Float[Array, "b l d"] | None = None,
+    dt_bias: Float[Array, "d"] | None = None,
+    dt_softplus: bool = False,
+    initial_state: Float[Array, "b d n"] | None = None,
+    segment_ids: Int[Array, "b l"] | None = None,
+    return_final_state: bool = False,
+    impl: str = "auto",
+):
+    """Mamba-1 selective scan (S6), Mamba paper Sec. 3.2 / Algorithm 2.
+
+    ==================  ===========================  ==========================================
+    argument            shape                        meaning
+    ==================  ===========================  ==========================================
+    ``x``               ``(b, l, d)``                input sequence
+    ``dt``              ``(b, l, d)``                step size Delta (before bias/softplus)
+    ``A``               ``(d, n)`` real              state matrix (diagonal per channel); keep
+                                                     it negative, as Mamba's ``-exp(A_log)``
+    ``B``, ``C``        ``(b, l, n)``/``(b, l, g, n)``  input/output projections; ``g`` groups
+                                                     of ``d // g`` contiguous channels
+    ``D``               ``(d,)``                     skip connection
+    ``z``               ``(b, l, d)``                gate: ``y <- y * silu(z)``
+    ``dt_bias``         ``(d,)``                     added to ``dt`` (before softplus)
+    ``dt_softplus``     bool                         ``dt <- softplus(dt + dt_bias)``
+    ``initial_state``   ``(b, d, n)``                state before position 0
+    ``segment_ids``     ``(b, l)`` integer           packed sequences (see below)
+    ``return_final_state``  bool                     also return the state after position l-1
+    ``impl``            str                          ``"auto"``, ``"xla"``, ``"scan"``, ...
+    ==================  ===========================  ==========================================
+
+    ``dt_bias`` is added whenever given, with or without ``dt_softplus`` (Alg. 2 line 3 with
+    ``tau_dt`` the identity when ``dt_softplus=False``).
+
+    ``segment_ids`` packs several sequences in one row: the state resets to zero (not to
+    ``initial_state``, which applies at position 0 only) wherever the id differs from the
+    previous position's, so each segment is scanned as if it were alone. With
+    ``return_final_state`` the final state is that of the last segment.
+
+    Returns ``y`` of shape ``(b, l, d)`` and dtype ``x.dtype``, or ``(y, final_state)`` with
+    ``final_state (b, d, n)`` float32 when ``return_final_state``.
+
+    Raises ``ValueError``/``TypeError`` naming the argument on bad shapes or dtypes, and
+    :class:`~ssm_jax.ops.registry.ImplementationUnavailableError` when ``impl`` names an
+    implementation that cannot run here.
+    """
+    canonical = canonicalize(
+        x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
+        segment_ids=segment_ids, return_final_state=return_final_state,
+    )
+    name, fn = REGISTRY.resolve(impl, canonical)
+    y, final_state = call(REGISTRY[name], fn, canonical)
+    return (y, final_state) if canonical["return_final_state"] else y
+
+
+def selective_scan_step(
+    x_t: Float[Array, "b d"],
+    dt_t: Float[Array, "b d"],
+    A: Float[Array, "d n"],
+    B_t: Float[Array, "b n"] | Float[Array, "b g n"],
+    C_t: Float[Array, "b n"] | Float[Array, "b g n"],
+    state: Float[Array, "b d n"],
+    *,
+    D: Float[Array, "d"] | None = None,
+    z_t: Float[Array, "b d"] | None = None,
+    dt_bias: Float[Array, "d"] | None = None,
+    dt_softplus: bool = False,
+):
+    """One position of :func:`selective_scan`, for decoding: ``(y_t, new_state)``.
+
+    ============  ============================  ====================================
+    argument      shape                         meaning
+    ============  ============================  ====================================
+    ``x_t``       ``(b, d)``                    input at this position
+    ``dt_t``      ``(b, d)``                    step size (before bias/softplus)
+    ``A``         ``(d, n)`` real               as in :func:`selective_scan`
+    ``B_t, C_t``  ``(b, n)`` or ``(b, g, n)``   projections at this position
+    ``state``     ``(b, d, n)``                 state after the previous position
+    ``D``         ``(d,)``                      skip connection
+    ``z_t``       ``(b, d)``                    gate
+    ``dt_bias``   ``(d,)``                      added to ``dt_t``
+    ============  ============================  ====================================
+
+    Folding this over positions ``0..l-1`` from ``initial_state`` reproduces
+    ``selective_scan(..., return_final_state=True)``. There are no ``segment_ids``: to start a
+    new sequence, pass a zero ``state``. ``y_t`` has ``x_t.dtype``; ``new_state`` is float32.
+    """
+    op = "selective_scan_step"
+    canonical = _canonicalize(
+        op,
+        x=x_t, dt=dt_t, A=A, B=B_t, C=C_t, D=D, z=z_t, dt_bias=dt_bias, state=state,
+        state_name="state", segment_ids=None, step=True,
+        names={"x": "x_t", "dt": "dt_t", "B": "B_t", "C": "C_t", "z": "z_t"},
+    )
+    del canonical["segment_ids"]
+    canonical["state"] = canonical.pop("initial_state")
+    canonical["dt_softplus"] = check_bool(op, "dt_softplus", dt_softplus)
+    return _step_impl(**canonical)
+
+
+def selective_scan_ref(
+    x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None, segment_ids=None,
+    return_final_state=False,
+):
+    """:func:`selective_scan` with ``impl="scan"``: the sequential ``lax.scan`` ground truth."""
+    return selective_scan(
+        x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
+        segment_ids=segment_ids, return_final_state=return_final_state, impl="scan",
+    )
