@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import sys
 import time
 
@@ -85,6 +86,43 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
 
 
+# What an accelerator's allocator or BLAS library says when the device has no memory left; cuBLASLt
+# reports it as "BlasLt is unavailable" when its workspace cannot be allocated.
+_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "out of memory", "BlasLt is unavailable", "Failed to allocate")
+
+
+def device_memory_hint(message: str, environ=None) -> str | None:
+    """The note added to a device error that means the accelerator ran out of memory, or ``None``.
+
+    The common cause on a shared GPU is not the model: JAX reserves 75% of the device's memory per
+    process when it starts, so a second JAX process on the same GPU (a test run, a notebook, a
+    second training run) fails at its first allocation, often inside cuBLAS.
+    """
+    if not any(k in message for k in _OUT_OF_MEMORY):
+        return None
+    env = os.environ if environ is None else environ
+    shared = [f"{k}={env[k]}" for k in ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION") if k in env]
+    return (
+        "The accelerator ran out of memory. If another JAX process uses the same device (JAX reserves "
+        "75% of its memory per process), give each process a share: XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 "
+        "(or XLA_PYTHON_CLIENT_PREALLOCATE=false), as `python -m experiments.sweep --parallel=N` does"
+        + (f" (set here: {', '.join(shared)})" if shared else "")
+        + ". Otherwise the step does not fit: lower --config.data.batch_size, or recompute the blocks' "
+        "activations in the backward (--config.model.remat=full)."
+    )
+
+
+def train_explained(config, workdir: str) -> dict:
+    """``train.train_and_evaluate``, with :func:`device_memory_hint`'s note on a device error."""
+    try:
+        return train.train_and_evaluate(config, workdir)
+    except jax.errors.JaxRuntimeError as e:
+        hint = device_memory_hint(str(e))
+        if hint:
+            e.add_note(hint)
+        raise
+
+
 def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> str:
     lines = []
     if metrics.get("preempted"):
@@ -122,7 +160,7 @@ def main(argv):
 
     config = _CONFIG.value
     start = time.perf_counter()
-    metrics = train.train_and_evaluate(config, _WORKDIR.value)
+    metrics = train_explained(config, _WORKDIR.value)
     if jax.process_index() == 0:
         print(_summary(metrics, _WORKDIR.value, time.perf_counter() - start, config.total_steps), flush=True)
     else:

@@ -256,3 +256,30 @@ def test_lm_configs_scan_their_layers_and_the_checkpoint_restores_the_stacked_pa
     sums = nnx.jit(task.sums, static_argnums=2)(model, {k: jnp.asarray(v) for k, v in batch.items()},
                                                  config.model.vocab_size)
     np.testing.assert_allclose(task.finalize(jax.device_get(sums))["loss"], m["validation/loss"], rtol=1e-4)
+
+
+def test_device_out_of_memory_errors_say_what_to_do(monkeypatch):
+    # What the second JAX process on a GPU printed when the first held 75% of its memory.
+    blas = "INTERNAL: All backends failed to find supported configs:\n - INTERNAL: BlasLt is unavailable"
+    hint = run.device_memory_hint(blas, environ={})
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" in hint and "--config.data.batch_size" in hint
+    assert "set here" not in hint
+    oom = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 59.38GiB"
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION=0.3" in run.device_memory_hint(oom, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.3"})
+    assert run.device_memory_hint("INVALID_ARGUMENT: shapes (3,) and (4,) differ", environ={}) is None
+
+    def fails(config, workdir):
+        raise jax.errors.JaxRuntimeError(blas)
+
+    monkeypatch.setattr(train, "train_and_evaluate", fails)
+    with pytest.raises(jax.errors.JaxRuntimeError) as info:
+        run.train_explained(None, "unused")
+    assert any("XLA_PYTHON_CLIENT_MEM_FRACTION" in n for n in info.value.__notes__)
+
+    def wrong(config, workdir):
+        raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: bad shapes")
+
+    monkeypatch.setattr(train, "train_and_evaluate", wrong)
+    with pytest.raises(jax.errors.JaxRuntimeError) as info:
+        run.train_explained(None, "unused")
+    assert not getattr(info.value, "__notes__", None)
