@@ -205,3 +205,11 @@ def test_gpu_larger_shapes_every_option(rng, n):
     its relative error amplified bf16 rounding past any sensible tolerance.)"""
     dims = dict(b=2, l=777, h=4, p=128, g=2, n=n)
     values_and_grads(rng, dims, kernel, dtype=jnp.bfloat16, tol=3e-2, grad_tol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("p, n", [(16, 16), (48, 96)])
+def test_gpu_zero_padded_head_dims_and_state_sizes(rng, p, n):
+    """Head dims off the 64-column tile and state sizes off the 64/128/256 tiles, compiled: the
+    zero-padded path (the synthetic configs' head dim 16 among them), values and every gradient."""
+    values_and_grads(rng, dict(b=2, l=300, h=4, p=p, g=2, n=n), kernel, dtype=jnp.bfloat16, tol=3e-2, grad_tol=5e-2)
