@@ -9,6 +9,7 @@
 
 On the CPU backend both run in their Pallas interpret mode. Shared pieces: ``gpu_common``,
 ``tpu_common``, ``_prepare`` (operand preparation), ``_sharding`` (``jax.shard_map`` under a mesh),
-``_vjp``. Never imports Flax or experiments; ssm_jax.ops imports a kernel module only when its
+``_vjp``; ``target`` (the chip they are built for: JAX's backend, or one named to lower for a chip
+this machine lacks). Never imports Flax or experiments; ssm_jax.ops imports a kernel module only when its
 implementation is requested.
 """

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import target
+
 __all__ = ["SMEM_LIMIT", "SUPPORTED_DTYPES", "backend_reason", "backward_by_state_slices", "dtype_reason",
            "interpret_params", "smem_bytes"]
 
@@ -40,12 +42,15 @@ def smem_bytes(scratch: Mapping[str, Any] | Iterable[Any]) -> int:
 
 
 def backend_reason(ctx: Mapping[str, Any]) -> str | None:
-    """None if the kernels can run on ``ctx["backend"]`` (default: JAX's), else the reason."""
-    backend = ctx.get("backend") or jax.default_backend()
+    """None if the kernels can run on ``ctx["backend"]`` (default: :func:`target.backend`), else the
+    reason."""
+    backend = ctx.get("backend") or target.backend()
     if backend == "cpu":
         return None  # Mosaic GPU interpret mode
     if backend != "gpu":
         return f"needs an NVIDIA Hopper GPU (or the CPU backend, for interpret mode); backend is {backend!r}"
+    if target.lowering_only():
+        return None  # built for a GPU this process has none of: lowered, not run; Hopper assumed
     kinds = {getattr(dev, "compute_capability", None) for dev in jax.local_devices(backend="gpu")}
     if not all(k is not None and str(k).startswith("9.") for k in kinds):
         return f"the Mosaic GPU kernels are written for Hopper (compute capability 9.x); devices have {sorted(map(str, kinds))}"

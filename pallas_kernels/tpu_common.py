@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import target
+
 __all__ = [
     "LANES",
     "SUBLANES",
@@ -64,7 +66,7 @@ def pad128(v: int) -> int:
 
 
 def backend_reason(ctx: Mapping[str, Any]) -> str | None:
-    backend = ctx.get("backend") or jax.default_backend()
+    backend = ctx.get("backend") or target.backend()
     if backend not in ("tpu", "cpu"):
         return f"runs on TPUs (or on the CPU backend in TPU interpret mode); backend is {backend!r}"
     return None
@@ -73,7 +75,7 @@ def backend_reason(ctx: Mapping[str, Any]) -> str | None:
 def dtype_reason(ctx: Mapping[str, Any], names) -> str | None:
     """float32/bfloat16/float16 everywhere; float64 only in interpret mode (CPU), for the tests'
     float64 finite differences -- a TPU has no float64 vector unit."""
-    backend = ctx.get("backend") or jax.default_backend()
+    backend = ctx.get("backend") or target.backend()
     allowed = _SUPPORTED + (("float64",) if backend == "cpu" else ())
     for name in names:
         v = ctx.get(name)
@@ -84,7 +86,7 @@ def dtype_reason(ctx: Mapping[str, Any], names) -> str | None:
 
 def interpret_params() -> pltpu.InterpretParams | bool:
     """False on TPUs (compile with Mosaic); TPU interpret mode elsewhere."""
-    if jax.default_backend() == "tpu":
+    if target.backend() == "tpu":
         return False
     return pltpu.InterpretParams()
 

@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import _prepare, _sharding, gpu_common
+from pallas_kernels import _prepare, _sharding, gpu_common, target
 from pallas_kernels._vjp import forward_saving_vjp
 from pallas_kernels.selective_scan import mosaic_gpu
 from pallas_kernels.selective_scan.blocks import (
@@ -293,7 +293,7 @@ def _selective_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, s
         )
     keep = _prepare.keep_mask(segment_ids)
     static = _Static(b=b, l=l, d=d, g=g, n=n, blocks=blocks, bwd=backward_blocks, softplus=bool(dt_softplus),
-                     interpret=jax.default_backend() != "gpu")
+                     interpret=target.backend() != "gpu")
     y, h_final = _scan(static, bool(return_final_state), x, dt, A, B, C, D, z, dt_bias, initial_state, keep)
     return y, (h_final if return_final_state else None)
 

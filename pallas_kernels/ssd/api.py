@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import _prepare, _sharding, gpu_common
+from pallas_kernels import _prepare, _sharding, gpu_common, target
 from pallas_kernels._vjp import forward_saving_vjp
 from pallas_kernels.ssd import mosaic_gpu
 from pallas_kernels.ssd.blocks import DEFAULT_BLOCKS, SSDBlocks
@@ -224,8 +224,12 @@ def ssd(
     del chunk_size
     args = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
                 segment_ids=segment_ids)
+    # Decided here, not inside the jitted _ssd: its traces are cached by the static arguments, and
+    # a target.compiled_for block must not reuse an interpret-mode trace.
+    if interpret is None:
+        interpret = target.backend() != "gpu"
     static = dict(dt_softplus=bool(dt_softplus), return_final_state=bool(return_final_state), blocks=blocks,
-                  interpret=interpret)
+                  interpret=bool(interpret))
     return _sharding.run(_ssd, args, static, _sharding.ssd_specs(x, B))
 
 
@@ -234,8 +238,6 @@ def _ssd(*, x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, segment_i
          interpret):
     """:func:`ssd` on one device's shard."""
     blocks = blocks or DEFAULT_BLOCKS
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
     b, l, h, p = x.shape
     # Head dims that are not a multiple of the kernels' tile run zero-padded: the p columns of a
     # head are independent scans sharing dt, B and C, so zero columns of x (and of z, D, the

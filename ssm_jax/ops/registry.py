@@ -27,6 +27,10 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+# Not a kernel module: which chip the kernels are built for (JAX's backend, or one named by
+# pallas_kernels.target.compiled_for to lower for a chip this machine lacks). jax only.
+from pallas_kernels import target as kernel_target
+
 __all__ = [
     "Implementation",
     "ImplementationUnavailableError",
@@ -38,7 +42,8 @@ __all__ = [
 logger = logging.getLogger("ssm_jax")
 
 # A check receives the canonical arguments (arrays may be tracers: use shapes and dtypes only)
-# plus "backend" (jax.default_backend()) and returns None if it can run, else the reason.
+# plus "backend" (kernel_target.backend(): jax.default_backend() unless compiled_for names
+# another) and returns None if it can run, else the reason.
 Check = Callable[[Mapping[str, Any]], "str | None"]
 
 
@@ -128,7 +133,7 @@ class Registry:
         return target
 
     def alias(self, name: str, by_backend: Mapping[str, str]) -> None:
-        """``name`` resolves to ``by_backend[jax.default_backend()]``."""
+        """``name`` resolves to ``by_backend[backend]`` (the backend of :func:`pallas_kernels.target.backend`)."""
         self._aliases[name] = dict(by_backend)
 
     def names(self) -> list[str]:
@@ -142,7 +147,7 @@ class Registry:
 
     def resolve(self, impl: str, args: Mapping[str, Any]) -> tuple[str, Callable]:
         """Return ``(name, fn)`` for ``impl`` given the canonical ``args`` of a call."""
-        backend = jax.default_backend()
+        backend = kernel_target.backend()  # JAX's, unless a target.compiled_for block names another
         ctx = {**args, "backend": backend}
         if not isinstance(impl, str):
             raise TypeError(f"{self.op}: `impl` must be a string, one of {self.names()}; got {impl!r}")
