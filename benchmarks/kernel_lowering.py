@@ -18,8 +18,9 @@ are the same, so the GPU/TPU timings measured on one still hold for the other::
         python -m benchmarks.kernel_lowering --compare benchmarks/results/kernel_fingerprints.json now.json
 
 ``benchmarks/results/kernel_fingerprints.json``: the kernels that passed the Mosaic GPU tests on an
-H100 on 2026-12-07 (jax 0.11.2; identical to the tested commit's, 529d751). Fingerprints depend on
-the jax version.
+H100 on 2026-12-07 (jax 0.11.2). They equal the tested commit's (529d751): this module run on that
+checkout, whose code read ``jax.default_backend()`` where it now reads ``target.backend()``, with
+that function patched to return the target. Fingerprints depend on the jax version.
 
 ``tests/pallas_kernels/test_lowering.py`` lowers the same cases in CI (each must hold its
 custom calls).
@@ -33,6 +34,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -140,8 +142,8 @@ def lower(case: Case, platform: str) -> dict[str, jax.stages.Lowered]:
     floats = {k: v for k, v in arrays.items() if jnp.issubdtype(v.dtype, jnp.floating)}
     ints = {k: v for k, v in arrays.items() if k not in floats}
     with target.compiled_for(platform) as lowering_platform, _chip(platform):
-        # Fresh jitted functions each time: a trace cached for another target must not be reused.
-        fwd = jax.jit(lambda a: loss(a))
+        # `loss` is made fresh for each call: no trace cached for another target can be reused.
+        fwd = jax.jit(loss)
         grad = jax.jit(lambda f, i: jax.grad(lambda f: loss({**f, **i}))(f))
         out = {"forward": fwd.trace(arrays).lower(lowering_platforms=(lowering_platform,)),
                "gradient": grad.trace(floats, ints).lower(lowering_platforms=(lowering_platform,))}
@@ -149,7 +151,8 @@ def lower(case: Case, platform: str) -> dict[str, jax.stages.Lowered]:
 
 
 def _chip(platform: str):
-    if platform != "tpu" or jax.default_backend() == "tpu":
+    """Inside ``compiled_for(platform)``: the TPU generation to lower for, where there is no TPU."""
+    if platform != "tpu" or not target.lowering_only():
         return contextlib.nullcontext()
     device = jax.sharding.AbstractDevice(device_kind=TPU_DEVICE_KIND, num_cores=1, platform="tpu")
     return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("chip",), abstract_device=device))
@@ -195,8 +198,10 @@ def _kernel_text(bytecode: bytes) -> str:
 _PER_PROCESS = re.compile(r'mosaic_gpu\.dump_basename = "[^"]*",? ?')
 
 
-# The attributes that carry a kernel's serialized module (and its hash) in the outer module.
+# The attributes that carry a kernel's serialized module (and its hash) in the outer module, and
+# the outer module's name (the jitted function's: how the harness wraps the call, not the kernels).
 _KERNEL_ATTRS = re.compile(r'\b(kernel_hash|module|backend_config) = "[^"]*"')
+_MODULE_NAME = re.compile(r"^module @\S+", re.MULTILINE)
 
 
 def fingerprint(lowered: jax.stages.Lowered, platform: str) -> tuple[str, int]:
@@ -206,6 +211,7 @@ def fingerprint(lowered: jax.stages.Lowered, platform: str) -> tuple[str, int]:
     calls = _custom_calls(module, CUSTOM_CALLS[platform])
     kernels = [_kernel_text(_kernel_bytecode(c, platform)) for c in calls]
     outer = _KERNEL_ATTRS.sub(r'\1 = ""', module.operation.get_asm(enable_debug_info=False))
+    outer = _MODULE_NAME.sub("module", outer)
     digest = hashlib.sha256("\n".join([outer, *kernels]).encode()).hexdigest()[:16]
     return digest, len(calls)
 
@@ -240,6 +246,9 @@ def main(argv=None) -> int:
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two --json files and exit")
     a = p.parse_args(argv)
     if a.compare:
+        missing = [f for f in a.compare if not os.path.isfile(f)]
+        if missing:
+            p.error(f"--compare: no such file {missing[0]!r} (write one with --json)")
         before, after = (json.load(open(f)) for f in a.compare)
         changed = compare(before, after)
         print("\n".join(changed) if changed else f"all {len(after)} lowerings identical")

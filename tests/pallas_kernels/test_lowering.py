@@ -54,7 +54,7 @@ def test_kernel_text_has_no_source_locations():
     assert b"mosaic_gpu.py" in bytecode and "mosaic_gpu.py" not in text
 
 
-def test_compare_names_changed_and_missing_lowerings(tmp_path, capsys):
+def test_compare_names_changed_and_missing_lowerings():
     before = {"gpu:a:forward": dict(fingerprint="1", custom_calls=1), "gpu:b:forward": dict(fingerprint="2", custom_calls=1)}
     after = {"gpu:a:forward": dict(fingerprint="1", custom_calls=1), "gpu:b:forward": dict(fingerprint="3", custom_calls=2),
              "gpu:c:forward": dict(fingerprint="4", custom_calls=1)}
