@@ -118,8 +118,9 @@ def get_sweep(arg=None):
     a = common.parse_arg(arg, mixers="attention+mamba+mamba2", widths="64+128+256",
                          lrs="+".join(f"{lr:g}" for lr in LEARNING_RATES), seeds="0")
     out = []
-    for mixer, width, lr, seed in itertools.product(
-        a.mixers.split("+"), [int(w) for w in a.widths.split("+")], [float(x) for x in a.lrs.split("+")],
+    # Width-major: a sweep cut off by its time limit leaves whole widths (every mixer) done.
+    for width, mixer, lr, seed in itertools.product(
+        [int(w) for w in a.widths.split("+")], a.mixers.split("+"), [float(x) for x in a.lrs.split("+")],
         [int(s) for s in a.seeds.split("+")],
     ):
         name = f"{mixer}_d{width}_lr{lr:g}_s{seed}"
