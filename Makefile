@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml constraints.txt scripts/find_python.sh
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m experiments.run --config=experiments/configs/synthetic/demo.py --workdir=$(DEMO_DIR)
