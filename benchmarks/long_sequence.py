@@ -12,20 +12,24 @@ checked at the benchmark's own shapes. An allocation failure is recorded as ``"o
     python -m benchmarks.long_sequence --smoke     # seconds on a CPU (context over its devices)
 
 Measured (one NVIDIA H100 80GB, bf16, ``python -m benchmarks.long_sequence --json ...``;
-``benchmarks/results/long_sequence_h100.jsonl``), one layer, one 1,048,576-token sequence:
+``benchmarks/results/long_sequence_h100.jsonl``, the last four rows), one layer, one
+1,048,576-token sequence, 2026-12-07; footprint = the compiled call's arguments, outputs and
+temporaries (``memory_analysis``), so each row is its own call's:
 
-    mixer     forward ms   fwd+bwd ms   fwd+bwd footprint   run
-    Mamba        53.7         291          (see below)       2026-12-06
-    Mamba-2      51.9         287          (see below)       2026-12-06
-    Hydra        56.9         221          (see below)       2026-12-06
-    S4D         537           993          37.1 GB           2026-12-07 (forward 25.8 GB)
+    mixer     forward ms   forward footprint   fwd+bwd ms   fwd+bwd footprint
+    Mamba        53.2          16.2 GB             289           51.7 GB
+    Mamba-2      51.1          19.9 GB             288           41.6 GB
+    Hydra        56.3          27.1 GB             222           59.1 GB
+    S4D         538            25.8 GB             993           37.1 GB
 
-The 2026-12-06 run read memory from the device's process-wide high-water mark (Mamba, the
-first row: 16.2 GB forward, 51.7 GB forward+backward); the rows now report each call's compiled
-footprint. In that run S4D's backward asked for 483 GB: autodiff of its Vandermonde kernel kept
-the (h, n, l) matrix. ``ssm_jax.ops.s4d`` now builds long kernels in rematerialized pieces, and
-the forward+backward fits in 37 GB. S4D's layer is an FFT convolution of the whole sequence,
-ten times the selective scans' forward time at this length.
+Every row fits one 80 GB card, forward+backward included (the times of the 2026-12-06 run agree
+within 1%). An H200 has not run it; its 141 GB would change which rows fit only for longer
+sequences. Hydra's forward+backward (two scan directions) takes less time than Mamba-2's: not
+investigated yet. An earlier run (2026-12-06) read memory from the
+device's process-wide high-water mark, which carried each row into the next; and S4D's backward
+asked for 483 GB there: autodiff of its Vandermonde kernel kept the (h, n, l) matrix.
+``ssm_jax.ops.s4d`` now builds long kernels in rematerialized pieces. S4D's layer is an FFT
+convolution of the whole sequence, ten times the selective scans' forward time at this length.
 
 ``--smoke`` shrinks the sequence to 512 tokens and the width to 32; with several CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``) it also runs the context-parallel

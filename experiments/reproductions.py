@@ -40,9 +40,12 @@ def _runs(task_dir: str) -> dict[str, list[dict]]:
     return out
 
 
-def _save(fig, ax, out: str, title: str = "") -> str:
+def _save(fig, ax, out: str, title: str = "", *, legend_outside: bool = False) -> str:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend_outside:  # many runs: a legend inside would cover the curves
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -82,18 +85,24 @@ def length_curves(task_dir: str, out: str, *, train_length: int | None = None) -
 
 def learning_curves(task_dir: str, out: str, *, key: str = "accuracy") -> str:
     """Training-batch ``key`` (a line; every synthetic batch is fresh data) and validation ``key``
-    (markers) against the training step, one colour per run."""
-    fig = Figure(figsize=(6.4, 4.0))
+    (markers) against the training step, one colour per run (one legend entry per run)."""
+    runs = _runs(task_dir)
+    many = len(runs) > 6
+    fig = Figure(figsize=(9.6 if many else 6.4, 4.0))
     ax = fig.subplots()
-    for i, (name, records) in enumerate(_runs(task_dir).items()):
-        color = f"C{i}"
-        for split, style in (("train", dict(linewidth=1, alpha=0.7)), ("validation", dict(marker="o", linestyle="none"))):
+    for i, (name, records) in enumerate(runs.items()):
+        color, labelled = f"C{i % 10}", False
+        marker = "osD^v<>"[i // 10 % 7]  # colours repeat after ten runs; the markers tell those apart
+        for split, style in (("validation", dict(marker=marker, markersize=4, linestyle="none")),
+                             ("train", dict(linewidth=1, alpha=0.6))):
             pts = sorted({r["step"]: 100 * r[key] for r in records if r["split"] == split and key in r}.items())
             if pts:
-                ax.plot(*zip(*pts), color=color, label=f"{name} ({split})", **style)
+                ax.plot(*zip(*pts), color=color, label=None if labelled else name, **style)
+                labelled = True
     ax.set_xlabel("step")
     ax.set_ylabel(f"{key} (%)")
-    return _save(fig, ax, out, os.path.basename(os.path.normpath(task_dir)))
+    title = f"{os.path.basename(os.path.normpath(task_dir))} (lines: training batches; markers: validation)"
+    return _save(fig, ax, out, title, legend_outside=many)
 
 
 def mqar_table(task_dir: str, split: str = "L256_kv64") -> dict[str, dict[int, list[float]]]:

@@ -35,11 +35,12 @@ beats Mamba-1 at equal state size. Reported per test setting as ``L<len>_kv<pair
 SSMs solve recall only in a narrow band of learning rates, so read the sweep's best and its
 spread. Measured runs: ``docs/reproductions.md``.
 
-Measured so far (one H100, seed 0, 2026-12-06; the d_model 64 slice, cut off by the GPU time):
-attention solved every training setting (validation 99.2-99.8%, test 96.5-99.9% up to (256, 64))
-in 500-1,500 steps at lr 1e-3, 3.2e-3 and 1e-2 and diverged at 3.2e-2; Mamba, stopped
-mid-schedule, sat at 2.8% (lr 1e-3), 78% (3.2e-3, 1e-2) and 0% (3.2e-2) validation accuracy.
-The Mamba-2 rows and d_model 128 / 256 are not run yet.
+Measured so far (seed 0, H100, the d_model 64 slice only, cut off by the GPU time; 2026-12-06 and
+2026-12-07): attention solved every training setting (validation 99.0-99.2%, test 96.6-99.7% up
+to (256, 64)) in 500-1,500 steps at lr 1e-3, 3.2e-3 and 1e-2 and diverged at 3.2e-2. Mamba,
+stopped at ~18.4K steps: 2.8% validation accuracy at lr 1e-3, 79-84% (rising) at the other three
+(run 1 diverged at 3.2e-2). Mamba-2, stopped at ~10K steps: 73.5 / 83.7 / 85.6% at 1e-3 / 3.2e-3
+/ 1e-2, ahead of Mamba at equal steps. d_model 128 / 256 are not run yet.
 """
 
 import itertools
