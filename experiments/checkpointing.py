@@ -39,6 +39,7 @@ RESUMABLE_KEYS = (
     "steps_per_call",
     "early_stop",
     "progress_bar",
+    "profile",
     "total_steps",  # a change that moves the lr schedule is refused in train.py (allow_schedule_change)
     "allow_schedule_change",
     "mesh",

@@ -39,7 +39,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import checkpointing, config_checks, mesh as mesh_lib, metrics as metrics_lib, optim as optim_lib
-from experiments import evaluator as evaluator_lib, steps as steps_lib, stopping, tasks
+from experiments import evaluator as evaluator_lib, profiling, steps as steps_lib, stopping, tasks
 from experiments.data import registry
 from experiments.metrics import METRICS_FILE, MetricWriter, ProgressBar, read_metrics
 from ssm_jax import parallel
@@ -193,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         cleanup.callback(writer.close)
         bar = ProgressBar(total_steps, start, enabled=pid == 0 and bool(config.progress_bar))
         cleanup.callback(bar.close)
+        profiler = profiling.StepProfiler(config.get("profile"), workdir, enabled=pid == 0)
+        cleanup.callback(profiler.close)
         run_evals = functools.partial(_run_evals, evaluator, writer, bar)
 
         splits = list(config.eval.splits)
@@ -219,6 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for i, b in enumerate(host_batches):
                 task.check_batch(b, vocab_size, num_classes, f"train batch of step {step + i + 1}")
             window.tokens += sum(task.tokens_in(b) for b in host_batches) * nproc
+            profiler.before_call(step, state)
             if n == 1:
                 state, metrics = train_step(state, rngs, evaluator_lib.put_batch(host_batches[0], batch_sharding))
                 metrics = jax.tree.map(lambda x: x[None], metrics)
@@ -226,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 stacked = {k: np.stack([b[k] for b in host_batches]) for k in host_batches[0]}
                 state, metrics = train_steps(state, rngs, evaluator_lib.put_batch(stacked, stacked_sharding))
             step += n
+            profiler.after_call(step, state, last=step == total_steps)
             window.metrics.append(metrics)
             bar.update(n)
             if step % int(config.log_every) == 0 or step == total_steps:

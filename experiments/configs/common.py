@@ -55,6 +55,11 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
     checkpoint.best_mode  str    "max" | "min"
     checkpoint.async_save bool
     progress_bar          bool   tqdm bar on process 0
+    profile.num_steps     int    trace this many training steps with jax.profiler (0: none) into
+                                 <workdir>/profile and write its per-op table there (ops.md;
+                                 experiments.profiling); an evaluation inside the window is traced too
+    profile.start_step    int    from the first call starting at or after this step (past the
+                                 first call, which compiles)
     allow_schedule_change bool   resume although total_steps changed the lr schedule of the
                                  remaining steps (cosine decays over total_steps); False: such
                                  a resume is refused, naming the steps whose lr would change
@@ -119,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     c.early_stop = ml_collections.ConfigDict(dict(metric="", threshold=0.0, mode="max"))
+    c.profile = ml_collections.ConfigDict(dict(start_step=0, num_steps=0))
 
     c.checkpoint = ml_collections.ConfigDict(
         dict(keep=2, best_metric="validation/accuracy", best_mode="max", async_save=True)
