@@ -148,6 +148,9 @@ def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> s
         lines.append(f"  held-out {split}: " + ", ".join(parts))
     lines.append(f"Outputs in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, config.json")
     lines.append(f"  curves: python -m experiments.plot {workdir}    tensorboard --logdir {workdir}/tensorboard")
+    ops = os.path.join(workdir, "profile", "ops.md")
+    if os.path.exists(ops):
+        lines.append(f"  profile: {ops} (device time per op; the trace beside it opens in XProf / TensorBoard)")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import profiling, train
+from experiments import profiling, run, train
 from tests.experiments.conftest import losses, tiny_config
 
 
@@ -19,7 +19,7 @@ def test_a_profiled_run_trains_as_without_and_writes_its_op_table(tiny, tiny_ref
     """The window opens at the first call from ``start_step`` and closes after ``num_steps`` steps,
     or at the last step when the run ends inside it; training is unchanged."""
     w = str(tmp_path)
-    train.train_and_evaluate(tiny_config(**{"profile.start_step": start, "profile.num_steps": num}), w)
+    m = train.train_and_evaluate(tiny_config(**{"profile.start_step": start, "profile.num_steps": num}), w)
     assert losses(w) == losses(tiny_reference)
     assert losses(w, "validation") == losses(tiny_reference, "validation")
     trace_dir = os.path.join(w, "profile")
@@ -35,10 +35,12 @@ def test_a_profiled_run_trains_as_without_and_writes_its_op_table(tiny, tiny_ref
     assert any("train_step" in m for m in modules), modules
     assert f"profile of steps {window[0]}-{window[1]}:" in capsys.readouterr().out
     assert open(os.path.join(trace_dir, "ops.md")).read().startswith("Device time by op")
+    assert f"profile: {os.path.join(trace_dir, 'ops.md')}" in run._summary(m, w, 60.0, 6)
 
 
 def test_no_profile_by_default(tiny, tiny_reference):
     assert not os.path.exists(os.path.join(tiny_reference, "profile"))
+    assert "profile:" not in run._summary({"step": 6}, tiny_reference, 60.0, 6)
 
 
 def test_op_table_counts_each_op_once_per_call(tmp_path):
