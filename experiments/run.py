@@ -154,6 +154,21 @@ def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> s
     return "\n".join(lines)
 
 
+# jaxlib 0.11.2's CPU FFT (ducc0) fans out into the XLA intra-op thread pool it is running on: two
+# FFTs executing at once (S4/S4D's FFT convolutions, forward and backward) can hold every worker
+# while each waits for the other's tasks, forever -- the ListOps S4D config hung at its first step
+# on a 2-core CPU. Single-threaded Eigen on the CPU backend avoids it (~10% slower CPU tests);
+# accelerators are unaffected. A setting of the flag in XLA_FLAGS is kept.
+CPU_FFT_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def xla_flags_without_cpu_fft_deadlock(xla_flags: str) -> str:
+    """``xla_flags`` with :data:`CPU_FFT_FLAG` added, unless it already sets the flag."""
+    if "xla_cpu_multi_thread_eigen" in xla_flags:
+        return xla_flags
+    return f"{xla_flags} {CPU_FFT_FLAG}".strip()
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -175,4 +190,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Before anything initializes a backend (XLA reads the flags then).
+    os.environ["XLA_FLAGS"] = xla_flags_without_cpu_fft_deadlock(os.environ.get("XLA_FLAGS", ""))
     app.run(main, flags_parser=_parse_flags)
