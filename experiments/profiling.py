@@ -92,6 +92,8 @@ def op_table(path: str) -> dict[str, Any]:
 
     if os.path.isdir(path):
         path = latest_trace(path)
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"profiling: no trace at {path!r} (a jax.profiler trace directory or .xplane.pb file)")
     data = ProfileData.from_file(path)
     planes = list(data.planes)
     # Accelerators: the kernels on the device planes' stream lines (derived lines such as
@@ -205,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--top", type=int, default=30, help="ops listed")
     p.add_argument("--steps", type=int, default=None, help="steps in the trace: times per step")
     a = p.parse_args(argv)
+    if a.top < 1 or (a.steps is not None and a.steps < 1):
+        p.error(f"--top and --steps must be >= 1; got --top={a.top}, --steps={a.steps}")
     print(markdown(op_table(a.trace), a.top, a.steps))
 
 

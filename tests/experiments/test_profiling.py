@@ -89,3 +89,10 @@ def test_nested_op_events_count_their_self_time():
     got = profiling._op_events([line])
     assert sorted(got) == sorted([("while.1", "m", 50.0), ("fusion.1", "m", 20.0), ("fusion.2", "m", 25.0),
                                   ("fusion.3", "m", 5.0), ("fusion.1", "m", 10.0)])
+
+
+def test_a_missing_trace_and_bad_counts_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trace at"):
+        profiling.op_table(str(tmp_path / "nowhere.xplane.pb"))
+    with pytest.raises(SystemExit):
+        profiling.main([str(tmp_path), "--top", "0"])
