@@ -11,6 +11,11 @@ process, ``--parallel`` at a time (on one accelerator they share its memory: eac
 equal fraction). A run resumes from its checkpoint like any other, so rerunning the sweep finishes
 what an earlier one left. ``--set`` applies an override to every run.
 
+Stopping: SIGTERM or Ctrl-C (SIGINT) to the sweep starts no further run and passes one SIGTERM to
+each running one, which saves a checkpoint and exits as ``experiments.run`` does; the sweep waits
+for them, writes the table and exits (0 after SIGTERM, 130 after SIGINT, as a run does). The runs
+are in their own process group, so a terminal's Ctrl-C reaches them only through the sweep.
+
 The table (``<workdir>/sweep.json`` and ``sweep.md``) has one row per run: its name, arg and
 overrides, the last step it reached, and the latest value of every evaluation metric in its
 ``metrics.jsonl`` (``--metrics`` picks columns by suffix, default ``accuracy``).
@@ -22,14 +27,16 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
 from experiments.metrics import METRICS_FILE, read_metrics
 
-__all__ = ["Run", "collect", "load_sweep", "main", "markdown", "run_sweep"]
+__all__ = ["Run", "SweepStopped", "collect", "load_sweep", "main", "markdown", "run_sweep"]
 
 Run = tuple[str, str, dict[str, Any]]
 
@@ -84,29 +91,80 @@ def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", ext
         return []
     running: list[tuple[Run, subprocess.Popen, Any, float]] = []
     failed = []
-    while pending or running:
-        while pending and len(running) < parallel:
-            run, cmd = pending.pop(0)
-            os.makedirs(os.path.join(workdir, run[0]), exist_ok=True)
-            log = open(os.path.join(workdir, run[0], "sweep.log"), "a")
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((run, proc, log, time.perf_counter()))
-            print(f"[sweep] started {run[0]}", flush=True)
-        time.sleep(0.5)
-        for item in list(running):
-            run, proc, log, t0 = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            running.remove(item)
-            status = "done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-            if proc.returncode:
-                failed.append(run[0])
-            print(f"[sweep] {run[0]}: {status} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    stop = _StopForwarder(running)
+    try:
+        while pending or running:
+            if stop.requested and pending:
+                print(f"[sweep] {stop.requested}: not starting {[r[0] for r, _ in pending]}", flush=True)
+                pending = []
+            _start_and_reap(pending, running, parallel, workdir, env, failed, stop)
+    finally:
+        stop.restore()
     rows = collect(workdir, runs=runs)
     if failed:
         print(f"[sweep] failed runs (see <run>/sweep.log): {failed}", flush=True)
+    if stop.requested:
+        raise SweepStopped(stop.requested, rows)
     return rows
+
+
+class SweepStopped(Exception):
+    """A stop signal ended the sweep early: ``signal`` names it, ``rows`` is the table so far."""
+
+    def __init__(self, signal_name: str, rows: list[dict[str, Any]]):
+        super().__init__(f"sweep stopped by {signal_name}; rerun the same command to finish it")
+        self.signal = signal_name
+        self.rows = rows
+
+
+class _StopForwarder:
+    """SIGTERM / SIGINT to the sweep: remember it and pass one SIGTERM to every running run."""
+
+    def __init__(self, running):
+        self.running = running
+        self.requested: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        first = self.requested is None
+        self.requested = self.requested or signal.Signals(signum).name
+        if first:
+            for run, proc, _, _ in list(self.running):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            os.write(2, f"[sweep] {self.requested}: asked {len(self.running)} running run(s) to save and stop\n".encode())
+
+    def restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _start_and_reap(pending, running, parallel, workdir, env, failed, stop) -> None:
+    """One turn of the scheduler: start runs up to ``parallel``, wait a moment, reap the finished."""
+    while pending and len(running) < parallel and not stop.requested:
+        run, cmd = pending.pop(0)
+        os.makedirs(os.path.join(workdir, run[0]), exist_ok=True)
+        log = open(os.path.join(workdir, run[0], "sweep.log"), "a")
+        # Its own process group: a terminal's Ctrl-C reaches the run only through the sweep.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0)
+        running.append((run, proc, log, time.perf_counter()))
+        print(f"[sweep] started {run[0]}", flush=True)
+        if stop.requested:  # arrived while starting it
+            proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    for item in list(running):
+        run, proc, log, t0 = item
+        if proc.poll() is None:
+            continue
+        log.close()
+        running.remove(item)
+        status = "done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        if proc.returncode:
+            failed.append(run[0])
+        print(f"[sweep] {run[0]}: {status} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 
 def _final_metrics(run_dir: str) -> tuple[int, dict[str, float]]:
@@ -176,10 +234,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         if not a.config:
             p.error("--config is required unless --collect")
-        rows = run_sweep(a.config, a.workdir, parallel=a.parallel, only=a.only, extra=a.set, dry_run=a.dry_run)
+        try:
+            rows = run_sweep(a.config, a.workdir, parallel=a.parallel, only=a.only, extra=a.set, dry_run=a.dry_run)
+        except SweepStopped as e:
+            _write_table(e.rows, a.workdir, a.metrics)
+            print(f"[sweep] {e}", flush=True)
+            sys.exit(130 if e.signal == "SIGINT" else 0)  # as experiments.run exits after each signal
+    _write_table(rows, a.workdir, a.metrics)
+
+
+def _write_table(rows, workdir: str, suffix: str) -> None:
     if rows:
-        table = markdown(rows, a.metrics)
-        with open(os.path.join(a.workdir, "sweep.md"), "w") as f:
+        table = markdown(rows, suffix)
+        with open(os.path.join(workdir, "sweep.md"), "w") as f:
             f.write(table + "\n")
         print(table)
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +81,40 @@ def test_sweep_runs_a_modules_grid_and_collects_the_table(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="defines no get_sweep"):
         sweep.load_sweep(os.path.join(REPO, "tests", "experiments", "tiny_config.py"))
     np.testing.assert_equal(len(sweep.load_sweep(os.path.join(REPO, "experiments/configs/synthetic/mqar.py"))[1]), 36)
+
+
+def test_sigterm_to_a_sweep_stops_its_runs_with_a_checkpoint_and_starts_no_more(tmp_path):
+    module = tmp_path / "grid.py"
+    module.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('demo', {os.path.join(REPO, 'experiments', 'configs', 'synthetic', 'demo.py')!r})\n"
+        "demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)\n"
+        "get_config = demo.get_config\n"
+        "def get_sweep(arg=None):\n"
+        "    return [(f'r{i}', 'smoke', {'seed': i, 'total_steps': 1_000_000, 'log_every': 1,\n"
+        "             'eval_every': 1_000_000, 'checkpoint_every': 1_000_000}) for i in range(3)]\n"
+    )
+    work = tmp_path / "w"
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    sweep_proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.sweep", f"--config={module}", f"--workdir={work}", "--parallel=2"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        # Both running runs are training (they have written train rows) before the signal.
+        while not all((work / f"r{i}" / "metrics.jsonl").exists() for i in range(2)):
+            assert sweep_proc.poll() is None and time.time() < deadline, sweep_proc.stdout.read()
+            time.sleep(0.5)
+        sweep_proc.send_signal(signal.SIGTERM)
+        out, _ = sweep_proc.communicate(timeout=180)
+    finally:
+        if sweep_proc.poll() is None:
+            sweep_proc.kill()
+    assert sweep_proc.returncode == 0, out
+    assert "not starting ['r2']" in out and not (work / "r2").exists()
+    for i in range(2):
+        log = (work / f"r{i}" / "sweep.log").read_text()
+        assert "SIGTERM: saving a checkpoint" in log, log
+        steps = [int(d) for d in os.listdir(work / f"r{i}" / "checkpoints") if d.isdigit()]
+        assert steps and 0 < max(steps) < 1_000_000  # saved where the signal stopped it
+    assert (work / "sweep.md").exists()
