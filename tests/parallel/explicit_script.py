@@ -66,12 +66,12 @@ def check(name, fn, args, specs, *, out_spec=None, argnums=None):
         return sum(jnp.sum(jnp.real(o) * jnp.cos(jnp.arange(o.size).reshape(o.shape)))
                    for o in jax.tree.leaves(out))
 
-    want = jax.jit(fn)(*args)
-    want_grads = jax.jit(jax.grad(loss, argnums=argnums))(*args)
+    # Values and gradients from one compiled function (half the compiles of two).
+    both = lambda *a: (fn(*a), jax.grad(loss, argnums=argnums)(*a))  # noqa: E731
+    want, want_grads = jax.jit(both)(*args)
     with jax.set_mesh(MESH):
         sharded = [None if a is None else put(a, s) for a, s in zip(args, specs)]
-        got = jax.jit(fn)(*sharded)
-        got_grads = jax.jit(jax.grad(loss, argnums=argnums))(*sharded)
+        got, got_grads = jax.jit(both)(*sharded)
     err = max(rel_err(got, want), rel_err(got_grads, want_grads))
     assert err <= TOL, f"{name}: relative error {err:.2e} > {TOL}"
     first = jax.tree.leaves(got)[0]
@@ -159,14 +159,13 @@ def _layer(name, make, x_shape, *, seg=True):
     def fn(x, ids, params):
         return nnx.merge(graphdef, params)(x, segment_ids=ids) if seg else nnx.merge(graphdef, params)(x)
 
-    want = jax.jit(fn)(x, ids, params)
     loss = lambda x, ids, params: jnp.sum(fn(x, ids, params) ** 2)  # noqa: E731
-    want_grads = jax.jit(jax.grad(loss, argnums=(0, 2)))(x, ids, params)
+    both = lambda *a: (fn(*a), jax.grad(loss, argnums=(0, 2))(*a))  # noqa: E731
+    want, want_grads = jax.jit(both)(x, ids, params)
     with jax.set_mesh(MESH):
         xs = put(x, P("data"))
         ids_s = None if ids is None else put(ids, BL)
-        got = jax.jit(fn)(xs, ids_s, params)
-        got_grads = jax.jit(jax.grad(loss, argnums=(0, 2)))(xs, ids_s, params)
+        got, got_grads = jax.jit(both)(xs, ids_s, params)
     err = max(rel_err(got, want), rel_err(got_grads, want_grads))
     assert err <= TOL, f"{name}: relative error {err:.2e} > {TOL}"
     assert tuple(got.sharding.spec)[:1] == ("data",), f"{name}: output sharding {got.sharding.spec}"
