@@ -108,10 +108,19 @@ def _distinct(rng: np.random.Generator, low: int, high: int, shape: tuple[int, i
     without replacement in random order."""
     m, n = shape
     pool = high - low
-    if 4 * n > pool:  # dense draws: a permutation per row
-        return low + np.argsort(rng.random((m, pool)), axis=1)[:, :n]
+    # Redrawing rows with a repeat pays only while most rows have none: a row of n draws holds
+    # n (n - 1) / (2 pool) repeated pairs on average, and is repeat-free with probability about
+    # exp(-that). Past one pair per row (n = 256 of 4095 keys: 8 pairs, 1 row in 3000 clean) the
+    # redraw loop ran thousands of times; there each row takes the n smallest of pool uniform keys.
+    if 4 * n > pool or n * (n - 1) > 2 * pool:
+        keys = rng.random((m, pool))
+        if n >= pool:
+            return low + np.argsort(keys, axis=1)[:, :n]
+        first = np.argpartition(keys, n - 1, axis=1)[:, :n]  # the n smallest, unordered
+        order = np.argsort(np.take_along_axis(keys, first, axis=1), axis=1)
+        return low + np.take_along_axis(first, order, axis=1)  # = argsort(keys)[:, :n]
     out = rng.integers(low, high, size=shape)
-    while True:  # redraw the rows with a repeat (few: n^2 / (2 * pool) <= n / 8 of them on average)
+    while True:  # redraw the rows with a repeat (at most one pair per row on average: few rounds)
         s = np.sort(out, axis=1)
         bad = np.flatnonzero(np.any(s[:, 1:] == s[:, :-1], axis=1))
         if bad.size == 0:

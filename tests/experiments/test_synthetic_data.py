@@ -186,3 +186,41 @@ def test_mqar_data_do_not_depend_on_the_batch_size():
     evals = [list(registry.build(MQAR, split="test", seed=0, global_batch_size=bs)) for bs in (4, 6)]
     rows = [np.concatenate([b["inputs"][b["weights"].sum(1) > 0] for b in e]) for e in evals]
     np.testing.assert_array_equal(rows[0], rows[1])
+
+
+class _CountingRng:
+    """A numpy Generator that counts its draws."""
+
+    def __init__(self, seed):
+        self.rng, self.calls = np.random.default_rng(seed), 0
+
+    def __getattr__(self, name):
+        fn = getattr(self.rng, name)
+
+        def counted(*a, **k):
+            self.calls += 1
+            return fn(*a, **k)
+
+        return counted
+
+
+@pytest.mark.parametrize("n", [4, 64, 128, 256, 1000, 4095])
+def test_distinct_draws_take_few_rounds_at_every_density(n):
+    # 256 keys of 4095 (MQAR's (1024, 256) test setting): a row of 256 independent draws is
+    # repeat-free 1 time in ~3000, and redrawing such rows until clean took thousands of rounds
+    # (37 s for the 1000 test sequences); every density must take a handful of draws.
+    rng = _CountingRng(0)
+    out = synthetic._distinct(rng, 1, 4096, (512, n))
+    assert out.shape == (512, n) and out.min() >= 1 and out.max() < 4096
+    assert all(len(set(row)) == n for row in out)
+    assert rng.calls <= 20, rng.calls
+
+
+@pytest.mark.parametrize("pool,n", [(8, 6), (64, 2), (40, 10)])  # a permutation, redraws, the n smallest keys
+def test_distinct_draws_are_uniform_in_every_position(pool, n):
+    many = synthetic._distinct(np.random.default_rng(1), 0, pool, (40000, n))
+    assert all(len(set(row)) == n for row in many[:2000])
+    freq = np.stack([np.bincount(many[:, j], minlength=pool) for j in range(n)]) / len(many)
+    np.testing.assert_allclose(freq, 1 / pool, atol=0.012)
+    # A random order, not a sorted one: the first of two positions is the smaller half the time.
+    assert abs(np.mean(many[:, 0] < many[:, 1]) - 0.5) < 0.01
