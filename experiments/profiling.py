@@ -17,6 +17,11 @@ Pallas kernel is its custom call's row (``custom-call.N``); a fusion that launch
 kernels is one row. An evaluation inside the window is in the table too (its own ``module``).
 ``category`` strips the instruction's ``.N`` suffix (fusion, custom-call,
 copy, ...), so the category sums say what kind of work dominates.
+
+On a GPU, XLA runs sequences of ops as CUDA graphs (command buffers); the trace then names the graph
+(``command_buffer_N``), not the kernels in it. Where such rows hold most of the time, the table
+says so: trace again with ``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` (no graphs; the launch
+overhead it adds is in that trace too) to see the kernels.
 """
 
 from __future__ import annotations
@@ -146,6 +151,10 @@ def markdown(table: dict[str, Any], top: int = 30, steps: int | None = None) -> 
               for r in table["ops"][:top]]
     if len(table["ops"]) > top:
         lines.append(f"| ... {len(table['ops']) - top} more ops | | | | | |")
+    graphs = sum(c["pct"] for c in table["categories"] if c["category"].startswith("command_buffer"))
+    if graphs >= 50:
+        lines += ["", f"{graphs:.0f}% of the time is in CUDA graphs (command_buffer_N: XLA's command buffers), "
+                  "which hide their kernels: trace again with XLA_FLAGS=--xla_gpu_enable_command_buffer= to see them."]
     return "\n".join(lines)
 
 
