@@ -18,10 +18,12 @@ kernels is one row. An evaluation inside the window is in the table too (its own
 ``category`` strips the instruction's ``.N`` suffix (fusion, custom-call,
 copy, ...), so the category sums say what kind of work dominates.
 
-On a GPU, XLA runs sequences of ops as CUDA graphs (command buffers); the trace then names the graph
-(``command_buffer_N``), not the kernels in it. Where such rows hold most of the time, the table
-says so: trace again with ``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` (no graphs; the launch
-overhead it adds is in that trace too) to see the kernels.
+On a GPU, XLA runs sequences of ops as CUDA graphs (command buffers), and a kernel launched from
+a graph names the graph (``command_buffer_N``) as its HLO op; its row is then the kernel's own
+name (a fusion's kernel is the fusion's name with ``_N`` for ``.N``, a Pallas kernel its kernel
+name, a cuBLAS call its library kernel). Where the trace names no kernel in a graph and graphs
+hold most of the time, the table says how to see them: trace again with
+``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` (no graphs, so with their launch overhead).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def latest_trace(trace_dir: str) -> str:
 
 
 def category(op: str) -> str:
-    """``fusion.12`` -> ``fusion``; ``custom-call.3`` -> ``custom-call``."""
-    return re.sub(r"(\.\d+)+$", "", op)
+    """``fusion.12`` -> ``fusion``; ``custom-call.3`` -> ``custom-call``; a kernel named after its
+    fusion, ``input_reduce_fusion_45`` -> ``input_reduce_fusion``."""
+    return re.sub(r"((\.\d+)+|_\d+)$", "", op)
 
 
 def _stats(event) -> dict[str, Any]:
@@ -62,7 +65,8 @@ def _stats(event) -> dict[str, Any]:
 
 
 def _op_events(lines) -> list[tuple[str, str, float]]:
-    """``(hlo_op, hlo_module, self_ns)`` of the events on ``lines`` that name an HLO instruction.
+    """``(op, hlo_module, self_ns)`` of the events on ``lines`` that name an HLO instruction (``op``:
+    that instruction, or the kernel's name where it ran inside a CUDA graph).
 
     Self time: an event's duration less that of the op events nested in it on the same line (a
     CPU ``while`` thunk holds its body's thunks), so nothing is counted twice."""
@@ -72,7 +76,10 @@ def _op_events(lines) -> list[tuple[str, str, float]]:
         for event in line.events:
             s = _stats(event)
             if s.get("hlo_op"):
-                ops.append((float(event.start_ns), float(event.end_ns), str(s["hlo_op"]), str(s.get("hlo_module", ""))))
+                op, kernel = str(s["hlo_op"]), str(getattr(event, "name", "") or "")
+                if op.startswith("command_buffer") and kernel:
+                    op = kernel  # a kernel launched from a CUDA graph: the graph is its HLO op
+                ops.append((float(event.start_ns), float(event.end_ns), op, str(s.get("hlo_module", ""))))
         ops.sort(key=lambda e: (e[0], -e[1]))
         self_ns = [e[1] - e[0] for e in ops]
         stack: list[int] = []  # indices of the open enclosing events

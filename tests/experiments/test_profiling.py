@@ -63,6 +63,7 @@ def test_category_strips_the_instruction_number():
     assert profiling.category("fusion.12") == "fusion"
     assert profiling.category("custom-call.3") == "custom-call"
     assert profiling.category("loop_add_fusion") == "loop_add_fusion"
+    assert profiling.category("input_reduce_fusion_45") == "input_reduce_fusion"  # a fusion's kernel
 
 
 def test_bad_profile_settings_and_paths_are_named(tiny, tmp_path):
@@ -106,3 +107,22 @@ def test_a_table_mostly_in_cuda_graphs_says_how_to_see_their_kernels():
 
     assert "--xla_gpu_enable_command_buffer=" in profiling.markdown(table(90.0))
     assert "enable_command_buffer" not in profiling.markdown(table(10.0))
+
+
+def test_kernels_inside_a_cuda_graph_get_their_own_rows():
+    """On a GPU a kernel launched from a command buffer names the buffer as its HLO op."""
+
+    class Event:
+        def __init__(self, start, end, name, op):
+            self.start_ns, self.end_ns, self.name = start, end, name
+            self.stats = [("hlo_op", op), ("hlo_module", "jit_step")]
+
+    class Line:
+        def __init__(self, *events):
+            self.events = events
+
+    line = Line(Event(0, 50, "selective_scan_bwd_mosaic_gpu_kernel", "command_buffer_5"),
+                Event(60, 70, "loop_add_fusion_2", "command_buffer_5"), Event(80, 90, "fusion_3", "fusion.3"))
+    assert sorted(profiling._op_events([line])) == sorted([
+        ("selective_scan_bwd_mosaic_gpu_kernel", "jit_step", 50.0), ("loop_add_fusion_2", "jit_step", 10.0),
+        ("fusion.3", "jit_step", 10.0)])
