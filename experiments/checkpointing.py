@@ -46,6 +46,7 @@ RESUMABLE_KEYS = (
     "sharding_rules",
     "eval",
     "checkpoint",
+    "data.num_threads",  # reader threads: the batches do not depend on them
 )
 
 

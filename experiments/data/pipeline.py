@@ -28,9 +28,9 @@ seed, global batch size, this process's index and count) to :func:`batched` /
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
-
+import os
 import threading
+from typing import Any, Callable
 
 import grain
 import numpy as np
@@ -39,6 +39,7 @@ __all__ = [
     "batched",
     "blockwise",
     "cfg_get",
+    "default_threads",
     "example_rng",
     "generated_builder",
     "num_examples",
@@ -76,24 +77,60 @@ class blockwise:
             raise ValueError(f"blockwise: block_size must be >= 1; got {block_size}")
         self.make_block = make_block
         self.block_size = int(block_size)
-        self._lock = threading.Lock()
-        self._cache: dict[int, Example] = {}
+        self._lock = threading.Lock()  # guards the cache only, not a block's drawing
+        self._cache: dict[int, _Pending] = {}
 
     def _block(self, k: int) -> Example:
+        # Reader threads draw different blocks at once (NumPy releases the GIL in its kernels);
+        # a thread that needs a block another is drawing waits for that one draw.
         with self._lock:
-            block = self._cache.get(k)
-            if block is None:
-                block = self.make_block(k)
-                if len(self._cache) >= 4:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[k] = block
-            return block
+            entry = self._cache.get(k)
+            mine = entry is None
+            if mine:
+                entry = self._cache[k] = _Pending()
+                while len(self._cache) > _BLOCK_CACHE:
+                    self._cache.pop(next(iter(self._cache)))  # the oldest; a waiter keeps its entry
+        if mine:
+            try:
+                entry.value = self.make_block(k)
+            except BaseException as e:
+                entry.error = e
+                with self._lock:
+                    if self._cache.get(k) is entry:
+                        del self._cache[k]
+                raise
+            finally:
+                entry.done.set()
+        entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.value
 
     def rows(self, indices: np.ndarray) -> Example:
         """Examples ``indices`` (increasing), stacked: arrays ``(len(indices), ...)``."""
         blocks, rows = np.divmod(np.asarray(indices, np.int64), self.block_size)
         parts = [{name: v[rows[blocks == k]] for name, v in self._block(int(k)).items()} for k in np.unique(blocks)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+# Blocks kept: enough for every reader thread's batch and the ones prefetched behind it.
+_BLOCK_CACHE = 16
+
+
+class _Pending:
+    """A block being drawn by one thread, or drawn: ``done`` is set once ``value`` (or ``error``) is."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.value: Example | None = None
+        self.error: BaseException | None = None
+
+
+def default_threads() -> int:
+    """Reader threads for generated data when ``data.num_threads`` is 0 (auto): one per four CPU
+    cores, 1 to 4 -- one on a laptop or CI box, where the CPU also runs the training step; four on
+    an accelerator host, where one thread could not draw MQAR's batches as fast as an H200 trains."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _zero_weights(example: Example) -> Example:
@@ -110,6 +147,7 @@ def batched(
     process_index: int,
     process_count: int,
     prefetch: int = 2,
+    num_threads: int = 1,
 ) -> grain.IterDataset:
     """This process's batches of ``make_example(0), make_example(1), ...``.
 
@@ -119,7 +157,11 @@ def batched(
     ``num_examples=None`` is an endless stream (train). A finite split makes one pass; it is
     padded to whole global batches with copies of real examples whose ``weights`` are zero, so
     every process gets the same number of full batches (collectives in evaluation line up).
+    ``num_threads`` grain reader threads make batches ahead, in order (the batches do not depend
+    on it).
     """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"batched: num_threads must be an int >= 1; got {num_threads!r}")
     if global_batch_size % process_count:
         raise ValueError(
             f"batched: global_batch_size={global_batch_size} is not divisible by process_count={process_count}"
@@ -152,11 +194,11 @@ def batched(
             return out
 
         ds = grain.MapDataset.range(total // global_batch_size).map(batch)
-        return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                    prefetch_buffer_size=max(prefetch, num_threads)))
     ds = grain.MapDataset.range(total).map(fn)
     ds = ds[process_index::process_count].batch(per_process, drop_remainder=True)
-    # One reader thread: generation is cheap, and the CPU is shared with the training step.
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads)))
 
 
 def generated_builder(examples: Callable) -> Callable:
@@ -167,8 +209,12 @@ def generated_builder(examples: Callable) -> Callable:
     @functools.wraps(examples)
     def build(data_config, *, split, seed, global_batch_size, process_index, process_count):
         make_example, count = examples(data_config, split, seed)
+        threads = cfg_get(data_config, "num_threads", 0)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"data.num_threads must be an int >= 0 (0: auto, {default_threads()} here); got {threads!r}")
         return batched(make_example, num_examples=count, global_batch_size=global_batch_size,
-                       process_index=process_index, process_count=process_count)
+                       process_index=process_index, process_count=process_count,
+                       num_threads=threads or default_threads())
 
     return build
 

@@ -258,6 +258,11 @@ def test_config_diff_names_only_keys_that_matter():
     old = tiny_config().to_dict()
     new = tiny_config(log_every=5, total_steps=99, **{"mesh.data": 2, "eval.batch_size": 4, "seed": 1}).to_dict()
     assert checkpointing.config_diff(old, new) == {"seed": (0, 1)}
+    # Reader threads change no batch: a run resumes with more of them, or from before the key.
+    threads = {**old, "data": {**old["data"], "num_threads": 4}}
+    assert checkpointing.config_diff(old, threads) == {}
+    assert checkpointing.config_diff(threads, {**threads, "data": {**old["data"], "num_threads": 1}}) == {}
+    assert checkpointing.config_diff(old, {**old, "data": {**old["data"], "seq_len": 7}}) != {}
 
 
 def test_config_recorded_before_a_key_existed_resumes_only_under_its_old_meaning():

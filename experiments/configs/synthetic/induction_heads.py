@@ -53,7 +53,7 @@ def get_config(arg=None):
     c.checkpoint_every = 8192
     c.steps_per_call = 256
 
-    c.data = dict(name="induction_heads", batch_size=8, seq_len=256, vocab_size=16, eval_examples=512)
+    c.data = dict(name="induction_heads", batch_size=8, seq_len=256, vocab_size=16, eval_examples=512, num_threads=0)
     c.model = common.model_config("lm", mixer=a.mixer, vocab_size=16, d_model=64, n_layers=2, **mixers.SMALL[a.mixer])
     mixers.paper_optimizer(c, lr=1e-3)
     c.eval.batch_size = 64

@@ -82,6 +82,7 @@ def get_config(arg=None):
         eval_examples=1280,
         power_a=0.01,
         random_non_queries=True,
+        num_threads=0,  # grain reader threads; 0: one per four CPU cores (1-4)
     )
     sub = MIXER_SETTINGS.get(a.mixer, mixers.SMALL[a.mixer])
     c.model = common.model_config("lm", mixer=a.mixer, vocab_size=8192, d_model=a.d_model, n_layers=2, **sub)

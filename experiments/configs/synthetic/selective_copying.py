@@ -58,7 +58,8 @@ def get_config(arg=None):
     c.early_stop.threshold = 0.995
     c.steps_per_call = 20
 
-    c.data = dict(name="selective_copying", batch_size=64, seq_len=4096, vocab_size=16, num_tokens=16, eval_examples=1024)
+    c.data = dict(name="selective_copying", batch_size=64, seq_len=4096, vocab_size=16, num_tokens=16, eval_examples=1024,
+                  num_threads=0)
     c.model = common.model_config("lm", mixer=a.mixer, vocab_size=16, d_model=64, n_layers=2, **mixers.SMALL[a.mixer])
     # bf16 compute with fp32 parameters and residual stream (mamba_ssm's AMP recipe): the 4096-long
     # batches are the one synthetic task where the step time is the scan's, not dispatch.
