@@ -103,7 +103,7 @@ def check_hlo(text: str, l: int, what: str) -> None:
 
 
 def main(op: str, impl: str, mesh_name: str, values: str = "grad", shape: str = "tile") -> None:
-    """``values="forward"``: the gradient's HLO is checked but its values are not computed.
+    """``values="forward"``: the gradient's HLO is checked but its values are not compared.
     ``shape="padded"``: SSD at p = n = 16."""
     if impl == "pallas_gpu":
         gpu_interpret.per_device_state()
@@ -130,23 +130,22 @@ def _check(op: str, impl: str, mesh_name: str, values: str, shape: str = "tile")
 
     sharded = {k: jax.device_put(v, NamedSharding(mesh, _spec_for(k, v, x_spec, op))) for k, v in arrays.items()}
     seg_sh = jax.device_put(seg, NamedSharding(mesh, P(x_spec[0])))
-    fwd = jax.jit(lambda a, s: run(a, s, impl))
-    grad = jax.jit(jax.grad(lambda a, s: loss(a, s, impl)))
+    # Values and gradients from one compiled program (half the compiles of two); its HLO holds
+    # both the forward's and the gradient's collectives.
+    step = jax.jit(lambda a, s: (run(a, s, impl), jax.grad(lambda a, s: loss(a, s, impl))(a, s)))
     with jax.set_mesh(mesh), _sharding.use_rules(rules):
-        check_hlo(fwd.lower(sharded, seg_sh).compile().as_text(), dims["l"], "forward")
-        check_hlo(grad.lower(sharded, seg_sh).compile().as_text(), dims["l"], "gradient")
-        y, f = fwd(sharded, seg_sh)
-        g = grad(sharded, seg_sh) if values == "grad" else None
+        compiled = step.lower(sharded, seg_sh).compile()
+        check_hlo(compiled.as_text(), dims["l"], "forward and gradient")
+        (y, f), g = compiled(sharded, seg_sh)
     norm = lambda s, n: tuple(s) + (None,) * (n - len(s))  # noqa: E731
     assert norm(y.sharding.spec, y.ndim) == norm(sharded["x"].sharding.spec, y.ndim), (y.sharding, sharded["x"].sharding)
     assert f.sharding.spec[0] == x_spec[0], f.sharding
 
     one = {k: jnp.asarray(v) for k, v in arrays.items()}
-    y1, f1 = jax.jit(lambda a, s: run(a, s, impl))(one, jnp.asarray(seg))
+    (y1, f1), g1 = step(one, jnp.asarray(seg))
     assert_close(y, y1, tol=1e-5, name="y sharded vs one device")
     assert_close(f, f1, tol=1e-5, name="final_state sharded vs one device")
-    if g is not None:
-        g1 = jax.jit(jax.grad(lambda a, s: loss(a, s, impl)))(one, jnp.asarray(seg))
+    if values == "grad":
         for k in arrays:
             assert_close(g[k], g1[k], tol=1e-5, name=f"d{k} sharded vs one device")
     # And the reference, at the kernel's tolerance (the GPU SSD kernel computes in bf16).
