@@ -98,16 +98,25 @@ def check_values_and_grads(run, reference, arrays, expected, rng, *, tol, grad_t
     import jax
     import jax.numpy as jnp
 
-    outs, pullback = jax.vjp(run, {k: jnp.asarray(v) for k, v in arrays.items()})
+    inputs = {k: jnp.asarray(v) for k, v in arrays.items()}
+    # The weights are drawn from the outputs' shapes before the run, so that the forward and its
+    # pullback compile as one program per implementation (not one each).
+    weights = [rng.standard_normal(out.shape).astype(np.float32) for out in jax.eval_shape(run, inputs)]
+    cotangents = lambda outs: tuple(jnp.asarray(w, out.dtype) for out, w in zip(outs, weights, strict=True))  # noqa: E731
+
+    def outs_and_grads(fn):
+        def both(a):
+            outs, pullback = jax.vjp(fn, a)
+            return outs, pullback(cotangents(outs))[0]
+
+        return jax.jit(both)
+
+    outs, grads = outs_and_grads(run)(inputs)
     for out, want, name in zip(outs, expected, names, strict=True):
         assert_close(out, want, tol=tol, name=name)
-    weights = [rng.standard_normal(out.shape).astype(np.float32) for out in outs]
-    cotangents = lambda outs: tuple(jnp.asarray(w, out.dtype) for out, w in zip(outs, weights, strict=True))  # noqa: E731
-    (grads,) = pullback(cotangents(outs))
     low = {np.dtype(np.float16), np.dtype(jnp.bfloat16)}
     wide = {k: (jnp.asarray(v, jnp.float32) if np.dtype(v.dtype) in low else jnp.asarray(v)) for k, v in arrays.items()}
-    outs_ref, pullback_ref = jax.vjp(reference, wide)
-    (grads_ref,) = pullback_ref(cotangents(outs_ref))
+    outs_ref, grads_ref = outs_and_grads(reference)(wide)
     for k, v in arrays.items():
         assert grads[k].dtype == jnp.asarray(v).dtype, f"d{k}: dtype {grads[k].dtype}, input {jnp.asarray(v).dtype}"
         assert_close(jnp.asarray(grads[k], jnp.float32), grads_ref[k], tol=grad_tol, name=f"d{k}")
