@@ -56,16 +56,23 @@ def test_mqar_table_takes_each_runs_last_evaluation(tmp_path):
         reproductions.length_table(str(tmp_path / "missing"))
 
 
-def test_sweep_runs_a_modules_grid_and_collects_the_table(tmp_path, monkeypatch):
+def _grid_module(tmp_path, runs: str):
+    """A config module: the demo config, and ``get_sweep`` returning the expression ``runs``."""
     module = tmp_path / "grid.py"
+    demo = os.path.join(REPO, "experiments", "configs", "synthetic", "demo.py")
     module.write_text(
         "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('demo', {os.path.join(REPO, 'experiments', 'configs', 'synthetic', 'demo.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('demo', {demo!r})\n"
         "demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)\n"
         "get_config = demo.get_config\n"
-        "def get_sweep(arg=None):\n"
-        "    return [(f'lr{lr}', 'smoke', {'optim.lr': lr, 'total_steps': 3, 'eval_every': 3}) for lr in (0.01, 0.03)]\n"
+        f"def get_sweep(arg=None):\n    return {runs}\n"
     )
+    return module
+
+
+def test_sweep_runs_a_modules_grid_and_collects_the_table(tmp_path, monkeypatch):
+    module = _grid_module(tmp_path, "[(f'lr{lr}', 'smoke', {'optim.lr': lr, 'total_steps': 3, 'eval_every': 3}) "
+                                    "for lr in (0.01, 0.03)]")
     monkeypatch.setenv("PYTHONPATH", REPO)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     rows = sweep.run_sweep(str(module), str(tmp_path / "w"), parallel=2)
@@ -84,16 +91,8 @@ def test_sweep_runs_a_modules_grid_and_collects_the_table(tmp_path, monkeypatch)
 
 
 def test_sigterm_to_a_sweep_stops_its_runs_with_a_checkpoint_and_starts_no_more(tmp_path):
-    module = tmp_path / "grid.py"
-    module.write_text(
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('demo', {os.path.join(REPO, 'experiments', 'configs', 'synthetic', 'demo.py')!r})\n"
-        "demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)\n"
-        "get_config = demo.get_config\n"
-        "def get_sweep(arg=None):\n"
-        "    return [(f'r{i}', 'smoke', {'seed': i, 'total_steps': 1_000_000, 'log_every': 1,\n"
-        "             'eval_every': 1_000_000, 'checkpoint_every': 1_000_000}) for i in range(3)]\n"
-    )
+    module = _grid_module(tmp_path, "[(f'r{i}', 'smoke', {'seed': i, 'total_steps': 1_000_000, 'log_every': 1, "
+                                    "'eval_every': 1_000_000, 'checkpoint_every': 1_000_000}) for i in range(3)]")
     work = tmp_path / "w"
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     sweep_proc = subprocess.Popen(
@@ -101,8 +100,13 @@ def test_sigterm_to_a_sweep_stops_its_runs_with_a_checkpoint_and_starts_no_more(
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 240
-        # Both running runs are training (they have written train rows) before the signal.
-        while not all((work / f"r{i}" / "metrics.jsonl").exists() for i in range(2)):
+        # Both running runs are training (they have written a train row) before the signal; a
+        # signal during setup stops a run with nothing to save, as it should.
+        def training(i):
+            path = work / f"r{i}" / "metrics.jsonl"
+            return path.exists() and '"split": "train"' in path.read_text()
+
+        while not all(training(i) for i in range(2)):
             assert sweep_proc.poll() is None and time.time() < deadline, sweep_proc.stdout.read()
             time.sleep(0.5)
         sweep_proc.send_signal(signal.SIGTERM)
@@ -115,6 +119,7 @@ def test_sigterm_to_a_sweep_stops_its_runs_with_a_checkpoint_and_starts_no_more(
     for i in range(2):
         log = (work / f"r{i}" / "sweep.log").read_text()
         assert "SIGTERM: saving a checkpoint" in log, log
-        steps = [int(d) for d in os.listdir(work / f"r{i}" / "checkpoints") if d.isdigit()]
-        assert steps and 0 < max(steps) < 1_000_000  # saved where the signal stopped it
+        saved = os.listdir(work / f"r{i}" / "checkpoints")
+        steps = [int(d) for d in saved if d.isdigit()]
+        assert steps and 0 < max(steps) < 1_000_000, (saved, log[-3000:])  # saved where the signal stopped it
     assert (work / "sweep.md").exists()
