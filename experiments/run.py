@@ -18,7 +18,6 @@ Several processes (one per host) train together when given ``--coordinator_addre
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import mesh as mesh_lib, train
+from experiments import configs, mesh as mesh_lib, train
 
 EXIT_INTERRUPTED = 130  # after Ctrl-C, once the checkpoint is saved (128 + SIGINT, as shells report it)
 
@@ -42,21 +41,13 @@ _AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _load_config_module(spec: str):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None) if arg else module.get_config()
-
-
 def check_overrides(argv: list[str]) -> None:
     """Raise ``flags.IllegalFlagValueError`` for a ``--config.<key>`` naming no key of the config,
     listing the keys there are (config_flags' own message only says "Did you mean")."""
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if spec is None:
         return
-    config = _load_config_module(spec)
+    config = configs.load(spec)
     for a in argv:
         if not a.startswith("--config."):
             continue

@@ -24,7 +24,6 @@ overrides, the last step it reached, and the latest value of every evaluation me
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -34,6 +33,7 @@ import threading
 import time
 from typing import Any, Sequence
 
+from experiments import configs
 from experiments.metrics import METRICS_FILE, read_metrics
 
 __all__ = ["Run", "SweepStopped", "collect", "load_sweep", "main", "markdown", "run_sweep"]
@@ -44,11 +44,7 @@ Run = tuple[str, str, dict[str, Any]]
 def load_sweep(spec: str) -> tuple[str, list[Run]]:
     """``(module path, runs)`` from ``path.py[:arg]``; the module must define ``get_sweep``."""
     path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"sweep: no config module at {path!r}")
-    module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = configs.load_module(path, "sweep")
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"sweep: {path} defines no get_sweep(arg); it has get_config only")
     runs = list(module.get_sweep(arg or None))

@@ -1,1 +1,24 @@
 """Experiment config modules: ``<suite>/<name>.py`` each define ``get_config(arg)``."""
+
+import importlib.util
+import os
+
+__all__ = ["load", "load_module"]
+
+
+def load_module(path: str, who: str = "config"):
+    """The config module at ``path`` (a file, imported under a private name)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{who}: no config module at {path!r}")
+    module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def load(spec: str):
+    """The config of ``path.py[:arg]`` (``get_config(arg)``; without ``:arg``, ``get_config()``),
+    as ``python -m experiments.run --config=`` reads it."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
+    return module.get_config(arg or None) if arg else module.get_config()
