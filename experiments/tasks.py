@@ -110,8 +110,8 @@ class Task:
         for keys, n, what in ((self.id_keys, vocab_size, "token ids"), (self.label_keys, num_classes, "labels")):
             for k in keys:
                 a = np.asarray(batch[k])
-                bad = (a < 0) | (a >= n)
-                if bad.any():
+                if a.size and (a.min() < 0 or a.max() >= n):  # two reductions; the mask only to report
+                    bad = (a < 0) | (a >= n)
                     values = sorted({int(v) for v in a[bad]})
                     raise ValueError(f"{where}: `{k}` holds {what} outside [0, {n}) (the model's "
                                      f"{'vocab_size' if what == 'token ids' else 'num_classes'}): {values[:8]}"

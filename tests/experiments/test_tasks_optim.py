@@ -190,3 +190,15 @@ def test_adam_moments_take_their_parameters_sharding():
     assert mu_w == [P(None, "data")] and nu_a == [P("data")], specs
     counts = [s for k, s in specs.items() if "count" in k]
     assert counts and all(s == P() for s in counts)
+
+
+def test_check_batch_names_ids_and_labels_out_of_range_on_either_side():
+    lm, clf = tasks.LanguageModeling(), tasks.Classification()
+    ok = {"inputs": np.array([[0, 5]]), "targets": np.array([[5, 0]]), "weights": np.ones((1, 2))}
+    lm.check_batch(ok, 6, 6, "b")
+    for bad, value in (({"inputs": np.array([[-1, 5]])}, -1), ({"targets": np.array([[6, 0]])}, 6)):
+        with pytest.raises(ValueError, match=rf"b: `{next(iter(bad))}` holds token ids outside \[0, 6\).*\[{value}\] at 1 positions"):
+            lm.check_batch({**ok, **bad}, 6, 6, "b")
+    with pytest.raises(ValueError, match=r"`label` holds labels outside \[0, 3\).*\[-2\]"):
+        clf.check_batch({"inputs": np.zeros((2, 4), int), "label": np.array([1, -2])}, 6, 3, "b")
+    lm.check_batch({k: v[:0] for k, v in ok.items()}, 6, 6, "empty")  # no rows: nothing to refuse
