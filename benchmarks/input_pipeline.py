@@ -26,9 +26,8 @@ import time
 from typing import Sequence
 
 import ml_collections
-import numpy as np
 
-from experiments import configs, tasks
+from experiments import configs, tasks, train
 from experiments.data import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +35,7 @@ DEFAULT = os.path.join("experiments", "configs", "synthetic", "mqar.py") + ":mix
 
 
 def time_calls(config, threads: int, calls: int, warmup: int = 2) -> dict:
-    """Time ``calls`` trainer calls' host work (next, check_batch, stack) at ``threads`` readers."""
+    """Time ``calls`` trainer calls' host work (``experiments.train.call_batches``) at ``threads`` readers."""
     if calls < 1 or threads < 1:
         raise ValueError(f"input_pipeline: calls and threads must be >= 1; got calls={calls}, threads={threads}")
     data = config.data.to_dict()
@@ -51,11 +50,7 @@ def time_calls(config, threads: int, calls: int, warmup: int = 2) -> dict:
     times = []
     for i in range(warmup + calls):
         t = time.perf_counter()
-        host_batches = [next(it) for _ in range(per_call)]
-        for b in host_batches:
-            task.check_batch(b, vocab_size, num_classes, "input_pipeline")
-        if per_call > 1:
-            _ = {k: np.stack([b[k] for b in host_batches]) for k in host_batches[0]}
+        train.call_batches(it, per_call, task, vocab_size, num_classes, i * per_call)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     ms = 1e3 * statistics.median(times)

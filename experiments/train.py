@@ -45,7 +45,7 @@ from experiments.metrics import METRICS_FILE, MetricWriter, ProgressBar, read_me
 from ssm_jax import parallel
 from ssm_jax.nn import SSMParam
 
-__all__ = ["load_model", "train_and_evaluate"]
+__all__ = ["call_batches", "load_model", "train_and_evaluate"]
 
 
 
@@ -217,16 +217,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 break
             # Run up to the next step at which something is logged, evaluated or saved.
             n = min([per_call, total_steps - step] + [c - step % c for c in cadences])
-            host_batches = [next(train_iter) for _ in range(n)]
-            for i, b in enumerate(host_batches):
-                task.check_batch(b, vocab_size, num_classes, f"train batch of step {step + i + 1}")
+            host_batches, stacked = call_batches(train_iter, n, task, vocab_size, num_classes, step)
             window.tokens += sum(task.tokens_in(b) for b in host_batches) * nproc
             profiler.before_call(step, state)
             if n == 1:
                 state, metrics = train_step(state, rngs, evaluator_lib.put_batch(host_batches[0], batch_sharding))
                 metrics = jax.tree.map(lambda x: x[None], metrics)
             else:
-                stacked = {k: np.stack([b[k] for b in host_batches]) for k in host_batches[0]}
                 state, metrics = train_steps(state, rngs, evaluator_lib.put_batch(stacked, stacked_sharding))
             step += n
             profiler.after_call(step, state, last=step == total_steps)
@@ -286,6 +283,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 # ----------------------------------------------------------------------------------------------
 # The pieces the sections call.
 # ----------------------------------------------------------------------------------------------
+
+
+def call_batches(train_iter, n: int, task, vocab_size: int, num_classes: int, step: int):
+    """The host work of one train call of ``n`` steps from ``step``: ``n`` batches from
+    ``train_iter``, each checked against the task, and (``n > 1``) stacked along a new leading axis.
+    Returns ``(batches, stacked or None)``; ``benchmarks.input_pipeline`` times this function."""
+    batches = [next(train_iter) for _ in range(n)]
+    for i, b in enumerate(batches):
+        task.check_batch(b, vocab_size, num_classes, f"train batch of step {step + i + 1}")
+    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]} if n > 1 else None
+    return batches, stacked
 
 
 def _init_state(make_model, tx) -> tuple[dict, nnx.State]:
