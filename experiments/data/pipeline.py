@@ -178,6 +178,7 @@ def batched(
             return make_example(i) if i < num_examples else _zero_weights(make_example(i % num_examples))
 
     per_process = global_batch_size // process_count
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads))
     if isinstance(make_example, blockwise):
         # A batch at a time: this process's rows of global batch k, gathered from whole blocks.
         def batch(k: int) -> Example:
@@ -193,12 +194,10 @@ def batched(
             out["weights"] = out["weights"] * real.reshape((-1,) + (1,) * (out["weights"].ndim - 1))
             return out
 
-        ds = grain.MapDataset.range(total // global_batch_size).map(batch)
-        return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                    prefetch_buffer_size=max(prefetch, num_threads)))
+        return grain.MapDataset.range(total // global_batch_size).map(batch).to_iter_dataset(options)
     ds = grain.MapDataset.range(total).map(fn)
     ds = ds[process_index::process_count].batch(per_process, drop_remainder=True)
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, num_threads)))
+    return ds.to_iter_dataset(options)
 
 
 def generated_builder(examples: Callable) -> Callable:

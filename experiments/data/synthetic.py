@@ -114,8 +114,6 @@ def _distinct(rng: np.random.Generator, low: int, high: int, shape: tuple[int, i
     # redraw loop ran thousands of times; there each row takes the n smallest of pool uniform keys.
     if 4 * n > pool or n * (n - 1) > 2 * pool:
         keys = rng.random((m, pool))
-        if n >= pool:
-            return low + np.argsort(keys, axis=1)[:, :n]
         first = np.argpartition(keys, n - 1, axis=1)[:, :n]  # the n smallest, unordered
         order = np.argsort(np.take_along_axis(keys, first, axis=1), axis=1)
         return low + np.take_along_axis(first, order, axis=1)  # = argsort(keys)[:, :n]
