@@ -21,9 +21,7 @@ copy, ...), so the category sums say what kind of work dominates.
 On a GPU, XLA runs sequences of ops as CUDA graphs (command buffers), and a kernel launched from
 a graph names the graph (``command_buffer_N``) as its HLO op; its row is then the kernel's own
 name (a fusion's kernel is the fusion's name with ``_N`` for ``.N``, a Pallas kernel its kernel
-name, a cuBLAS call its library kernel). Where the trace names no kernel in a graph and graphs
-hold most of the time, the table says how to see them: trace again with
-``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` (no graphs, so with their launch overhead).
+name, a cuBLAS call its library kernel).
 """
 
 from __future__ import annotations
@@ -158,10 +156,6 @@ def markdown(table: dict[str, Any], top: int = 30, steps: int | None = None) -> 
               for r in table["ops"][:top]]
     if len(table["ops"]) > top:
         lines.append(f"| ... {len(table['ops']) - top} more ops | | | | | |")
-    graphs = sum(c["pct"] for c in table["categories"] if c["category"].startswith("command_buffer"))
-    if graphs >= 50:
-        lines += ["", f"{graphs:.0f}% of the time is in CUDA graphs (command_buffer_N: XLA's command buffers), "
-                  "which hide their kernels: trace again with XLA_FLAGS=--xla_gpu_enable_command_buffer= to see them."]
     return "\n".join(lines)
 
 

@@ -99,16 +99,6 @@ def test_a_missing_trace_and_bad_counts_are_named(tmp_path):
         profiling.main([str(tmp_path), "--top", "0"])
 
 
-def test_a_table_mostly_in_cuda_graphs_says_how_to_see_their_kernels():
-    def table(graph_pct):
-        cats = [dict(category="command_buffer_5", ops=1, total_ms=graph_pct, pct=graph_pct),
-                dict(category="fusion", ops=3, total_ms=100 - graph_pct, pct=100 - graph_pct)]
-        return dict(source="/device:GPU:0", total_ms=100.0, ops=[], categories=cats)
-
-    assert "--xla_gpu_enable_command_buffer=" in profiling.markdown(table(90.0))
-    assert "enable_command_buffer" not in profiling.markdown(table(10.0))
-
-
 def test_kernels_inside_a_cuda_graph_get_their_own_rows():
     """On a GPU a kernel launched from a command buffer names the buffer as its HLO op."""
 
