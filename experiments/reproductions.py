@@ -10,7 +10,7 @@ page) and writes one PNG per task into ``<dir>``:
 * ``<task>_curves.png`` for every task: training-batch and validation accuracy against the
   training step, one colour per run;
 * ``mqar_width.png`` (when ``runs/mqar`` exists): the best test accuracy over the learning-rate
-  sweep against d_model, one line per mixer, with the sweep's spread as a band (Zoology's axes).
+  sweep against d_model, one line per mixer, every finished run a dot (Zoology's axes).
 """
 
 from __future__ import annotations
@@ -120,19 +120,23 @@ def mqar_table(task_dir: str, split: str = "L256_kv64") -> dict[str, dict[int, l
 
 
 def mqar_width(task_dir: str, out: str, *, split: str = "L256_kv64") -> str:
-    """Best (over the sweep) ``<split>/accuracy`` against d_model per mixer; the band is the range."""
+    """Best (over the sweep) ``<split>/accuracy`` against d_model per mixer, each run as a dot.
+
+    Only runs that reached their test evaluation are drawn: an unfinished run has no point, so
+    the dots say how much of the learning-rate sweep each width holds."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    for mixer, by_width in sorted(mqar_table(task_dir, split).items()):
+    for i, (mixer, by_width) in enumerate(sorted(mqar_table(task_dir, split).items())):
         widths = sorted(by_width)
-        hi = [100 * max(by_width[w]) for w in widths]
-        ax.plot(widths, hi, marker="o", label=mixer)
-        ax.fill_between(widths, [100 * min(by_width[w]) for w in widths], hi, alpha=0.15)
+        color = f"C{i}"
+        ax.plot(widths, [100 * max(by_width[w]) for w in widths], marker="o", color=color, label=f"{mixer} (best lr)")
+        xs = [w * (1 + 0.03 * (i - 1)) for w in widths for _ in by_width[w]]  # side by side per mixer
+        ax.scatter(xs, [100 * v for w in widths for v in by_width[w]], s=12, color=color, alpha=0.45)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("d_model")
-    ax.set_ylabel(f"{split} accuracy (%), best lr")
+    ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_ylim(-2, 102)
-    return _save(fig, ax, out)
+    return _save(fig, ax, out, "MQAR: best learning rate (line), every finished run (dots)")
 
 
 # Plots beyond the learning curves, per task directory name: (file suffix, plot function).
