@@ -179,25 +179,32 @@ def _final_metrics(run_dir: str) -> tuple[int, dict[str, float]]:
 
 
 def collect(workdir: str, runs: Sequence[Run] | None = None) -> list[dict[str, Any]]:
-    """One row per run directory under ``workdir`` (or per entry of ``runs``); writes sweep.json."""
+    """One row per run directory under ``workdir`` (or per entry of ``runs``); writes sweep.json.
+
+    Several sweeps may share a workdir (a grid run a slice at a time): sweep.json keeps the rows of
+    the other runs still on disk, with their config arg and overrides, refreshed by the next
+    ``--collect``. The rows returned are those of ``runs`` (every run directory's if None).
+    """
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"sweep: no sweep directory {workdir!r}")
+    previous: dict[str, dict[str, Any]] = {}
+    if os.path.exists(os.path.join(workdir, "sweep.json")):
+        with open(os.path.join(workdir, "sweep.json")) as f:
+            previous = {r["name"]: r for r in json.load(f)}
     if runs is None:
         names = sorted(d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, METRICS_FILE)))
-        runs = [(n, "", {}) for n in names]
-        previous = {}
-        if os.path.exists(os.path.join(workdir, "sweep.json")):
-            with open(os.path.join(workdir, "sweep.json")) as f:
-                previous = {r["name"]: r for r in json.load(f)}
-        runs = [(n, previous.get(n, {}).get("arg", a), previous.get(n, {}).get("overrides", o)) for n, a, o in runs]
+        runs = [(n, previous.get(n, {}).get("arg", ""), previous.get(n, {}).get("overrides", {})) for n in names]
     rows = []
     for name, arg, overrides in runs:
         run_dir = os.path.join(workdir, name)
         step, metrics = _final_metrics(run_dir)
         stopped = os.path.exists(os.path.join(run_dir, "early_stop.json"))
         rows.append(dict(name=name, arg=arg, overrides=overrides, step=step, stopped_early=stopped, metrics=metrics))
+    mine = {r["name"] for r in rows}
+    kept = [r for n, r in previous.items()  # other sweeps' runs that are still on disk
+            if n not in mine and os.path.isfile(os.path.join(workdir, n, METRICS_FILE))]
     with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump(sorted(kept + rows, key=lambda r: r["name"]), f, indent=1)
     return rows
 
 

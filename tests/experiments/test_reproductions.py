@@ -123,3 +123,30 @@ def test_sigterm_to_a_sweep_stops_its_runs_with_a_checkpoint_and_starts_no_more(
         steps = [int(d) for d in saved if d.isdigit()]
         assert steps and 0 < max(steps) < 1_000_000, (saved, log[-3000:])  # saved where the signal stopped it
     assert (work / "sweep.md").exists()
+
+
+def test_sweeps_sharing_a_workdir_keep_each_others_rows(tmp_path):
+    # A grid run a slice at a time: each slice's collect must keep the other slices' rows
+    # (before, sweep.json held only the last slice, and --collect lost the others' overrides).
+    root = str(tmp_path)
+    for name in ("a_lr1", "b_lr1"):
+        _write_run(root, name, [{"step": 5, "split": "validation", "accuracy": 0.5}])
+    sweep.collect(root, runs=[("a_lr1", "mixer=a", {"optim.lr": 1})])
+    sweep.collect(root, runs=[("b_lr1", "mixer=b", {"optim.lr": 1})])
+    with open(os.path.join(root, "sweep.json")) as f:
+        assert [(r["name"], r["arg"]) for r in json.load(f)] == [("a_lr1", "mixer=a"), ("b_lr1", "mixer=b")]
+    rows = sweep.collect(root)
+    assert [(r["name"], r["arg"], r["overrides"], r["step"]) for r in rows] == [
+        ("a_lr1", "mixer=a", {"optim.lr": 1}, 5), ("b_lr1", "mixer=b", {"optim.lr": 1}, 5)]
+
+
+def test_recorded_mqar_runs_back_the_documented_claims():
+    # docs/reproductions.md: attention solves (256, 64) at every width run; at d_model 64 Mamba-2
+    # beats Mamba at equal state size, best learning rate and at each one.
+    table = reproductions.mqar_table(os.path.join(RUNS, "mqar"))
+    assert sorted(table["attention"]) == [64, 128, 256]
+    assert all(max(v) > 0.99 for v in table["attention"].values())
+    runs = {n: reproductions._last(r, "L256_kv64") for n, r in reproductions._runs(os.path.join(RUNS, "mqar")).items()}
+    for lr in ("0.001", "0.0032", "0.01", "0.032"):
+        assert runs[f"mamba2_d64_lr{lr}_s0"] > runs[f"mamba_d64_lr{lr}_s0"]
+    assert max(table["mamba2"][64]) > 0.9 and max(table["mamba"][64]) < 0.8  # 91.8% and 77.2%
