@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import zlib
 
-import jax
-import numpy as np
-import pytest
+from tests import xla_flags
+
+xla_flags.use_fast_compile()  # before JAX starts its backend; subprocesses inherit it
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

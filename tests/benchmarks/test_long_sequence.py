@@ -8,13 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import xla_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_long_sequence_smoke_rows_and_context_check(tmp_path):
     out = tmp_path / "rows.jsonl"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+               XLA_FLAGS=xla_flags.flags(4))
     cmd = [sys.executable, "-m", "benchmarks.long_sequence", "--smoke", "--mixer", "mamba2", "--mixer", "hydra",
            "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

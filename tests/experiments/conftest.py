@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from experiments.metrics import read_metrics
+from tests import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, "tests", "experiments", "tiny_config.py")
@@ -36,7 +37,7 @@ def losses(workdir: str, split: str = "train") -> dict[int, float]:
 def run_tiny_cli(workdir, *flags, env=None, wait=True, devices=1):
     """``python -m tests.experiments.tiny_run --config=tiny_config.py --workdir=...`` in a subprocess."""
     full_env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    full_env["XLA_FLAGS"] = xla_flags.flags(devices)
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "tests.experiments.tiny_run", f"--config={TINY_CONFIG}", f"--workdir={workdir}", *flags]
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

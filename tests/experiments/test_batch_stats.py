@@ -21,6 +21,7 @@ from experiments.configs.lra import listops
 from experiments.data import registry
 from tests.experiments.conftest import REPO, losses
 from tests.numerics import assert_close
+from tests import xla_flags
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_a_data_parallel_step_averages_over_the_global_batch(data_dir, tmp_path)
     cmd = [sys.executable, "-m", "experiments.run", f"--config={config}:mixer=s4,smoke", f"--workdir={w}",
            "--config.mesh.data=2", f"--config.data.data_dir={data_dir}", "--config.total_steps=1",
            "--config.progress_bar=False"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags.flags(2))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert json.load(open(os.path.join(w, "run_info.json")))["mesh"]["data"] == 2

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from experiments import run
+from tests import xla_flags
 
 # Two independent FFT convolutions and their gradients in one program: at these sizes ducc0
 # parallelizes each FFT, and on a 2-core CPU the program never finished without the flag.
@@ -33,6 +34,6 @@ def test_the_flag_is_added_unless_set():
 
 
 def test_concurrent_ffts_finish_under_the_trainers_flags():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=run.xla_flags_without_cpu_fft_deadlock(""))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=run.xla_flags_without_cpu_fft_deadlock(xla_flags.flags()))
     proc = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("done"), proc.stderr[-2000:]

@@ -9,6 +9,7 @@ import pytest
 from experiments import mesh
 from experiments.configs import common
 from ssm_jax import parallel
+from tests import xla_flags
 
 
 def _m(data, fsdp, tensor, context=None):
@@ -101,7 +102,7 @@ def test_lm_smoke_with_context_parallelism_equals_data_parallelism(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+               XLA_FLAGS=xla_flags.flags(2))
     runs = {}
     for name, arg in (("data", "arch=mamba2,smoke"), ("context", "arch=mamba2,smoke,context=2")):
         w = tmp_path / name

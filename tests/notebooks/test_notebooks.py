@@ -24,6 +24,8 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from tests import xla_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -87,7 +89,7 @@ def test_notebook_runs(path, kernel_dir):
     km = AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
     client = NotebookClient(nb, km=km, timeout=TIME_LIMIT_S, resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     env = dict(os.environ, **{SMALL_SWITCH: "1", "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"})
-    env.pop("XLA_FLAGS", None)  # a notebook that wants simulated devices sets it itself
+    env["XLA_FLAGS"] = xla_flags.FAST_COMPILE  # a notebook that wants simulated devices adds its own
     start = time.perf_counter()
     try:
         client.execute(env=env)

@@ -20,6 +20,7 @@ from jax.sharding import AxisType as T
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import _sharding
+from tests import xla_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 X = np.zeros((4, 5, 8), np.float32)  # (b, l, d)
@@ -74,7 +75,7 @@ def test_manual_axes_are_left_alone():
 
 
 def _run(op: str, impl: str, mesh: str, devices: int, *extra: str):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags.flags(devices), JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-m", "tests.pallas_kernels.sharding_check", op, impl, mesh, *extra],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -117,7 +118,7 @@ def test_sharded_kernel_equals_one_device_more_meshes(op, impl, mesh):
 
 
 def _run_module(module: str, *args: str, devices: int = 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags.flags(devices), JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=900)

@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from ssm_jax import parallel
 from ssm_jax.models import LanguageModel, LanguageModelConfig, Mamba2Config
+from tests import xla_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +97,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_forward_equals_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags.flags(8), JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
