@@ -1,7 +1,7 @@
 r"""Run a config module's sweep and collect the runs' final metrics into one table.
 
     python -m experiments.sweep --config=experiments/configs/synthetic/mqar.py[:sweep arg] \
-        --workdir=runs/mqar [--parallel=4] [--only=mamba2] [--set=total_steps=2000 ...]
+        --workdir=runs/mqar [--parallel=4] [--mps] [--only=mamba2] [--set=total_steps=2000 ...]
     python -m experiments.sweep --collect --workdir=runs/mqar       # the table only
 
 A sweep is named in its config module, as big_vision's ``get_hyper``: ``get_sweep(arg)`` returns
@@ -10,6 +10,13 @@ A sweep is named in its config module, as big_vision's ``get_hyper``: ``get_swee
 process, ``--parallel`` at a time (on one accelerator they share its memory: each process gets an
 equal fraction). A run resumes from its checkpoint like any other, so rerunning the sweep finishes
 what an earlier one left. ``--set`` applies an override to every run.
+
+``--mps`` (NVIDIA GPUs): the runs share the GPU through CUDA MPS, one server for the sweep, which
+lets kernels of different runs execute at once instead of time-slicing the GPU between
+processes: four MQAR runs (d_model 64) on one H100 made 261 steps/s in all under MPS against 217
+without. The sweep starts its own control daemon (``nvidia-cuda-mps-control -d``) with pipe and
+log directories of its own, so other CUDA processes on the machine are not routed through it,
+and quits it when the runs end.
 
 Stopping: SIGTERM or Ctrl-C (SIGINT) to the sweep starts no further run and passes one SIGTERM to
 each running one, which saves a checkpoint and exits as ``experiments.run`` does; the sweep waits
@@ -26,9 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Sequence
@@ -36,7 +45,7 @@ from typing import Any, Sequence
 from experiments import configs
 from experiments.metrics import METRICS_FILE, read_metrics
 
-__all__ = ["Run", "SweepStopped", "collect", "load_sweep", "main", "markdown", "run_sweep"]
+__all__ = ["MPSServer", "Run", "SweepStopped", "collect", "load_sweep", "main", "markdown", "run_sweep"]
 
 Run = tuple[str, str, dict[str, Any]]
 
@@ -67,8 +76,10 @@ def _command(path: str, run: Run, workdir: str, extra: Sequence[str]) -> list[st
 
 
 def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", extra: Sequence[str] = (),
-              dry_run: bool = False) -> list[dict[str, Any]]:
-    """Run every entry of the sweep (those whose name contains ``only``); return :func:`collect`'s rows."""
+              dry_run: bool = False, mps: bool = False) -> list[dict[str, Any]]:
+    """Run every entry of the sweep (those whose name contains ``only``); return :func:`collect`'s rows.
+
+    ``mps``: run them through a CUDA MPS server of the sweep's own (:class:`MPSServer`)."""
     if parallel < 1:
         raise ValueError(f"sweep: --parallel must be >= 1; got {parallel}")
     path, runs = load_sweep(spec)
@@ -87,6 +98,10 @@ def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", ext
         return []
     running: list[tuple[Run, subprocess.Popen, Any, float]] = []
     failed = []
+    server = MPSServer() if mps else None
+    if server is not None:
+        env.update(server.env)
+        print(f"[sweep] CUDA MPS server started (pipe directory {server.env['CUDA_MPS_PIPE_DIRECTORY']})", flush=True)
     stop = _StopForwarder(running)
     try:
         while pending or running:
@@ -96,12 +111,43 @@ def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", ext
             _start_and_reap(pending, running, parallel, workdir, env, failed, stop)
     finally:
         stop.restore()
+        if server is not None:
+            server.stop()
     rows = collect(workdir, runs=runs)
     if failed:
         print(f"[sweep] failed runs (see <run>/sweep.log): {failed}", flush=True)
     if stop.requested:
         raise SweepStopped(stop.requested, rows)
     return rows
+
+
+class MPSServer:
+    """A CUDA MPS control daemon with pipe and log directories of its own: processes started with
+    :attr:`env` share the GPU through it; :meth:`stop` quits it (and removes the directories)."""
+
+    def __init__(self):
+        self.exe = shutil.which("nvidia-cuda-mps-control")
+        if self.exe is None:
+            raise ValueError("sweep: --mps needs nvidia-cuda-mps-control (the NVIDIA driver's utilities) on PATH; "
+                             "it is not there: run without --mps")
+        self.root = tempfile.mkdtemp(prefix="ssm_jax_mps_")
+        self.env = {"CUDA_MPS_PIPE_DIRECTORY": os.path.join(self.root, "pipe"),
+                    "CUDA_MPS_LOG_DIRECTORY": os.path.join(self.root, "log")}
+        for d in self.env.values():
+            os.makedirs(d)
+        started = subprocess.run([self.exe, "-d"], env=dict(os.environ, **self.env), stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True)
+        if started.returncode != 0:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise RuntimeError(f"sweep: nvidia-cuda-mps-control -d failed (exit {started.returncode}): "
+                               f"{(started.stdout + started.stderr).strip() or 'no output'}")
+
+    def stop(self) -> None:
+        try:
+            subprocess.run([self.exe], input="quit\n", env=dict(os.environ, **self.env), capture_output=True,
+                           text=True, timeout=60)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class SweepStopped(Exception):
@@ -231,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--metrics", default="accuracy", help="table columns: metrics ending in this")
     p.add_argument("--collect", action="store_true", help="only collect the table of existing runs")
     p.add_argument("--dry_run", action="store_true", help="print the commands")
+    p.add_argument("--mps", action="store_true", help="share the GPU through a CUDA MPS server of the sweep's own")
     a = p.parse_args(argv)
     if a.collect:
         rows = collect(a.workdir)
@@ -238,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not a.config:
             p.error("--config is required unless --collect")
         try:
-            rows = run_sweep(a.config, a.workdir, parallel=a.parallel, only=a.only, extra=a.set, dry_run=a.dry_run)
+            rows = run_sweep(a.config, a.workdir, parallel=a.parallel, only=a.only, extra=a.set, dry_run=a.dry_run,
+                             mps=a.mps)
         except SweepStopped as e:
             _write_table(e.rows, a.workdir, a.metrics)
             print(f"[sweep] {e}", flush=True)

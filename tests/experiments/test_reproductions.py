@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -150,3 +151,49 @@ def test_recorded_mqar_runs_back_the_documented_claims():
     for lr in ("0.001", "0.0032", "0.01", "0.032"):
         assert runs[f"mamba2_d64_lr{lr}_s0"] > runs[f"mamba_d64_lr{lr}_s0"]
     assert max(table["mamba2"][64]) > 0.9 and max(table["mamba"][64]) < 0.8  # 91.8% and 77.2%
+
+
+def _fake_mps_control(tmp_path, exit_code=0):
+    """A stand-in ``nvidia-cuda-mps-control`` on PATH that logs its arguments, pipe directory and stdin."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "mps.log"
+    exe = bin_dir / "nvidia-cuda-mps-control"
+    exe.write_text(f"#!/bin/sh\necho \"args=$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat)\" >> {log}\n"
+                   f"echo 'cannot start' >&2\nexit {exit_code}\n")
+    exe.chmod(0o755)
+    return str(bin_dir), log
+
+
+def test_sweep_with_mps_runs_through_a_server_of_its_own_and_quits_it(tmp_path, monkeypatch):
+    bin_dir, log = _fake_mps_control(tmp_path)
+    monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    seen = []
+    popen = subprocess.Popen
+
+    def recording_popen(cmd, *args, **kwargs):
+        if "experiments.run" in cmd:
+            seen.append(kwargs["env"].get("CUDA_MPS_PIPE_DIRECTORY"))
+        return popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", recording_popen)
+    module = _grid_module(tmp_path, "[('one', 'smoke', {'total_steps': 1, 'eval_every': 1})]")
+    rows = sweep.run_sweep(str(module), str(tmp_path / "w"), mps=True)
+    assert rows[0]["step"] == 1
+    start, quit_ = log.read_text().splitlines()
+    pipe = start.split("pipe=")[1].split(" ")[0]
+    assert start.startswith("args=-d ") and pipe.startswith(tempfile.gettempdir())
+    assert seen == [pipe]  # the run was routed through this sweep's server
+    assert quit_ == f"args= pipe={pipe} stdin=quit" and not os.path.exists(pipe)
+
+
+def test_sweep_mps_errors_name_the_cause(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control
+    with pytest.raises(ValueError, match="--mps needs nvidia-cuda-mps-control"):
+        sweep.MPSServer()
+    bin_dir, _ = _fake_mps_control(tmp_path, exit_code=1)
+    monkeypatch.setenv("PATH", bin_dir + os.pathsep + "/usr/bin:/bin")
+    with pytest.raises(RuntimeError, match=r"mps-control -d failed \(exit 1\): cannot start"):
+        sweep.MPSServer()
