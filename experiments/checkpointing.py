@@ -39,6 +39,7 @@ RESUMABLE_KEYS = (
     "steps_per_call",
     "early_stop",
     "progress_bar",
+    "deterministic",  # how reductions are ordered, not what is trained
     "profile",
     "total_steps",  # a change that moves the lr schedule is refused in train.py (allow_schedule_change)
     "allow_schedule_change",

@@ -64,6 +64,7 @@ def check_experiment(config) -> tasks.Task:
     for key in ("total_steps", "log_every", "eval_every", "checkpoint_every", "steps_per_call"):
         _int(key, config[key], minimum=1, allowed="a positive int")
     _bool("progress_bar", config.progress_bar)
+    _bool("deterministic", config.get("deterministic", False))
     profile = config.get("profile") or {}
     for key in ("start_step", "num_steps"):
         _int(f"profile.{key}", profile.get(key, 0), minimum=0)

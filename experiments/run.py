@@ -160,9 +160,17 @@ def xla_flags_without_cpu_fft_deadlock(xla_flags: str) -> str:
     return f"{xla_flags} {CPU_FFT_FLAG}".strip()
 
 
+def xla_flags_for(config, xla_flags: str) -> str:
+    """``xla_flags`` with what ``config`` needs set before JAX starts its backend."""
+    if config.get("deterministic", False) and "xla_gpu_deterministic_ops" not in xla_flags:
+        xla_flags = f"{xla_flags} {train.DETERMINISTIC_FLAG}".strip()
+    return xla_flags
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    os.environ["XLA_FLAGS"] = xla_flags_for(_CONFIG.value, os.environ.get("XLA_FLAGS", ""))
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep the terminal to the progress bar and results
     mesh_lib.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_AUTO.value)

@@ -49,6 +49,12 @@ __all__ = ["call_batches", "load_model", "train_and_evaluate"]
 
 
 
+# config.deterministic on a GPU: XLA orders its reductions (scatter-adds, e.g. an embedding's
+# gradient) the same way every run. XLA reads its flags once, when the backend starts, so
+# experiments.run sets this before that; a caller that started JAX itself must have set it.
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluate.
 
@@ -64,6 +70,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Every section is checked now, before anything is built or written: a bad evaluation
     # setting must not surface only after the last step.
     task = config_checks.check_experiment(config)
+    if config.get("deterministic", False) and jax.default_backend() == "gpu" and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        raise ValueError(f"config.deterministic=True needs XLA_FLAGS={DETERMINISTIC_FLAG} before JAX starts its GPU "
+                         "backend: run through `python -m experiments.run` (it sets the flag), or set the "
+                         "environment variable before importing jax")
     try:
         model_cfg = task.model_config(config.model.to_dict())
     except (TypeError, ValueError) as e:

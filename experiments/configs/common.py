@@ -55,6 +55,11 @@ Keys (``-1`` in ``mesh`` fills the devices left over by the other axes)::
     checkpoint.best_mode  str    "max" | "min"
     checkpoint.async_save bool
     progress_bar          bool   tqdm bar on process 0
+    deterministic         bool   GPU: XLA's deterministic reductions (--xla_gpu_deterministic_ops,
+                                 set by experiments.run before JAX starts; slower scatters), so a
+                                 rerun on the same GPU kind repeats the run bit for bit. The
+                                 Mamba-2 SSD kernel's backward with several heads per B/C group
+                                 still sums dB/dC in arrival order. CPU/TPU are deterministic
     profile.num_steps     int    trace this many training steps with jax.profiler (0: none) into
                                  <workdir>/profile and write its per-op table there (ops.md;
                                  experiments.profiling); an evaluation inside the window is traced too
@@ -93,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.steps_per_call = 1
     c.progress_bar = True
+    c.deterministic = False
     c.allow_schedule_change = False
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))

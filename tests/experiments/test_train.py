@@ -364,3 +364,30 @@ def test_train_rows_carry_mfu_where_the_chip_peak_is_known(tmp_path, monkeypatch
     fpt = counting.flops_per_token(tasks.LanguageModeling().model_config(c.model.to_dict()), int(c.data.seq_len))
     for r in rows:
         np.testing.assert_allclose(r["mfu"], fpt * r["tokens_per_sec"] / 1e12, rtol=1e-9)
+
+
+def test_deterministic_sets_xlas_flag_before_jax_starts(tiny, tmp_path, monkeypatch):
+    from experiments import run
+
+    on = tiny_config(deterministic=True)
+    assert run.xla_flags_for(on, "--a") == f"--a {train.DETERMINISTIC_FLAG}"
+    assert run.xla_flags_for(on, "--xla_gpu_deterministic_ops=false") == "--xla_gpu_deterministic_ops=false"  # the user's
+    assert run.xla_flags_for(tiny_config(), "--a") == "--a"
+    # A GPU backend started without the flag: refused before anything is built or written.
+    monkeypatch.setattr(train.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.raises(ValueError, match=r"needs XLA_FLAGS=--xla_gpu_deterministic_ops=true before JAX starts"):
+        train.train_and_evaluate(on, str(tmp_path / "gpu"))
+    assert not os.path.exists(tmp_path / "gpu")
+
+
+def test_deterministic_run_through_the_cli(tmp_path):
+    # experiments.run puts the flag into XLA_FLAGS; XLA aborts at start on a flag it does not know,
+    # so this run finishing shows the flag is one of jaxlib's.
+    from tests.experiments.conftest import run_tiny_cli
+
+    w = str(tmp_path / "w")
+    run_tiny_cli(w, "--config.deterministic=True", "--config.total_steps=2", "--config.eval_every=2")
+    assert [r["step"] for r in read_metrics(w, "train")] == [1, 2]
+    with open(os.path.join(w, "config.json")) as f:
+        assert json.load(f)["deterministic"] is True
