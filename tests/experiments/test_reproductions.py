@@ -197,3 +197,35 @@ def test_sweep_mps_errors_name_the_cause(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", bin_dir + os.pathsep + "/usr/bin:/bin")
     with pytest.raises(RuntimeError, match=r"mps-control -d failed \(exit 1\): cannot start"):
         sweep.MPSServer()
+
+
+def _mqar_doc_rows():
+    """The MQAR table of docs/reproductions.md: ``[(run name, steps cell, validation, [test accuracies])]``."""
+    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
+        text = f.read()
+    section = text[text.index("### MQAR"):]
+    section = section[: section.index("\n## ")] if "\n## " in section else section
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or not cells[1].isdigit():
+            continue
+        mixer = {"attention": "attention", "mamba": "mamba", "mamba-2": "mamba2"}[cells[0].split(" ")[0].lower()]
+        lr = f"{float(cells[2]):g}"
+        tests = [float(v.strip().strip("*")) for v in cells[5].split(",")] if cells[5] != "—" else []
+        rows.append((f"{mixer}_d{cells[1]}_lr{lr}_s0", cells[3], float(cells[4]), tests))
+    return rows
+
+
+def test_the_mqar_table_in_the_docs_is_the_recorded_runs():
+    # Every number of the table was copied from a run's metrics.jsonl: check each against it.
+    rows = _mqar_doc_rows()
+    assert len(rows) >= 20
+    runs = reproductions._runs(os.path.join(RUNS, "mqar"))
+    settings = ["L64_kv4", "L64_kv8", "L64_kv16", "L128_kv32", "L256_kv64", "L512_kv128", "L1024_kv256"]
+    for name, steps, validation, tests in rows:
+        records = runs[name]
+        assert round(100 * reproductions._last(records, "validation"), 1) == validation, name
+        assert steps.replace(",", "").split(" ")[0] == str(max(r["step"] for r in records)), name
+        if tests:
+            assert [round(100 * reproductions._last(records, s), 1) for s in settings] == tests, name
