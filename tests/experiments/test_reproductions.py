@@ -229,3 +229,22 @@ def test_the_mqar_table_in_the_docs_is_the_recorded_runs():
         assert steps.replace(",", "").split(" ")[0] == str(max(r["step"] for r in records)), name
         if tests:
             assert [round(100 * reproductions._last(records, s), 1) for s in settings] == tests, name
+
+
+def test_the_induction_heads_table_in_the_docs_is_the_recorded_runs():
+    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
+        text = f.read()
+    section = text[text.index("### Induction heads"):text.index("### Selective copying")]
+    table = reproductions.length_table(os.path.join(RUNS, "induction_heads"))
+    names = {"mamba": "mamba_s0", "mamba-2": "mamba2_s0", "s4d": "s4d_s0", "attention": "attention_s0"}
+    checked = 0
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or cells[0].split(" ")[0].lower() not in names:
+            continue
+        run = table[names[cells[0].split(" ")[0].lower()]]
+        doc = [v.strip().strip("*") for v in cells[4].split("(")[0].replace("*", "").split(",")]
+        for k, v in zip(range(6, 21, 2), doc):
+            assert (v == "—" and 2**k not in run) or round(100 * run[2**k], 1) == float(v), (cells[0], 2**k)
+        checked += 1
+    assert checked == 4
