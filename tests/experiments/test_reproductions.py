@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import reproductions, sweep
+from experiments.metrics import read_metrics
 from tests.experiments.conftest import REPO
 
 RUNS = os.path.join(REPO, "docs", "reproductions", "runs")
@@ -248,3 +250,37 @@ def test_the_induction_heads_table_in_the_docs_is_the_recorded_runs():
             assert (v == "—" and 2**k not in run) or round(100 * run[2**k], 1) == float(v), (cells[0], 2**k)
         checked += 1
     assert checked == 4
+
+
+def test_the_selective_copying_table_in_the_docs_is_the_recorded_runs():
+    # Each "a / b / c% at 10K / 20K / 40K" and "**x%** (y%) at 90K" of the table against the run's
+    # validation rows, to the digits the table shows (the row's run named by its GPU, date and lr).
+    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
+        text = f.read()
+    section = text[text.index("### Selective copying"):text.index("### MQAR")]
+    row_runs = {("Mamba", "H100, 2026-12-07 (run 3)"): "mamba_s0_h100_92k", ("Mamba-2", "H100, 2026-12-07"): "mamba2_s0_h100",
+                ("Mamba", "H100, 2026-12-07 (run 2)"): "mamba_s0_h100", ("Mamba", "H200, 2026-12-02"): "mamba_s0_h200"}
+    evaluated_afterwards = {("mamba_s0_h100", 83860)}  # experiments.evaluate of a later checkpoint, not a logged row
+    checked = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 8 or (cells[0].split(" ")[0], cells[3]) not in row_runs:
+            continue
+        run = row_runs[(cells[0].split(" ")[0], cells[3])]
+        rows = {r["step"]: r for r in read_metrics(os.path.join(RUNS, "selective_copying", run), "validation")}
+        for part in cells[6].replace("*", "").split(";"):
+            m = re.fullmatch(r"\s*([\d. /]+)% (?:\(([\d.]+)%\) )?(?:\(a spike\) )?at ([\dK,. /]+?)(?: \(.*\))?\s*", part)
+            if m is None:
+                continue
+            values = [v.strip() for v in m.group(1).split("/")]
+            steps = [int(float(s.strip().replace(",", "").rstrip("K")) * (1000 if "K" in s else 1)) for s in m.group(3).split("/")]
+            assert len(values) == len(steps), part
+            for v, s in zip(values, steps):
+                if (run, s) in evaluated_afterwards:
+                    continue
+                digits = len(v.split(".")[1]) if "." in v else 0
+                assert round(100 * rows[s]["accuracy"], digits) == float(v), (run, s)
+                checked.add((run, s))
+            if m.group(2) and (run, steps[-1]) not in evaluated_afterwards:
+                assert round(100 * rows[steps[-1]]["seq_accuracy"], 1) == float(m.group(2)), (run, steps[-1])
+    assert {r for r, _ in checked} == set(row_runs.values()) and len(checked) >= 20
