@@ -284,3 +284,26 @@ def test_the_selective_copying_table_in_the_docs_is_the_recorded_runs():
             if m.group(2) and (run, steps[-1]) not in evaluated_afterwards:
                 assert round(100 * rows[steps[-1]]["seq_accuracy"], 1) == float(m.group(2)), (run, steps[-1])
     assert {r for r, _ in checked} == set(row_runs.values()) and len(checked) >= 20
+
+
+def test_the_lra_epoch_time_table_in_the_docs_is_the_recorded_rows():
+    with open(os.path.join(REPO, "benchmarks", "results", "lra_h100.jsonl")) as f:
+        recorded = {(r["task"], r["mixer"]): r for r in map(json.loads, f)}
+    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
+        text = f.read()
+    section = text[text.index("### Epoch times"):]
+    mixers = {"S4": "s4", "S4D": "s4d", "Mamba": "mamba", "Mamba-2": "mamba2", "Hydra": "hydra"}
+    checked = 0
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 11 or cells[1] not in mixers:
+            continue
+        r = recorded[(cells[0].lower().replace("-", ""), mixers[cells[1]])]
+        assert int(cells[3]) == round(r["examples_per_sec"]), cells[:2]
+        assert float(cells[4].rstrip("M")) == round(r["tokens_per_sec"] / 1e6, 2), cells[:2]
+        assert float(cells[5]) == round(r["step_ms"], 1) and int(cells[6]) == round(r["epoch_s"]), cells[:2]
+        if cells[7]:
+            assert float(cells[7]) == round(r["peak_memory_bytes"] / 1e9, 1), cells[:2]
+            assert int(cells[8]) == round(r["compile_s"]), cells[:2]
+        checked += 1
+    assert checked == len(recorded) == 27
