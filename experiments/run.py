@@ -153,18 +153,20 @@ def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> s
 CPU_FFT_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 
+def _with_flag(xla_flags: str, flag: str) -> str:
+    """``xla_flags`` with ``flag`` (``--name=value``) added, unless it already sets ``name``."""
+    name = flag.lstrip("-").split("=")[0]
+    return xla_flags if name in xla_flags else f"{xla_flags} {flag}".strip()
+
+
 def xla_flags_without_cpu_fft_deadlock(xla_flags: str) -> str:
     """``xla_flags`` with :data:`CPU_FFT_FLAG` added, unless it already sets the flag."""
-    if "xla_cpu_multi_thread_eigen" in xla_flags:
-        return xla_flags
-    return f"{xla_flags} {CPU_FFT_FLAG}".strip()
+    return _with_flag(xla_flags, CPU_FFT_FLAG)
 
 
 def xla_flags_for(config, xla_flags: str) -> str:
     """``xla_flags`` with what ``config`` needs set before JAX starts its backend."""
-    if config.get("deterministic", False) and "xla_gpu_deterministic_ops" not in xla_flags:
-        xla_flags = f"{xla_flags} {train.DETERMINISTIC_FLAG}".strip()
-    return xla_flags
+    return _with_flag(xla_flags, train.DETERMINISTIC_FLAG) if config.get("deterministic", False) else xla_flags
 
 
 def main(argv):

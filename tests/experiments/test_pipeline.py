@@ -57,19 +57,11 @@ def test_threads_draw_different_blocks_at_once_and_the_same_block_once():
 
     blocks = pipeline.blockwise(make_block, 4)
     out = {}
-    threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, blocks.rows(np.array([4 * k])))) for k in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads([lambda k=k: out.__setitem__(k, blocks.rows(np.array([4 * k]))) for k in (0, 1)])
     assert {k: int(v["x"][0, 0]) for k, v in out.items()} == {0: 0, 1: 1}
     # Eight threads asking for one new block: it is drawn once, all get it.
     got = []
-    threads = [threading.Thread(target=lambda: got.append(int(blocks.rows(np.array([9]))["x"][0, 0]))) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads([lambda: got.append(int(blocks.rows(np.array([9]))["x"][0, 0]))] * 8)
     assert got == [2] * 8 and calls.count(2) == 1
 
 
@@ -87,3 +79,12 @@ def test_a_failed_block_raises_to_every_reader_and_is_drawn_again_next_time():
         blocks.rows(np.array([1]))
     np.testing.assert_array_equal(blocks.rows(np.array([1, 2]))["x"][:, 0], [1, 2])
     assert attempts == [0, 0]
+
+
+def _run_threads(targets) -> None:
+    """Run each callable in its own thread, all at once, and wait for them."""
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

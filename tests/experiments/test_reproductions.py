@@ -28,6 +28,14 @@ def _write_run(root, name, rows):
             f.write(json.dumps(r) + "\n")
 
 
+def _doc_table_rows(start: str, end: str | None = None) -> list[list[str]]:
+    """The cells of every table line of docs/reproductions.md between the headings ``start`` and ``end``."""
+    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
+        text = f.read()
+    section = text[text.index(start):text.index(end) if end else None]
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+
+
 def test_recorded_induction_heads_runs_back_the_documented_claims():
     # docs/reproductions.md: Mamba 100% at every length 2^6 .. 2^20 after training at 256.
     table = reproductions.length_table(os.path.join(RUNS, "induction_heads"))
@@ -203,13 +211,9 @@ def test_sweep_mps_errors_name_the_cause(tmp_path, monkeypatch):
 
 def _mqar_doc_rows():
     """The MQAR table of docs/reproductions.md: ``[(run name, steps cell, validation, [test accuracies])]``."""
-    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
-        text = f.read()
-    section = text[text.index("### MQAR"):]
-    section = section[: section.index("\n## ")] if "\n## " in section else section
     rows = []
-    for line in section.splitlines():
-        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+    for cells in _doc_table_rows("### MQAR", "## Long Range Arena"):
+        cells = [c.strip("*") for c in cells]
         if len(cells) != 6 or not cells[1].isdigit():
             continue
         mixer = {"attention": "attention", "mamba": "mamba", "mamba-2": "mamba2"}[cells[0].split(" ")[0].lower()]
@@ -234,14 +238,10 @@ def test_the_mqar_table_in_the_docs_is_the_recorded_runs():
 
 
 def test_the_induction_heads_table_in_the_docs_is_the_recorded_runs():
-    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
-        text = f.read()
-    section = text[text.index("### Induction heads"):text.index("### Selective copying")]
     table = reproductions.length_table(os.path.join(RUNS, "induction_heads"))
     names = {"mamba": "mamba_s0", "mamba-2": "mamba2_s0", "s4d": "s4d_s0", "attention": "attention_s0"}
     checked = 0
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    for cells in _doc_table_rows("### Induction heads", "### Selective copying"):
         if len(cells) != 6 or cells[0].split(" ")[0].lower() not in names:
             continue
         run = table[names[cells[0].split(" ")[0].lower()]]
@@ -255,15 +255,11 @@ def test_the_induction_heads_table_in_the_docs_is_the_recorded_runs():
 def test_the_selective_copying_table_in_the_docs_is_the_recorded_runs():
     # Each "a / b / c% at 10K / 20K / 40K" and "**x%** (y%) at 90K" of the table against the run's
     # validation rows, to the digits the table shows (the row's run named by its GPU, date and lr).
-    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
-        text = f.read()
-    section = text[text.index("### Selective copying"):text.index("### MQAR")]
     row_runs = {("Mamba", "H100, 2026-12-07 (run 3)"): "mamba_s0_h100_92k", ("Mamba-2", "H100, 2026-12-07"): "mamba2_s0_h100",
                 ("Mamba", "H100, 2026-12-07 (run 2)"): "mamba_s0_h100", ("Mamba", "H200, 2026-12-02"): "mamba_s0_h200"}
     evaluated_afterwards = {("mamba_s0_h100", 83860)}  # experiments.evaluate of a later checkpoint, not a logged row
     checked = set()
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    for cells in _doc_table_rows("### Selective copying", "### MQAR"):
         if len(cells) != 8 or (cells[0].split(" ")[0], cells[3]) not in row_runs:
             continue
         run = row_runs[(cells[0].split(" ")[0], cells[3])]
@@ -289,13 +285,9 @@ def test_the_selective_copying_table_in_the_docs_is_the_recorded_runs():
 def test_the_lra_epoch_time_table_in_the_docs_is_the_recorded_rows():
     with open(os.path.join(REPO, "benchmarks", "results", "lra_h100.jsonl")) as f:
         recorded = {(r["task"], r["mixer"]): r for r in map(json.loads, f)}
-    with open(os.path.join(REPO, "docs", "reproductions.md")) as f:
-        text = f.read()
-    section = text[text.index("### Epoch times"):]
     mixers = {"S4": "s4", "S4D": "s4d", "Mamba": "mamba", "Mamba-2": "mamba2", "Hydra": "hydra"}
     checked = 0
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    for cells in _doc_table_rows("### Epoch times"):
         if len(cells) != 11 or cells[1] not in mixers:
             continue
         r = recorded[(cells[0].lower().replace("-", ""), mixers[cells[1]])]
