@@ -249,8 +249,12 @@ def collect(workdir: str, runs: Sequence[Run] | None = None) -> list[dict[str, A
     mine = {r["name"] for r in rows}
     kept = [r for n, r in previous.items()  # other sweeps' runs that are still on disk
             if n not in mine and os.path.isfile(os.path.join(workdir, n, METRICS_FILE))]
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    # Written whole and then renamed: the next sweep reads it back, so a sweep killed mid-write
+    # must leave the previous file, not half of one.
+    tmp = os.path.join(workdir, "sweep.json.tmp")
+    with open(tmp, "w") as f:
         json.dump(sorted(kept + rows, key=lambda r: r["name"]), f, indent=1)
+    os.replace(tmp, os.path.join(workdir, "sweep.json"))
     return rows
 
 
