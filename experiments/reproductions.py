@@ -129,14 +129,14 @@ def mqar_width(task_dir: str, out: str, *, split: str = "L256_kv64") -> str:
     for i, (mixer, by_width) in enumerate(sorted(mqar_table(task_dir, split).items())):
         widths = sorted(by_width)
         color = f"C{i}"
-        ax.plot(widths, [100 * max(by_width[w]) for w in widths], marker="o", color=color, label=f"{mixer} (best lr)")
+        ax.plot(widths, [100 * max(by_width[w]) for w in widths], marker="o", color=color, label=f"{mixer} (best finished run)")
         xs = [w * (1 + 0.03 * (i - 1)) for w in widths for _ in by_width[w]]  # side by side per mixer
         ax.scatter(xs, [100 * v for w in widths for v in by_width[w]], s=12, color=color, alpha=0.45)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("d_model")
     ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_ylim(-2, 102)
-    return _save(fig, ax, out, "MQAR: best learning rate (line), every finished run (dots)")
+    return _save(fig, ax, out, "MQAR: best finished run per width (line), every finished run (dots)")
 
 
 # Plots beyond the learning curves, per task directory name: (file suffix, plot function).
