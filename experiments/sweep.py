@@ -24,7 +24,8 @@ for them, writes the table and exits (0 after SIGTERM, 130 after SIGINT, as a ru
 are in their own process group, so a terminal's Ctrl-C reaches them only through the sweep.
 
 The table (``<workdir>/sweep.json`` and ``sweep.md``) has one row per run: its name, arg and
-overrides, the last step it reached, and the latest value of every evaluation metric in its
+overrides, the last step it reached (marked "early stop", or "of N (unfinished)" for a run cut off
+before its ``total_steps``), and the latest value of every evaluation metric in its
 ``metrics.jsonl`` (``--metrics`` picks columns by suffix, default ``accuracy``).
 """
 
@@ -224,6 +225,15 @@ def _final_metrics(run_dir: str) -> tuple[int, dict[str, float]]:
     return step, out
 
 
+def _total_steps(run_dir: str) -> int | None:
+    """The run's ``total_steps`` from the config.json it wrote (None where it has none)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return int(json.load(f)["total_steps"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
 def collect(workdir: str, runs: Sequence[Run] | None = None) -> list[dict[str, Any]]:
     """One row per run directory under ``workdir`` (or per entry of ``runs``); writes sweep.json.
 
@@ -245,7 +255,8 @@ def collect(workdir: str, runs: Sequence[Run] | None = None) -> list[dict[str, A
         run_dir = os.path.join(workdir, name)
         step, metrics = _final_metrics(run_dir)
         stopped = os.path.exists(os.path.join(run_dir, "early_stop.json"))
-        rows.append(dict(name=name, arg=arg, overrides=overrides, step=step, stopped_early=stopped, metrics=metrics))
+        rows.append(dict(name=name, arg=arg, overrides=overrides, step=step, total_steps=_total_steps(run_dir),
+                         stopped_early=stopped, metrics=metrics))
     mine = {r["name"] for r in rows}
     kept = [r for n, r in previous.items()  # other sweeps' runs that are still on disk
             if n not in mine and os.path.isfile(os.path.join(workdir, n, METRICS_FILE))]
@@ -266,7 +277,12 @@ def markdown(rows: Sequence[dict[str, Any]], suffix: str = "accuracy") -> str:
     for r in rows:
         vals = [r["metrics"].get(c) for c in cols]
         cells = [f"{100 * v:.1f}" if isinstance(v, (int, float)) else "—" for v in vals]
-        step = f"{r['step']}" + (" (early stop)" if r.get("stopped_early") else "")
+        step = f"{r['step']}"
+        if r.get("stopped_early"):
+            step += " (early stop)"
+        elif r.get("total_steps") and r["step"] < r["total_steps"]:
+            # Cut off (a stop signal, a crash, the machine taken back): not a result of the schedule.
+            step += f" of {r['total_steps']} (unfinished)"
         lines.append(f"| {r['name']} | {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -151,6 +151,19 @@ def test_sweeps_sharing_a_workdir_keep_each_others_rows(tmp_path):
         ("a_lr1", "mixer=a", {"optim.lr": 1}, 5), ("b_lr1", "mixer=b", {"optim.lr": 1}, 5)]
 
 
+def test_the_sweep_table_marks_runs_cut_off_before_their_schedule_ends(tmp_path):
+    root = str(tmp_path)
+    for name, total in (("done", 5), ("cut", 20), ("stopped", 20), ("no_config", None)):
+        _write_run(root, name, [{"step": 5, "split": "validation", "accuracy": 0.5}])
+        if total:
+            with open(os.path.join(root, name, "config.json"), "w") as f:
+                json.dump({"total_steps": total}, f)
+    with open(os.path.join(root, "stopped", "early_stop.json"), "w") as f:
+        json.dump({"step": 5}, f)
+    steps = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in sweep.markdown(sweep.collect(root)).splitlines()[2:]}
+    assert steps == {"cut": "5 of 20 (unfinished)", "done": "5", "no_config": "5", "stopped": "5 (early stop)"}
+
+
 def test_recorded_mqar_runs_back_the_documented_claims():
     # docs/reproductions.md: attention solves (256, 64) at every width run; at d_model 64 Mamba-2
     # beats Mamba at equal state size, best learning rate and at each one; at 128 see below.
