@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--metrics", default="accuracy", help="table columns: metrics ending in this")
     p.add_argument("--collect", action="store_true", help="only collect the table of existing runs")
-    p.add_argument("--dry_run", action="store_true", help="print the commands")
+    p.add_argument("--dry_run", "--dry-run", action="store_true", help="print the commands")
     p.add_argument("--mps", action="store_true", help="share the GPU through a CUDA MPS server of the sweep's own")
     a = p.parse_args(argv)
     if a.collect:

@@ -204,8 +204,22 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
                 raise ValueError(f"config arg {name!r} is a bool; got {value!r}")
             out[name] = value.lower() in ("true", "1")
         else:
-            out[name] = type(default)(value)
+            try:
+                out[name] = type(default)(value)
+            except ValueError:
+                raise ValueError(f"config arg {name!r} takes {type(default).__name__} values (default "
+                                 f"{default!r}); got {value!r} (arg={arg!r})") from None
     return out
+
+
+def plus_list(a: ml_collections.ConfigDict, name: str, cast: type = str) -> list:
+    """The ``+``-separated values of the parsed config arg ``a[name]`` (``"64+128"``), each cast by
+    ``cast``: a sweep's axis. A value that does not cast raises ValueError naming the arg."""
+    items = [v.strip() for v in str(a[name]).split("+")]
+    try:
+        return [cast(v) for v in items if v]
+    except ValueError:
+        raise ValueError(f"config arg {name!r} takes '+'-separated {cast.__name__} values; got {a[name]!r}") from None
 
 
 def model_config(kind: str, *, mixer: str, **fields: Any) -> ml_collections.ConfigDict:

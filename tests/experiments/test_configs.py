@@ -91,6 +91,21 @@ def test_parse_arg_and_model_config_errors():
     assert (a.mixer, a.smoke, a.d_model) == ("s4", True, 32)
     with pytest.raises(ValueError, match=r"'mixr' is not one of \['mixer'\]"):
         common.parse_arg("mixr=s4", mixer="mamba")
+    with pytest.raises(ValueError, match=r"'d_model' takes int values \(default 64\); got 'abc'"):
+        common.parse_arg("d_model=abc", d_model=64)
+
+
+def test_mqar_sweep_args_name_what_is_wrong():
+    from experiments.configs.synthetic import mqar
+
+    names = [n for n, _, _ in mqar.get_sweep("widths=64+128,mixers=mamba2,lrs=0.01,seeds=0+1")]
+    assert names == ["mamba2_d64_lr0.01_s0", "mamba2_d64_lr0.01_s1", "mamba2_d128_lr0.01_s0", "mamba2_d128_lr0.01_s1"]
+    with pytest.raises(ValueError, match=r"'widths' takes '\+'-separated int values; got '64\+abc'"):
+        mqar.get_sweep("widths=64+abc")
+    with pytest.raises(ValueError, match=r"'lrs' takes '\+'-separated float values"):
+        mqar.get_sweep("lrs=1e-3+fast")
+    with pytest.raises(ValueError, match="mqar: mixer must be one of"):
+        mqar.get_sweep("mixers=mamba+mamab")
     with pytest.raises(ValueError, match="unknown mamba field.*d_stat"):
         common.model_config("lm", mixer="mamba", vocab_size=8, d_model=8, n_layers=1, mamba=dict(d_stat=4))
     with pytest.raises(ValueError, match="bidirectional"):

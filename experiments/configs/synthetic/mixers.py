@@ -45,8 +45,8 @@ def mixer_sweep(arg, *, mixers: str, args: dict[str, str] | None = None) -> list
 
     a = common.parse_arg(arg, mixers=mixers, seeds="0")
     out = []
-    for mixer in a.mixers.split("+"):
-        for seed in (int(s) for s in a.seeds.split("+")):
+    for mixer in common.plus_list(a, "mixers"):
+        for seed in common.plus_list(a, "seeds", int):
             extra = (args or {}).get(mixer)
             out.append((f"{mixer}_s{seed}", f"mixer={mixer}" + (f",{extra}" if extra else ""), {"seed": seed}))
     return out

@@ -122,11 +122,13 @@ def get_sweep(arg=None):
     """
     a = common.parse_arg(arg, mixers="attention+mamba+mamba2", widths="64+128+256",
                          lrs="+".join(f"{lr:g}" for lr in LEARNING_RATES), seeds="0")
+    names = common.plus_list(a, "mixers")
+    for mixer in names:
+        mixers.check(mixer, "mqar")
     out = []
     # Width-major: a sweep cut off by its time limit leaves whole widths (every mixer) done.
     for width, mixer, lr, seed in itertools.product(
-        [int(w) for w in a.widths.split("+")], a.mixers.split("+"), [float(x) for x in a.lrs.split("+")],
-        [int(s) for s in a.seeds.split("+")],
+        common.plus_list(a, "widths", int), names, common.plus_list(a, "lrs", float), common.plus_list(a, "seeds", int),
     ):
         name = f"{mixer}_d{width}_lr{lr:g}_s{seed}"
         out.append((name, f"mixer={mixer},d_model={width}", {"optim.lr": lr, "seed": seed}))
