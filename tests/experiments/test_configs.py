@@ -93,6 +93,10 @@ def test_parse_arg_and_model_config_errors():
         common.parse_arg("mixr=s4", mixer="mamba")
     with pytest.raises(ValueError, match=r"'d_model' takes int values \(default 64\); got 'abc'"):
         common.parse_arg("d_model=abc", d_model=64)
+    with pytest.raises(ValueError, match="unknown mamba field.*d_stat"):
+        common.model_config("lm", mixer="mamba", vocab_size=8, d_model=8, n_layers=1, mamba=dict(d_stat=4))
+    with pytest.raises(ValueError, match="bidirectional"):
+        common.model_config("lm", mixer="hydra", vocab_size=8, d_model=8, n_layers=1)
 
 
 def test_mqar_sweep_args_name_what_is_wrong():
@@ -106,10 +110,6 @@ def test_mqar_sweep_args_name_what_is_wrong():
         mqar.get_sweep("lrs=1e-3+fast")
     with pytest.raises(ValueError, match="mqar: mixer must be one of"):
         mqar.get_sweep("mixers=mamba+mamab")
-    with pytest.raises(ValueError, match="unknown mamba field.*d_stat"):
-        common.model_config("lm", mixer="mamba", vocab_size=8, d_model=8, n_layers=1, mamba=dict(d_stat=4))
-    with pytest.raises(ValueError, match="bidirectional"):
-        common.model_config("lm", mixer="hydra", vocab_size=8, d_model=8, n_layers=1)
 
 
 def _every_config():
