@@ -70,8 +70,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Every section is checked now, before anything is built or written: a bad evaluation
     # setting must not surface only after the last step.
     task = config_checks.check_experiment(config)
-    flags_set = DETERMINISTIC_FLAG in os.environ.get("XLA_FLAGS", "")
-    if config.get("deterministic", False) and jax.default_backend() == "gpu" and not flags_set:
+    if (config.get("deterministic", False) and jax.default_backend() == "gpu"
+            and DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", "")):
         raise ValueError(f"config.deterministic=True needs XLA_FLAGS={DETERMINISTIC_FLAG} before JAX starts its GPU "
                          "backend: run through `python -m experiments.run` (it sets the flag), or set the "
                          "environment variable before importing jax")

@@ -14,8 +14,10 @@ import os
 import re
 import sys
 
+from tests import xla_flags
+
 N = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N}").strip()
+os.environ["XLA_FLAGS"] = xla_flags.flags(N)  # the inherited flags plus N simulated devices
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
