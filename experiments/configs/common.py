@@ -214,12 +214,15 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 def plus_list(a: ml_collections.ConfigDict, name: str, cast: type = str) -> list:
     """The ``+``-separated values of the parsed config arg ``a[name]`` (``"64+128"``), each cast by
-    ``cast``: a sweep's axis. A value that does not cast raises ValueError naming the arg."""
-    items = [v.strip() for v in str(a[name]).split("+")]
+    ``cast``: a sweep's axis. A value that does not cast, or no value, raises ValueError naming the arg."""
+    items = [v.strip() for v in str(a[name]).split("+") if v.strip()]
     try:
-        return [cast(v) for v in items if v]
+        values = [cast(v) for v in items]
     except ValueError:
-        raise ValueError(f"config arg {name!r} takes '+'-separated {cast.__name__} values; got {a[name]!r}") from None
+        values = []
+    if not values:
+        raise ValueError(f"config arg {name!r} takes '+'-separated {cast.__name__} values; got {a[name]!r}")
+    return values
 
 
 def model_config(kind: str, *, mixer: str, **fields: Any) -> ml_collections.ConfigDict:

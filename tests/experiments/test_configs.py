@@ -108,6 +108,8 @@ def test_mqar_sweep_args_name_what_is_wrong():
         mqar.get_sweep("widths=64+abc")
     with pytest.raises(ValueError, match=r"'lrs' takes '\+'-separated float values"):
         mqar.get_sweep("lrs=1e-3+fast")
+    with pytest.raises(ValueError, match=r"'seeds' takes '\+'-separated int values; got ''"):
+        mqar.get_sweep("seeds=")  # an empty axis would expand to no runs at all
     with pytest.raises(ValueError, match="mqar: mixer must be one of"):
         mqar.get_sweep("mixers=mamba+mamab")
 
