@@ -35,15 +35,18 @@ beats Mamba-1 at equal state size. Reported per test setting as ``L<len>_kv<pair
 SSMs solve recall only in a narrow band of learning rates, so read the sweep's best and its
 spread. Measured runs: ``docs/reproductions.md``.
 
-Measured (seed 0, one H100, 2026-12-06/07; ``docs/reproductions.md``): the d_model 64 slice is
+Measured (seed 0, one H100, 2026-12-06/08; ``docs/reproductions.md``): the d_model 64 slice is
 complete. Attention solved every training setting (test 96.6-99.7% up to (256, 64)) in 500-1,500
 steps at lr 1e-3 / 3.2e-3 / 1e-2 and did not learn at 3.2e-2; at d_model 128 and 256 likewise
 (96.4-99.9%, 500-8,000 steps) where it trains. At (256, 64), best over the four rates: Mamba-2
 91.8% (62.0-91.8% across the rates), Mamba 77.2% (0.1-77.2%: nothing at 1e-3 and 3.2e-2), so
 Mamba-2 beats Mamba at equal state size at every rate. At d_model 128 (the two middle rates run to
-the end; 1e-3 and 3.2e-2 cut off): both reach 98.1% at (256, 64) (Mamba at 1e-2, Mamba-2 at 3.2e-3,
-Mamba-2 at its 99% validation stop), and Mamba-2 leads past the training lengths ((512, 128): 81.3 /
-74.7% against 45.6 / 56.6% at 3.2e-3 / 1e-2). Mamba / Mamba-2 at 256 are not run.
+the end; at 3.2e-2 Mamba did not learn; Mamba-2's outer rates and Mamba's 1e-3 cut off): both
+reach 98.1% at (256, 64) (Mamba at 1e-2, Mamba-2 at 3.2e-3, at its 99% validation stop), and
+Mamba-2 leads past the training lengths ((512, 128): 81.3 / 74.7% against 45.6 / 56.6% at 3.2e-3 /
+1e-2). At d_model 256 (middle rates finished, outer ones cut off): Mamba-2 98.4% at (256, 64)
+(3.2e-3, early stop at 17,000 steps) against Mamba's 87.2% (3.2e-3; at 1e-2 Mamba sat at chance
+for 17,000 steps and ended at 31.0%); at (1024, 256) Mamba 45.4% against Mamba-2's 36.4%.
 """
 
 import itertools
