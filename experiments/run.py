@@ -97,7 +97,8 @@ def device_memory_hint(message: str, environ=None) -> str | None:
         "The accelerator ran out of memory. If another JAX process uses the same device (JAX reserves "
         "75% of its memory per process), give each process a share: XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 "
         "(or XLA_PYTHON_CLIENT_PREALLOCATE=false), as `python -m experiments.sweep --parallel=N` does"
-        + (f" (set here: {', '.join(shared)})" if shared else "")
+        + (f" (set here: {', '.join(shared)}; two sweeps on one GPU each need their part: --mem_fraction)"
+           if shared else "")
         + ". Otherwise the step does not fit: lower --config.data.batch_size, or recompute the blocks' "
         "activations in the backward (--config.model.remat=full)."
     )
