@@ -6,17 +6,25 @@ reads ``<dir>/runs/<task>/<run>/metrics.jsonl`` (the files the GPU runs wrote, k
 page) and writes one PNG per task into ``<dir>``:
 
 * ``induction_heads_lengths.png``: test accuracy against test length (the Mamba paper's Fig. 3
-  axes), one line per run, from the ``len_<L>`` evaluations;
+  axes), one line per run, from the ``len_<L>`` evaluations; runs that differ only in their seed
+  (``mamba_s0``, ``mamba_s1``, ...) are one line, their mean, with a band from the lowest to the
+  highest seed;
 * ``<task>_curves.png`` for every task: training-batch and validation accuracy against the
   training step, one colour per run;
 * ``mqar_width.png`` (when ``runs/mqar`` exists): the best test accuracy over the learning-rate
   sweep against d_model, one line per mixer, every finished run a dot (Zoology's axes).
+
+Seeds: ``python -m experiments.reproductions --seeds=docs/reproductions/runs/<task>
+[--split=validation]`` prints, per run name without its ``_s<seed>`` part, the number of seeds,
+the mean, the sample standard deviation and the range of the last ``<split>`` accuracy: the
+"mean and spread" rows of the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import re
 from collections import defaultdict
@@ -25,7 +33,8 @@ from matplotlib.figure import Figure
 
 from experiments.metrics import read_metrics
 
-__all__ = ["learning_curves", "length_curves", "length_table", "main", "mqar_table", "mqar_width"]
+__all__ = ["learning_curves", "length_curves", "length_table", "main", "mqar_table", "mqar_width", "seed_groups",
+           "seed_markdown", "seed_summary"]
 
 
 def _runs(task_dir: str) -> dict[str, list[dict]]:
@@ -68,12 +77,85 @@ def length_table(task_dir: str) -> dict[str, dict[int, float]]:
     return out
 
 
+_SEEDED = re.compile(r"(.+?)_s(\d+)(_.*)?")  # <config>_s<seed>[_<tag>]: mamba_s0, mamba_s0_h100
+
+
+def _seed_key(name: str) -> tuple[str, int | None]:
+    """``(group, seed)``: the run name without its ``_s<seed>`` part, and the seed (None if it has none)."""
+    m = _SEEDED.fullmatch(name)
+    return (m.group(1) + (m.group(3) or ""), int(m.group(2))) if m else (name, None)
+
+
+def seed_groups(names) -> dict[str, dict[int | None, str]]:
+    """``{group: {seed: run name}}``: runs that differ only in their ``_s<seed>`` part together."""
+    out: dict[str, dict[int | None, str]] = defaultdict(dict)
+    for name in sorted(names):
+        group, seed = _seed_key(name)
+        out[group][seed] = name
+    return dict(out)
+
+
+def seed_summary(task_dir: str, split: str = "validation", key: str = "accuracy") -> dict[str, dict]:
+    """Per group of seeds (:func:`seed_groups`), the last ``<split>/<key>`` of each seed and their
+    ``n``, ``mean``, ``std`` (sample standard deviation; None for one seed), ``min``, ``max``.
+    Runs without that evaluation (cut off before it) are left out of those and listed in
+    ``missing``; a group none of whose runs has it keeps a row with ``n`` = 0."""
+    runs = _runs(task_dir)
+    out = {}
+    for group, by_seed in seed_groups(runs).items():
+        values = {seed: _last(runs[name], split, key) for seed, name in by_seed.items()}
+        have = {seed: v for seed, v in values.items() if v is not None}
+        missing = sorted(by_seed[seed] for seed, v in values.items() if v is None)
+        if not have:  # every seed cut off before this evaluation: a row that says so
+            out[group] = dict(seeds=[], values=[], n=0, mean=None, std=None, min=None, max=None, missing=missing)
+            continue
+        xs = list(have.values())
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+        out[group] = dict(seeds=sorted(have, key=lambda s: -1 if s is None else s), values=xs, n=len(xs),
+                          mean=mean, std=std, min=min(xs), max=max(xs), missing=missing)
+    if not any(r["n"] for r in out.values()):
+        raise ValueError(f"reproductions: no run under {task_dir} has a {split!r} {key!r} evaluation")
+    return out
+
+
+def seed_markdown(summary: dict[str, dict], *, percent: bool = True) -> str:
+    """:func:`seed_summary` as a markdown table (values in %, unless ``percent`` is False)."""
+    f = lambda v: "—" if v is None else f"{100 * v:.1f}" if percent else f"{v:.4g}"
+    lines = ["| run | seeds | mean | std | min - max |", "|---|---|---|---|---|"]
+    for group, r in summary.items():
+        seeds = ", ".join("-" if s is None else str(s) for s in r["seeds"])
+        note = f" (no evaluation: {', '.join(r['missing'])})" if r["missing"] else ""
+        spread = "—" if r["n"] == 0 else f"{f(r['min'])} - {f(r['max'])}"
+        lines.append(f"| {group} | {r['n']}{': ' + seeds if seeds else ''}{note} | {f(r['mean'])} | {f(r['std'])} | {spread} |")
+    return "\n".join(lines)
+
+
+def _length_series(task_dir: str) -> dict[str, tuple[list[int], list[float], list[float], list[float], int]]:
+    """``{label: (lengths, mean, low, high, seeds)}`` of the ``len_<L>`` accuracies, seeds of one
+    config pooled at the lengths every one of them was tested at."""
+    table = length_table(task_dir)
+    out = {}
+    for group, by_seed in seed_groups(table).items():
+        curves = [table[name] for name in by_seed.values()]
+        lengths = sorted(set.intersection(*(set(c) for c in curves)))
+        per_length = [[c[L] for c in curves] for L in lengths]
+        label = group if len(curves) == 1 else f"{group} ({len(curves)} seeds: mean, min-max band)"
+        out[label] = (lengths, [sum(v) / len(v) for v in per_length], [min(v) for v in per_length],
+                      [max(v) for v in per_length], len(curves))
+    return out
+
+
 def length_curves(task_dir: str, out: str, *, train_length: int | None = None) -> str:
-    """Accuracy at each ``len_<L>`` evaluation (the last one of each run) against ``L``."""
+    """Accuracy at each ``len_<L>`` evaluation (the last one of each run) against ``L``; several
+    seeds of one config as their mean with a min-max band."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    for name, by_length in length_table(task_dir).items():
-        ax.plot(list(by_length), [100 * v for v in by_length.values()], marker="o", markersize=3, label=name)
+    for i, (label, (lengths, mean, low, high, seeds)) in enumerate(_length_series(task_dir).items()):
+        color = f"C{i % 10}"
+        ax.plot(lengths, [100 * v for v in mean], marker="o", markersize=3, color=color, label=label)
+        if seeds > 1:
+            ax.fill_between(lengths, [100 * v for v in low], [100 * v for v in high], color=color, alpha=0.2)
     if train_length:
         ax.axvline(train_length, color="gray", linestyle=":", label=f"trained at {train_length}")
     ax.set_xscale("log", base=2)
@@ -148,8 +230,15 @@ TASK_PLOTS = {
 
 def main(argv=None) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m experiments.reproductions", description=__doc__.split("\n\n")[0])
-    p.add_argument("dir", help="the directory holding runs/<task>/<run>/metrics.jsonl; PNGs are written there")
+    p.add_argument("dir", nargs="?", help="the directory holding runs/<task>/<run>/metrics.jsonl; PNGs are written there")
+    p.add_argument("--seeds", metavar="TASK_DIR", help="print the mean and spread over seeds of the runs in TASK_DIR")
+    p.add_argument("--split", default="validation", help="with --seeds: the evaluation (e.g. L256_kv64, len_4096)")
     a = p.parse_args(argv)
+    if a.seeds:
+        print(seed_markdown(seed_summary(a.seeds, a.split)))
+        return []
+    if not a.dir:
+        p.error("give the figures' directory (e.g. docs/reproductions), or --seeds=TASK_DIR")
     runs = os.path.join(a.dir, "runs")
     if not os.path.isdir(runs):
         raise SystemExit(f"reproductions: no {runs!r}")

@@ -326,3 +326,46 @@ def test_the_lra_epoch_time_table_in_the_docs_is_the_recorded_rows():
             assert int(cells[8]) == round(r["compile_s"]), cells[:2]
         checked += 1
     assert checked == len(recorded) == 27
+
+
+def test_seeds_of_one_config_pool_into_mean_and_spread(tmp_path):
+    root = str(tmp_path)
+    # three seeds of mamba (0.5, 0.7, 0.9 at the end; an earlier evaluation must not count), one of
+    # s4d, a seed tag after the seed (mamba2_s0_h100), and a run cut off before its evaluation
+    for seed, acc in ((0, 0.5), (1, 0.7), (2, 0.9)):
+        _write_run(root, f"mamba_s{seed}", [{"step": 1, "split": "validation", "accuracy": 0.0},
+                                            {"step": 2, "split": "validation", "accuracy": acc}])
+    _write_run(root, "s4d_s0", [{"step": 2, "split": "validation", "accuracy": 0.25}])
+    _write_run(root, "mamba2_s0_h100", [{"step": 2, "split": "validation", "accuracy": 0.75}])
+    _write_run(root, "mamba2_s1_h100", [{"step": 2, "split": "train", "accuracy": 0.1}])
+    summary = reproductions.seed_summary(root)
+    assert set(summary) == {"mamba", "s4d", "mamba2_h100"}
+    m = summary["mamba"]
+    assert m["seeds"] == [0, 1, 2] and m["n"] == 3
+    np.testing.assert_allclose([m["mean"], m["std"], m["min"], m["max"]], [0.7, 0.2, 0.5, 0.9])
+    assert summary["s4d"]["std"] is None and summary["s4d"]["mean"] == 0.25
+    assert summary["mamba2_h100"]["n"] == 1 and summary["mamba2_h100"]["missing"] == ["mamba2_s1_h100"]
+    table = reproductions.seed_markdown(summary)
+    assert "| mamba | 3: 0, 1, 2 | 70.0 | 20.0 | 50.0 - 90.0 |" in table
+    assert "| s4d | 1: 0 | 25.0 | — | 25.0 - 25.0 |" in table
+    assert "no evaluation: mamba2_s1_h100" in table
+    with pytest.raises(ValueError, match="has a 'L64_kv4'"):
+        reproductions.seed_summary(root, "L64_kv4")
+
+
+def test_length_curves_draw_seeds_of_one_config_as_a_mean_with_a_band(tmp_path):
+    root = str(tmp_path)
+    for seed, accs in ((0, (1.0, 0.5, 0.2)), (1, (1.0, 0.7, 0.0))):
+        _write_run(root, f"mamba_s{seed}", [{"step": 9, "split": f"len_{L}", "accuracy": a}
+                                            for L, a in zip((64, 128, 256), accs)])
+    _write_run(root, "s4d_s0", [{"step": 9, "split": "len_64", "accuracy": 0.3}])
+    series = reproductions._length_series(root)
+    lengths, mean, low, high, seeds = series["mamba (2 seeds: mean, min-max band)"]
+    assert lengths == [64, 128, 256] and seeds == 2
+    np.testing.assert_allclose(mean, [1.0, 0.6, 0.1])
+    np.testing.assert_allclose(low, [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(high, [1.0, 0.7, 0.2])
+    assert series["s4d"] == ([64], [0.3], [0.3], [0.3], 1)
+    out = reproductions.length_curves(root, str(tmp_path / "l.png"))
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
