@@ -12,7 +12,8 @@ page) and writes one PNG per task into ``<dir>``:
 * ``<task>_curves.png`` for every task: training-batch and validation accuracy against the
   training step, one colour per run;
 * ``mqar_width.png`` (when ``runs/mqar`` exists): the best test accuracy over the learning-rate
-  sweep against d_model, one line per mixer, every finished run a dot (Zoology's axes).
+  sweep against d_model, one line per mixer, every finished run a dot, one panel per test length
+  from 128 to 1024 (Zoology's axes).
 
 Seeds: ``python -m experiments.reproductions --seeds=docs/reproductions/runs/<task>
 [--split=validation]`` prints, per run name without its ``_s<seed>`` part, the number of seeds,
@@ -201,24 +202,37 @@ def mqar_table(task_dir: str, split: str = "L256_kv64") -> dict[str, dict[int, l
     return {k: dict(v) for k, v in acc.items()}
 
 
-def mqar_width(task_dir: str, out: str, *, split: str = "L256_kv64") -> str:
-    """Best (over the sweep) ``<split>/accuracy`` against d_model per mixer, each run as a dot.
+MQAR_PANELS = ("L128_kv32", "L256_kv64", "L512_kv128", "L1024_kv256")  # Zoology Fig. 2: one panel per length
+
+
+def mqar_width(task_dir: str, out: str, *, splits: tuple[str, ...] = MQAR_PANELS) -> str:
+    """Per test setting (a panel each), the best (over the sweep) accuracy against d_model per
+    mixer as a line, each finished run as a dot.
 
     Only runs that reached their test evaluation are drawn: an unfinished run has no point, so
     the dots say how much of the learning-rate sweep each width holds."""
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.subplots()
-    for i, (mixer, by_width) in enumerate(sorted(mqar_table(task_dir, split).items())):
-        widths = sorted(by_width)
-        color = f"C{i}"
-        ax.plot(widths, [100 * max(by_width[w]) for w in widths], marker="o", color=color, label=f"{mixer} (best finished run)")
-        xs = [w * (1 + 0.03 * (i - 1)) for w in widths for _ in by_width[w]]  # side by side per mixer
-        ax.scatter(xs, [100 * v for w in widths for v in by_width[w]], s=12, color=color, alpha=0.45)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("d_model")
-    ax.set_ylabel(f"{split} accuracy (%)")
-    ax.set_ylim(-2, 102)
-    return _save(fig, ax, out, "MQAR: best finished run per width (line), every finished run (dots)")
+    fig = Figure(figsize=(3.2 * len(splits), 3.6))
+    axes = fig.subplots(1, len(splits), sharey=True, squeeze=False)[0]
+    for ax, split in zip(axes, splits):
+        for i, (mixer, by_width) in enumerate(sorted(mqar_table(task_dir, split).items())):
+            widths = sorted(by_width)
+            color = f"C{i}"
+            ax.plot(widths, [100 * max(by_width[w]) for w in widths], marker="o", color=color,
+                    label=f"{mixer} (best finished run)")
+            xs = [w * (1 + 0.03 * (i - 1)) for w in widths for _ in by_width[w]]  # side by side per mixer
+            ax.scatter(xs, [100 * v for w in widths for v in by_width[w]], s=12, color=color, alpha=0.45)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("d_model")
+        ax.set_ylim(-2, 102)
+        length, pairs = re.fullmatch(r"L(\d+)_kv(\d+)", split).groups()
+        ax.set_title(f"length {length}, {pairs} pairs", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("MQAR: best finished run per width (lines), every finished run (dots)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
 
 
 # Plots beyond the learning curves, per task directory name: (file suffix, plot function).
