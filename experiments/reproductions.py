@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import re
+import statistics
 from collections import defaultdict
 
 from matplotlib.figure import Figure
@@ -111,10 +111,9 @@ def seed_summary(task_dir: str, split: str = "validation", key: str = "accuracy"
             out[group] = dict(seeds=[], values=[], n=0, mean=None, std=None, min=None, max=None, missing=missing)
             continue
         xs = list(have.values())
-        mean = sum(xs) / len(xs)
-        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
         out[group] = dict(seeds=sorted(have, key=lambda s: -1 if s is None else s), values=xs, n=len(xs),
-                          mean=mean, std=std, min=min(xs), max=max(xs), missing=missing)
+                          mean=statistics.mean(xs), std=statistics.stdev(xs) if len(xs) > 1 else None,
+                          min=min(xs), max=max(xs), missing=missing)
     if not any(r["n"] for r in out.values()):
         raise ValueError(f"reproductions: no run under {task_dir} has a {split!r} {key!r} evaluation")
     return out
@@ -126,9 +125,11 @@ def seed_markdown(summary: dict[str, dict], *, percent: bool = True) -> str:
     lines = ["| run | seeds | mean | std | min - max |", "|---|---|---|---|---|"]
     for group, r in summary.items():
         seeds = ", ".join("-" if s is None else str(s) for s in r["seeds"])
-        note = f" (no evaluation: {', '.join(r['missing'])})" if r["missing"] else ""
+        count = f"{r['n']}: {seeds}" if seeds else f"{r['n']}"
+        if r["missing"]:
+            count += f" (no evaluation: {', '.join(r['missing'])})"
         spread = "—" if r["n"] == 0 else f"{f(r['min'])} - {f(r['max'])}"
-        lines.append(f"| {group} | {r['n']}{': ' + seeds if seeds else ''}{note} | {f(r['mean'])} | {f(r['std'])} | {spread} |")
+        lines.append(f"| {group} | {count} | {f(r['mean'])} | {f(r['std'])} | {spread} |")
     return "\n".join(lines)
 
 
@@ -244,12 +245,17 @@ TASK_PLOTS = {
 
 def main(argv=None) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m experiments.reproductions", description=__doc__.split("\n\n")[0])
-    p.add_argument("dir", nargs="?", help="the directory holding runs/<task>/<run>/metrics.jsonl; PNGs are written there")
+    p.add_argument("dir", nargs="?",
+                   help="the directory holding runs/<task>/<run>/metrics.jsonl; PNGs are written there")
     p.add_argument("--seeds", metavar="TASK_DIR", help="print the mean and spread over seeds of the runs in TASK_DIR")
     p.add_argument("--split", default="validation", help="with --seeds: the evaluation (e.g. L256_kv64, len_4096)")
     a = p.parse_args(argv)
     if a.seeds:
-        print(seed_markdown(seed_summary(a.seeds, a.split)))
+        try:
+            summary = seed_summary(a.seeds, a.split)
+        except (FileNotFoundError, ValueError) as e:
+            p.error(f"--seeds={a.seeds} --split={a.split}: {e}")
+        print(seed_markdown(summary))
         return []
     if not a.dir:
         p.error("give the figures' directory (e.g. docs/reproductions), or --seeds=TASK_DIR")

@@ -102,8 +102,8 @@ def _command(path: str, run: Run, workdir: str, extra: Sequence[str]) -> list[st
 
 def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", extra: Sequence[str] = (),
               dry_run: bool = False, mps: bool = False, mem_fraction: float | None = None) -> list[dict[str, Any]]:
-    """Run every entry of the sweep (those whose name contains a comma-separated part of ``only``); return :func:`collect`'s rows,
-    with ``row["failed"]`` = the exit code of each run that failed.
+    """Run every entry of the sweep (those whose name contains a comma-separated part of ``only``);
+    return :func:`collect`'s rows, with ``row["failed"]`` = the exit code of each run that failed.
 
     ``mps``: run them through a CUDA MPS server of the sweep's own (:class:`MPSServer`).
     ``mem_fraction``: the share of each accelerator's memory the concurrent runs take together

@@ -369,3 +369,16 @@ def test_length_curves_draw_seeds_of_one_config_as_a_mean_with_a_band(tmp_path):
     out = reproductions.length_curves(root, str(tmp_path / "l.png"))
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeds_cli_names_the_argument_on_bad_input(tmp_path, capsys):
+    _write_run(str(tmp_path), "mamba_s0", [{"step": 2, "split": "validation", "accuracy": 0.5}])
+    for argv, match in (([f"--seeds={tmp_path / 'none'}"], "no runs directory"),
+                        ([f"--seeds={tmp_path}", "--split=len_64"], "has a 'len_64'")):
+        with pytest.raises(SystemExit) as e:
+            reproductions.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "--seeds=" in err and match in err
+    assert reproductions.main([f"--seeds={tmp_path}"]) == []
+    assert "| mamba | 1: 0 | 50.0 |" in capsys.readouterr().out
