@@ -5,8 +5,9 @@ tokens of the task's real shape (``experiments.data.random_tokens``: same length
 classes, two sequences for Retrieval), then ``benchmarks.timing.trainer_speed`` runs the trainer
 itself for ``--warmup + --steps`` steps. Rows: examples/s, tokens/s, seconds per epoch (the
 published train split over the batch), peak memory, compile time; and the epoch time against the
-state-spaces/s4 repository's reported minutes per epoch where it gives one (S4: ListOps 15 min on
-a T4, CIFAR 2 min and Pathfinder 7 min on an A100; the goal is 5x faster than those).
+state-spaces/s4 repository's reported minutes per epoch of S4 (``base.S4_REPO_NOTES``: ListOps
+15 min and Text 17 min on a T4; Retrieval 23 min, CIFAR 2 min, Pathfinder 7 min, Path-X 56 min on
+an A100; the goal is 5x faster than those).
 
     PYTHONPATH=$PWD python3 benchmarks/lra.py --json $OUT/lra.json [--task listops --mixer s4d ...]
     python -m benchmarks.lra --smoke     # a CPU check: 1-layer models at length <= 256
@@ -35,8 +36,6 @@ TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 # Published train split sizes (LRA release; Image = CIFAR-10's 45K after a 5K validation split,
 # Pathfinder / Path-X = 80% of 200K).
 TRAIN_EXAMPLES = dict(listops=96_000, text=25_000, retrieval=147_086, image=45_000, pathfinder=160_000, pathx=160_000)
-# state-spaces/s4 models/s4/experiments.md: minutes per epoch of S4 (device).
-S4_EPOCH_MINUTES = dict(listops=(15.0, "T4"), image=(2.0, "A100"), pathfinder=(7.0, "A100"))
 
 
 def _config(task: str, mixer: str, *, smoke: bool, dtype: str):
@@ -62,12 +61,17 @@ def row(task: str, mixer: str, args) -> dict:
     out = dict(task=task, mixer=mixer, batch=int(c.data.batch_size), seq_len=int(c.data.seq_len), dtype=args.dtype,
                n_layers=int(c.model.n_layers), d_model=int(c.model.d_model), epoch_s=epoch_s,
                backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), **speed)
-    if task in S4_EPOCH_MINUTES:
-        minutes, device = S4_EPOCH_MINUTES[task]
-        out["s4_repo_epoch_s"] = 60 * minutes
-        out["s4_repo_device"] = device
-        out["vs_s4_repo"] = 60 * minutes / epoch_s
-    return out
+    return {**out, **vs_s4_repo(task, epoch_s)}
+
+
+def vs_s4_repo(task: str, epoch_s: float) -> dict:
+    """The state-spaces/s4 repository's S4 epoch time on ``task`` (seconds, its GPU) and how many
+    times faster an epoch of ``epoch_s`` seconds is."""
+    from experiments.configs.lra import base
+
+    notes = base.S4_REPO_NOTES[task]
+    return dict(s4_repo_epoch_s=60 * notes["epoch_minutes"], s4_repo_device=notes["device"],
+                vs_s4_repo=60 * notes["epoch_minutes"] / epoch_s)
 
 
 def _row_in_child(task: str, mixer: str, a) -> dict:
@@ -108,7 +112,7 @@ def main(argv=None) -> list[dict]:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mem = r.get("peak_memory_bytes")
-        vs = f"{r['vs_s4_repo']:.1f}x ({r['s4_repo_device']})" if "vs_s4_repo" in r else "—"
+        vs = f"{r['vs_s4_repo']:.1f}x ({r['s4_repo_device']})"
         print(f"| {r['task']} | {r['mixer']} | {r['batch']} x {r['seq_len']} | {r['examples_per_sec']:.4g} | "
               f"{r['tokens_per_sec']:.4g} | {r['epoch_s']:.4g} | {vs} | {f'{mem / 2**30:.1f}' if mem else '—'} | "
               f"{r['compile_s']:.1f} |")

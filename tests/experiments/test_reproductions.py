@@ -14,7 +14,9 @@ import time
 import numpy as np
 import pytest
 
+from benchmarks import lra as benchmarks_lra
 from experiments import reproductions, sweep
+from experiments.configs.lra import base as lra_base
 from experiments.metrics import read_metrics
 from tests.experiments.conftest import REPO
 
@@ -324,6 +326,12 @@ def test_the_lra_epoch_time_table_in_the_docs_is_the_recorded_rows():
         if cells[7]:
             assert float(cells[7]) == round(r["peak_memory_bytes"] / 1e9, 1), cells[:2]
             assert int(cells[8]) == round(r["compile_s"]), cells[:2]
+        # every row against the s4 repository's epoch time (one table of them: base.S4_REPO_NOTES)
+        notes = lra_base.S4_REPO_NOTES[r["task"]]
+        vs = benchmarks_lra.vs_s4_repo(r["task"], r["epoch_s"])["vs_s4_repo"]
+        assert cells[9] == f"{vs:.1f}x ({notes['epoch_minutes']:g} min, {notes['device']})", cells[:2]
+        if "vs_s4_repo" in r:  # rows recorded with the ratio: the same one
+            assert r["vs_s4_repo"] == pytest.approx(vs), cells[:2]
         checked += 1
     assert checked == len(recorded) == 27
 

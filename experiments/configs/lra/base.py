@@ -124,6 +124,18 @@ ACCURACY = {
     "pathx": dict(s4=96.35, s4d=91.95, s5=98.58),
 }
 
+# state-spaces/s4 models/s4/experiments.md, the table "to help reproduce results and sanity
+# check" of its S4 runs with these recipes: approximate final accuracy (%), the accuracy reached
+# by an epoch (``at_epoch`` = (epoch, %)), and minutes per epoch on the GPU it names.
+S4_REPO_NOTES = {
+    "listops": dict(final=59.5, at_epoch=(10, 50.0), epoch_minutes=15.0, device="T4"),
+    "text": dict(final=86.5, at_epoch=(10, 80.0), epoch_minutes=17.0, device="T4"),
+    "retrieval": dict(final=91.0, at_epoch=(10, 80.0), epoch_minutes=23.0, device="A100"),
+    "image": dict(final=88.5, at_epoch=(20, 80.0), epoch_minutes=2.0, device="A100"),
+    "pathfinder": dict(final=94.0, at_epoch=(20, 90.0), epoch_minutes=7.0, device="A100"),
+    "pathx": dict(final=96.0, at_epoch=(10, 92.0), epoch_minutes=56.0, device="A100"),
+}
+
 # Registered dataset of each task.
 DATASETS = {
     "listops": "lra_listops",
