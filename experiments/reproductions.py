@@ -15,6 +15,15 @@ page) and writes one PNG per task into ``<dir>``:
   sweep against d_model, one line per mixer, every finished run a dot, one panel per test length
   from 128 to 1024 (Zoology's axes).
 
+* ``lra_<task>_curves.png`` for the Long Range Arena tasks (``runs/lra_<task>``) instead of the
+  step curves: validation and test accuracy against the epoch, with state-spaces/s4's notes for
+  that task (its S4 run's accuracy by an epoch and its final accuracy) and the papers' S4 / S4D
+  test accuracy, to compare the curve and not only the end.
+
+LRA: ``python -m experiments.reproductions --lra=docs/reproductions/runs/lra_<task>`` prints per
+run the epochs trained, the validation accuracy at the s4 notes' epoch, the best validation
+accuracy and the test accuracy of that evaluation, beside the published numbers.
+
 Seeds: ``python -m experiments.reproductions --seeds=docs/reproductions/runs/<task>
 [--split=validation]`` prints, per run name without its ``_s<seed>`` part, the number of seeds,
 the mean, the sample standard deviation and the range of the last ``<split>`` accuracy: the
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import re
 import statistics
@@ -34,8 +44,8 @@ from matplotlib.figure import Figure
 
 from experiments.metrics import read_metrics
 
-__all__ = ["learning_curves", "length_curves", "length_table", "main", "mqar_table", "mqar_width", "seed_groups",
-           "seed_markdown", "seed_summary"]
+__all__ = ["learning_curves", "length_curves", "length_table", "lra_curves", "lra_markdown", "lra_table", "main",
+           "mqar_table", "mqar_width", "seed_groups", "seed_markdown", "seed_summary"]
 
 
 def _runs(task_dir: str) -> dict[str, list[dict]]:
@@ -236,11 +246,116 @@ def mqar_width(task_dir: str, out: str, *, splits: tuple[str, ...] = MQAR_PANELS
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Long Range Arena: accuracy against the epoch, beside the published checkpoints
+
+
+def _run_config(task_dir: str, name: str) -> dict:
+    path = os.path.join(task_dir, name, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reproductions: {path} is missing (the trainer writes it beside metrics.jsonl)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _lra_epochs(config: dict) -> tuple[str | None, float]:
+    """``(task, examples per epoch)`` of an LRA run's config: the task from its dataset, the epoch
+    from its recipe (a run with another batch size still counts epochs of training examples)."""
+    from experiments.configs.lra import base
+
+    task = base.task_of_dataset(config["data"]["name"])
+    recipe = base.S4_PUBLISHED[task if task else "pathfinder"]  # other Pathfinder sizes: its recipe
+    return task, base.steps_per_epoch(task or "pathfinder") * recipe["batch_size"]
+
+
+def lra_table(task_dir: str) -> dict[str, dict]:
+    """Per LRA run: ``epochs`` trained (at its last evaluation); ``at_checkpoint`` the validation
+    accuracy at the epoch state-spaces/s4's notes give one for (None before it);
+    ``best_validation``, its ``best_epoch`` and ``test_at_best`` (the test accuracy of that
+    evaluation: the number the papers report); ``last_test``; and ``notes``, the s4 repository's
+    (``base.S4_REPO_NOTES``, None for a task it has none for)."""
+    from experiments.configs.lra import base
+
+    out = {}
+    for name, records in _runs(task_dir).items():
+        config = _run_config(task_dir, name)
+        task, per_epoch = _lra_epochs(config)
+        epoch = lambda step: step * config["data"]["batch_size"] / per_epoch
+        val = {r["step"]: r["accuracy"] for r in records if r["split"] == "validation" and "accuracy" in r}
+        test = {r["step"]: r["accuracy"] for r in records if r["split"] == "test" and "accuracy" in r}
+        notes = base.S4_REPO_NOTES.get(task) if task else None
+        row = dict(task=task, epochs=epoch(max(val)) if val else 0.0, at_checkpoint=None, best_validation=None,
+                   best_epoch=None, test_at_best=None, last_test=test[max(test)] if test else None, notes=notes)
+        if val:
+            best = max(val, key=lambda s: (val[s], -s))  # the first evaluation reaching the best
+            row.update(best_validation=val[best], best_epoch=epoch(best), test_at_best=test.get(best))
+            if notes:
+                reached = [s for s in val if epoch(s) <= notes["at_epoch"][0] + 1e-9]
+                if epoch(max(val)) >= notes["at_epoch"][0] - 1e-9 and reached:
+                    row["at_checkpoint"] = val[max(reached)]
+        out[name] = row
+    return out
+
+
+def lra_markdown(table: dict[str, dict]) -> str:
+    """:func:`lra_table` as markdown: ours against the s4 repository's notes and the papers."""
+    from experiments.configs.lra import base
+
+    f = lambda v: "—" if v is None else f"{100 * v:.1f}"
+    lines = ["| run | epochs | val. at the s4 checkpoint (s4) | best val. (epoch) | test at best val. | "
+             "published test (S4 / S4D) |", "|---|---|---|---|---|---|"]
+    for name, r in table.items():
+        notes, published = r["notes"], base.ACCURACY.get(r["task"] or "")
+        check = "—" if not notes else (f"{f(r['at_checkpoint'])} at epoch {notes['at_epoch'][0]} "
+                                       f"({notes['at_epoch'][1]:g})")
+        best = "—" if r["best_validation"] is None else f"{f(r['best_validation'])} ({r['best_epoch']:.0f})"
+        paper = "—" if not published else f"{published['s4']:.2f} / {published['s4d']:.2f}"
+        lines.append(f"| {name} | {r['epochs']:.1f} | {check} | {best} | {f(r['test_at_best'])} | {paper} |")
+    return "\n".join(lines)
+
+
+def lra_curves(task_dir: str, out: str) -> str:
+    """Validation (line) and test (hollow markers) accuracy against the epoch, one colour per run,
+    with state-spaces/s4's notes for the task (its S4 run's accuracy at an epoch, a star, and its
+    final accuracy, a dotted line) and the papers' S4 / S4D test accuracy (dashed)."""
+    from experiments.configs.lra import base
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    tasks = set()
+    for i, (name, records) in enumerate(_runs(task_dir).items()):
+        config = _run_config(task_dir, name)
+        task, per_epoch = _lra_epochs(config)
+        tasks.add(task)
+        scale = config["data"]["batch_size"] / per_epoch
+        color = f"C{i % 10}"
+        for split, style in (("validation", dict(marker="o", markersize=3)),
+                             ("test", dict(marker="o", markersize=4, linestyle="none", fillstyle="none"))):
+            pts = sorted((r["step"] * scale, 100 * r["accuracy"]) for r in records
+                         if r["split"] == split and "accuracy" in r)
+            if pts:
+                ax.plot(*zip(*pts), color=color, label=f"{name} ({split})", **style)
+    for task in sorted(t for t in tasks if t):
+        notes, published = base.S4_REPO_NOTES[task], base.ACCURACY[task]
+        ax.plot(*notes["at_epoch"], marker="*", markersize=11, color="black", linestyle="none",
+                label=f"state-spaces/s4 notes: ~{notes['at_epoch'][1]:g}% by epoch {notes['at_epoch'][0]}")
+        ax.axhline(notes["final"], color="black", linestyle=":", linewidth=1,
+                   label=f"state-spaces/s4 notes: final ~{notes['final']:g}%")
+        for mixer, style in (("s4", "--"), ("s4d", "-.")):
+            ax.axhline(published[mixer], color="gray", linestyle=style, linewidth=1,
+                       label=f"published {mixer.upper()} test {published[mixer]:.2f}%")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    return _save(fig, ax, out, f"{os.path.basename(os.path.normpath(task_dir))}: validation (lines), test (circles)",
+                 legend_outside=True)
+
+
 # Plots beyond the learning curves, per task directory name: (file suffix, plot function).
 TASK_PLOTS = {
     "induction_heads": (("lengths", functools.partial(length_curves, train_length=256)),),
     "mqar": (("width", mqar_width),),
 }
+LRA_PREFIX = "lra_"  # runs/lra_<task>/<run>: an LRA task's runs, drawn by :func:`lra_curves`
 
 
 def main(argv=None) -> list[str]:
@@ -249,7 +364,16 @@ def main(argv=None) -> list[str]:
                    help="the directory holding runs/<task>/<run>/metrics.jsonl; PNGs are written there")
     p.add_argument("--seeds", metavar="TASK_DIR", help="print the mean and spread over seeds of the runs in TASK_DIR")
     p.add_argument("--split", default="validation", help="with --seeds: the evaluation (e.g. L256_kv64, len_4096)")
+    p.add_argument("--lra", metavar="TASK_DIR",
+                   help="print the LRA table of the runs in TASK_DIR (epochs, the s4 checkpoint, best validation, test)")
     a = p.parse_args(argv)
+    if a.lra:
+        try:
+            table = lra_table(a.lra)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            p.error(f"--lra={a.lra}: {e}")
+        print(lra_markdown(table))
+        return []
     if a.seeds:
         try:
             summary = seed_summary(a.seeds, a.split)
@@ -265,6 +389,9 @@ def main(argv=None) -> list[str]:
     written = []
     for task in sorted(os.listdir(runs)):
         task_dir = os.path.join(runs, task)
+        if task.startswith(LRA_PREFIX):  # epochs, not steps, against the s4 repository's notes
+            written.append(lra_curves(task_dir, os.path.join(a.dir, f"{task}_curves.png")))
+            continue
         written.append(learning_curves(task_dir, os.path.join(a.dir, f"{task}_curves.png")))
         for suffix, plot in TASK_PLOTS.get(task, ()):
             written.append(plot(task_dir, os.path.join(a.dir, f"{task}_{suffix}.png")))

@@ -390,3 +390,53 @@ def test_seeds_cli_names_the_argument_on_bad_input(tmp_path, capsys):
         assert "--seeds=" in err and match in err
     assert reproductions.main([f"--seeds={tmp_path}"]) == []
     assert "| mamba | 1: 0 | 50.0 |" in capsys.readouterr().out
+
+
+def _write_lra_run(root, name, *, dataset, batch_size, rows):
+    _write_run(root, name, rows)
+    with open(os.path.join(root, name, "config.json"), "w") as f:
+        json.dump({"data": {"name": dataset, "batch_size": batch_size}}, f)
+
+
+def test_lra_table_counts_epochs_and_reads_the_checkpoint_and_the_best_evaluation(tmp_path):
+    root = str(tmp_path / "lra_listops")
+    per_epoch = lra_base.steps_per_epoch("listops")  # 3,000 steps of 32: the s4 notes' "50 @ 10" is step 30,000
+    assert per_epoch * lra_base.S4_PUBLISHED["listops"]["batch_size"] == 96_000
+    val = {1: 0.20, 5: 0.40, 10: 0.51, 11: 0.58, 12: 0.58, 13: 0.55}  # epoch -> validation accuracy
+    rows = []
+    for e, acc in val.items():
+        rows += [{"step": e * per_epoch, "split": "validation", "accuracy": acc},
+                 {"step": e * per_epoch, "split": "test", "accuracy": acc - 0.01 * e}]
+    _write_lra_run(root, "s4d_s0", dataset="lra_listops", batch_size=32, rows=rows)
+    # batch 64: an epoch is half the steps; cut off at epoch 8, before the checkpoint epoch
+    _write_lra_run(root, "s4_s0", dataset="lra_listops", batch_size=64,
+                   rows=[{"step": 8 * per_epoch // 2, "split": "validation", "accuracy": 0.3}])
+    table = reproductions.lra_table(root)
+    r = table["s4d_s0"]
+    assert r["task"] == "listops" and r["epochs"] == 13 and r["at_checkpoint"] == 0.51
+    assert r["best_validation"] == 0.58 and r["best_epoch"] == 11  # the first evaluation at the best
+    assert r["test_at_best"] == pytest.approx(0.58 - 0.11) and r["last_test"] == pytest.approx(0.55 - 0.13)
+    assert r["notes"] == lra_base.S4_REPO_NOTES["listops"]
+    cut = table["s4_s0"]
+    assert cut["epochs"] == 8 and cut["at_checkpoint"] is None and cut["test_at_best"] is None
+    md = reproductions.lra_markdown(table)
+    assert "| s4d_s0 | 13.0 | 51.0 at epoch 10 (50) | 58.0 (11) | 47.0 | 59.60 / 60.47 |" in md
+    assert "| s4_s0 | 8.0 | — at epoch 10 (50) | 30.0 (8) | — | 59.60 / 60.47 |" in md
+    with open(reproductions.lra_curves(root, str(tmp_path / "c.png")), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lra_runs_are_drawn_by_epoch_and_the_lra_cli_names_its_argument(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _write_lra_run(str(runs / "lra_pathfinder"), "s4d_s0", dataset="lra_pathfinder32", batch_size=64,
+                   rows=[{"step": 2500, "split": "validation", "accuracy": 0.6}])
+    _write_run(str(runs / "induction_heads"), "mamba_s0", [{"step": 9, "split": "len_64", "accuracy": 1.0}])
+    written = reproductions.main([str(tmp_path)])
+    assert sorted(os.path.basename(p) for p in written) == ["induction_heads_curves.png", "induction_heads_lengths.png",
+                                                            "lra_pathfinder_curves.png"]
+    assert reproductions.main([f"--lra={runs / 'lra_pathfinder'}"]) == []
+    assert "| s4d_s0 | 1.0 | — at epoch 20 (90) | 60.0 (1) | — | 94.20 / 93.06 |" in capsys.readouterr().out
+    _write_run(str(runs / "lra_text"), "s4_s0", [{"step": 1, "split": "validation", "accuracy": 0.5}])  # no config.json
+    with pytest.raises(SystemExit) as e:
+        reproductions.main([f"--lra={runs / 'lra_text'}"])
+    assert e.value.code == 2 and "--lra=" in (err := capsys.readouterr().err) and "config.json is missing" in err

@@ -196,6 +196,19 @@ def encoder_fields(mixer: str, task: str) -> dict:
     return dict(encoder="linear", pixel_mean=mean, pixel_std=std)
 
 
+def steps_per_epoch(task: str) -> int:
+    """Training steps of one epoch of ``task``'s recipe (its schedule length over its epochs, at
+    its batch size: ListOps 120,000 / 40 = 3,000 steps of 32 = the 96,000 training examples)."""
+    p = S4_PUBLISHED[task]
+    return max(1, p["total_steps"] // p["epochs"])
+
+
+def task_of_dataset(name: str) -> str | None:
+    """The LRA task whose registered dataset is ``name`` (``lra_listops`` -> ``listops``), else None
+    (e.g. Pathfinder at a size other than 32)."""
+    return {v: k for k, v in DATASETS.items()}.get(name)
+
+
 def docstring_results(task: str) -> str:
     a = ACCURACY[task]
     return f"S4 {a['s4']:.2f}, S4D-LegS {a['s4d']:.2f}, S5 {a['s5']:.2f}"
@@ -226,10 +239,9 @@ def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extr
     c = common.base_config()
     c.seed = 0
     c.total_steps = p["total_steps"]
-    steps_per_epoch = max(1, p["total_steps"] // p["epochs"])
     c.log_every = 100
-    c.eval_every = steps_per_epoch
-    c.checkpoint_every = steps_per_epoch
+    c.eval_every = steps_per_epoch(task)
+    c.checkpoint_every = steps_per_epoch(task)
 
     c.data = dict(
         name=dataset,
