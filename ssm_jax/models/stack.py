@@ -42,11 +42,27 @@ __all__ = ["make_layers", "run_layers", "stack_layers", "stacked_init_cache", "u
 
 log = logging.getLogger(__name__)
 
+def _real_only(policy, name: str):
+    """``policy``, but never saving a complex product. jax 0.11.2's remat puts a
+    ``reduce_precision`` on every saved residual, which refuses complex dtypes: S4's discretization
+    (complex matmuls of ``(h, 2n, 2n)`` matrices, on the packed-sequence path) failed under
+    ``remat="dots"``. Those products are small and recomputed instead."""
+
+    def saveable(prim, *avals, **params):
+        if any(jnp.issubdtype(getattr(a, "dtype", jnp.float32), jnp.complexfloating) for a in avals):
+            return False
+        return policy(prim, *avals, **params)
+
+    saveable.__qualname__ = saveable.__name__ = name  # what a jaxpr prints for the policy
+    return saveable
+
+
 # config.remat -> jax.checkpoint policy (what the backward keeps of a block's forward).
 _POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": _real_only(jax.checkpoint_policies.checkpoint_dots, "real_dots_saveable"),
+    "dots_no_batch": _real_only(jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                                "real_dots_with_no_batch_dims_saveable"),
 }
 assert set(REMAT_POLICIES) == {"none", *_POLICIES}
 
