@@ -57,6 +57,15 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
+def _attend(q, k, v, *, mask=None, is_causal=False):
+    """``jax.nn.dot_product_attention``; float16 on a CPU backend computed in float32 (XLA:CPU
+    rejects its float16 x float16 -> float32 products under jit), the result back in float16."""
+    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":
+        f32 = lambda t: t.astype(jnp.float32)
+        return jax.nn.dot_product_attention(f32(q), f32(k), f32(v), mask=mask, is_causal=is_causal).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+
+
 class MultiHeadAttention(nnx.Module):
     """Multi-head attention with RoPE; causal or bidirectional; packed sequences via ``segment_ids``.
 
@@ -121,8 +130,7 @@ class MultiHeadAttention(nnx.Module):
             positions = segment_positions(segment_ids)
             mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # (b, 1, l, l)
         q, k, v = self._qkv(x, positions)
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
-        return self._out(y)
+        return self._out(_attend(q, k, v, mask=mask, is_causal=self.causal))
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -140,13 +148,14 @@ class MultiHeadAttention(nnx.Module):
         shape = (batch_size, max_length, self.num_heads, self.head_dim)
         return AttentionCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
-    def prefill(self, x: jax.Array, cache: AttentionCache) -> tuple[jax.Array, AttentionCache]:
+    def prefill(self, x: jax.Array, cache: AttentionCache, *, op: str = "MultiHeadAttention.prefill"
+                ) -> tuple[jax.Array, AttentionCache]:
         """Causal forward of ``x (b, l, e)`` continuing ``cache``; returns ``(y, cache)``.
 
         Attends over the whole cache buffer, masked to positions ``<=`` each query's, so it also
         serves chunked prefill. Positions ``index .. index + l - 1`` must fit in the cache.
+        ``op`` names the caller in errors.
         """
-        op = "MultiHeadAttention.prefill"
         x, _ = check_sequence(op, x, self.d_model)
         b, l, _ = x.shape
         max_length = cache.k.shape[1]
@@ -163,7 +172,7 @@ class MultiHeadAttention(nnx.Module):
         k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
         v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.index, 0, 0))
         mask = jnp.arange(max_length)[None, :] <= positions[0][:, None]  # (l, max_length)
-        y = self._out(jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None]))
+        y = self._out(_attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None]))
         # Under jit the index is traced and the check above cannot run: dynamic_update_slice would
         # clamp the write onto the last slots. Poison those positions' outputs instead.
         past_end = positions[0] >= max_length  # (l,)
@@ -174,5 +183,5 @@ class MultiHeadAttention(nnx.Module):
         """One token ``x (b, e)`` -> ``(y (b, e), cache)``; writes position ``cache.index``, which
         must be below the cache's ``max_length``."""
         x = check_step("MultiHeadAttention.step", x, self.d_model)
-        y, cache = self.prefill(x[:, None, :], cache)
+        y, cache = self.prefill(x[:, None, :], cache, op="MultiHeadAttention.step")
         return y[:, 0], cache

@@ -166,7 +166,7 @@ def test_attention_refuses_to_decode_past_its_cache(rng):
     for t in range(4):
         yt, cache = layer.step(x[:, t], cache)
         assert_close(yt, y[:, t], name=f"step {t}")
-    with pytest.raises(ValueError, match=r"MultiHeadAttention.prefill: the KV cache holds max_length=4 positions and 4 "
+    with pytest.raises(ValueError, match=r"MultiHeadAttention.step: the KV cache holds max_length=4 positions and 4 "
                                          r"are written; 1 more \(positions 4..4\) do not fit"):
         layer.step(x[:, 4], cache)
     with pytest.raises(ValueError, match=r"positions 2..5\) do not fit"):
@@ -255,6 +255,17 @@ def test_bf16_compute_close_to_fp32(kind, rng):
     assert y16.dtype == jnp.bfloat16
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(layer16, nnx.Param)))
     assert_close(y16.astype(jnp.float32), y32, tol=5e-2, name=f"{kind} bf16")
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_fp16_compute_under_jit_close_to_fp32(kind, rng):
+    """float16 layers compiled on every backend: XLA:CPU refused attention's float16 products
+    under jit (the eager call worked), so ``generate`` failed for float16 attention models."""
+    x = jnp.asarray(_x(rng))
+    y32 = call(make(kind), x)
+    y16 = nnx.jit(lambda m, x: m(x))(make(kind, dtype="float16"), x.astype(jnp.float16))
+    assert y16.dtype == jnp.float16
+    assert_close(y16.astype(jnp.float32), y32, tol=1e-2, name=f"{kind} fp16")
 
 
 # --------------------------------------------------------------------------------------------
