@@ -184,7 +184,10 @@ def _bcast(v, shape, dims, layout):
 
 def _softplus(u):
     # log(1 + e^u) = max(u, 0) + log(1 + e^-|u|): no overflow, and log's argument is in [1, 2].
-    return jnp.maximum(u, 0.0) + jnp.log(1.0 + jnp.exp(-jnp.abs(u)))
+    # Below u = -15, log(1 + e^u) rounds to 0 in fp32 (1 + e^u == 1 past ~-16.6) while softplus
+    # is e^u to fp32 precision (relative error e^u / 2 < 2e-7): there e = e^-|u| = e^u itself.
+    e = jnp.exp(-jnp.abs(u))
+    return jnp.maximum(u, 0.0) + jnp.where(u < -15.0, e, jnp.log(1.0 + e))
 
 
 def _sigmoid(z):

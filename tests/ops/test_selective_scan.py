@@ -329,6 +329,9 @@ class SelectiveScanContract:
     EXTREMES = {
         # name: overrides of make_inputs and transforms of dt and A
         "dt_to_zero": dict(dt_fn=lambda dt: dt * 0 - 40.0),  # softplus(-40 + bias) ~ 1e-17
+        # softplus(-20 +- 1) ~ 1e-9, where log(1 + e^u) rounds to 0 in float32: with no D and no
+        # initial state y is made of those tiny steps alone (a kernel's softplus once returned 0)
+        "dt_underflows_log1p": dict(inputs=dict(D=False, initial_state=False), dt_fn=lambda dt: 0.5 * dt - 20.0),
         "raw_dt_zero": dict(softplus=False, dt_fn=lambda dt: dt * 0),
         "large_dt_negative_A": dict(dt_fn=lambda dt: dt * 0 + 80.0, A_fn=lambda A: A * 10),  # decay 0
         "A_near_zero": dict(A_fn=lambda A: A * 1e-7),  # decay 1 - 1e-7 dt: the state only adds up
@@ -339,7 +342,8 @@ class SelectiveScanContract:
     def test_extreme_inputs_are_finite_and_correct(self, rng, case):
         c = self.EXTREMES[case]
         softplus = c.get("softplus", True)
-        args, kw = make_inputs(rng, **c.get("shape", STD), dt_softplus=softplus, dt_bias=softplus, segment_ids=False)
+        args, kw = make_inputs(rng, **c.get("shape", STD), **c.get("inputs", {}), dt_softplus=softplus, dt_bias=softplus,
+                               segment_ids=False)
         args["dt"] = c.get("dt_fn", lambda v: v)(args["dt"]).astype(np.float32)
         args["A"] = c.get("A_fn", lambda v: v)(args["A"]).astype(np.float32)
         arrays, static = split_kw(args, kw)

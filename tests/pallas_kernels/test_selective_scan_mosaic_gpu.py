@@ -41,7 +41,7 @@ from tests.ops.test_selective_scan import (
 # the contract costs minutes. `make test` keeps every option combination (the 16-row grid), the
 # all-options gradient check (segment ids included), bfloat16 and the decay-underflow extreme; the other
 # repetitions of the same kernel paths are `slow` here (the GPU run executes them compiled).
-FAST_EXTREMES = ("large_dt_negative_A",)
+FAST_EXTREMES = ("large_dt_negative_A", "dt_underflows_log1p")
 
 
 class TestMosaicGPU(SelectiveScanContract):
