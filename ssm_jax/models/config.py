@@ -68,7 +68,9 @@ class _StackConfig(Config):
     (attention every 6th layer: 4 repeats of 6); a stack that does not repeat is still scanned,
     once, and gains nothing (the model logs that). ``remat`` recomputes each block's activations
     in the backward pass instead of keeping them (``REMAT_POLICIES``), scanned or not. Neither
-    changes the values computed; see :mod:`ssm_jax.models.stack`.
+    changes the values computed; see :mod:`ssm_jax.models.stack`. On a CPU backend, a mixer whose
+    ``impl`` names a Pallas kernel (interpret mode, which ``jax.checkpoint`` cannot differentiate)
+    runs without remat, with a warning (:func:`ssm_jax.models.stack.effective_remat`).
     """
 
     vocab_size: int

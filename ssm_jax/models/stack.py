@@ -136,6 +136,38 @@ def _stack_module(blocks: list[nnx.Module]) -> nnx.Module:
     return nnx.merge(graphdef, jax.tree.map(lambda *vs: _stack_leaf(vs), *states, is_leaf=_is_var))
 
 
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _interpreted_kernels(config) -> list[str]:
+    """The ``<mixer>.impl`` settings that run a Pallas kernel in interpret mode here: a kernel
+    named explicitly on a CPU backend ("auto" never picks interpret mode)."""
+    if jax.default_backend() != "cpu":
+        return []
+    found = []
+    for mixer in dict.fromkeys(config.mixers):
+        impl = getattr(getattr(config, mixer, None), "impl", "")
+        if isinstance(impl, str) and impl.startswith("pallas"):
+            found.append(f"{mixer}.impl={impl!r}")
+    return found
+
+
+def effective_remat(config, remat: str) -> str:
+    """``remat``, or "none" where jax cannot differentiate it: a kernel in interpret mode calls
+    back into Python (an IO effect), and ``jax.checkpoint`` refuses effects in its backward
+    (jax 0.11.2: "Effects not supported in AD of checkpoint/remat"). Remat changes no value,
+    only the memory the backward keeps, so the blocks run without it, with a warning."""
+    interpreted = _interpreted_kernels(config) if remat != "none" else []
+    if interpreted:
+        if (remat, *interpreted) not in _WARNED:  # once per setting, not once per call
+            _WARNED.add((remat, *interpreted))
+            log.warning("remat=%r is off for this model on the CPU backend: %s runs the Pallas kernel in "
+                        "interpret mode, which jax.checkpoint cannot differentiate. Values are the same; the "
+                        "backward keeps every activation.", remat, ", ".join(interpreted))
+        return "none"
+    return remat
+
+
 def _checkpoint(fn: Callable, remat: str, *, in_scan: bool) -> Callable:
     if remat == "none":
         return fn
@@ -158,6 +190,7 @@ def run_layers(
     with the leading ``layers`` axis, scanned), e.g. decoding caches; ``None`` for nothing.
     ``remat`` wraps each block (scanned: each scan step) in ``jax.checkpoint`` with that policy.
     """
+    remat = effective_remat(config, remat)
     xs = (None,) * len(layers) if xs is None else tuple(xs)
     if len(xs) != len(layers):
         raise ValueError(f"run_layers: got {len(xs)} inputs (e.g. caches) for {len(layers)} layer entries")

@@ -259,3 +259,25 @@ def test_scanned_program_does_not_grow_with_depth():
 
     assert size(8, True) < 1.1 * size(2, True)
     assert size(8, False) > 1.5 * size(2, False)
+
+
+def test_remat_is_off_for_interpreted_kernels_on_cpu(monkeypatch):
+    """A Pallas kernel named explicitly runs in interpret mode on a CPU, which jax.checkpoint
+    cannot differentiate (an IO effect): the model trains without remat there, and says so once."""
+    from ssm_jax.models import stack
+
+    def cfg(**kw):
+        return LanguageModelConfig(vocab_size=V, d_model=8, n_layers=2, mixer="mamba2",
+                                   mamba2=dataclasses.replace(SMALL["mamba2"], impl="pallas_tpu"), **kw)
+
+    warnings = []
+    monkeypatch.setattr(stack, "_WARNED", set())
+    monkeypatch.setattr(stack.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    base, remat_model = LanguageModel(cfg(), rngs=nnx.Rngs(5)), LanguageModel(cfg(remat="full"), rngs=nnx.Rngs(5))
+    assert stack.effective_remat(lm_config("mamba2"), "full") == "full"  # impl "auto": XLA on a CPU
+    ids = _ids()
+    (l0, g0), (l1, g1) = value_and_grad(base, ids), value_and_grad(remat_model, ids)
+    assert stack.effective_remat(remat_model.config, "full") == "none"
+    assert_close(l1, l0, name="loss")
+    _assert_states_close(g1, g0, "gradient")
+    assert len(warnings) == 1 and "remat='full'" in warnings[0] and "mamba2.impl='pallas_tpu'" in warnings[0], warnings
