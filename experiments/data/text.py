@@ -3,9 +3,10 @@
 Registered dataset ``text`` (task ``"lm"``). ``data.*`` keys::
 
     corpus               str    "stdlib" (default: the Python standard library's .py files, no
-                                download), a file, a directory (every file below it), a glob
-                                ("data/**/*.txt"), or "tfds:<name>[/<config>]" (a TFDS catalog
-                                dataset, prepared in data_dir)
+                                download), a file, a directory (every text file below it), a
+                                glob ("data/**/*.txt"; the text files it matches), or
+                                "tfds:<name>[/<config>]" (a TFDS catalog dataset, prepared in
+                                data_dir)
     tokenizer            str    "byte" (UTF-8 bytes, 258 ids) or a SentencePiece .model path
     seq_len              int    tokens per packed sequence
     validation_fraction  float  share of files held out for "validation" (file corpora)
@@ -15,11 +16,22 @@ Registered dataset ``text`` (task ``"lm"``). ``data.*`` keys::
     cache_dir            str    where SentencePiece token arrays are cached ("" = ~/.cache/ssm_jax)
     num_threads          int    grain reader threads
 
-Splitting: a file belongs to validation when ``crc32(relative path) % 10_000 <
-validation_fraction * 10_000`` -- stable when files are added or removed. A corpus of one file
-is split by position instead (its last ``validation_fraction`` of lines). TFDS corpora use their
-own ``train`` and ``validation`` (or ``test``) splits. ``test`` is the validation split for file
-corpora.
+Text files: a directory or glob corpus skips every file that is not text -- a NUL byte or bytes
+that are not UTF-8 in its first 8 KiB (checkpoints, TensorBoard event files, archives) -- with
+one warning giving the count and an example; none left is an error. A file named directly, and
+the stdlib corpus, are taken as they are.
+
+Splitting: a file's key is ``crc32(relative path) % 10_000``, the path taken relative to a root
+that does not depend on which files exist: the directory of a directory corpus, the pattern's
+leading folders without glob characters for a glob (``data/`` for ``data/**/*.txt``), the
+standard library's folder for stdlib. A file belongs to validation when its key is below
+``round(validation_fraction * 10_000)``, to train otherwise; no file is in both. Stable: adding
+or removing files never moves another file between the splits -- except that when no file's key
+is below the threshold (a few files, a small fraction), the one file with the lowest key (ties:
+its relative path) is validation instead, so that file can return to train when a file is added.
+A corpus of one file is split by position instead (its last ``validation_fraction`` of lines).
+TFDS corpora use their own ``train`` and ``validation`` (or ``test``) splits. ``test`` is the
+validation split for file corpora.
 
 Packing (concatenate, then split): each document becomes ``[BOS] + tokens``; documents are
 concatenated in order and cut into windows of ``seq_len + 1`` tokens overlapping by one, so
@@ -35,9 +47,12 @@ reported numbers; :func:`dataset_info` gives ``vocab_size`` and the corpus's tok
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
+import itertools
 import json
+import logging
 import math
 import os
 import sysconfig
@@ -95,22 +110,73 @@ def _stdlib_files() -> tuple[Path, list[Path]]:
 
 
 def _corpus_files(corpus: str) -> tuple[Path, list[Path]]:
+    """``(root, files)``: the corpus's files, sorted, and the root their split keys are relative to."""
     if corpus == "stdlib":
         return _stdlib_files()
     path = Path(corpus).expanduser()
     if path.is_file():
         return path.parent, [path]
     if path.is_dir():
-        return path, sorted(p for p in path.rglob("*") if p.is_file())
-    matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(corpus), recursive=True) if Path(p).is_file())
-    if not matches:
-        raise FileNotFoundError(f"text: corpus {corpus!r} is not 'stdlib', 'tfds:<name>', a file, a directory or a glob matching files")
-    root = Path(os.path.commonpath([str(p.parent) for p in matches]))
-    return root, matches
+        return path, _text_files(corpus, sorted(p for p in path.rglob("*") if p.is_file()))
+    pattern = os.path.expanduser(corpus)
+    matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    return _glob_root(pattern), _text_files(corpus, matches)
 
 
-def _is_validation(relpath: str, fraction: float) -> bool:
-    return zlib.crc32(relpath.encode()) % 10_000 < round(fraction * 10_000)
+def _glob_root(pattern: str) -> Path:
+    """The pattern's leading folders without glob characters: fixed by the pattern alone, so the
+    split key of a matched file does not change when another file starts or stops matching."""
+    literal = itertools.takewhile(lambda part: not any(c in part for c in "*?["), Path(pattern).parts[:-1])
+    return Path(*literal)  # Path() is ".", the folder relative matches are relative to
+
+
+_SNIFF_BYTES = 8192
+_warned_skips: set[str] = set()
+
+
+def _is_text(path: Path) -> bool:
+    """No NUL byte and valid UTF-8 in the first 8 KiB (a character cut at 8 KiB is allowed)."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES + 1)
+    if b"\0" in head[:_SNIFF_BYTES]:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head[:_SNIFF_BYTES], final=len(head) <= _SNIFF_BYTES)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text_files(corpus: str, files: list[Path]) -> list[Path]:
+    """``files`` without the binary ones: a corpus pointed at a run directory must not train on
+    its checkpoints and event files. Warns once per corpus per process (every split lists them)."""
+    if not files:
+        raise FileNotFoundError(
+            f"text: data.corpus {corpus!r} is not 'stdlib', 'tfds:<name>', a file, a directory with files or a glob matching files"
+        )
+    is_text = [_is_text(p) for p in files]
+    kept = [p for p, t in zip(files, is_text) if t]
+    skipped = [p for p, t in zip(files, is_text) if not t]
+    if not kept:
+        raise ValueError(f"text: data.corpus {corpus!r} has no text files: all {len(files)} are binary or not UTF-8 (e.g. {skipped[0]})")
+    if skipped and corpus not in _warned_skips:
+        _warned_skips.add(corpus)
+        logging.warning("text: data.corpus %r: skipped %d files that are not UTF-8 text (e.g. %s)", corpus, len(skipped), skipped[0])
+    return kept
+
+
+def _split_key(path: Path, root: Path) -> tuple[int, str]:
+    """``(crc32(relative path) % 10_000, relative path)``; the path breaks ties in the fallback."""
+    relpath = Path(os.path.relpath(path, root)).as_posix()  # relpath: a glob match may hold ".."
+    return zlib.crc32(relpath.encode()) % 10_000, relpath
+
+
+def _validation_files(root: Path, files: list[Path], fraction: float) -> set[Path]:
+    """The files held out for validation (module docstring, "Splitting"); the rest are train."""
+    keys = {p: _split_key(p, root) for p in files}
+    held = {p for p in files if keys[p][0] < round(fraction * 10_000)}
+    # too few files for the fraction: hold out the one closest to the threshold rather than nothing
+    return held or {min(files, key=keys.__getitem__)}
 
 
 def documents(data_config, split: str) -> Iterator[bytes]:
@@ -130,19 +196,23 @@ def documents(data_config, split: str) -> Iterator[bytes]:
 
 
 def _file_documents(corpus: str, split: str, fraction: float) -> Iterator[bytes]:
+    """One document per file of ``split`` (module docstring, "Splitting"); one file: its lines."""
     want_validation = split != "train"
     root, files = _corpus_files(corpus)
     if len(files) == 1:
         lines = files[0].read_bytes().splitlines(keepends=True)
         cut = len(lines) - max(1, round(fraction * len(lines)))
         if cut <= 0:
-            raise ValueError(f"text: {files[0]} has too few lines ({len(lines)}) to split off a validation part")
+            raise ValueError(
+                f"text: data.corpus {corpus!r} is one file, {files[0]}, split by lines, and its {len(lines)} line(s) "
+                "are too few to split off a validation part; give a longer file or several files"
+            )
         yield b"".join(lines[cut:] if want_validation else lines[:cut])
         return
-    chosen = [p for p in files if _is_validation(p.relative_to(root).as_posix(), fraction) == want_validation]
-    if not chosen:  # tiny corpora: hold out the last file rather than nothing
-        chosen = files[-1:] if want_validation else files[:-1]
-    for p in chosen:
+    held = _validation_files(root, files, fraction)
+    for p in files:
+        if (p in held) != want_validation:
+            continue
         data = p.read_bytes()
         if data:
             yield data
@@ -240,6 +310,7 @@ def _cache_key(data_config, split: str, tokenizer) -> str:
         str(cfg_get(data_config, "validation_fraction", 0.05)),
         str(cfg_get(data_config, "max_documents", 0)),
         str(cfg_get(data_config, "text_key", "text")),
+        "split-rule:2",  # bumped when the file -> split rule changes, so a cache never holds the old split
     ]
     if not corpus.startswith("tfds:"):
         _, files = _corpus_files(corpus)

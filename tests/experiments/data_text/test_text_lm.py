@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import zlib
 
 import ml_collections
 import numpy as np
@@ -95,6 +97,66 @@ def test_directory_corpus_split_by_file(tmp_path):
     g = cfg(corpus=str(root / "**" / "*.txt"))
     assert sorted(text.documents(g, "train")) + sorted(text.documents(g, "validation")) != []
     assert sorted(list(text.documents(g, "train")) + list(text.documents(g, "validation"))) == sorted(train + val)
+
+
+def test_small_directory_fallback_file_is_not_in_train(tmp_path):
+    # three files at 5%: no key falls below 500, so one file is held out -- and must leave train
+    root = tmp_path / "corpus"
+    root.mkdir()
+    files = {"a.txt": b"alpha doc one\n", "b.txt": b"beta doc two\n", "c.txt": b"gamma doc three\n"}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    keys = {name: zlib.crc32(name.encode()) % 10_000 for name in files}
+    assert min(keys.values()) >= 500  # the fallback is what this test exercises
+    c = cfg(corpus=str(root), validation_fraction=0.05)
+    train, val = list(text.documents(c, "train")), list(text.documents(c, "validation"))
+    assert not set(train) & set(val)
+    assert sorted(train + val) == sorted(files.values())
+    assert val == [files[min(keys, key=keys.get)]]  # deterministic: the file with the lowest key
+
+
+def test_glob_split_stable_when_files_are_added(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "a").mkdir(parents=True)
+    for i in range(200):
+        (root / "a" / f"f{i}.txt").write_text(f"document {i}\n")
+    g = cfg(corpus=str(root / "**" / "*.txt"), validation_fraction=0.05)
+    val, train = set(text.documents(g, "validation")), set(text.documents(g, "train"))
+    assert val and train
+    (root / "b").mkdir()  # a sibling folder moved commonpath(matches), and with it every key
+    (root / "b" / "new.txt").write_text("new document\n")
+    assert val <= set(text.documents(g, "validation"))
+    assert train <= set(text.documents(g, "train"))
+    # the glob's keys are relative to its literal root: the same split as the directory corpus there
+    assert set(text.documents(g, "validation")) == set(text.documents(cfg(corpus=str(root), validation_fraction=0.05), "validation"))
+
+
+def test_directory_corpus_skips_binary_files(tmp_path, caplog):
+    root = write_corpus(tmp_path / "run")
+    texts = sorted(p.read_bytes() for p in root.rglob("*.txt"))
+    straddle = root / "long.txt"  # a UTF-8 character cut by the 8 KiB sniff is still text
+    straddle.write_bytes(b"x" * 8191 + "\u00e9".encode() + b"tail\n")
+    (root / "ckpt").mkdir()
+    (root / "ckpt" / "params.msgpack").write_bytes(b"\x81\xa6params\x00\x01\x02" * 10)  # NUL bytes
+    (root / "events.out.tfevents.1").write_bytes(b"\xff\xfe\xfdnot utf-8\n")  # no NUL, not UTF-8
+    c = cfg(corpus=str(root))
+    with caplog.at_level(logging.WARNING):
+        docs = list(text.documents(c, "train")) + list(text.documents(c, "validation"))
+    assert sorted(docs) == sorted(texts + [straddle.read_bytes()])
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1 and "skipped 2 files" in warnings[0] and "data.corpus" in warnings[0]
+    assert "params.msgpack" in warnings[0] or "events.out.tfevents.1" in warnings[0]
+
+
+def test_corpus_without_text_files(tmp_path):
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "a.ckpt").write_bytes(b"\x00\x01" * 100)
+    with pytest.raises(ValueError, match="data.corpus.*no text files"):
+        list(text.documents(cfg(corpus=str(binary)), "train"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="data.corpus"):
+        list(text.documents(cfg(corpus=str(tmp_path / "empty")), "train"))
 
 
 def test_single_file_split_by_lines(tmp_path):
