@@ -92,11 +92,19 @@ def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+def has_checkpoint(workdir: str) -> bool:
+    """Whether ``workdir/checkpoints`` holds a saved step (a directory named by its number)."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(ckpt_dir) and any(name.isdigit() for name in os.listdir(ckpt_dir))
+
+
 def check_config(workdir: str, config_dict: dict) -> dict | None:
-    """Compare with ``workdir/config.json`` if present (raise if incompatible); return the recorded
-    config (None for a new workdir). :func:`write_config` records the new one."""
+    """Compare with ``workdir/config.json`` if the workdir holds a checkpoint (raise if
+    incompatible); return the recorded config (None for a new workdir, or one whose run saved
+    nothing: a run that failed before its first checkpoint may be rerun with a corrected
+    config). :func:`write_config` records the new one."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not has_checkpoint(workdir):
         return None
     with open(path) as f:
         old = json.load(f)

@@ -68,6 +68,9 @@ def check_experiment(config) -> tasks.Task:
     profile = config.get("profile") or {}
     for key in ("start_step", "num_steps"):
         _int(f"profile.{key}", profile.get(key, 0), minimum=0)
+    if profile.get("num_steps", 0) and profile.get("start_step", 0) >= config.total_steps:
+        # the trace would never start: nothing profiled and no word of it
+        _fail("profile.start_step", profile.get("start_step"), f"a step before total_steps={config.total_steps}")
     _bool("allow_schedule_change", config.get("allow_schedule_change", False))
 
     data = config.data

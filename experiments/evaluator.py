@@ -40,6 +40,7 @@ class Evaluation:
     num_batches: int  # -1: the whole split
     chunk: int  # tokens per chunk of a chunked (recurrent-cache) evaluation; 0: the parallel forward
     task: tasks_lib.Task  # of this split of this data (its sparse targets may differ from training's)
+    key: str = "eval.splits"  # the config entry that asks for it (named in errors)
 
 
 def evaluations(config) -> dict[str, Evaluation]:
@@ -52,7 +53,7 @@ def evaluations(config) -> dict[str, Evaluation]:
         data.update(extra.data.to_dict())
         chunk = int(extra.chunk_size) if extra.forward == "chunked" else 0
         out[name] = Evaluation(extra.split, data, int(extra.batch_size), int(extra.num_batches), chunk,
-                               tasks_lib.of(data, extra.split))
+                               tasks_lib.of(data, extra.split), key=f"eval.extra.{name}")
     return out
 
 
@@ -154,9 +155,14 @@ class Evaluator:
 
     def check_datasets(self) -> None:
         """Build every evaluation's dataset once (not iterated): its data settings are the dataset's
-        to check, and a bad one must fail at setup, not after the last step."""
-        for e in self.evaluations.values():
-            dataset(e, seed=self.seed, mesh=self.mesh, axes=self.batch_axes)
+        to check, and a bad one must fail at setup, not after the last step. The error names the
+        config entry (``config.eval.splits`` or ``config.eval.extra.<name>``)."""
+        for name, e in self.evaluations.items():
+            try:
+                dataset(e, seed=self.seed, mesh=self.mesh, axes=self.batch_axes)
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"config.{e.key}: evaluation {name!r} (split {e.split!r} of {e.data.name!r}): "
+                                 f"{err}") from err
 
     def __call__(self, name: str, state, rngs) -> dict[str, float]:
         """The metrics of evaluation ``name`` of ``state``."""

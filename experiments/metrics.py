@@ -8,6 +8,7 @@ Every record is one JSON object per line: ``{"step": int, "split": "train" | "va
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -27,14 +28,26 @@ def _clean(value: Any) -> Any:
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    """Appends records to ``DIR/metrics.jsonl`` and TensorBoard.
+
+    ``resume_step``: the step the run resumes from. Rows of later steps were written after the
+    checkpoint it resumes from by a run that was then killed (SIGKILL, out of memory, a lost
+    machine): those steps are trained again, so their old rows are dropped from the file, and
+    TensorBoard is told to purge them (``purge_step``), rather than kept twice.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
+            purge = None
+            if resume_step is not None and os.path.exists(self.path):
+                if _drop_rows_after(self.path, resume_step):
+                    purge = resume_step + 1
             self._file = open(self.path, "a")
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10, purge_step=purge)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -80,16 +93,49 @@ def device_memory(devices) -> int | None:
     return max(peaks) if peaks else None
 
 
+def _records(path: str) -> list[dict[str, Any]]:
+    """The records of a metrics file. A last line cut off mid-write (the process was killed) is
+    left out with a warning; a malformed line before it is an error naming the file and line."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    out = []
+    for i, line in enumerate(lines[: last + 1]):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == last:
+                logging.warning("%s: its last line is cut off (the run was killed while writing it); left out: %r",
+                                path, line[:80])
+                break
+            raise ValueError(f"{path}, line {i + 1}: not a JSON record ({e})") from None
+    return out
+
+
+def _drop_rows_after(path: str, step: int) -> bool:
+    """Rewrite ``path`` without the rows of steps after ``step`` (and without a cut-off last
+    line); True if any row was dropped."""
+    records = _records(path)
+    kept = [r for r in records if int(r["step"]) <= step]
+    with open(path) as f:
+        text = f.read()
+    if len(kept) == len(records) and (not text or text.endswith("\n")):
+        return False
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+    if len(kept) < len(records):
+        logging.warning("%s: dropped %d rows of steps after %d, the checkpoint this run resumes from (they are "
+                        "trained again)", path, len(records) - len(kept), step)
+    return len(kept) < len(records)
+
+
 def read_metrics(workdir: str, split: str | None = None) -> list[dict[str, Any]]:
     """Records of ``workdir/metrics.jsonl`` (of one ``split`` if given), in file order."""
-    out = []
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                if split is None or rec["split"] == split:
-                    out.append(rec)
-    return out
+    return [r for r in _records(os.path.join(workdir, METRICS_FILE)) if split is None or r["split"] == split]
 
 
 class ProgressBar:

@@ -104,8 +104,11 @@ class EarlyStop:
         logging.warning("early stop at step %d: %s = %.4g", step, self.metric, metrics[self.metric])
 
     def stopped_at(self, step: int) -> bool:
-        """Whether the run stopped early at ``step`` (the step it resumes from)."""
-        if not os.path.exists(self.path):
+        """Whether the run stopped early at ``step`` (the step it resumes from) by the rule the
+        config gives now: rerun with ``--config.early_stop.metric=`` (no early stop), another
+        metric or a threshold the recorded value does not meet, and it trains on."""
+        if not self.metric or not os.path.exists(self.path):
             return False
         with open(self.path) as f:
-            return int(json.load(f)["step"]) == step
+            rec = json.load(f)
+        return int(rec["step"]) == step and rec["metric"] == self.metric and self.reached({self.metric: rec["value"]})

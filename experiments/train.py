@@ -200,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --------------------------------------------------------------------------------------
         # Loop.
         # --------------------------------------------------------------------------------------
-        writer = MetricWriter(workdir, enabled=pid == 0)
+        writer = MetricWriter(workdir, enabled=pid == 0, resume_step=start)
         cleanup.callback(writer.close)
         bar = ProgressBar(total_steps, start, enabled=pid == 0 and bool(config.progress_bar))
         cleanup.callback(bar.close)
@@ -222,6 +222,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         flops_per_token = None  # from the first batch's length
         stop = stopping.EarlyStop(workdir, config.early_stop)
         stopped = stop.stopped_at(start)
+
+        def log_window():
+            """Write the train row of the steps since the last one; returns it and a new window."""
+            row = _train_row(window, task, flops_per_token)
+            if not all(math.isfinite(v) for v in row.values()):
+                logging.error("non-finite train metrics at step %d: %s", step, row)
+            writer.write(step, "train", row)
+            bar.update(0, loss=row["loss"], tok_s=row["tokens_per_sec"],
+                       **({"mfu_pct": 100 * row["mfu"]} if "mfu" in row else {}))
+            return row, _Window()
+
         while step < total_steps and not stopped:
             if nproc == 1 and signals.requested and step == start:
                 preempted = True  # the signal came during setup: nothing trained, nothing to save
@@ -240,16 +251,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             profiler.after_call(step, state, last=step == total_steps)
             window.metrics.append(metrics)
             bar.update(n)
+            if flops_per_token is None:
+                flops_per_token = _flops_per_token(model_cfg, task.seq_len(host_batches[0]))
             if step % int(config.log_every) == 0 or step == total_steps:
-                if flops_per_token is None:
-                    flops_per_token = _flops_per_token(model_cfg, task.seq_len(host_batches[0]))
-                last_train = _train_row(window, task, flops_per_token)
-                if not all(math.isfinite(v) for v in last_train.values()):
-                    logging.error("non-finite train metrics at step %d: %s", step, last_train)
-                writer.write(step, "train", last_train)
-                bar.update(0, loss=last_train["loss"], tok_s=last_train["tokens_per_sec"],
-                           **({"mfu_pct": 100 * last_train["mfu"]} if "mfu" in last_train else {}))
-                window = _Window()
+                last_train, window = log_window()
             if step == total_steps:
                 # Saved, and written to disk, before the final evaluation: however long it takes
                 # or however it fails, the trained state is kept and a rerun only evaluates.
@@ -263,6 +268,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 stopped = stop.reached(eval_metrics)
                 final.update(eval_metrics)
             preempted = signals.reached(step) and not stopped
+            if (preempted or stopped) and window.metrics:
+                # The steps since the last train row: logged now, or the resumed run's first row
+                # would average fewer steps and these would appear in no row.
+                last_train, window = log_window()
             if step % int(config.checkpoint_every) == 0 or preempted or stopped:
                 ckpt.save(step, state, train_iter, metrics=eval_metrics or None)
             if preempted:

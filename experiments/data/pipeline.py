@@ -207,7 +207,12 @@ def generated_builder(examples: Callable) -> Callable:
 
     @functools.wraps(examples)
     def build(data_config, *, split, seed, global_batch_size, process_index, process_count):
+        if split not in _SPLIT_IDS:
+            raise ValueError(f"{examples.__name__}: split must be one of {tuple(_SPLIT_IDS)}; got {split!r}")
         make_example, count = examples(data_config, split, seed)
+        # One example now: the generator's own checks (lengths, sizes) fail when the dataset is
+        # built (at setup), not at its first batch (after training, for an evaluation).
+        make_example.rows(np.arange(1)) if isinstance(make_example, blockwise) else make_example(0)
         threads = cfg_get(data_config, "num_threads", 0)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"data.num_threads must be an int >= 0 (0: auto, {default_threads()} here); got {threads!r}")

@@ -391,3 +391,87 @@ def test_deterministic_run_through_the_cli(tmp_path):
     assert [r["step"] for r in read_metrics(w, "train")] == [1, 2]
     with open(os.path.join(w, "config.json")) as f:
         assert json.load(f)["deterministic"] is True
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows after hard stops, partial windows, continuing a stopped run, a run that saved nothing
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_run_killed_after_its_checkpoint_keeps_no_row_twice(tiny, tiny_reference, tmp_path):
+    """SIGKILL / out of memory after step 5's rows but with checkpoint 3 the newest: the rerun
+    trains steps 4-6 again; their old rows (and a line cut off mid-write) are dropped, not doubled."""
+    w = str(tmp_path / "w")
+    os.makedirs(os.path.join(w, "checkpoints"))
+    shutil.copy(os.path.join(tiny_reference, "config.json"), w)
+    shutil.copytree(os.path.join(tiny_reference, "checkpoints", "3"), os.path.join(w, "checkpoints", "3"))
+    rows = [r for r in read_metrics(tiny_reference) if r["step"] <= 5]
+    with open(os.path.join(w, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.write('{"step": 6, "split": "tra')  # killed while writing
+    train.train_and_evaluate(tiny_config(), w)
+    key = lambda rows: [(r["step"], r["split"], r["loss"]) for r in rows]  # noqa: E731 (timings differ)
+    assert key(read_metrics(w)) == key(read_metrics(tiny_reference))
+
+
+def test_metrics_files_with_a_cut_off_last_line_read_and_a_bad_line_names_the_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "spl')
+    assert read_metrics(str(tmp_path)) == [{"step": 1, "split": "train", "loss": 1.0}]
+    path.write_text('{"step": 1, "spl\n{"step": 2, "split": "train", "loss": 1.0}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not a JSON record"):
+        read_metrics(str(tmp_path))
+
+
+def test_a_stop_between_train_rows_logs_the_steps_since_the_last_row(tiny, tiny_reference, tmp_path, monkeypatch):
+    """log_every=4, stopped after step 3: steps 1-3 get a row at 3 (they were in no row: the
+    resumed run's row at 4 averaged step 4 alone), then rows at 4 and 6."""
+    from experiments import stopping
+
+    w = str(tmp_path)
+    with monkeypatch.context() as mp:
+        mp.setattr(stopping.StopSignals, "reached", lambda self, step: step == 3)
+        assert train.train_and_evaluate(tiny_config(log_every=4), w)["preempted"]
+    train.train_and_evaluate(tiny_config(log_every=4), w)
+    ref, got = losses(tiny_reference), losses(w)
+    assert sorted(got) == [3, 4, 6]
+    np.testing.assert_allclose([got[3], got[4], got[6]],
+                               [np.mean([ref[1], ref[2], ref[3]]), ref[4], np.mean([ref[5], ref[6]])], rtol=1e-6)
+
+
+def test_an_early_stopped_run_trains_on_when_the_rule_changes(tiny, tiny_reference, tmp_path):
+    """The docs say: rerun with --config.early_stop.metric= to train on. It used to report the
+    old stop and train nothing."""
+    w = str(tmp_path)
+    stop = {"early_stop.metric": "validation/loss", "early_stop.mode": "min", "early_stop.threshold": 1e3}
+    assert train.train_and_evaluate(tiny_config(**stop), w)["stopped_early"]
+    stricter = train.train_and_evaluate(tiny_config(**{**stop, "early_stop.threshold": 1e-9}), w)
+    assert stricter["step"] == 6 and not stricter["stopped_early"]
+    assert losses(w) == losses(tiny_reference)
+
+
+def test_a_run_that_saved_nothing_reruns_with_a_corrected_config(tiny, tmp_path):
+    """A run that failed before its first checkpoint left config.json: the corrected rerun was
+    refused as 'a different config'."""
+    w = str(tmp_path)
+    bad = tiny_config(**{"model.vocab_size": 6})  # refused at the first train batch (ids up to 7)
+    with pytest.raises(ValueError, match="token ids outside"):
+        train.train_and_evaluate(bad, w)
+    assert os.path.exists(os.path.join(w, "config.json")) and not checkpointing.has_checkpoint(w)
+    assert train.train_and_evaluate(tiny_config(), w)["step"] == 6
+
+
+def test_late_failing_evaluation_settings_fail_at_setup_naming_the_entry(tiny, tmp_path):
+    bad_split = tiny_config()
+    bad_split.eval.extra.odd_batch.split = "nosuch"
+    with pytest.raises(ValueError, match=r"config.eval.extra.odd_batch: evaluation 'odd_batch' \(split 'nosuch'.*"
+                                         r"split must be one of"):
+        train.train_and_evaluate(bad_split, str(tmp_path / "a"))
+    bad_len = tiny_config()
+    with bad_len.unlocked():
+        bad_len.eval.extra.odd_batch.data.seq_len = 4  # selective copying needs seq_len >= 2 num_tokens
+    with pytest.raises(ValueError, match=r"config.eval.extra.odd_batch: .*need 1 <= num_tokens <= seq_len / 2"):
+        train.train_and_evaluate(bad_len, str(tmp_path / "b"))
+    with pytest.raises(ValueError, match=r"config.profile.start_step must be a step before total_steps=6; got 6"):
+        train.train_and_evaluate(tiny_config(**{"profile.num_steps": 2, "profile.start_step": 6}), str(tmp_path / "c"))
+    assert not any(os.path.exists(os.path.join(tmp_path, d, "checkpoints")) for d in "abc")
