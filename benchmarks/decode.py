@@ -134,4 +134,7 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from experiments.backend_flags import set_cpu_fft_flag
+
+    set_cpu_fft_flag()  # before jax starts its backend: S4/S4D's FFTs can deadlock the CPU pool
     main()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
 import sys
 import time
 
@@ -27,6 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import configs, mesh as mesh_lib, train
+from experiments.backend_flags import CPU_FFT_FLAG, set_cpu_fft_flag, with_flag, xla_flags_without_cpu_fft_deadlock  # noqa: F401 (re-exported)
 
 EXIT_INTERRUPTED = 130  # after Ctrl-C, once the checkpoint is saved (128 + SIGINT, as shells report it)
 
@@ -139,35 +141,19 @@ def _summary(metrics: dict, workdir: str, seconds: float, total_steps: int) -> s
             parts.append(f"perplexity {m['perplexity']:.4g}")
         lines.append(f"  held-out {split}: " + ", ".join(parts))
     lines.append(f"Outputs in {workdir}: metrics.jsonl, tensorboard/, checkpoints/, config.json")
-    lines.append(f"  curves: python -m experiments.plot {workdir}    tensorboard --logdir {workdir}/tensorboard")
+    # Quoted, so a path with spaces pastes; TensorBoard itself is not a dependency (tensorboardX writes).
+    q = shlex.quote
+    lines.append(f"  curves: python -m experiments.plot {q(workdir)}    "
+                 f"tensorboard --logdir {q(os.path.join(workdir, 'tensorboard'))} (pip install tensorboard)")
     ops = os.path.join(workdir, "profile", "ops.md")
     if os.path.exists(ops):
         lines.append(f"  profile: {ops} (device time per op; the trace beside it opens in XProf / TensorBoard)")
     return "\n".join(lines)
 
 
-# jaxlib 0.11.2's CPU FFT (ducc0) fans out into the XLA intra-op thread pool it is running on: two
-# FFTs executing at once (S4/S4D's FFT convolutions, forward and backward) can hold every worker
-# while each waits for the other's tasks, forever -- the ListOps S4D config hung at its first step
-# on a 2-core CPU. Single-threaded Eigen on the CPU backend avoids it (~10% slower CPU tests);
-# accelerators are unaffected. A setting of the flag in XLA_FLAGS is kept.
-CPU_FFT_FLAG = "--xla_cpu_multi_thread_eigen=false"
-
-
-def _with_flag(xla_flags: str, flag: str) -> str:
-    """``xla_flags`` with ``flag`` (``--name=value``) added, unless it already sets ``name``."""
-    name = flag.lstrip("-").split("=")[0]
-    return xla_flags if name in xla_flags else f"{xla_flags} {flag}".strip()
-
-
-def xla_flags_without_cpu_fft_deadlock(xla_flags: str) -> str:
-    """``xla_flags`` with :data:`CPU_FFT_FLAG` added, unless it already sets the flag."""
-    return _with_flag(xla_flags, CPU_FFT_FLAG)
-
-
 def xla_flags_for(config, xla_flags: str) -> str:
     """``xla_flags`` with what ``config`` needs set before JAX starts its backend."""
-    return _with_flag(xla_flags, train.DETERMINISTIC_FLAG) if config.get("deterministic", False) else xla_flags
+    return with_flag(xla_flags, train.DETERMINISTIC_FLAG) if config.get("deterministic", False) else xla_flags
 
 
 def main(argv):
@@ -193,5 +179,5 @@ def main(argv):
 
 if __name__ == "__main__":
     # Before anything initializes a backend (XLA reads the flags then).
-    os.environ["XLA_FLAGS"] = xla_flags_without_cpu_fft_deadlock(os.environ.get("XLA_FLAGS", ""))
+    set_cpu_fft_flag()
     app.run(main, flags_parser=_parse_flags)

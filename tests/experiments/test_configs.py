@@ -99,6 +99,19 @@ def test_parse_arg_and_model_config_errors():
         common.model_config("lm", mixer="hydra", vocab_size=8, d_model=8, n_layers=1)
 
 
+def test_pathfinder_size_arg_is_parsed_with_the_others():
+    """``size=abc`` gave a bare int() error, and a misspelled arg listed the valid ones without ``size``."""
+    from experiments.configs import load
+
+    assert load("experiments/configs/lra/pathfinder.py:size=64,mixer=s4d,smoke").data.name == "lra_pathfinder64"
+    assert load("experiments/configs/lra/pathfinder.py").data.name == "lra_pathfinder32"
+    for arg, match in (("size=abc", r"'size' takes int values \(default 32\); got 'abc'"),
+                       ("sizee=64", r"'sizee' is not one of \['data', 'mixer', 'size', 'smoke'\]"),
+                       ("size=48", r"'size' must be one of \(32, 64, 128, 256\); got 48")):
+        with pytest.raises(ValueError, match=match):
+            load(f"experiments/configs/lra/pathfinder.py:{arg}")
+
+
 def test_mqar_sweep_args_name_what_is_wrong():
     from experiments.configs.synthetic import mqar
 

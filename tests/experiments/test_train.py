@@ -475,3 +475,12 @@ def test_late_failing_evaluation_settings_fail_at_setup_naming_the_entry(tiny, t
     with pytest.raises(ValueError, match=r"config.profile.start_step must be a step before total_steps=6; got 6"):
         train.train_and_evaluate(tiny_config(**{"profile.num_steps": 2, "profile.start_step": 6}), str(tmp_path / "c"))
     assert not any(os.path.exists(os.path.join(tmp_path, d, "checkpoints")) for d in "abc")
+
+
+def test_the_run_summary_prints_commands_that_paste(tmp_path):
+    from experiments import run
+
+    w = str(tmp_path / "a b")
+    text = run._summary({"step": 4, "validation/accuracy": 0.5, "validation/loss": 1.0}, w, 60.0, 4)
+    assert f"python -m experiments.plot '{w}'" in text and f"--logdir '{w}/tensorboard'" in text
+    assert "held-out validation: accuracy 50.0%, loss 1.0000" in text

@@ -214,20 +214,22 @@ def docstring_results(task: str) -> str:
     return f"S4 {a['s4']:.2f}, S4D-LegS {a['s4d']:.2f}, S5 {a['s5']:.2f}"
 
 
-def lra_config(task: str, arg: str | None, *, dataset: str | None = None, **extra_args):
+def lra_config(task: str, arg: str | None, *, dataset=None, **extra_args):
     """The config of LRA ``task`` for the arguments in ``arg`` (the text after the config's ``:``).
 
     ``mixer=`` s4 | s4d | mamba | mamba2 | hydra (default s4). ``data=`` the TFDS builder config
     (default ``release``; with ``smoke``, our generated or placeholder data); a name the builder
     does not have is refused here. ``smoke`` runs 4 steps of a 1-layer model in seconds, its data
-    prepared in ``<workdir>/lra_data``. ``extra_args`` are a task's own (Pathfinder's ``size=``).
+    prepared in ``<workdir>/lra_data``. ``extra_args`` are a task's own args with their defaults
+    (Pathfinder's ``size=32``), parsed with the rest; ``dataset`` is the registered dataset, or a
+    function of the parsed args giving it (default :data:`DATASETS`).
     """
     a = common.parse_arg(arg, mixer="s4", smoke=False, data="", **extra_args)
     if a.mixer not in MIXERS:
         raise ValueError(f"lra/{task}: mixer must be one of {MIXERS}; got {a.mixer!r}")
     from experiments.data.lra import BUILDERS, TASK_INFO  # the vocabulary / classes / length of the dataset
 
-    dataset = dataset or DATASETS[task]
+    dataset = dataset(a) if callable(dataset) else dataset or DATASETS[task]
     info = TASK_INFO[dataset]
     builder_configs = {b.name: b for b in BUILDERS[dataset].BUILDER_CONFIGS}
     data = a.data or (_SMOKE_DATA.get(task, "placeholder") if a.smoke else "release")

@@ -30,17 +30,11 @@ from experiments.configs.lra import base
 SIZES = (32, 64, 128, 256)
 
 
+def _dataset(a) -> str:
+    if a.size not in SIZES:
+        raise ValueError(f"lra/pathfinder: config arg 'size' must be one of {SIZES}; got {a.size}")
+    return f"lra_pathfinder{a.size}"
+
+
 def get_config(arg=None):
-    size = 32
-    if arg:
-        kept = []
-        for item in arg.split(","):
-            name, _, value = item.strip().partition("=")
-            if name == "size":
-                size = int(value)
-            elif item.strip():
-                kept.append(item.strip())
-        arg = ",".join(kept)
-    if size not in SIZES:
-        raise ValueError(f"lra/pathfinder: size must be one of {SIZES}; got {size}")
-    return base.lra_config("pathfinder", arg, dataset=f"lra_pathfinder{size}")
+    return base.lra_config("pathfinder", arg, dataset=_dataset, size=32)
