@@ -176,6 +176,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         cleanup.callback(ckpt.close)
         start = ckpt.latest_step() or 0
+        if start > total_steps:
+            # A run extended earlier and rerun with its old length: "finished step 8 of 4", and
+            # config.json rewritten to say 4.
+            raise checkpointing.IncompatibleConfigError(
+                f"{workdir} holds a checkpoint at step {start}, past total_steps={total_steps}: rerun with "
+                f"--config.total_steps={start} or more, or use a new --workdir")
         if start and recorded_config is not None:
             _check_schedule(recorded_config, config, start, workdir, say=pid == 0)
         if pid == 0:

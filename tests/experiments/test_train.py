@@ -189,6 +189,11 @@ def test_a_changed_schedule_is_refused_unless_allowed(tiny, tmp_path, capsys):
     lr = {r["step"]: r["lr"] for r in read_metrics(w, "train")}
     np.testing.assert_allclose(lr[7], float(optim.make_schedule(c.optim, 12, c.optim.lr)(6)), rtol=1e-6)
     assert json.load(open(os.path.join(w, "config.json")))["total_steps"] == 12
+    # The old length again: the run is past it; refused, the record kept (it said "step 12 of 6").
+    with pytest.raises(checkpointing.IncompatibleConfigError,
+                       match=r"holds a checkpoint at step 12, past total_steps=6: rerun with --config.total_steps=12"):
+        train.train_and_evaluate(tiny_config(**cosine), w)
+    assert json.load(open(os.path.join(w, "config.json")))["total_steps"] == 12
 
 
 def test_gradient_accumulation_matches_full_batch(tiny, tiny_reference, tmp_path):
