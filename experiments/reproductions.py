@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from experiments.metrics import read_metrics
 
 __all__ = ["learning_curves", "length_curves", "length_table", "lra_curves", "lra_markdown", "lra_table", "main",
-           "mqar_table", "mqar_width", "seed_groups", "seed_markdown", "seed_summary"]
+           "mqar_table", "mqar_width", "seed_groups", "seed_markdown", "seed_summary", "unfinished"]
 
 
 def _runs(task_dir: str) -> dict[str, list[dict]]:
@@ -106,24 +106,49 @@ def seed_groups(names) -> dict[str, dict[int | None, str]]:
     return dict(out)
 
 
+def unfinished(task_dir: str, name: str, records: list[dict]) -> bool:
+    """Whether run ``name`` stopped before its schedule's end without an early stop (cut off):
+    its last step is below ``total_steps`` of its ``config.json`` and its last evaluation of the
+    ``early_stop`` metric (if any) misses the threshold. False when there is no ``config.json``."""
+    path = os.path.join(task_dir, name, "config.json")
+    if not os.path.isfile(path) or not records:
+        return False
+    with open(path) as f:
+        config = json.load(f)
+    if max(int(r["step"]) for r in records) >= int(config["total_steps"]):
+        return False
+    rule = config.get("early_stop") or {}
+    if rule.get("metric"):
+        split, _, metric = rule["metric"].partition("/")
+        value = _last(records, split, metric)
+        threshold = float(rule["threshold"])
+        if value is not None and (value <= threshold if rule.get("mode") == "min" else value >= threshold):
+            return False  # stopped early by its rule: finished
+    return True
+
+
 def seed_summary(task_dir: str, split: str = "validation", key: str = "accuracy") -> dict[str, dict]:
     """Per group of seeds (:func:`seed_groups`), the last ``<split>/<key>`` of each seed and their
     ``n``, ``mean``, ``std`` (sample standard deviation; None for one seed), ``min``, ``max``.
     Runs without that evaluation (cut off before it) are left out of those and listed in
-    ``missing``; a group none of whose runs has it keeps a row with ``n`` = 0."""
+    ``missing``; a group none of whose runs has it keeps a row with ``n`` = 0. Runs counted whose
+    schedule was cut off (:func:`unfinished`: their value is not a final one) are listed in
+    ``unfinished``."""
     runs = _runs(task_dir)
     out = {}
     for group, by_seed in seed_groups(runs).items():
         values = {seed: _last(runs[name], split, key) for seed, name in by_seed.items()}
         have = {seed: v for seed, v in values.items() if v is not None}
         missing = sorted(by_seed[seed] for seed, v in values.items() if v is None)
+        cut = sorted(by_seed[seed] for seed in have if unfinished(task_dir, by_seed[seed], runs[by_seed[seed]]))
         if not have:  # every seed cut off before this evaluation: a row that says so
-            out[group] = dict(seeds=[], values=[], n=0, mean=None, std=None, min=None, max=None, missing=missing)
+            out[group] = dict(seeds=[], values=[], n=0, mean=None, std=None, min=None, max=None, missing=missing,
+                              unfinished=[])
             continue
         xs = list(have.values())
         out[group] = dict(seeds=sorted(have, key=lambda s: -1 if s is None else s), values=xs, n=len(xs),
                           mean=statistics.mean(xs), std=statistics.stdev(xs) if len(xs) > 1 else None,
-                          min=min(xs), max=max(xs), missing=missing)
+                          min=min(xs), max=max(xs), missing=missing, unfinished=cut)
     if not any(r["n"] for r in out.values()):
         raise ValueError(f"reproductions: no run under {task_dir} has a {split!r} {key!r} evaluation")
     return out
@@ -138,6 +163,8 @@ def seed_markdown(summary: dict[str, dict], *, percent: bool = True) -> str:
         count = f"{r['n']}: {seeds}" if seeds else f"{r['n']}"
         if r["missing"]:
             count += f" (no evaluation: {', '.join(r['missing'])})"
+        if r.get("unfinished"):
+            count += f" (cut off before the end of its schedule: {', '.join(r['unfinished'])})"
         spread = "—" if r["n"] == 0 else f"{f(r['min'])} - {f(r['max'])}"
         lines.append(f"| {group} | {count} | {f(r['mean'])} | {f(r['std'])} | {spread} |")
     return "\n".join(lines)

@@ -440,3 +440,19 @@ def test_lra_runs_are_drawn_by_epoch_and_the_lra_cli_names_its_argument(tmp_path
     with pytest.raises(SystemExit) as e:
         reproductions.main([f"--lra={runs / 'lra_text'}"])
     assert e.value.code == 2 and "--lra=" in (err := capsys.readouterr().err) and "config.json is missing" in err
+
+
+def test_seed_rows_say_which_runs_were_cut_off(tmp_path):
+    """A run cut off mid-schedule has a last evaluation that is not its final one: the seeds table
+    says so (one that stopped early by its own rule finished)."""
+    root = str(tmp_path)
+    config = {"total_steps": 10, "early_stop": {"metric": "validation/accuracy", "threshold": 0.99, "mode": "max"}}
+    runs = {"mamba_s0": (10, 0.5), "mamba_s1": (4, 0.6), "mamba_s2": (6, 0.995)}  # finished, cut off, early stop
+    for name, (step, acc) in runs.items():
+        _write_run(root, name, [{"step": step, "split": "validation", "accuracy": acc}])
+        with open(os.path.join(root, name, "config.json"), "w") as f:
+            json.dump(config, f)
+    _write_run(root, "s4d_s0", [{"step": 1, "split": "validation", "accuracy": 0.1}])  # no config.json: unknown
+    summary = reproductions.seed_summary(root)
+    assert summary["mamba"]["unfinished"] == ["mamba_s1"] and summary["s4d"]["unfinished"] == []
+    assert "| mamba | 3: 0, 1, 2 (cut off before the end of its schedule: mamba_s1) |" in reproductions.seed_markdown(summary)
