@@ -14,6 +14,14 @@ keeps the entries whose name contains it, or any of its comma-separated parts
 (``--only=d256,mamba2_d128``: the runs a machine lost, not the finished ones, whose directories it
 may not have).
 
+Before it starts anything the sweep builds every selected run's config in its own process, as the
+run will (``get_config(<config_arg>)``, then the run's overrides and ``--set`` parsed by
+``ml_collections.config_flags``, as ``experiments.run``'s ``--config.<key>=<value>``; no JAX
+computation), and checks that no ``<workdir>/<name>`` is a file. A bad config arg, an override
+naming no key of the config or a value its key cannot take, or such a file, refuses the whole sweep
+with one error naming the run and the cause: exit status 2, nothing started or written.
+``--dry_run`` checks the same, prints the commands, and writes nothing.
+
 Memory: JAX reserves a fixed share of each accelerator's memory per process when it starts, so
 runs side by side must split it. ``--mem_fraction`` (default 0.9 with ``--parallel`` > 1) is the
 share of each accelerator the sweep's concurrent runs take together: each run gets
@@ -36,25 +44,35 @@ and quits it when the runs end.
 Stopping: SIGTERM or Ctrl-C (SIGINT) to the sweep starts no further run and passes one SIGTERM to
 each running one, which saves a checkpoint and exits as ``experiments.run`` does; the sweep waits
 for them and writes the table. The runs are in their own process group, so a terminal's Ctrl-C
-reaches them only through the sweep. A run that the forwarded SIGTERM ends before it has set up its
-own handler (exit -15) was stopped, not failed.
+reaches them only through the sweep. A run that the forwarded SIGTERM ends (it saves and exits 0, or
+130 after a SIGINT of its own, or -15 when the signal came before it had set up its handler) is
+reported "stopped", not "done" or failed, unless it had reached the end of its schedule.
 
-Exit status, after the table is written: 1 if any run failed (exited non-zero, or was killed by a
-signal the sweep did not send), whether or not the sweep was stopped; otherwise 0, and 0 after
-SIGTERM, as a run does; 130 after SIGINT (the shell's 128 + SIGINT, so ``&&`` chains stop), failed
-runs or not. ``--collect`` and ``--dry_run`` exit 0.
+Exit status: 2 if the sweep was refused before it started anything (see above). Else, after the
+table is written: 1 if any run failed (exited non-zero, or was killed by a signal the sweep did not
+send), whether or not the sweep was stopped; otherwise 0, and 0 after SIGTERM, as a run does; 130
+after SIGINT (the shell's 128 + SIGINT, so ``&&`` chains stop), failed runs or not. ``--collect``
+and ``--dry_run`` exit 0.
 
 The table (``<workdir>/sweep.json`` and ``sweep.md``) has one row per run: its name, arg and
-overrides, the last step it reached (marked "early stop", or "of N (unfinished)" for a run cut off
-before its ``total_steps``, "(failed: exit N, see <name>/sweep.log)" for a run that failed in this
-sweep: sweep.json keeps its exit code as ``failed``), and the latest value of every evaluation
-metric in its ``metrics.jsonl`` (``--metrics`` picks columns by suffix, default ``accuracy``).
-``--collect`` rebuilds the rows from the run directories alone, so it cannot mark failed runs.
+overrides (the entry's and ``--set``'s together: every ``--config.<key>`` the run got, ``--set``'s
+as the run parsed them), the last step it reached (marked "early stop", or "of N (unfinished)" for
+a run cut off before its ``total_steps``, "(not started)" for one a stop left unstarted (no run
+directory), "(failed: exit N, see <name>/sweep.log)" for a run that failed in this sweep:
+sweep.json keeps its exit code as ``failed``), and the latest value of every evaluation metric in
+its ``metrics.jsonl`` (``--metrics`` picks columns by suffix, default ``accuracy``). Columns whose
+metric name (after ``<split>/``) contains "accuracy" hold fractions of 1 and are shown in percent,
+their header marked "(%)"; every other metric (loss, perplexity, ...) is shown as recorded, to 4
+significant digits. The table covers every run in the workdir, not only this sweep's slice
+(``--only``): this sweep's rows, and those of the other run directories there as ``--collect``
+builds them. ``--collect`` rebuilds the rows from the run directories alone, so it cannot mark
+failed runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -65,14 +83,23 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from typing import Any, Sequence
 
 from experiments import configs
 from experiments.metrics import METRICS_FILE, read_metrics
 
-__all__ = ["MPSServer", "Run", "SweepStopped", "collect", "load_sweep", "main", "markdown", "run_sweep"]
+__all__ = ["MPSServer", "Run", "SweepRefused", "SweepStopped", "collect", "is_fraction", "load_sweep", "main",
+           "markdown", "run_sweep"]
 
 Run = tuple[str, str, dict[str, Any]]
+
+EXIT_REFUSED = 2  # the sweep refused to start (a bad config, override or run path): nothing ran
+EXIT_INTERRUPTED = 130  # what experiments.run exits with after a SIGINT, once it has saved
+
+
+class SweepRefused(ValueError):
+    """Something the sweep checks before it starts any run is wrong; nothing was started or written."""
 
 
 def load_sweep(spec: str) -> tuple[str, list[Run]]:
@@ -91,13 +118,78 @@ def load_sweep(spec: str) -> tuple[str, list[Run]]:
     return path, runs
 
 
+def _config_args(path: str, run: Run, extra: Sequence[str]) -> list[str]:
+    """The run's ``--config=<module>[:arg]`` and ``--config.<key>=<value>`` flags, in order."""
+    _, arg, overrides = run
+    return ([f"--config={path}" + (f":{arg}" if arg else "")] + [f"--config.{k}={v}" for k, v in overrides.items()]
+            + [f"--config.{kv}" for kv in extra])
+
+
 def _command(path: str, run: Run, workdir: str, extra: Sequence[str]) -> list[str]:
+    config, *overrides = _config_args(path, run, extra)
+    return [sys.executable, "-m", "experiments.run", config, f"--workdir={os.path.join(workdir, run[0])}", *overrides]
+
+
+def _set_keys(extra: Sequence[str]) -> list[str]:
+    """The config keys ``--set`` overrides (``key=value``, or a bare ``key`` for a bool: True)."""
+    return [kv.split("=", 1)[0] for kv in extra]
+
+
+def _check_configs(path: str, runs: Sequence[Run], extra: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Build each run's config as ``experiments.run`` will: ``config_flags`` loads ``<module>:<arg>``
+    (``get_config``) and applies the ``--config.<key>=<value>`` flags of :func:`_command`, parsing
+    each value by its key's type. Configs only: nothing is trained, traced or written.
+
+    Returns ``{name: {key: value}}``: the value each override took in the run's config. Raises
+    :class:`SweepRefused` naming the first run whose config cannot be built, and why."""
+    from absl import flags  # absl and ml_collections only: experiments.run pulls in the trainer
+    from ml_collections import config_flags
+
+    parsed = {}
+    for run in runs:
+        argv = ["experiments.run", *_config_args(path, run, extra)]
+        values = flags.FlagValues()
+        holder = config_flags.DEFINE_config_file("config", None, "config module", flag_values=values,
+                                                 lock_config=True, sys_argv=argv)
+        had_module = "config_config" in sys.modules  # where config_flags imports the module
+        try:
+            with warnings.catch_warnings():  # config_flags imports the module by the deprecated load_module
+                warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+                values(argv)
+            parsed[run[0]] = dict(config_flags.get_override_values(values[holder.name]))
+        except Exception as e:  # whatever building the config raised: the run would fail the same way
+            raise SweepRefused(f"sweep: run {run[0]!r} would fail at start, so no run was started: "
+                               f"{_config_problem(path, run, extra, e)}") from e
+        finally:
+            if not had_module:
+                sys.modules.pop("config_config", None)
+    return parsed
+
+
+def _config_problem(path: str, run: Run, extra: Sequence[str], error: Exception) -> str:
+    """What is wrong with ``run``'s config, in a line: its config arg (``get_config``'s own error), an
+    override naming no key of the config (and the keys there are), or ``error``'s first line."""
     name, arg, overrides = run
-    cmd = [sys.executable, "-m", "experiments.run", f"--config={path}" + (f":{arg}" if arg else ""),
-           f"--workdir={os.path.join(workdir, name)}"]
-    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
-    cmd += [f"--config.{kv}" for kv in extra]
-    return cmd
+    spec = path + (f":{arg}" if arg else "")
+    try:
+        config = configs.load(spec)
+    except Exception as e:
+        return f"--config={spec}: {type(e).__name__}: {e}"
+    sets = dict(zip(_set_keys(extra), extra))
+    for key in list(overrides) + list(sets):
+        node, where = config, []
+        for part in key.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                origin = f"--set={sets[key]}" if key in sets else f"its override {key}={overrides[key]!r} (get_sweep)"
+                parent = ".".join(where) or "the config"
+                close = difflib.get_close_matches(part, keys, n=1)
+                hint = f" Did you mean {'.'.join(where + close)}?" if close else ""
+                listed = f" Keys of {parent}: {', '.join(sorted(keys))}." if keys else ""
+                return f"{origin}: {parent} has no key {part!r}.{hint}{listed}"
+            node, where = node[part], where + [part]
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else repr(error)}"
 
 
 def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", extra: Sequence[str] = (),
@@ -119,14 +211,21 @@ def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", ext
     runs = [r for r in runs if any(o in r[0] for o in patterns)]
     if not runs:
         raise ValueError(f"sweep: no run of {spec} has any of --only={only!r} (comma-separated parts) in its name")
-    os.makedirs(workdir, exist_ok=True)
-    env = dict(os.environ)
-    sets_fraction = _run_memory_fraction(env, parallel, mem_fraction)
+    # Everything that would make a run fail at once, checked before any starts (SweepRefused).
+    for name, _, _ in runs:
+        run_dir = os.path.join(workdir, name)
+        if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+            raise SweepRefused(f"sweep: {run_dir} is a file (or a broken link), not a directory: run {name!r} "
+                               f"needs a directory there; move it away. No run was started.")
+    parsed = _check_configs(path, runs, extra)
     pending = [(r, _command(path, r, workdir, extra)) for r in runs]
-    if dry_run:
+    if dry_run:  # writes nothing, not even the workdir
         for _, cmd in pending:
             print(" ".join(cmd))
         return []
+    os.makedirs(workdir, exist_ok=True)
+    env = dict(os.environ)
+    sets_fraction = _run_memory_fraction(env, parallel, mem_fraction)
     if sets_fraction:
         _check_gpu_memory(DEFAULT_MEM_FRACTION if mem_fraction is None else mem_fraction)
     running: list[tuple[Run, subprocess.Popen, Any, float]] = []
@@ -146,6 +245,11 @@ def run_sweep(spec: str, workdir: str, *, parallel: int = 1, only: str = "", ext
         stop.restore()
         if server is not None:
             server.stop()
+    # Each row records every override its run got: the entry's, then --set's (the later wins, as in
+    # the run), as the run parsed them (the raw text where the configs were not checked).
+    sets = dict(zip(_set_keys(extra), extra))
+    runs = [(name, arg, {**overrides, **{k: parsed.get(name, {}).get(k, kv.partition("=")[2] if "=" in kv else True)
+                                         for k, kv in sets.items()}}) for name, arg, overrides in runs]
     rows = collect(workdir, runs=runs, failed=failed)
     if failed:
         listed = ", ".join(f"{name} (exit {code})" for name, code in failed.items())
@@ -270,6 +374,7 @@ class _StopForwarder:
     def __init__(self, running):
         self.running = running
         self.requested: str | None = None
+        self.signalled: set[int] = set()  # pids of the runs the sweep sent its SIGTERM
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -281,8 +386,13 @@ class _StopForwarder:
         if first:
             for run, proc, _, _ in list(self.running):
                 if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
+                    self.term(proc)
             os.write(2, f"[sweep] {self.requested}: asked {len(self.running)} running run(s) to save and stop\n".encode())
+
+    def term(self, proc: subprocess.Popen) -> None:
+        """Pass the stop on to a run (SIGTERM: it saves a checkpoint and exits)."""
+        self.signalled.add(proc.pid)
+        proc.send_signal(signal.SIGTERM)
 
     def restore(self):
         for signum, handler in self._previous.items():
@@ -301,7 +411,7 @@ def _start_and_reap(pending, running, parallel, workdir, env, failed: dict[str, 
         running.append((run, proc, log, time.perf_counter()))
         print(f"[sweep] started {run[0]}", flush=True)
         if stop.requested:  # arrived while starting it
-            proc.send_signal(signal.SIGTERM)
+            stop.term(proc)
     time.sleep(0.5)
     for item in list(running):
         run, proc, log, t0 = item
@@ -310,7 +420,12 @@ def _start_and_reap(pending, running, parallel, workdir, env, failed: dict[str, 
         log.close()
         running.remove(item)
         code = proc.returncode
-        if code == 0:
+        if proc.pid in stop.signalled and code in (0, EXIT_INTERRUPTED) and not (
+                code == 0 and _reached_end(os.path.join(workdir, run[0]))):
+            # It saved a checkpoint and exited on the sweep's SIGTERM (0, as experiments.run does;
+            # 130 had a SIGINT reached it too): cut off, not done and not failed.
+            status = "stopped" + (f" (exit {code})" if code else "")
+        elif code == 0:
             status = "done"
         elif stop.requested and code == -signal.SIGTERM:
             # The sweep's own SIGTERM reached it before it set up its handler (still starting):
@@ -337,6 +452,13 @@ def _final_metrics(run_dir: str) -> tuple[int, dict[str, float]]:
     return step, out
 
 
+def _reached_end(run_dir: str) -> bool:
+    """Whether the run reached its ``total_steps`` or stopped early (as far as its files tell)."""
+    total = _total_steps(run_dir)
+    return os.path.exists(os.path.join(run_dir, "early_stop.json")) or (
+        total is not None and _final_metrics(run_dir)[0] >= total)
+
+
 def _total_steps(run_dir: str) -> int | None:
     """The run's ``total_steps`` from the config.json it wrote (None where it has none)."""
     try:
@@ -353,9 +475,10 @@ def collect(workdir: str, runs: Sequence[Run] | None = None,
     ``failed`` (name -> exit code, what only the sweep that ran them knows) marks those rows
     ``row["failed"] = code``.
 
-    Several sweeps may share a workdir (a grid run a slice at a time): sweep.json keeps the rows of
-    the other runs still on disk, with their config arg and overrides, refreshed by the next
-    ``--collect``. The rows returned are those of ``runs`` (every run directory's if None).
+    Several sweeps may share a workdir (a grid run a slice at a time): sweep.json also holds a row
+    for every other run directory with metrics there, rebuilt from its files as ``--collect``
+    builds it, with the config arg and overrides the previous sweep.json gave it. The rows returned
+    are those of ``runs`` (every run directory's if None); sweep.json has them all, by name.
     """
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"sweep: no sweep directory {workdir!r}")
@@ -363,39 +486,68 @@ def collect(workdir: str, runs: Sequence[Run] | None = None,
     if os.path.exists(os.path.join(workdir, "sweep.json")):
         with open(os.path.join(workdir, "sweep.json")) as f:
             previous = {r["name"]: r for r in json.load(f)}
+    on_disk = sorted(d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, METRICS_FILE)))
     if runs is None:
-        names = sorted(d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, METRICS_FILE)))
-        runs = [(n, previous.get(n, {}).get("arg", ""), previous.get(n, {}).get("overrides", {})) for n in names]
-    rows = []
-    for name, arg, overrides in runs:
-        run_dir = os.path.join(workdir, name)
-        step, metrics = _final_metrics(run_dir)
-        stopped = os.path.exists(os.path.join(run_dir, "early_stop.json"))
-        rows.append(dict(name=name, arg=arg, overrides=overrides, step=step, total_steps=_total_steps(run_dir),
-                         stopped_early=stopped, metrics=metrics))
-        if failed and name in failed:
-            rows[-1]["failed"] = failed[name]
+        runs = [(n, previous.get(n, {}).get("arg", ""), previous.get(n, {}).get("overrides", {})) for n in on_disk]
+    rows = [_row(workdir, name, arg, overrides, (failed or {}).get(name)) for name, arg, overrides in runs]
     mine = {r["name"] for r in rows}
-    kept = [r for n, r in previous.items()  # other sweeps' runs that are still on disk
-            if n not in mine and os.path.isfile(os.path.join(workdir, n, METRICS_FILE))]
+    others = [_row(workdir, n, previous.get(n, {}).get("arg", ""), previous.get(n, {}).get("overrides", {}))
+              for n in on_disk if n not in mine]  # other sweeps' runs, as --collect rebuilds them
     # Written whole and then renamed: the next sweep reads it back, so a sweep killed mid-write
     # must leave the previous file, not half of one.
     tmp = os.path.join(workdir, "sweep.json.tmp")
     with open(tmp, "w") as f:
-        json.dump(sorted(kept + rows, key=lambda r: r["name"]), f, indent=1)
+        json.dump(sorted(others + rows, key=lambda r: r["name"]), f, indent=1, default=_jsonable)
     os.replace(tmp, os.path.join(workdir, "sweep.json"))
     return rows
 
 
+def _row(workdir: str, name: str, arg: str, overrides: dict[str, Any], failed: int | None = None) -> dict[str, Any]:
+    """The table row of the run in ``<workdir>/<name>``, from its files."""
+    run_dir = os.path.join(workdir, name)
+    step, metrics = _final_metrics(run_dir)
+    row = dict(name=name, arg=arg, overrides=overrides, step=step, total_steps=_total_steps(run_dir),
+               stopped_early=os.path.exists(os.path.join(run_dir, "early_stop.json")), metrics=metrics)
+    if not os.path.isdir(run_dir):
+        row["not_started"] = True  # the sweep makes the directory as it starts the run
+    if failed is not None:
+        row["failed"] = failed
+    return row
+
+
+def _jsonable(value: Any) -> Any:
+    """An override value JSON has no type for (a ConfigDict, ...): its dict, or its text."""
+    return value.to_dict() if hasattr(value, "to_dict") else str(value)
+
+
+def _merged_rows(workdir: str) -> list[dict[str, Any]]:
+    """Every row of ``<workdir>/sweep.json`` (every run there; written by :func:`collect`)."""
+    with open(os.path.join(workdir, "sweep.json")) as f:
+        return json.load(f)
+
+
+def is_fraction(column: str) -> bool:
+    """Whether a metric column holds fractions of 1, shown in percent: its metric name (after
+    ``<split>/``) contains "accuracy" (accuracy, seq_accuracy, ...). Others (loss, perplexity)
+    are shown as recorded."""
+    return "accuracy" in column.rpartition("/")[2]
+
+
+def _cell(column: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—"
+    return f"{100 * value:.1f}" if is_fraction(column) else f"{value:.4g}"
+
+
 def markdown(rows: Sequence[dict[str, Any]], suffix: str = "accuracy") -> str:
-    """The rows as a markdown table with the metric columns ending in ``suffix``."""
+    """The rows as a markdown table with the metric columns ending in ``suffix``: those of
+    fractions (:func:`is_fraction`) in percent, headed "<column> (%)"; the others to 4 digits."""
     cols = sorted({k for r in rows for k in r["metrics"] if k.endswith(suffix)})
-    head = "| run | step | " + " | ".join(cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    heads = ["run", "step"] + [f"{c} (%)" if is_fraction(c) else c for c in cols]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
-        vals = [r["metrics"].get(c) for c in cols]
-        cells = [f"{100 * v:.1f}" if isinstance(v, (int, float)) else "—" for v in vals]
-        lines.append(f"| {r['name']} | {_step_cell(r)} | " + " | ".join(cells) + " |")
+        cells = [r["name"], _step_cell(r)] + [_cell(c, r["metrics"].get(c)) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -407,6 +559,8 @@ def _step_cell(r: dict[str, Any]) -> str:
         # A crash (out of memory at start, an exception), not a stop signal: its log says why.
         reached = step + (f" of {r['total_steps']}" if short else "")
         return f"{reached} (failed: exit {r['failed']}, see {r['name']}/sweep.log)"
+    if r.get("not_started"):
+        return step + " (not started)"
     if r.get("stopped_early"):
         return step + " (early stop)"
     if short:
@@ -439,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         rows = run_sweep(a.config, a.workdir, parallel=a.parallel, only=a.only, extra=a.set, dry_run=a.dry_run,
                          mps=a.mps, mem_fraction=a.mem_fraction)
+    except SweepRefused as e:
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(EXIT_REFUSED)
     except SweepStopped as e:
         _write_table(e.rows, a.workdir, a.metrics)
         print(f"[sweep] {e}", flush=True)
@@ -460,8 +617,10 @@ def _exit_if_failed(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _write_table(rows, workdir: str, suffix: str) -> None:
+    """sweep.md and the printout: every run of the workdir (sweep.json, which ``rows`` were merged
+    into), not only this sweep's ``rows``, as ``--collect`` shows them."""
     if rows:
-        table = markdown(rows, suffix)
+        table = markdown(_merged_rows(workdir), suffix)
         with open(os.path.join(workdir, "sweep.md"), "w") as f:
             f.write(table + "\n")
         print(table)
