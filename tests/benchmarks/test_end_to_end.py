@@ -34,7 +34,10 @@ def test_lra_benchmark_epoch_time_follows_the_step_rate():
     (row,) = lra.main(["--smoke", "--task", "listops", "--mixer", "s4d"])
     assert (row["task"], row["mixer"], row["seq_len"]) == ("listops", "s4d", 256)
     np.testing.assert_allclose(row["epoch_s"], 96_000 / row["examples_per_sec"])
-    np.testing.assert_allclose(row["vs_s4_repo"], 900.0 / row["epoch_s"])
+    assert "vs_s4_repo" not in row  # a 1-layer model at length 256 is no epoch of the task
+    # a full row's ratio: the s4 repository's 15 min (T4) over the epoch
+    assert lra.vs_s4_repo("listops", row["epoch_s"]) == dict(s4_repo_epoch_s=900.0, s4_repo_device="T4",
+                                                             vs_s4_repo=900.0 / row["epoch_s"])
     np.testing.assert_allclose(row["examples_per_sec"] * row["step_ms"] / 1e3, row["batch"], rtol=1e-6)
 
 
