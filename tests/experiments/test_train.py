@@ -326,6 +326,30 @@ def test_evaluate_a_checkpoint_equals_the_rows_the_run_logged(tiny, tiny_referen
         evaluate.evaluate_checkpoint(tiny_reference, num_batches=0)
 
 
+def test_evaluate_at_data_settings_the_run_never_tested(tiny, tiny_reference, tmp_path, capsys):
+    """``--data=key=value``: a trained model at a new length or size without a config edit. The
+    data are a function of (seed, split, index): 8 examples of the validation split are its first
+    batch of 8, so ``eval_examples=8`` must equal ``--num_batches=1``."""
+    from experiments import evaluate
+
+    _, first_batch = evaluate.evaluate_checkpoint(tiny_reference, names=["validation"], num_batches=1)
+    _, eight = evaluate.evaluate_checkpoint(tiny_reference, names=["validation"], data={"eval_examples": "8"})
+    assert eight["validation"] == first_batch["validation"]
+    _, longer = evaluate.evaluate_checkpoint(tiny_reference, names=["validation"], data={"seq_len": "32"})
+    _, recorded = evaluate.evaluate_checkpoint(tiny_reference, names=["validation"])
+    assert longer["validation"]["loss"] != recorded["validation"]["loss"]
+    row = evaluate.main([f"--workdir={tiny_reference}", "--eval=validation", "--data=seq_len=32"])
+    assert row["data"] == {"seq_len": "32"} and row["validation"] == longer["validation"]
+    for data, match in (({"seq_lenn": "8"}, r"--data=seq_lenn=...: the evaluation's data has no key 'seq_lenn'"),
+                        ({"seq_len": "abc"}, r"--data=seq_len=abc: not a int \(the key's type; recorded value 16\)"),
+                        ({"seq_len": "4"}, r"config.eval.splits: evaluation 'validation'.*need 1 <= num_tokens")):
+        with pytest.raises(ValueError, match=match):
+            evaluate.evaluate_checkpoint(tiny_reference, names=["validation"], data=data)
+    with pytest.raises(SystemExit):
+        evaluate.main([f"--workdir={tiny_reference}", "--data=seq_len"])
+    assert "--data takes KEY=VALUE" in capsys.readouterr().err
+
+
 def test_keeps_the_latest_and_the_best_checkpoint(tiny, tmp_path):
     w = str(tmp_path)
     train.train_and_evaluate(
