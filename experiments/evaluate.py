@@ -32,6 +32,7 @@ from flax import nnx
 from experiments import evaluator as evaluator_lib
 from experiments import mesh as mesh_lib
 from experiments import tasks
+from experiments.configs import common
 from experiments.train import expand_workdir, load_model
 from ssm_jax import parallel
 from ssm_jax.nn import SSMParam
@@ -48,15 +49,8 @@ def _with_data(e: evaluator_lib.Evaluation, data: Mapping[str, str]) -> evaluato
             raise ValueError(f"evaluate: --data={key}=...: the evaluation's data has no key {key!r}; its keys: "
                              f"{sorted(cfg)}")
         old = cfg[key]
-        try:
-            if isinstance(old, bool):
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(text)
-                cfg[key] = text.lower() in ("true", "1")
-            elif isinstance(old, (int, float, str)):
-                cfg[key] = type(old)(text)
-            else:
-                cfg[key] = ast.literal_eval(text)  # tuples / lists (e.g. MQAR's eval_settings)
+        try:  # scalars as a config arg is parsed; tuples / lists (e.g. MQAR's eval_settings) as literals
+            cfg[key] = common.cast_like(old, text) if isinstance(old, (int, float, str)) else ast.literal_eval(text)
         except (ValueError, SyntaxError):
             raise ValueError(f"evaluate: --data={key}={text}: not a {type(old).__name__} (the key's type; "
                              f"recorded value {old!r})") from None

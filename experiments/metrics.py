@@ -93,11 +93,14 @@ def device_memory(devices) -> int | None:
     return max(peaks) if peaks else None
 
 
-def _records(path: str) -> list[dict[str, Any]]:
-    """The records of a metrics file. A last line cut off mid-write (the process was killed) is
-    left out with a warning; a malformed line before it is an error naming the file and line."""
-    with open(path) as f:
-        lines = f.read().split("\n")
+def _records(path: str, text: str | None = None) -> list[dict[str, Any]]:
+    """The records of a metrics file (``text``: its contents, if already read). A last line cut off
+    mid-write (the process was killed) is left out with a warning; a malformed line before it is
+    an error naming the file and line."""
+    if text is None:
+        with open(path) as f:
+            text = f.read()
+    lines = text.split("\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     out = []
     for i, line in enumerate(lines[: last + 1]):
@@ -117,10 +120,10 @@ def _records(path: str) -> list[dict[str, Any]]:
 def _drop_rows_after(path: str, step: int) -> bool:
     """Rewrite ``path`` without the rows of steps after ``step`` (and without a cut-off last
     line); True if any row was dropped."""
-    records = _records(path)
-    kept = [r for r in records if int(r["step"]) <= step]
     with open(path) as f:
         text = f.read()
+    records = _records(path, text)
+    kept = [r for r in records if int(r["step"]) <= step]
     if len(kept) == len(records) and (not text or text.endswith("\n")):
         return False
     tmp = path + ".tmp"

@@ -17,7 +17,6 @@ Several processes (one per host) train together when given ``--coordinator_addre
 
 from __future__ import annotations
 
-import difflib
 import os
 import shlex
 import sys
@@ -28,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import configs, mesh as mesh_lib, train
-from experiments.backend_flags import CPU_FFT_FLAG, set_cpu_fft_flag, with_flag, xla_flags_without_cpu_fft_deadlock  # noqa: F401 (re-exported)
+from experiments.backend_flags import set_cpu_fft_flag, with_flag
 
 EXIT_INTERRUPTED = 130  # after Ctrl-C, once the checkpoint is saved (128 + SIGINT, as shells report it)
 
@@ -54,17 +53,14 @@ def check_overrides(argv: list[str]) -> None:
         if not a.startswith("--config."):
             continue
         key = a[len("--config.") :].split("=", 1)[0]
-        node, path = config, []
-        for part in key.split("."):
-            keys = list(node.keys()) if hasattr(node, "keys") else []
-            if part not in keys:
-                where = ".".join(path) or "the config"
-                close = difflib.get_close_matches(part, keys, n=1)
-                hint = f" Did you mean --config.{'.'.join(path + close)}?" if close else ""
-                raise flags.IllegalFlagValueError(
-                    f"--config.{key}: {where} has no key {part!r}.{hint} Valid keys of {where}: {', '.join(sorted(keys))}"
-                )
-            node, path = node[part], path + [part]
+        miss = configs.missing_key(config, key)
+        if miss:
+            path, part, keys, close = miss
+            where = ".".join(path) or "the config"
+            hint = f" Did you mean --config.{'.'.join(path + [close])}?" if close else ""
+            raise flags.IllegalFlagValueError(
+                f"--config.{key}: {where} has no key {part!r}.{hint} Valid keys of {where}: {', '.join(sorted(keys))}"
+            )
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -72,7 +72,6 @@ failed runs.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import os
@@ -177,17 +176,14 @@ def _config_problem(path: str, run: Run, extra: Sequence[str], error: Exception)
         return f"--config={spec}: {type(e).__name__}: {e}"
     sets = dict(zip(_set_keys(extra), extra))
     for key in list(overrides) + list(sets):
-        node, where = config, []
-        for part in key.split("."):
-            keys = list(node.keys()) if hasattr(node, "keys") else []
-            if part not in keys:
-                origin = f"--set={sets[key]}" if key in sets else f"its override {key}={overrides[key]!r} (get_sweep)"
-                parent = ".".join(where) or "the config"
-                close = difflib.get_close_matches(part, keys, n=1)
-                hint = f" Did you mean {'.'.join(where + close)}?" if close else ""
-                listed = f" Keys of {parent}: {', '.join(sorted(keys))}." if keys else ""
-                return f"{origin}: {parent} has no key {part!r}.{hint}{listed}"
-            node, where = node[part], where + [part]
+        miss = configs.missing_key(config, key)
+        if miss:
+            where, part, keys, close = miss
+            origin = f"--set={sets[key]}" if key in sets else f"its override {key}={overrides[key]!r} (get_sweep)"
+            parent = ".".join(where) or "the config"
+            hint = f" Did you mean {'.'.join(where + [close])}?" if close else ""
+            listed = f" Keys of {parent}: {', '.join(sorted(keys))}." if keys else ""
+            return f"{origin}: {parent} has no key {part!r}.{hint}{listed}"
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else repr(error)}"
 
@@ -600,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _write_table(e.rows, a.workdir, a.metrics)
         print(f"[sweep] {e}", flush=True)
         if e.signal == "SIGINT":
-            sys.exit(130)  # as experiments.run exits after Ctrl-C, failed runs or not
+            sys.exit(EXIT_INTERRUPTED)  # as experiments.run exits after Ctrl-C, failed runs or not
         _exit_if_failed(e.rows)
         sys.exit(0)  # as experiments.run exits after SIGTERM
     _write_table(rows, a.workdir, a.metrics)

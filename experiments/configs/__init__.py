@@ -1,9 +1,10 @@
 """Experiment config modules: ``<suite>/<name>.py`` each define ``get_config(arg)``."""
 
+import difflib
 import importlib.util
 import os
 
-__all__ = ["load", "load_module"]
+__all__ = ["load", "load_module", "missing_key"]
 
 
 def load_module(path: str, who: str = "config"):
@@ -22,3 +23,16 @@ def load(spec: str):
     path, _, arg = spec.partition(":")
     module = load_module(path)
     return module.get_config(arg or None) if arg else module.get_config()
+
+
+def missing_key(config, key: str) -> tuple[list[str], str, list[str], str | None] | None:
+    """Where the dotted ``key`` leaves ``config``: ``(the parts found, the part not found, the keys
+    at that level, the closest of them or None)``; None when ``key`` names a key of ``config``."""
+    node, path = config, []
+    for part in key.split("."):
+        keys = list(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+            close = difflib.get_close_matches(part, keys, n=1)
+            return path, part, keys, close[0] if close else None
+        node, path = node[part], path + [part]
+    return None

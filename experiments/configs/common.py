@@ -199,17 +199,25 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
             if not isinstance(default, bool):
                 raise ValueError(f"config arg {name!r} needs a value ({name}=...); got {arg!r}")
             out[name] = True
-        elif isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"config arg {name!r} is a bool; got {value!r}")
-            out[name] = value.lower() in ("true", "1")
-        else:
-            try:
-                out[name] = type(default)(value)
-            except ValueError:
-                raise ValueError(f"config arg {name!r} takes {type(default).__name__} values (default "
-                                 f"{default!r}); got {value!r} (arg={arg!r})") from None
+            continue
+        try:
+            out[name] = cast_like(default, value)
+        except ValueError:
+            if isinstance(default, bool):
+                raise ValueError(f"config arg {name!r} is a bool; got {value!r}") from None
+            raise ValueError(f"config arg {name!r} takes {type(default).__name__} values (default "
+                             f"{default!r}); got {value!r} (arg={arg!r})") from None
     return out
+
+
+def cast_like(default: Any, text: str) -> Any:
+    """``text`` as a value of ``default``'s type: a bool from true / false / 1 / 0, anything else
+    by its type's constructor. Raises ValueError when ``text`` is no such value."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"not a bool: {text!r}")
+        return text.lower() in ("true", "1")
+    return type(default)(text)
 
 
 def plus_list(a: ml_collections.ConfigDict, name: str, cast: type = str) -> list:

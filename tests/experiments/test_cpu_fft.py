@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from experiments import run
+from experiments import backend_flags
 from tests import xla_flags
 
 # Two independent FFT convolutions and their gradients in one program: at these sizes ducc0
@@ -26,14 +26,14 @@ print("done")
 
 
 def test_the_flag_is_added_unless_set():
-    assert run.xla_flags_without_cpu_fft_deadlock("") == run.CPU_FFT_FLAG
-    assert run.xla_flags_without_cpu_fft_deadlock("--xla_force_host_platform_device_count=4") == (
-        "--xla_force_host_platform_device_count=4 " + run.CPU_FFT_FLAG)
+    assert backend_flags.xla_flags_without_cpu_fft_deadlock("") == backend_flags.CPU_FFT_FLAG
+    assert backend_flags.xla_flags_without_cpu_fft_deadlock("--xla_force_host_platform_device_count=4") == (
+        "--xla_force_host_platform_device_count=4 " + backend_flags.CPU_FFT_FLAG)
     mine = "--xla_cpu_multi_thread_eigen=true"
-    assert run.xla_flags_without_cpu_fft_deadlock(mine) == mine
+    assert backend_flags.xla_flags_without_cpu_fft_deadlock(mine) == mine
 
 
 def test_concurrent_ffts_finish_under_the_trainers_flags():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=run.xla_flags_without_cpu_fft_deadlock(xla_flags.flags()))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=backend_flags.xla_flags_without_cpu_fft_deadlock(xla_flags.flags()))
     proc = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("done"), proc.stderr[-2000:]
