@@ -285,14 +285,20 @@ def _run_config(task_dir: str, name: str) -> dict:
         return json.load(f)
 
 
-def _lra_epochs(config: dict) -> tuple[str | None, float]:
+def _lra_epochs(config: dict, where: str) -> tuple[str | None, float]:
     """``(task, examples per epoch)`` of an LRA run's config: the task from its dataset, the epoch
-    from its recipe (a run with another batch size still counts epochs of training examples)."""
+    from its recipe (a run with another batch size still counts epochs of training examples).
+    Pathfinder at another size than 32 counts by Pathfinder's recipe and has no task (no notes).
+    A run of another dataset is refused: it has no epochs of an LRA recipe."""
     from experiments.configs.lra import base
 
-    task = base.task_of_dataset(config["data"]["name"])
-    recipe = base.S4_PUBLISHED[task if task else "pathfinder"]  # other Pathfinder sizes: its recipe
-    return task, base.steps_per_epoch(task or "pathfinder") * recipe["batch_size"]
+    name = config["data"]["name"]
+    task = base.task_of_dataset(name)
+    if task is None and not name.startswith(base.DATASETS["pathfinder"].rstrip("0123456789")):
+        raise ValueError(f"reproductions: {where} is not an LRA run (its data.name is {name!r}; LRA datasets: "
+                         f"{sorted(base.DATASETS.values())} and the other Pathfinder sizes)")
+    recipe = task or "pathfinder"
+    return task, base.steps_per_epoch(recipe) * base.S4_PUBLISHED[recipe]["batch_size"]
 
 
 def lra_table(task_dir: str) -> dict[str, dict]:
@@ -306,7 +312,7 @@ def lra_table(task_dir: str) -> dict[str, dict]:
     out = {}
     for name, records in _runs(task_dir).items():
         config = _run_config(task_dir, name)
-        task, per_epoch = _lra_epochs(config)
+        task, per_epoch = _lra_epochs(config, os.path.join(task_dir, name))
         epoch = lambda step: step * config["data"]["batch_size"] / per_epoch
         val = {r["step"]: r["accuracy"] for r in records if r["split"] == "validation" and "accuracy" in r}
         test = {r["step"]: r["accuracy"] for r in records if r["split"] == "test" and "accuracy" in r}
@@ -352,7 +358,7 @@ def lra_curves(task_dir: str, out: str) -> str:
     tasks = set()
     for i, (name, records) in enumerate(_runs(task_dir).items()):
         config = _run_config(task_dir, name)
-        task, per_epoch = _lra_epochs(config)
+        task, per_epoch = _lra_epochs(config, os.path.join(task_dir, name))
         tasks.add(task)
         scale = config["data"]["batch_size"] / per_epoch
         color = f"C{i % 10}"

@@ -456,3 +456,16 @@ def test_seed_rows_say_which_runs_were_cut_off(tmp_path):
     summary = reproductions.seed_summary(root)
     assert summary["mamba"]["unfinished"] == ["mamba_s1"] and summary["s4d"]["unfinished"] == []
     assert "| mamba | 3: 0, 1, 2 (cut off before the end of its schedule: mamba_s1) |" in reproductions.seed_markdown(summary)
+
+
+def test_the_lra_table_refuses_runs_of_other_datasets(tmp_path, capsys):
+    """An MQAR directory passed to --lra was tabled as if it were Pathfinder (epochs of its recipe)."""
+    root = tmp_path / "mqar"
+    _write_lra_run(str(root), "mamba_s0", dataset="mqar", batch_size=256,
+                   rows=[{"step": 500, "split": "validation", "accuracy": 0.5}])
+    with pytest.raises(SystemExit) as e:
+        reproductions.main([f"--lra={root}"])
+    assert e.value.code == 2 and "mamba_s0 is not an LRA run (its data.name is 'mqar'" in capsys.readouterr().err
+    _write_lra_run(str(tmp_path / "pf64"), "s4d_s0", dataset="lra_pathfinder64", batch_size=64,
+                   rows=[{"step": 2500, "split": "validation", "accuracy": 0.6}])
+    assert reproductions.lra_table(str(tmp_path / "pf64"))["s4d_s0"]["epochs"] == 1.0  # Pathfinder's recipe, no notes
